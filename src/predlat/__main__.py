@@ -1,0 +1,5 @@
+import sys
+
+from predlat.cli import main
+
+sys.exit(main())

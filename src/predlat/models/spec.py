@@ -1,0 +1,133 @@
+"""What predlat knows about a model: its file, inputs and outputs.
+
+A `ModelSpec` is read from the ONNX graph itself, so a zoo model and a user's file are
+handled the same way everywhere after loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from predlat.errors import ModelLoadError
+
+# ONNX element types predlat can feed, mapped to numpy dtypes and protocol v2 datatypes.
+_ONNX_TO_NUMPY: dict[int, np.dtype] = {
+    onnx.TensorProto.FLOAT: np.dtype(np.float32),
+    onnx.TensorProto.FLOAT16: np.dtype(np.float16),
+    onnx.TensorProto.DOUBLE: np.dtype(np.float64),
+    onnx.TensorProto.INT64: np.dtype(np.int64),
+    onnx.TensorProto.INT32: np.dtype(np.int32),
+    onnx.TensorProto.INT8: np.dtype(np.int8),
+    onnx.TensorProto.UINT8: np.dtype(np.uint8),
+    onnx.TensorProto.BOOL: np.dtype(np.bool_),
+}
+
+NUMPY_TO_V2: dict[np.dtype, str] = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float64): "FP64",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.bool_): "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. `shape[0]` is the batch axis and is always None."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    @property
+    def v2_datatype(self) -> str:
+        return NUMPY_TO_V2[self.dtype]
+
+    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
+        """Concrete shape for a batch; unknown non-batch dims default to 1."""
+        return (batch_size, *(d if d is not None else 1 for d in self.shape[1:]))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A loadable model: a name, its ONNX file and its I/O signature."""
+
+    name: str
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    digest: str  # sha256 of the file: profiles are reused only for the same bytes
+
+    def random_inputs(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Inputs of the right shapes and dtypes; integer inputs stay in [0, 100)
+        so they are valid token ids for any embedding table of at least that size."""
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            shape = spec.sample_shape(batch_size)
+            if spec.dtype.kind in "iu":
+                feeds[spec.name] = rng.integers(0, 100, size=shape).astype(spec.dtype)
+            elif spec.dtype.kind == "b":
+                feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+            else:
+                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        return feeds
+
+
+def _tensor_spec(value_info: onnx.ValueInfoProto, path: Path, check_batch: bool) -> TensorSpec:
+    ttype = value_info.type.tensor_type
+    if ttype.elem_type not in _ONNX_TO_NUMPY:
+        name = onnx.TensorProto.DataType.Name(ttype.elem_type)
+        raise ModelLoadError(path, f"tensor '{value_info.name}' has unsupported type {name}")
+    dims: list[int | None] = []
+    for dim in ttype.shape.dim:
+        dims.append(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None)
+    if check_batch:
+        if not dims:
+            raise ModelLoadError(path, f"input '{value_info.name}' is a scalar, no batch axis")
+        if dims[0] is not None:
+            raise ModelLoadError(
+                path,
+                f"input '{value_info.name}' has a fixed first axis ({dims[0]}); "
+                "predlat needs a dynamic batch axis",
+            )
+    elif dims:
+        dims[0] = None
+    return TensorSpec(value_info.name, _ONNX_TO_NUMPY[ttype.elem_type], tuple(dims))
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
+    """Read a model's signature from its ONNX file, or raise ModelLoadError saying why."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(path, "no such file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise ModelLoadError(path, f"not an ONNX model ({type(exc).__name__})") from None
+    if not proto.graph.node:
+        raise ModelLoadError(path, "not an ONNX model (empty graph)")
+    initializers = {init.name for init in proto.graph.initializer}
+    graph_inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
+    if not graph_inputs:
+        raise ModelLoadError(path, "graph has no inputs")
+    inputs = tuple(_tensor_spec(vi, path, check_batch=True) for vi in graph_inputs)
+    outputs = tuple(_tensor_spec(vi, path, check_batch=False) for vi in proto.graph.output)
+    return ModelSpec(
+        name=name or path.stem,
+        path=path,
+        inputs=inputs,
+        outputs=outputs,
+        digest=file_digest(path),
+    )

@@ -1,0 +1,150 @@
+"""The solo profile: what each (model, batch size) costs alone, and its resource features.
+
+Times are kept in seconds in memory; `profile.json` stores milliseconds for people.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from predlat.errors import PredlatError
+
+# Resource features every profile entry carries (see profiling/features.py).
+#   flops, bytes           - from the ONNX graph with shape inference, per batch
+#   gflops_per_s, gbytes_per_s - achieved when running alone (flops or bytes / median latency)
+#   compute_util, memory_util  - achieved / the machine's measured per-slot peak, 0..~1
+#   arith_intensity        - flops / bytes
+FEATURE_NAMES: tuple[str, ...] = (
+    "flops",
+    "bytes",
+    "gflops_per_s",
+    "gbytes_per_s",
+    "compute_util",
+    "memory_util",
+    "arith_intensity",
+)
+
+
+@dataclass
+class LatencyStats:
+    median: float  # seconds
+    p99: float
+    cv: float  # standard deviation / mean
+    samples: int = 0
+
+
+@dataclass
+class BatchProfile:
+    latency: LatencyStats
+    features: dict[str, float]
+
+
+@dataclass
+class MachineInfo:
+    provider: str
+    cores: int
+    intra_op_threads: int
+    cpu: str
+    peaks: dict[str, float]  # e.g. {"gemm_gflops_per_s": .., "mem_gbytes_per_s": ..}
+
+
+@dataclass
+class Profile:
+    machine: MachineInfo
+    models: dict[str, dict[int, BatchProfile]] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # model name -> file sha256
+
+    # -- look-ups used by predictors and schedulers ----------------------------------
+    def batch_sizes(self, model: str) -> list[int]:
+        return sorted(self._entries(model))
+
+    def solo_latency(self, model: str, batch_size: int) -> float:
+        """Median solo latency in seconds; linear interpolation between profiled sizes
+        (and extrapolation from the two nearest) for sizes that were not measured."""
+        entries = self._entries(model)
+        if batch_size in entries:
+            return entries[batch_size].latency.median
+        sizes = sorted(entries)
+        values = [entries[s].latency.median for s in sizes]
+        if len(sizes) == 1:
+            return values[0] * batch_size / sizes[0]
+        return float(_interp_extrap(batch_size, sizes, values))
+
+    def features(self, model: str, batch_size: int) -> dict[str, float]:
+        """Resource features; interpolated like `solo_latency` for unmeasured sizes."""
+        entries = self._entries(model)
+        if batch_size in entries:
+            return entries[batch_size].features
+        sizes = sorted(entries)
+        return {
+            name: float(
+                _interp_extrap(batch_size, sizes, [entries[s].features[name] for s in sizes])
+            )
+            for name in FEATURE_NAMES
+        }
+
+    def _entries(self, model: str) -> dict[int, BatchProfile]:
+        if model not in self.models:
+            raise PredlatError(
+                f"model '{model}' is not in the profile (profiled: "
+                f"{', '.join(self.models) or 'none'})"
+            )
+        return self.models[model]
+
+    # -- files -----------------------------------------------------------------------
+    def to_json(self) -> dict:
+        models = {}
+        for name, entries in self.models.items():
+            models[name] = {
+                str(n): {
+                    "latency_ms": {
+                        "median": e.latency.median * 1e3,
+                        "p99": e.latency.p99 * 1e3,
+                        "cv": e.latency.cv,
+                        "samples": e.latency.samples,
+                    },
+                    "features": dict(e.features),
+                }
+                for n, e in sorted(entries.items())
+            }
+        return {"machine": asdict(self.machine), "models": models, "digests": dict(self.digests)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Profile:
+        machine = MachineInfo(**data["machine"])
+        models: dict[str, dict[int, BatchProfile]] = {}
+        for name, entries in data["models"].items():
+            models[name] = {}
+            for n, e in entries.items():
+                lat = e["latency_ms"]
+                stats = LatencyStats(
+                    lat["median"] / 1e3, lat["p99"] / 1e3, lat["cv"], lat.get("samples", 0)
+                )
+                models[name][int(n)] = BatchProfile(stats, dict(e["features"]))
+        return cls(machine=machine, models=models, digests=dict(data.get("digests", {})))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PredlatError(f"cannot read profile {path}: {exc}") from None
+
+
+def _interp_extrap(x: float, xs: list[int], ys: list[float]) -> float:
+    if xs[0] <= x <= xs[-1]:
+        return float(np.interp(x, xs, ys))
+    # Outside the measured range: extend the nearest segment linearly, never below zero.
+    i, j = (0, 1) if x < xs[0] else (-2, -1)
+    slope = (ys[j] - ys[i]) / (xs[j] - xs[i])
+    return max(0.0, ys[i] + slope * (x - xs[i]))

@@ -1,0 +1,72 @@
+"""Finished batches and their co-location timelines: the data predictors learn from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """A co-runner overlapping a batch during [start, end) (absolute seconds, clipped to
+    the batch's own lifetime)."""
+
+    batch_id: int
+    model: str
+    batch_size: int
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One finished batch. Times are absolute seconds on the device clock."""
+
+    batch_id: int
+    model: str
+    batch_size: int
+    slot: int
+    dispatch: float
+    start: float
+    end: float
+    timeline: tuple[Overlap, ...] = field(default_factory=tuple)
+    device: int = 0  # index of the device, when several are traced together
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+    def co_runners_at_start(self) -> tuple[Overlap, ...]:
+        """Co-runners already running when this batch started (the gpulet view)."""
+        return tuple(o for o in self.timeline if o.start <= self.start + 1e-9)
+
+
+def attach_timelines(records: Sequence[BatchRecord]) -> list[BatchRecord]:
+    """Fill each record's timeline with every other batch on the same device that
+    overlapped it. Sweep over start times: O(n log n + overlaps)."""
+    ordered = sorted(records, key=lambda r: (r.device, r.start))
+    out: list[BatchRecord] = []
+    active: list[BatchRecord] = []
+    overlaps: dict[int, list[Overlap]] = {r.batch_id: [] for r in ordered}
+    current_device = None
+    for rec in ordered:
+        if rec.device != current_device:
+            active, current_device = [], rec.device
+        active = [a for a in active if a.end > rec.start]
+        for other in active:
+            lo, hi = rec.start, min(rec.end, other.end)
+            if hi > lo:
+                overlaps[rec.batch_id].append(Overlap(other.batch_id, other.model,
+                                                      other.batch_size, lo, hi))
+                overlaps[other.batch_id].append(Overlap(rec.batch_id, rec.model,
+                                                        rec.batch_size, lo, hi))
+        active.append(rec)
+    for rec in ordered:
+        timeline = tuple(sorted(overlaps[rec.batch_id], key=lambda o: (o.start, o.batch_id)))
+        out.append(replace(rec, timeline=timeline))
+    out.sort(key=lambda r: (r.end, r.batch_id))
+    return out
