@@ -8,8 +8,7 @@ from predlat.traces import BatchRecord, attach_timelines
 
 
 def rec(i, start, end, model="m", n=1, device=0):
-    return BatchRecord(i, model, n, slot=i % 4, dispatch=start, start=start, end=end,
-                       device=device)
+    return BatchRecord(i, model, n, slot=i % 4, dispatch=start, start=start, end=end, device=device)
 
 
 def test_overlaps_are_clipped_and_symmetric():

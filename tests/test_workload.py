@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,7 @@ def test_workload_is_seeded_and_mixed():
     assert {x.model for x in a} == {"m1", "m2"}
     hp = sum(x.high_priority for x in a) / len(a)
     assert 0.1 < hp < 0.4
-    assert all(x.time <= y.time for x, y in zip(a, a[1:], strict=False))
+    assert all(x.time <= y.time for x, y in itertools.pairwise(a))
 
 
 @pytest.mark.parametrize(

@@ -135,12 +135,20 @@ class OrtDevice:
         except Exception as exc:  # a bad batch must not kill the slot's thread
             end = time.perf_counter()
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            return BatchResult(job.batch_id, job.model, job.batch_size, slot, start, end,
-                               error=message)
+            return BatchResult(
+                job.batch_id, job.model, job.batch_size, slot, start, end, error=message
+            )
         end = time.perf_counter()
         names = [o.name for o in session.get_outputs()]
-        return BatchResult(job.batch_id, job.model, job.batch_size, slot, start, end,
-                           outputs=dict(zip(names, outputs, strict=True)))
+        return BatchResult(
+            job.batch_id,
+            job.model,
+            job.batch_size,
+            slot,
+            start,
+            end,
+            outputs=dict(zip(names, outputs, strict=True)),
+        )
 
     def _failed(self, slot: int, job: BatchJob, message: str) -> BatchResult:
         now = time.perf_counter()

@@ -6,6 +6,8 @@ Times are kept in seconds in memory; `profile.json` stores milliseconds for peop
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,10 +15,12 @@ import numpy as np
 
 from predlat.errors import PredlatError
 
-# Resource features every profile entry carries (see profiling/features.py).
+# Resource features every profile entry carries (computed in profiling/profiler.py).
 #   flops, bytes           - from the ONNX graph with shape inference, per batch
+#                            (bytes: a no-cache upper bound, see profiling/graph_cost.py)
 #   gflops_per_s, gbytes_per_s - achieved when running alone (flops or bytes / median latency)
 #   compute_util, memory_util  - achieved / the machine's measured per-slot peak, 0..~1
+#                            (memory_util can exceed 1 when a model's data stays in cache)
 #   arith_intensity        - flops / bytes
 FEATURE_NAMES: tuple[str, ...] = (
     "flops",
@@ -128,10 +132,19 @@ class Profile:
         return cls(machine=machine, models=models, digests=dict(data.get("digests", {})))
 
     def save(self, path: Path) -> None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(path)
+        # A unique temporary name in the same folder, then an atomic rename: concurrent
+        # writers never interleave and readers never see half a file.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(self.to_json(), indent=2))
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> Profile:

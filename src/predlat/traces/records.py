@@ -60,10 +60,12 @@ def attach_timelines(records: Sequence[BatchRecord]) -> list[BatchRecord]:
         for other in active:
             lo, hi = rec.start, min(rec.end, other.end)
             if hi > lo:
-                overlaps[rec.batch_id].append(Overlap(other.batch_id, other.model,
-                                                      other.batch_size, lo, hi))
-                overlaps[other.batch_id].append(Overlap(rec.batch_id, rec.model,
-                                                        rec.batch_size, lo, hi))
+                overlaps[rec.batch_id].append(
+                    Overlap(other.batch_id, other.model, other.batch_size, lo, hi)
+                )
+                overlaps[other.batch_id].append(
+                    Overlap(rec.batch_id, rec.model, rec.batch_size, lo, hi)
+                )
         active.append(rec)
     for rec in ordered:
         timeline = tuple(sorted(overlaps[rec.batch_id], key=lambda o: (o.start, o.batch_id)))

@@ -1,0 +1,365 @@
+"""The solo profiler: each (model, batch size) measured alone on one slot, plus its
+resource features, and a per-machine cache so later commands get profiles cheaply.
+
+Measurement: one ONNX Runtime device with a single slot; per (model, batch size) a few
+warm-up runs, then `repeats` timed runs, each timed right around the engine call (as the
+device reports it). Median, p99 and coefficient of variation of those latencies.
+
+Reuse: profiles live in `cache_dir()/profiles/<machine key>.json`. The key names the
+machine as predlat sees it (CPU model, cores, provider, intra-op threads, profile format);
+an entry is reused when its model file digest matches and it was measured with at least
+the requested number of repeats. Only missing or stale (model, batch size) pairs are
+measured and merged in. The machine's peaks are measured once per key and kept in the
+same file, so features of different models stay relative to the same peaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from predlat.devices.base import BatchJob
+from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+from predlat.errors import ConfigError, PredlatError
+from predlat.models.spec import ModelSpec
+from predlat.paths import cache_dir
+from predlat.profiling.graph_cost import GraphCost, graph_costs
+from predlat.profiling.peaks import cpu_cores, cpu_model_name, measure_peaks
+from predlat.profiling.profile import (
+    BatchProfile,
+    LatencyStats,
+    MachineInfo,
+    Profile,
+)
+
+# Bump when what a cached profile means changes (cost model, measurement method):
+# every cached profile then becomes stale at once.
+PROFILE_FORMAT = 1
+WARMUP_RUNS = 3
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class MachineId:
+    """What makes two profiles comparable: the same CPU, cores, provider and threads."""
+
+    cpu: str
+    cores: int
+    provider: str
+    intra_op_threads: int
+
+    @classmethod
+    def current(cls, intra_op_threads: int = 1, provider: str = DEFAULT_PROVIDER) -> MachineId:
+        return cls(cpu_model_name(), cpu_cores(), provider, intra_op_threads)
+
+    @classmethod
+    def of(cls, machine: MachineInfo) -> MachineId:
+        return cls(machine.cpu, machine.cores, machine.provider, machine.intra_op_threads)
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe key, readable and unique (a hash of every field)."""
+        text = f"{self.cpu}|{self.cores}|{self.provider}|{self.intra_op_threads}|{PROFILE_FORMAT}"
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        cpu = re.sub(r"[^a-z0-9]+", "-", self.cpu.lower()).strip("-")[:40] or "cpu"
+        provider = self.provider.removesuffix("ExecutionProvider").lower()
+        return f"{cpu}-{self.cores}c-{provider}-t{self.intra_op_threads}-{digest}"
+
+    def info(self, peaks: Mapping[str, float]) -> MachineInfo:
+        return MachineInfo(self.provider, self.cores, self.intra_op_threads, self.cpu, dict(peaks))
+
+
+# -- public entry points ---------------------------------------------------------------
+def profile_models(
+    specs: Sequence[ModelSpec],
+    batch_sizes: Sequence[int],
+    repeats: int,
+    *,
+    intra_op_threads: int = 1,
+    provider: str = DEFAULT_PROVIDER,
+    progress: bool = True,
+    peaks: Mapping[str, float] | None = None,
+) -> Profile:
+    """Measure every (model, batch size) alone. Peaks come from `peaks` or else from the
+    machine cache (measured and stored there the first time)."""
+    sizes = _check_request(specs, batch_sizes, repeats, intra_op_threads, provider)
+    machine = MachineId.current(intra_op_threads, provider)
+    if peaks is None:
+        peaks = cached_peaks(intra_op_threads, provider)
+    entries = _measure([(spec, sizes) for spec in specs], repeats, machine, peaks, progress)
+    return Profile(
+        machine=machine.info(peaks),
+        models=entries,
+        digests={spec.name: spec.digest for spec in specs},
+    )
+
+
+def load_or_profile(
+    specs: Sequence[ModelSpec],
+    batch_sizes: Sequence[int],
+    repeats: int,
+    *,
+    out_dir: Path | None = None,
+    intra_op_threads: int = 1,
+    provider: str = DEFAULT_PROVIDER,
+    progress: bool = True,
+    force: bool = False,
+) -> Profile:
+    """The profile of `specs` at `batch_sizes`, from the machine cache where it is still
+    valid, measuring only what is missing or stale (everything, peaks included, when
+    `force`). Written to `out_dir/profile.json` too when `out_dir` is given."""
+    sizes = _check_request(specs, batch_sizes, repeats, intra_op_threads, provider)
+    machine = MachineId.current(intra_op_threads, provider)
+    path = profile_cache_path(machine)
+    cached = read_cached_profile(path, machine)
+    if cached is None or force:
+        fresh = Profile(machine=machine.info(measure_peaks(intra_op_threads, provider)))
+        if cached is not None:  # forced: other models stay, relative to the new peaks
+            fresh.models, fresh.digests = cached.models, cached.digests
+            _rescale_utils(fresh)
+        cached = fresh
+    todo = _stale_pairs(cached, specs, sizes, repeats, force)
+    if todo:
+        measured = _measure(todo, repeats, machine, cached.machine.peaks, progress)
+        digests = {spec.name: spec.digest for spec in specs}
+        _merge(cached, measured, digests)
+        _store(path, machine, cached, measured, digests)
+    result = _subset(cached, specs, sizes)
+    if out_dir is not None:
+        _save(result, Path(out_dir) / "profile.json")
+    return result
+
+
+def cached_peaks(intra_op_threads: int = 1, provider: str = DEFAULT_PROVIDER) -> dict[str, float]:
+    """This machine's per-slot peaks, measured once per machine key and cached."""
+    machine = MachineId.current(intra_op_threads, provider)
+    path = profile_cache_path(machine)
+    cached = read_cached_profile(path, machine)
+    if cached is not None and cached.machine.peaks:
+        return dict(cached.machine.peaks)
+    peaks = measure_peaks(intra_op_threads, provider)
+    _save(Profile(machine=machine.info(peaks)), path)
+    return peaks
+
+
+def profile_cache_path(machine: MachineId) -> Path:
+    return cache_dir() / "profiles" / f"{machine.key}.json"
+
+
+def read_cached_profile(path: Path, machine: MachineId) -> Profile | None:
+    """The cached profile at `path`, or None when absent, unreadable or for another
+    machine (a cache is only ever a shortcut, never an error)."""
+    if not path.is_file():
+        return None
+    try:
+        profile = Profile.load(path)
+    except PredlatError:
+        return None
+    if MachineId.of(profile.machine) != machine or not profile.machine.peaks:
+        return None
+    return profile
+
+
+def batch_features(
+    cost: GraphCost, median_s: float, peaks: Mapping[str, float]
+) -> dict[str, float]:
+    """The resource features (FEATURE_NAMES) of one batch from its static cost, its
+    measured median latency and the machine's peaks."""
+    seconds = max(median_s, 1e-9)
+    gflops_per_s = cost.flops / seconds / 1e9
+    gbytes_per_s = cost.bytes / seconds / 1e9
+    return {
+        "flops": cost.flops,
+        "bytes": cost.bytes,
+        "gflops_per_s": gflops_per_s,
+        "gbytes_per_s": gbytes_per_s,
+        "compute_util": gflops_per_s / peaks["gemm_gflops_per_s"],
+        "memory_util": gbytes_per_s / peaks["mem_gbytes_per_s"],
+        "arith_intensity": cost.arith_intensity,
+    }
+
+
+def latency_stats(latencies: Sequence[float]) -> LatencyStats:
+    values = np.asarray(latencies, dtype=float)
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return LatencyStats(
+        median=float(np.median(values)),
+        p99=float(np.percentile(values, 99)),
+        cv=std / mean if mean > 0 else 0.0,
+        samples=len(values),
+    )
+
+
+# -- measurement -----------------------------------------------------------------------
+_Todo = list[tuple[ModelSpec, list[int]]]
+
+
+def _measure(
+    todo: _Todo,
+    repeats: int,
+    machine: MachineId,
+    peaks: Mapping[str, float],
+    progress: bool,
+) -> dict[str, dict[int, BatchProfile]]:
+    config = OrtDeviceConfig(
+        num_slots=1, intra_op_threads=machine.intra_op_threads, provider=machine.provider
+    )
+    device = OrtDevice(config)
+    batch_ids = itertools.count()
+    entries: dict[str, dict[int, BatchProfile]] = {}
+    try:
+        with _progress_bar(progress, sum(len(sizes) for _, sizes in todo)) as advance:
+            for spec, sizes in todo:
+                device.load(spec)
+                costs = graph_costs(spec.path, sizes)
+                entries[spec.name] = {}
+                for n in sizes:
+                    advance(f"{spec.name} batch {n}", 0)
+                    times = _time_batches(device, spec.name, n, repeats, batch_ids)
+                    stats = latency_stats(times)
+                    entries[spec.name][n] = BatchProfile(
+                        stats, batch_features(costs[n], stats.median, peaks)
+                    )
+                    advance(f"{spec.name} batch {n}", 1)
+    finally:
+        device.close()
+    return entries
+
+
+def _time_batches(
+    device: OrtDevice, model: str, batch_size: int, repeats: int, batch_ids: Iterator[int]
+) -> list[float]:
+    times = []
+    for i in range(WARMUP_RUNS + repeats):
+        result = device.run_sync(0, BatchJob(next(batch_ids), model, batch_size))
+        if result.error is not None:
+            raise PredlatError(f"model '{model}' fails at batch size {batch_size}: {result.error}")
+        if i >= WARMUP_RUNS:
+            times.append(result.latency)
+    return times
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator:
+    """Yields advance(description, steps); a bar on stderr, or nothing when disabled."""
+    bar = Progress(
+        TextColumn("profiling {task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+    with bar:
+        task = bar.add_task("", total=total)
+
+        def advance(description: str, steps: int) -> None:
+            bar.update(task, description=description, advance=steps)
+
+        yield advance
+
+
+# -- cache bookkeeping -----------------------------------------------------------------
+def _check_request(
+    specs: Sequence[ModelSpec],
+    batch_sizes: Sequence[int],
+    repeats: int,
+    threads: int,
+    provider: str,
+) -> list[int]:
+    if not specs:
+        raise ConfigError("no models to profile")
+    if not batch_sizes or any(n < 1 for n in batch_sizes):
+        raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if repeats < 1:
+        raise ConfigError(f"repeats must be at least 1, got {repeats}")
+    if threads < 1:
+        raise ConfigError(f"intra-op threads must be at least 1, got {threads}")
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ConfigError(
+            f"execution provider {provider} is not available "
+            f"(this onnxruntime has: {', '.join(available)})"
+        )
+    return sorted(set(batch_sizes))
+
+
+def _stale_pairs(
+    cached: Profile, specs: Sequence[ModelSpec], sizes: list[int], repeats: int, force: bool
+) -> _Todo:
+    todo: _Todo = []
+    for spec in specs:
+        entries = cached.models.get(spec.name, {})
+        if force or cached.digests.get(spec.name) != spec.digest:
+            entries = {}
+        missing = [n for n in sizes if n not in entries or entries[n].latency.samples < repeats]
+        if missing:
+            todo.append((spec, missing))
+    return todo
+
+
+def _merge(
+    target: Profile, measured: dict[str, dict[int, BatchProfile]], digests: Mapping[str, str]
+) -> None:
+    for name, entries in measured.items():
+        keep = target.models.get(name, {}) if target.digests.get(name) == digests[name] else {}
+        target.models[name] = {**keep, **entries}
+        target.digests[name] = digests[name]
+
+
+def _store(
+    path: Path,
+    machine: MachineId,
+    profile: Profile,
+    measured: dict[str, dict[int, BatchProfile]],
+    digests: Mapping[str, str],
+) -> None:
+    # Another process may have stored other models meanwhile: merge into the newest file
+    # when its peaks are the ones these measurements are relative to.
+    latest = read_cached_profile(path, machine)
+    if latest is not None and latest.machine.peaks == profile.machine.peaks:
+        _merge(latest, measured, digests)
+        profile = latest
+    _save(profile, path)
+
+
+def _subset(profile: Profile, specs: Sequence[ModelSpec], sizes: list[int]) -> Profile:
+    return Profile(
+        machine=profile.machine,
+        models={spec.name: {n: profile.models[spec.name][n] for n in sizes} for spec in specs},
+        digests={spec.name: spec.digest for spec in specs},
+    )
+
+
+def _rescale_utils(profile: Profile) -> None:
+    """Keep utilizations relative to the profile's (new) peaks."""
+    peaks = profile.machine.peaks
+    for entries in profile.models.values():
+        for entry in entries.values():
+            f = entry.features
+            f["compute_util"] = f["gflops_per_s"] / peaks["gemm_gflops_per_s"]
+            f["memory_util"] = f["gbytes_per_s"] / peaks["mem_gbytes_per_s"]
+
+
+def _save(profile: Profile, path: Path) -> None:
+    try:
+        profile.save(path)
+    except OSError as exc:
+        raise PredlatError(f"cannot write profile {path}: {exc.strerror or exc}") from None
