@@ -1,0 +1,192 @@
+"""Linear regressors with one small interface: fit(X, y), predict_one(x), learn_one(x, y).
+
+Rows are short (7 to 20 numbers), so per-call overhead matters more than arithmetic:
+weights live in a numpy array for the matrix updates, and a Python-list copy (`coef`) is
+kept for the hot predict path, where a plain dot product beats numpy on tiny vectors.
+`version` increases whenever the weights change, so callers can cache derived values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import mul
+
+import numpy as np
+
+
+def _as_2d(X: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(X, dtype=float)
+    if arr.ndim != 2:
+        raise ValueError(f"X must be 2-D, got shape {arr.shape}")
+    return arr
+
+
+def ridge_solve(X: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares with a small ridge penalty scaled to the data (alpha x mean diagonal
+    of X'X); returns (weights, regularised X'X)."""
+    gram = X.T @ X
+    scale = float(np.trace(gram)) / max(gram.shape[0], 1)
+    reg = gram + (alpha * scale + 1e-12) * np.eye(gram.shape[0])
+    w = np.linalg.solve(reg, X.T @ y)
+    return w, reg
+
+
+class LinearRegressor:
+    online = False
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.w = np.zeros(dim)
+        self.coef: list[float] = [0.0] * dim
+        self.version = 0
+
+    def _set(self, w: np.ndarray) -> None:
+        self.w = w
+        self.coef = w.tolist()
+        self.version += 1
+
+    def predict_one(self, x: Sequence[float]) -> float:
+        return sum(map(mul, self.coef, x))
+
+    def fit(self, X, y) -> LinearRegressor:
+        raise NotImplementedError
+
+    def learn_one(self, x: Sequence[float], y: float) -> None:
+        return None
+
+
+class Ridge(LinearRegressor):
+    """Static least squares (tiny ridge penalty for collinear features); fitted once."""
+
+    def __init__(self, dim: int, alpha: float = 1e-6):
+        super().__init__(dim)
+        self.alpha = alpha
+
+    def fit(self, X, y) -> Ridge:
+        X = _as_2d(X)
+        if len(X):
+            w, _ = ridge_solve(X, np.asarray(y, dtype=float), self.alpha)
+            self._set(w)
+        return self
+
+
+class SGD(LinearRegressor):
+    """Online gradient descent on squared error.
+
+    method "nlms": normalised least mean squares, w += lr * e * x / (eps + |x|^2) -- stable
+    for any lr in (0, 2) whatever the feature scale. method "adam": Adam on the squared
+    error. `fit` starts from the least-squares solution (warm start) unless warm_start=False.
+    """
+
+    online = True
+
+    def __init__(
+        self,
+        dim: int,
+        lr: float = 0.2,
+        method: str = "nlms",
+        alpha: float = 1e-6,
+        warm_start: bool = True,
+    ):
+        super().__init__(dim)
+        if method not in ("nlms", "adam"):
+            raise ValueError(f"unknown SGD method {method!r} (nlms, adam)")
+        self.lr, self.method, self.alpha, self.warm_start = lr, method, alpha, warm_start
+        self._m = np.zeros(dim)
+        self._v = np.zeros(dim)
+        self._t = 0
+
+    def fit(self, X, y) -> SGD:
+        X = _as_2d(X)
+        y = np.asarray(y, dtype=float)
+        if self.warm_start and len(X):
+            w, _ = ridge_solve(X, y, self.alpha)
+            self._set(w)
+        else:
+            for xi, yi in zip(X, y, strict=True):
+                self.learn_one(xi, float(yi))
+        return self
+
+    def learn_one(self, x: Sequence[float], y: float) -> None:
+        xa = np.asarray(x, dtype=float)
+        e = y - float(self.w @ xa)
+        if self.method == "nlms":
+            w = self.w + (self.lr * e / (1e-9 + float(xa @ xa))) * xa
+        else:
+            g = -e * xa
+            self._t += 1
+            self._m = 0.9 * self._m + 0.1 * g
+            self._v = 0.999 * self._v + 0.001 * g * g
+            m_hat = self._m / (1 - 0.9**self._t)
+            v_hat = self._v / (1 - 0.999**self._t)
+            w = self.w - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        self._set(w)
+
+
+class RLS(LinearRegressor):
+    """Recursive least squares with forgetting factor lam (memory ~ 1 / (1 - lam) samples).
+
+    Guards: P is re-symmetrised and its eigenvalues are clipped to at most `delta` (the
+    prior's uncertainty) every `check_every` updates. Forgetting without fresh excitation
+    (say, one model for a long while) would otherwise grow P without bound in the
+    unexcited directions (covariance wind-up); clipping only those eigenvalues leaves
+    learning in the excited directions untouched."""
+
+    online = True
+
+    def __init__(
+        self,
+        dim: int,
+        lam: float = 0.99,
+        delta: float = 100.0,
+        alpha: float = 1e-6,
+        check_every: int = 32,
+    ):
+        super().__init__(dim)
+        if not 0.0 < lam <= 1.0:
+            raise ValueError(f"forgetting factor must be in (0, 1], got {lam}")
+        self.lam, self.delta, self.alpha, self.check_every = lam, delta, alpha, check_every
+        self.P = np.eye(dim) * delta
+        self.max_eig = delta
+        self._updates = 0
+
+    def fit(self, X, y) -> RLS:
+        X = _as_2d(X)
+        y = np.asarray(y, dtype=float)
+        if not len(X):
+            return self
+        w, _ = ridge_solve(X, y, self.alpha)
+        # Information equivalent to the effective memory of the forgetting factor, so the
+        # fitted model adapts as fast as it would have after a long online run.
+        memory = len(X) if self.lam >= 1.0 else min(len(X), 1.0 / (1.0 - self.lam))
+        gram = X.T @ X * (memory / len(X))
+        P = np.linalg.inv(gram + np.eye(self.dim) / self.delta)
+        self.P = 0.5 * (P + P.T)
+        self._set(w)
+        return self
+
+    def learn_one(self, x: Sequence[float], y: float) -> None:
+        xa = np.asarray(x, dtype=float)
+        P = self.P
+        px = P @ xa
+        denom = self.lam + float(xa @ px)
+        if not denom > 1e-12:
+            return
+        k = px / denom
+        e = y - float(self.w @ xa)
+        P = (P - np.outer(k, px)) / self.lam
+        self._updates += 1
+        if self._updates % self.check_every == 0:
+            P = self._guard(P)
+        self.P = P
+        self._set(self.w + k * e)
+
+    def _guard(self, P: np.ndarray) -> np.ndarray:
+        P = 0.5 * (P + P.T)
+        if not np.all(np.isfinite(P)):
+            return np.eye(self.dim) * self.delta
+        eig, vec = np.linalg.eigh(P)
+        if eig[-1] <= self.max_eig and eig[0] > 0:
+            return P
+        eig = np.clip(eig, 1e-12, self.max_eig)
+        return (vec * eig) @ vec.T

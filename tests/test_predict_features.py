@@ -1,0 +1,172 @@
+"""Feature extraction on synthetic timelines with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from predlat.predict.features import (
+    Design,
+    EwmaHistory,
+    FeatureMap,
+    coarse_load,
+    count_square_integral,
+    ewma_loads,
+    fine_load,
+)
+from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
+from predlat.traces.records import BatchRecord, Overlap, attach_timelines
+
+
+def tiny_profile() -> Profile:
+    """Two models, two sizes; compute_util mean 0.5 and memory_util mean 0.75, so the
+    normalised utilisations are easy to write down."""
+    machine = MachineInfo("synthetic", 2, 1, "synthetic", {})
+    table = {
+        ("a", 1): (0.001, 0.2, 0.5),
+        ("a", 2): (0.002, 0.4, 0.5),
+        ("b", 1): (0.004, 0.6, 1.0),
+        ("b", 2): (0.008, 0.8, 1.0),
+    }
+    profile = Profile(machine=machine)
+    for (model, n), (lat, cu, mu) in table.items():
+        profile.models.setdefault(model, {})[n] = BatchProfile(
+            LatencyStats(lat, lat, 0.0, 1), {"compute_util": cu, "memory_util": mu}
+        )
+    return profile
+
+
+@pytest.fixture
+def fmap() -> FeatureMap:
+    return FeatureMap(tiny_profile())
+
+
+def test_feature_map_normalises_by_profile_means(fmap):
+    assert fmap.co_vec("a", 1) == pytest.approx((1.0, 0.4, 2 / 3))
+    assert fmap.co_vec("b", 2) == pytest.approx((1.0, 1.6, 4 / 3))
+    s = fmap.self_vec("b", 2)
+    logs = [math.log(x) for x in (0.001, 0.002, 0.004, 0.008)]
+    mean = sum(logs) / 4
+    std = math.sqrt(sum((v - mean) ** 2 for v in logs) / 4)
+    assert s[:3] == pytest.approx((1.0, 1.6, 4 / 3))
+    assert s[3] == pytest.approx((math.log(0.008) - mean) / std)
+    assert fmap.solo("a", 2) == pytest.approx(0.002)
+
+
+def batch_with_timeline() -> BatchRecord:
+    # Batch over [0, 10): X (b,1) departs at 4, Z (b,2) is there over [2, 5), Y (a,2)
+    # arrives at 6 and stays to the end.
+    timeline = (
+        Overlap(1, "b", 1, 0.0, 4.0),
+        Overlap(3, "b", 2, 2.0, 5.0),
+        Overlap(2, "a", 2, 6.0, 10.0),
+    )
+    return BatchRecord(0, "a", 1, 0, 0.0, 0.0, 10.0, timeline)
+
+
+def test_fine_load_is_time_weighted_with_arrivals_and_departures(fmap):
+    n, cu, mu, sq = fine_load(batch_with_timeline(), fmap, squares=True)
+    assert n == pytest.approx((4 + 3 + 4) / 10)
+    assert cu == pytest.approx((1.2 * 4 + 1.6 * 3 + 0.8 * 4) / 10)
+    assert mu == pytest.approx((4 / 3 * 4 + 4 / 3 * 3 + 2 / 3 * 4) / 10)
+    # count: 1 on [0,2), 2 on [2,4), 1 on [4,5), 0 on [5,6), 1 on [6,10)
+    assert sq == pytest.approx((2 * 1 + 2 * 4 + 1 * 1 + 0 + 4 * 1) / 10)
+    assert fine_load(batch_with_timeline(), fmap) == pytest.approx((n, cu, mu))
+
+
+def test_coarse_sees_only_co_runners_present_at_start(fmap):
+    assert coarse_load(batch_with_timeline(), fmap) == pytest.approx((1.0, 1.2, 4 / 3))
+    alone = BatchRecord(0, "a", 1, 0, 0.0, 0.0, 1.0)
+    assert coarse_load(alone, fmap) == (0.0, 0.0, 0.0)
+    assert fine_load(alone, fmap) == (0.0, 0.0, 0.0)
+
+
+def test_count_square_integral_of_empty_and_nested_timelines():
+    assert count_square_integral(()) == 0.0
+    nested = (Overlap(1, "a", 1, 0.0, 4.0), Overlap(2, "a", 1, 1.0, 2.0))
+    assert count_square_integral(nested) == pytest.approx(1 + 4 + 2)
+
+
+def test_ewma_decays_with_known_value(fmap):
+    tau = 1.0
+    recs = attach_timelines(
+        [
+            BatchRecord(1, "b", 1, 0, 0.0, 0.0, 1.0),
+            BatchRecord(2, "a", 1, 0, 2.0, 2.0, 3.0),
+        ]
+    )
+    by_id = {r.batch_id: r for r in recs}
+    loads = ewma_loads(recs, fmap, tau)
+    weight = math.exp(-1.0) - math.exp(-2.0)  # batch 1 ran over [0, 1), seen from t = 2
+    assert loads[2] == pytest.approx((weight, 1.2 * weight, 4 / 3 * weight))
+    assert loads[1] == (0.0, 0.0, 0.0)
+    history = EwmaHistory(fmap, tau)
+    history.add(by_id[1])
+    assert history.value(by_id[2]) == pytest.approx(loads[2])
+
+
+def test_ewma_counts_batches_still_running_at_start(fmap):
+    tau = 0.5
+    recs = attach_timelines(
+        [
+            BatchRecord(1, "b", 1, 0, 0.0, 0.0, 5.0),
+            BatchRecord(2, "a", 1, 0, 1.0, 1.0, 2.0),
+        ]
+    )
+    loads = ewma_loads(recs, fmap, tau)
+    assert loads[2][0] == pytest.approx(1.0 - math.exp(-1.0 / tau))
+    # Streaming: batch 1 has not finished, so its start is unknown and assumed to be
+    # half its solo latency (2 ms) before.
+    history = EwmaHistory(fmap, tau)
+    rec2 = next(r for r in recs if r.batch_id == 2)
+    assert history.value(rec2)[0] == pytest.approx(1.0 - math.exp(-0.002 / tau))
+
+
+def test_ewma_devices_do_not_mix(fmap):
+    recs = attach_timelines(
+        [
+            BatchRecord(1, "b", 1, 0, 0.0, 0.0, 1.0, device=1),
+            BatchRecord(2, "a", 1, 0, 2.0, 2.0, 3.0, device=0),
+        ]
+    )
+    assert ewma_loads(recs, fmap, 1.0)[2] == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("interactions,n_load", [(False, 3), (True, 3), (True, 4)])
+def test_design_parts_match_the_row(interactions, n_load):
+    design = Design(n_load, interactions)
+    assert len(design.names()) == design.dim
+    w = [0.1 * (i + 1) * (-1) ** i for i in range(design.dim)]
+    s = (1.0, 0.3, 1.7, -0.4)
+    g = (2.0, 1.5, 0.7, 4.0)[:n_load]
+    row = design.row(s, g)
+    a, beta = design.parts(w, s)
+    direct = sum(wi * xi for wi, xi in zip(w, row, strict=True))
+    assert a + sum(b * x for b, x in zip(beta, g, strict=True)) == pytest.approx(direct)
+
+
+def test_streaming_ewma_history_matches_the_exact_sweep():
+    from predlat.predict.synthetic import SlowdownLaw, simulate_trace, synthetic_profile
+
+    profile = synthetic_profile(seed=0)
+    fmap = FeatureMap(profile)
+    trace = simulate_trace(profile, SlowdownLaw(), slots=3, load=0.7, num_batches=1500, seed=3)
+    tau = 0.01
+    exact = ewma_loads(trace, fmap, tau)
+    added: set[int] = set()
+    history = EwmaHistory(fmap, tau)
+    ordered = sorted(trace, key=lambda r: r.end)
+    # A few completions reported out of order, as a real device may.
+    for k in range(0, len(ordered) - 1, 50):
+        ordered[k], ordered[k + 1] = ordered[k + 1], ordered[k]
+    checked = 0
+    for r in ordered:
+        history.add(r)
+        added.add(r.batch_id)
+        # Streaming, the history knows every batch finished so far; compare where all
+        # co-runners at the start have finished (their starts are then known).
+        if all(o.batch_id in added for o in r.co_runners_at_start()):
+            assert history.value(r) == pytest.approx(exact[r.batch_id], rel=1e-6, abs=1e-3)
+            checked += 1
+    assert checked > 300

@@ -1,0 +1,199 @@
+"""Forecast mode: closed-form ends under a known slowdown law, state tracking, no mutation."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from predlat.errors import ConfigError
+from predlat.predict import Forecaster, RunningBatch, make_predictor
+from predlat.predict.features import ewma_loads
+from predlat.predict.synthetic import SlowdownLaw, law_records, synthetic_profile
+from predlat.traces.records import BatchRecord, attach_timelines
+
+PROFILE = synthetic_profile(seed=0)
+# slowdown = 1 + 0.5 x (number of co-runners): simple enough for closed forms.
+LAW = SlowdownLaw(count=0.5, compute=0.0, memory=0.0)
+SIZES = sorted(
+    (PROFILE.solo_latency(m, n), m, n) for m in PROFILE.models for n in PROFILE.batch_sizes(m)
+)
+SMALL = SIZES[0][1:]
+LARGE = SIZES[-1][1:]
+
+
+def solo(key) -> float:
+    return PROFILE.solo_latency(*key)
+
+
+@pytest.fixture(scope="module")
+def fine():
+    train = law_records(PROFILE, LAW, 300, seed=1)
+    return make_predictor("fine", PROFILE, calibrate_forecast=False).fit(train)
+
+
+def batch(i, key, start) -> RunningBatch:
+    return RunningBatch(i, key[0], key[1], start)
+
+
+def pair_root(s: float, shared: float) -> float:
+    """Solution of L = s (1 + 0.5 shared / L)."""
+    return 0.5 * (s + math.sqrt(s * s + 2.0 * s * shared))
+
+
+def test_two_identical_batches_started_together(fine):
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7)
+    fc.on_dispatch(batch(1, SMALL, 0.0))
+    ends = fc.forecast(0.0, [batch(2, SMALL, 0.0)])
+    assert set(ends) == {1, 2}
+    for end in ends.values():
+        assert end.mean == pytest.approx(1.5 * solo(SMALL), rel=1e-4)
+
+
+def test_short_and_long_batch_started_together(fine):
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7)
+    fc.on_dispatch(batch(1, LARGE, 0.0))
+    ends = fc.forecast(0.0, [batch(2, SMALL, 0.0)])
+    short = 1.5 * solo(SMALL)  # the long batch is there all the time
+    assert ends[2].mean == pytest.approx(short, rel=1e-4)
+    assert ends[1].mean == pytest.approx(pair_root(solo(LARGE), short), rel=1e-4)
+
+
+def test_candidate_arriving_mid_batch_uses_the_running_batch_progress(fine):
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7)
+    fc.on_dispatch(batch(1, LARGE, 0.0))
+    now = 0.3 * solo(LARGE)
+    ends = fc.forecast(now, [batch(2, SMALL, now)])
+    short = 1.5 * solo(SMALL)
+    assert ends[2].mean == pytest.approx(now + short, rel=1e-4)
+    assert ends[1].mean == pytest.approx(pair_root(solo(LARGE), short), rel=1e-4)
+    assert ends[1].quantile >= ends[1].mean and ends[2].quantile >= ends[2].mean
+
+
+def test_past_co_location_is_tracked_from_events(fine):
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7)
+    t1, t2 = 0.1 * solo(LARGE), 0.4 * solo(LARGE)
+    fc.on_dispatch(batch(1, LARGE, 0.0))
+    fc.on_dispatch(batch(2, SMALL, t1))
+    assert [b.batch_id for b in fc.running()] == [1, 2]
+    done = BatchRecord(2, SMALL[0], SMALL[1], 1, t1, t1, t2)
+    fc.on_complete(done)
+    assert [b.batch_id for b in fc.running()] == [1]
+    ends = fc.forecast(0.5 * solo(LARGE))
+    assert ends[1].mean == pytest.approx(pair_root(solo(LARGE), t2 - t1), rel=1e-4)
+
+
+def snapshot(fc: Forecaster) -> dict:
+    state = {
+        k: copy.deepcopy(v)
+        for k, v in vars(fc).items()
+        if k not in ("predictor", "profile", "fmap", "calibrator", "_runs")
+    }
+    state["runs"] = {i: (r.batch, r.c_start, r.static, r.predicted) for i, r in fc._runs.items()}
+    state["residuals"] = fc.calibrator.residuals()
+    return state
+
+
+def test_forecast_does_not_mutate_state(fine):
+    fc = Forecaster(fine, PROFILE)
+    fc.on_dispatch(batch(1, LARGE, 0.0))
+    fc.on_dispatch(batch(2, SMALL, 0.001))
+    fc.on_complete(BatchRecord(2, SMALL[0], SMALL[1], 1, 0.001, 0.001, 0.003))
+    fc.on_dispatch(batch(5, SMALL, 0.003))
+    before = snapshot(fc)
+    weights = list(fine.regressor.coef)
+    candidates = [batch(3, SMALL, 0.004), batch(4, LARGE, 0.004)]
+    first = fc.forecast(0.004, candidates)
+    assert snapshot(fc) == before
+    assert fine.regressor.coef == weights
+    assert fc.forecast(0.004, candidates) == first
+    assert set(first) == {1, 3, 4, 5}
+    assert [b.batch_id for b in fc.running()] == [1, 5]
+
+
+def test_empty_device_and_lone_candidate(fine):
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7)
+    assert fc.forecast(1.0) == {}
+    end = fc.forecast(1.0, [batch(7, SMALL, 1.0)])[7]
+    assert end.mean == pytest.approx(1.0 + solo(SMALL), rel=1e-4)
+
+
+def test_overrunning_batch_is_forecast_to_end_after_now(fine):
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7)
+    fc.on_dispatch(batch(1, SMALL, 0.0))
+    now = 10 * solo(SMALL)
+    end = fc.forecast(now)[1]
+    assert now < end.mean <= end.quantile
+
+
+def test_quantile_uses_forecast_residuals(fine):
+    fc = Forecaster(fine, PROFILE, quantile=0.9, fill="none")
+    for i in range(50):  # every batch takes 1.2 x its forecast
+        t = i * 1.0
+        fc.on_dispatch(batch(i, SMALL, t), predicted_latency=solo(SMALL))
+        fc.on_complete(BatchRecord(i, SMALL[0], SMALL[1], 0, t, t, t + 1.2 * solo(SMALL)))
+    end = fc.forecast(100.0, [batch(99, SMALL, 100.0)])[99]
+    assert end.quantile - 100.0 == pytest.approx(1.2 * (end.mean - 100.0), rel=1e-6)
+
+
+def test_recent_load_fills_freed_slots(fine):
+    """After a busy period, a lone candidate is expected to get co-runners again."""
+    t_c = 3.0 * solo(SMALL)
+    recs = attach_timelines(
+        [BatchRecord(i, SMALL[0], SMALL[1], i % 3, 0.0, 0.0, t_c) for i in range(3)]
+    )
+    forecasts = {}
+    for fill in ("none", "revert", "recent"):
+        fc = Forecaster(fine, PROFILE, fill=fill, adapt_fill=False, learn=False)
+        for r in recs:
+            fc.on_dispatch(batch(r.batch_id, SMALL, 0.0))
+        fc.on_dispatch(batch(10, LARGE, 0.0))
+        for r in recs:
+            fc.on_complete(r)
+        forecasts[fill] = fc.forecast(t_c, [batch(11, SMALL, t_c)])
+    none, revert, recent = forecasts["none"], forecasts["revert"], forecasts["recent"]
+    # Without fill: the large batch is the only co-runner for the candidate's lifetime.
+    assert none[11].mean == pytest.approx(t_c + 1.5 * solo(SMALL), rel=1e-3)
+    # The recent co-runner count (2) is expected back: more co-location ahead.
+    assert revert[11].mean > none[11].mean and revert[10].mean > none[10].mean
+    # "recent" only refills slots freed after now: the candidate ends first, so only the
+    # large batch gains.
+    assert recent[11].mean == pytest.approx(none[11].mean)
+    assert recent[10].mean > none[10].mean
+
+
+def test_coarse_forecast_keeps_each_batch_co_runners_at_start():
+    train = law_records(PROFILE, LAW, 300, seed=2, mid_batch=False)
+    coarse = make_predictor("coarse", PROFILE, calibrate_forecast=False).fit(train)
+    fc = Forecaster(coarse, PROFILE)
+    fc.on_dispatch(batch(1, LARGE, 0.0))
+    ends = fc.forecast(0.001, [batch(2, SMALL, 0.001), batch(3, SMALL, 0.001)])
+    assert ends[1].mean == pytest.approx(solo(LARGE), rel=1e-4)  # alone at its start
+    assert ends[2].mean == pytest.approx(0.001 + 2.0 * solo(SMALL), rel=1e-4)  # 2 co-runners
+
+
+def test_ewma_forecast_tracks_the_load_exactly():
+    train = law_records(PROFILE, LAW, 50, seed=3)
+    ewma = make_predictor("ewma", PROFILE, calibrate_forecast=False, tau=0.01).fit(train)
+    recs = attach_timelines(
+        [
+            BatchRecord(1, LARGE[0], LARGE[1], 0, 0.0, 0.0, 0.02),
+            BatchRecord(2, SMALL[0], SMALL[1], 1, 0.005, 0.005, 0.012),
+            BatchRecord(3, SMALL[0], SMALL[1], 1, 0.03, 0.03, 0.031),
+        ]
+    )
+    fc = Forecaster(ewma, PROFILE, learn=False)
+    fc.on_dispatch(batch(1, LARGE, 0.0))
+    fc.on_dispatch(batch(2, SMALL, 0.005))
+    fc.on_complete(recs[0] if recs[0].batch_id == 2 else recs[1])
+    fc.on_complete(next(r for r in recs if r.batch_id == 1))
+    expected = ewma_loads(recs, ewma.fmap, 0.01)[3]
+    assert fc._ewma_at(0.03) == pytest.approx(expected, rel=1e-9)
+
+
+def test_bad_options_are_config_errors(fine):
+    with pytest.raises(ConfigError, match="fill"):
+        Forecaster(fine, PROFILE, fill="always")
+    with pytest.raises(ConfigError, match="quantile"):
+        Forecaster(fine, PROFILE, quantile=1.5)

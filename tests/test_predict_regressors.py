@@ -1,0 +1,119 @@
+"""Regressors on known linear targets; quantile calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from predlat.predict.calibration import Calibrator
+from predlat.predict.regressors import RLS, SGD, Ridge
+
+
+def linear_data(n: int, w: np.ndarray, seed: int = 0, noise: float = 0.0):
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n), rng.uniform(0, 2, size=(n, len(w) - 1))])
+    y = X @ w + noise * rng.standard_normal(n)
+    return X, y
+
+
+W = np.array([1.0, 0.3, -0.2, 0.5, 0.05, 0.8])
+
+
+def test_ridge_recovers_noise_free_weights():
+    X, y = linear_data(200, W)
+    model = Ridge(len(W), alpha=0.0).fit(X, y)
+    assert np.allclose(model.w, W, atol=1e-8)
+    assert model.predict_one(X[3].tolist()) == pytest.approx(y[3])
+    version = model.version
+    model.learn_one(X[0], 100.0)  # static: ignores updates
+    assert model.version == version
+
+
+def test_rls_converges_on_noise_free_target():
+    X, y = linear_data(400, W, seed=1)
+    model = RLS(len(W), lam=1.0, delta=1e6)
+    for xi, yi in zip(X, y, strict=True):
+        model.learn_one(xi.tolist(), float(yi))
+    assert np.max(np.abs(model.w - W)) < 1e-6
+
+
+def test_rls_with_forgetting_tracks_a_target_that_changes_halfway():
+    W2 = W + np.array([0.5, -0.3, 0.4, 0.0, 0.2, -0.6])
+    X1, y1 = linear_data(500, W, seed=2)
+    X2, y2 = linear_data(500, W2, seed=3)
+    forgetful, rigid = RLS(len(W), lam=0.97), RLS(len(W), lam=1.0)
+    for X, y in ((X1, y1), (X2, y2)):
+        for xi, yi in zip(X, y, strict=True):
+            forgetful.learn_one(xi, float(yi))
+            rigid.learn_one(xi, float(yi))
+    assert np.max(np.abs(forgetful.w - W2)) < 1e-4
+    assert np.max(np.abs(rigid.w - W2)) > 0.05  # without forgetting it averages both
+
+
+def test_rls_guard_against_windup_without_excitation():
+    model = RLS(3, lam=0.95, delta=10.0)
+    x = [1.0, 0.5, 0.0]  # never excites the last two directions independently
+    for _ in range(5000):
+        model.learn_one(x, 2.0)
+    assert np.all(np.isfinite(model.P))
+    assert np.linalg.eigvalsh(model.P).max() <= 10.0 / 0.95**32  # clipped every 32 updates
+    assert model.predict_one(x) == pytest.approx(2.0, abs=1e-9)
+    # Still learns at full speed in the excited direction.
+    for _ in range(200):
+        model.learn_one(x, 3.0)
+    assert model.predict_one(x) == pytest.approx(3.0, abs=1e-3)
+
+
+def test_rls_fit_then_online():
+    X, y = linear_data(300, W, seed=4)
+    model = RLS(len(W), lam=0.99).fit(X, y)
+    assert np.allclose(model.w, W, atol=1e-3)
+    model.learn_one(X[0], float(y[0]))
+    assert np.allclose(model.w, W, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "method,lr,steps,tol", [("nlms", 0.5, 4000, 1e-4), ("adam", 0.01, 20000, 2e-2)]
+)
+def test_sgd_converges_from_scratch(method, lr, steps, tol):
+    X, y = linear_data(steps, W, seed=5)
+    model = SGD(len(W), lr=lr, method=method)
+    for xi, yi in zip(X, y, strict=True):
+        model.learn_one(xi, float(yi))
+    assert np.max(np.abs(model.w - W)) < tol
+
+
+def test_sgd_fit_warm_starts_from_least_squares():
+    X, y = linear_data(100, W, seed=6)
+    assert np.allclose(SGD(len(W)).fit(X, y).w, W, atol=1e-3)
+    cold = SGD(len(W), lr=0.5, warm_start=False).fit(X, y)
+    assert np.max(np.abs(cold.w - W)) < 0.5  # some progress from 100 samples
+
+
+def test_calibrator_conformal_rank_and_fallback():
+    cal = Calibrator(window=100, default_margin=0.3, min_count=5)
+    assert cal.quantile(0.95) == 0.3
+    for r in np.linspace(-0.1, 0.89, 100):
+        cal.add(float(r))
+    # ceil(101 * 0.95) = 96th smallest of -0.1, -0.09, ..., 0.89
+    assert cal.quantile(0.95) == pytest.approx(-0.1 + 0.01 * 95)
+    assert cal.quantile(0.5) == pytest.approx(-0.1 + 0.01 * 50)
+    for _ in range(100):
+        cal.add(-0.5)  # the window slides; margins are never negative
+    assert cal.quantile(0.95) == 0.0
+    cal.add(float("nan"))
+    assert len(cal) == 100
+
+
+def test_calibrated_quantile_on_a_noisy_stream_exceeds_about_five_percent():
+    rng = np.random.default_rng(7)
+    cal = Calibrator(window=256)
+    exceed = total = 0
+    for i in range(4000):
+        predicted = 1.0 + rng.uniform()
+        actual = predicted * (1.0 + 0.2 * rng.standard_normal()) + (0.3 if i > 2000 else 0.0)
+        if i >= 300:
+            total += 1
+            exceed += actual > predicted * (1 + cal.quantile(0.95))
+        cal.add(actual / predicted - 1.0)
+    assert 0.02 <= exceed / total <= 0.10
