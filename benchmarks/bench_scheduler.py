@@ -1,0 +1,170 @@
+"""Decision cost of the scheduler: microseconds per scheduling event.
+
+Six models, four slots, about 1,000 queued requests: a simulated device is kept in
+overload (arrivals faster than it can serve, deadlines from tight to loose, 30% high
+priority) so the queue stays full, and every call into the scheduler (arrival, batch
+end, timer) is timed. The forecaster is the real one (`predlat.predict.Forecaster`) with
+the policy's predictor (fine-rls for `predlat`), started from the solo prior and learning
+online as it goes.
+
+    python benchmarks/bench_scheduler.py [--policy predlat] [--events 20000]
+        [--profile profile.json]
+
+Without --profile the six models get zoo-like synthetic costs, so the benchmark needs
+no measurement of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from predlat.profiling.profile import Profile
+from predlat.scheduling import (
+    POLICY_NAMES,
+    FixedSlowdownForecaster,
+    Priority,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+)
+from predlat.sim import SyntheticModel, build_simulation, synthetic_profile
+
+MS = 1e-3
+ZOO_LIKE = {  # solo ms at batch 1, ms per extra row, compute and memory demand
+    "resnet": SyntheticModel(7.9 * MS, 7.7 * MS, 0.69, 0.62),
+    "yolo": SyntheticModel(4.5 * MS, 4.3 * MS, 0.70, 0.55),
+    "roberta": SyntheticModel(2.2 * MS, 2.0 * MS, 0.54, 0.67),
+    "vit": SyntheticModel(11.1 * MS, 11.7 * MS, 0.67, 0.58),
+    "vgg": SyntheticModel(10.9 * MS, 9.8 * MS, 0.86, 0.27),
+    "convnext": SyntheticModel(5.0 * MS, 5.6 * MS, 0.43, 0.96),
+}
+
+
+class TimedScheduler:
+    """Forwards to a scheduler and records how long each event call takes, from the
+    moment the queue first holds `warm_queue` requests."""
+
+    def __init__(self, inner: Scheduler, warm_queue: int) -> None:
+        self.inner = inner
+        self.warm_queue = warm_queue
+        self.warm = False
+        self.samples: dict[str, list[float]] = defaultdict(list)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def _timed(self, kind: str, fn, *args):
+        self.warm = self.warm or self.inner.queued() >= self.warm_queue
+        t0 = time.perf_counter_ns()
+        out = fn(*args)
+        if self.warm:
+            self.samples[kind].append((time.perf_counter_ns() - t0) / 1e3)
+        return out
+
+    def on_arrival(self, request, now, dispatch=True):
+        return self._timed("arrival", self.inner.on_arrival, request, now, dispatch)
+
+    def on_complete(self, record, now, ok=True, dispatch=True):
+        return self._timed("completion", self.inner.on_complete, record, now, ok, dispatch)
+
+    def on_tick(self, now):
+        return self._timed("timer", self.inner.on_tick, now)
+
+
+def workload(profile: Profile, n: int, rate: float, seed: int) -> list[Request]:
+    rng = random.Random(seed)
+    models = list(profile.models)
+    out, t = [], 0.0
+    for rid in range(n):
+        t += rng.expovariate(rate)
+        model = rng.choice(models)
+        slack = math.exp(rng.uniform(math.log(3.0), math.log(2000.0)))
+        high = rng.random() < 0.3
+        out.append(
+            Request(
+                rid,
+                model,
+                t,
+                t + slack * profile.solo_latency(model, 1),
+                Priority.HIGH if high else Priority.LOW,
+            )
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", default="predlat", choices=POLICY_NAMES)
+    parser.add_argument("--events", type=int, default=20_000, help="timed events")
+    parser.add_argument("--queued", type=int, default=1000, help="queue size to hold")
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--profile", type=Path, help="a profile.json instead of synthetic costs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fixed",
+        action="store_true",
+        help="a fixed-slowdown forecaster instead of the real one: the scheduler's own cost",
+    )
+    args = parser.parse_args(argv)
+
+    profile = Profile.load(args.profile) if args.profile else synthetic_profile(ZOO_LIKE)
+    models = list(profile.models)
+    sim = build_simulation(
+        profile,
+        models,
+        policy=args.policy,
+        slots=args.slots,
+        seed=args.seed,
+        config=SchedulerConfig(max_queue=args.queued),
+        forecaster=(lambda d: FixedSlowdownForecaster(profile.solo_latency, 0.3, 1.2))
+        if args.fixed
+        else None,
+    )
+    timed = TimedScheduler(sim.schedulers[0], int(0.95 * args.queued))
+    sim.schedulers[0] = timed  # type: ignore[assignment]
+
+    # Capacity is roughly slots / mean solo latency; arrive at 3x that to stay full.
+    mean_solo = float(np.mean([profile.solo_latency(m, 1) for m in models]))
+    rate = 3.0 * args.slots / mean_solo
+    result = sim.run(workload(profile, args.events + 4 * args.queued, rate, args.seed))
+
+    inner, samples = timed.inner, timed.samples
+    every = [v for vs in samples.values() for v in vs]
+    print(
+        f"bench_scheduler: policy {args.policy}, {len(models)} models, {args.slots} slots, "
+        f"queue held near {args.queued}"
+    )
+    print(
+        f"forecaster: {type(inner.forecaster).__module__}.{type(inner.forecaster).__name__}"
+        f" (predictor {getattr(getattr(inner.forecaster, 'predictor', None), 'name', 'none')})"
+    )
+    print(
+        f"{len(every)} timed events over {result.events} simulated; "
+        f"{inner.stats.forecasts / max(1, inner.stats.arrivals + inner.stats.finished):.2f}"
+        " forecasts per event"
+    )
+    print(f"{'event':<12}{'count':>8}{'median_us':>12}{'p99_us':>10}{'max_us':>10}")
+    for kind in ("arrival", "completion", "timer"):
+        v = np.asarray(samples.get(kind, []))
+        if len(v):
+            print(
+                f"{kind:<12}{len(v):>8}{np.median(v):>12.1f}{np.percentile(v, 99):>10.1f}"
+                f"{v.max():>10.1f}"
+            )
+    v = np.asarray(every)
+    p99 = float(np.percentile(v, 99))
+    print(f"{'all':<12}{len(v):>8}{np.median(v):>12.1f}{p99:>10.1f}{v.max():>10.1f}")
+    print(f"target p99 < 200 us: {'met' if p99 < 200 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""A simulated accelerator on a virtual clock, with a known interference law.
+
+It implements the Device protocol, so a scheduler cannot tell it from a real device, but
+time only moves when its driver moves it: thousands of devices and millions of requests
+simulate in seconds, and the same seed gives the same run.
+
+Ground truth (documented so experiments can reason about it):
+
+- A batch of `model` at batch size n needs `solo(model, n)` seconds of work, times a
+  mean-one log-normal noise factor exp(sigma * z - sigma^2 / 2) drawn from the device's
+  seeded generator when it is submitted.
+- While a set R of batches runs, batch i progresses at rate 1 / s_i, where
+
+      s_i = 1 + sum over j in R, j != i of (base + compute * c_i * c_j + memory * m_i * m_j)
+
+  and (c, m) are the batch's compute and memory demands (e.g. the profile's
+  compute_util and memory_util). With `cores` set (a CPU: one thread per batch), every
+  rate is further divided by max(1, |R| / cores): more batches than cores time-share
+  them. Rates change only when a batch starts or ends, so ends are computed exactly,
+  event by event (processor sharing with per-resource contention).
+- With probability `failure_rate` a batch fails at its end (error set, no outputs), so
+  drivers' failure paths can be exercised.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from predlat.devices.base import BatchJob, BatchResult, DoneCallback, SlotBusyError
+from predlat.errors import ConfigError
+from predlat.models.spec import ModelSpec
+
+# (solo latency in seconds, compute demand, memory demand) of a (model, batch size).
+CostFn = Callable[[str, int], tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
+class InterferenceLaw:
+    base: float = 0.05  # slowdown every co-runner adds, whatever it does
+    compute: float = 0.6  # weight of compute-compute contention
+    memory: float = 1.0  # weight of memory-memory contention
+    noise_sigma: float = 0.03  # log-normal sigma of a batch's solo work
+    failure_rate: float = 0.0
+    cores: int | None = None  # time-share this many cores (None: no such limit)
+
+    def validate(self) -> None:
+        for name in ("base", "compute", "memory", "noise_sigma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"interference law: {name} must be non-negative")
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise ConfigError("interference law: failure_rate must be in [0, 1]")
+        if self.cores is not None and self.cores < 1:
+            raise ConfigError("interference law: cores must be at least 1")
+
+    def pair(self, a: tuple[float, float], b: tuple[float, float]) -> float:
+        """Slowdown that co-runner b adds to batch a."""
+        return self.base + self.compute * a[0] * b[0] + self.memory * a[1] * b[1]
+
+
+class VirtualClock:
+    """Time as the simulation says it is; shared by every device of one simulation."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+
+@dataclass
+class _Job:
+    job: BatchJob
+    on_done: DoneCallback
+    start: float
+    work: float  # solo seconds still to do
+    demand: tuple[float, float]
+    fails: bool
+    rate: float = 1.0
+
+
+class SimulatedDevice:
+    """K slots on a virtual clock; see the module docstring for the law."""
+
+    def __init__(
+        self,
+        cost: CostFn,
+        num_slots: int = 4,
+        law: InterferenceLaw | None = None,
+        seed: int = 0,
+        clock: VirtualClock | None = None,
+        name: str = "sim",
+    ) -> None:
+        if num_slots < 1:
+            raise ConfigError(f"slots must be at least 1, got {num_slots}")
+        self.law = law or InterferenceLaw()
+        self.law.validate()
+        self.name = name
+        self.num_slots = num_slots
+        self.clock = clock or VirtualClock()
+        self._cost = cost
+        self._rng = random.Random(seed)
+        self._models: set[str] = set()
+        self._jobs: dict[int, _Job] = {}
+        self._updated = self.clock.now  # when `work` of running jobs was last brought up to date
+        self.busy_time = 0.0  # slot-seconds spent running batches
+
+    # -- Device protocol -------------------------------------------------------------
+    def load(self, spec: ModelSpec | str) -> None:
+        name = spec if isinstance(spec, str) else spec.name
+        self._cost(name, 1)  # raises if the cost model does not know the model
+        self._models.add(name)
+
+    def submit(self, slot: int, job: BatchJob, on_done: DoneCallback) -> None:
+        if not 0 <= slot < self.num_slots:
+            raise ConfigError(f"slot {slot} does not exist (device has {self.num_slots})")
+        if slot in self._jobs:
+            raise SlotBusyError(f"slot {slot} is busy")
+        if job.model not in self._models:
+            raise ConfigError(f"model '{job.model}' is not loaded on {self.name}")
+        now = self.clock.now
+        self._progress(now)
+        solo, compute, memory = self._cost(job.model, job.batch_size)
+        sigma = self.law.noise_sigma
+        noise = math.exp(self._rng.gauss(-0.5 * sigma * sigma, sigma)) if sigma else 1.0
+        fails = self.law.failure_rate > 0 and self._rng.random() < self.law.failure_rate
+        self._jobs[slot] = _Job(job, on_done, now, solo * noise, (compute, memory), fails)
+        self._rerate()
+
+    def now(self) -> float:
+        return self.clock.now
+
+    def close(self) -> None:
+        """Run every batch still on the device to its end."""
+        while self._jobs:
+            self.advance(math.inf)
+
+    # -- driving the virtual clock -----------------------------------------------------
+    def is_busy(self, slot: int) -> bool:
+        return slot in self._jobs
+
+    def running(self) -> int:
+        return len(self._jobs)
+
+    def next_event(self) -> float | None:
+        """When the next running batch ends (None if idle)."""
+        if not self._jobs:
+            return None
+        return self._updated + min(j.work / j.rate for j in self._jobs.values())
+
+    def advance(self, until: float) -> int:
+        """End, in time order, every batch that ends by `until`, moving the clock to each
+        end before calling its callback (which may submit more work). Returns how many
+        ended. The clock is not moved past the last end: the driver owns the clock."""
+        ended = 0
+        while self._jobs:
+            slot = min(self._jobs, key=lambda s: (self._jobs[s].work / self._jobs[s].rate, s))
+            job = self._jobs[slot]
+            end = self._updated + job.work / job.rate
+            if end > until:
+                break
+            self.clock.now = max(self.clock.now, end)
+            self._progress(end)
+            del self._jobs[slot]
+            self._rerate()
+            self.busy_time += end - job.start
+            ended += 1
+            job.on_done(self._result(slot, job, end))
+        return ended
+
+    # -- the law -----------------------------------------------------------------------
+    def _progress(self, t: float) -> None:
+        dt = t - self._updated
+        if dt > 0:
+            for j in self._jobs.values():
+                j.work = max(0.0, j.work - j.rate * dt)
+        self._updated = max(self._updated, t)
+
+    def _rerate(self) -> None:
+        jobs = list(self._jobs.values())
+        cores = self.law.cores
+        share = max(1.0, len(jobs) / cores) if cores else 1.0
+        for j in jobs:
+            s = 1.0
+            for other in jobs:
+                if other is not j:
+                    s += self.law.pair(j.demand, other.demand)
+            j.rate = 1.0 / (s * share)
+
+    def _result(self, slot: int, job: _Job, end: float) -> BatchResult:
+        b = job.job
+        if job.fails:
+            return BatchResult(
+                b.batch_id,
+                b.model,
+                b.batch_size,
+                slot,
+                job.start,
+                end,
+                error="simulated engine failure",
+            )
+        return BatchResult(b.batch_id, b.model, b.batch_size, slot, job.start, end)

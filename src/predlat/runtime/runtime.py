@@ -1,0 +1,495 @@
+"""The runtime: a real device driven by a scheduler on the wall clock.
+
+One control thread owns the scheduler (the single controller, as in Clockwork): client
+threads post arrivals and device worker threads post batch ends to its inbox; it feeds
+them to the scheduler, carries out the decisions (device.submit), and wakes itself for
+the scheduler's timers. Every request's future is resolved exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import itertools
+import logging
+import math
+import queue
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from predlat.devices.base import BatchJob, BatchResult, Device
+from predlat.errors import PredlatError, UnknownModelError
+from predlat.models.spec import ModelSpec
+from predlat.profiling.profile import Profile
+from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.request import Dispatch, Finished, Priority, Reject, Request
+from predlat.scheduling.scheduler import Scheduler
+from predlat.traces.records import BatchRecord
+
+log = logging.getLogger(__name__)
+
+OutcomeListener = Callable[[RequestOutcome], None]
+BatchListener = Callable[[BatchRecord, float], None]
+
+SHUTTING_DOWN = "shutting down"
+_ARRIVAL, _DONE, _STOP, _WAKE = range(4)
+
+
+class InvalidInputError(PredlatError):
+    """A request that cannot be queued: inputs that do not match the model (names,
+    dtypes, shapes) or a deadline that is not a number."""
+
+
+@dataclass
+class RuntimeStats:
+    """A snapshot for metrics. Lags and errors cover the most recent batches."""
+
+    submitted: int
+    met: int
+    missed: int
+    rejected: int
+    failed: int
+    queued: int
+    running: int
+    batches: int
+    uptime_s: float
+    busy_slot_s: float
+    utilization: float  # busy slot-time / (slots x uptime)
+    dispatch_lag_p50_ms: float  # decision -> start on the device
+    dispatch_lag_p99_ms: float
+    dispatch_lag_max_ms: float
+    pred_mean_rel_err: float  # |forecast at dispatch - actual| / actual
+
+
+@dataclass
+class _Pending:
+    request: Request
+    inputs: dict[str, np.ndarray] | None
+    future: Future
+    dispatch: Dispatch | None = None
+
+
+class Runtime:
+    def __init__(
+        self,
+        device: Device,
+        scheduler: Scheduler,
+        profile: Profile,
+        *,
+        specs: Mapping[str, ModelSpec] | None = None,
+        close_device: bool = True,
+        history: int = 10_000,
+        switch_interval_s: float | None = 0.001,
+        freeze_gc: bool = True,
+    ) -> None:
+        """`specs`, when given, lets `submit` check inputs against each model's graph.
+        `close_device`: `stop` also closes the device (the runtime owns it).
+        `switch_interval_s`: at start, lower the interpreter's thread switch interval to
+        this (None: leave it). CPython hands the GIL to a waiting thread only every
+        interval (5 ms by default), which would add up to that much to every hand-off
+        between the control thread, clients and device workers.
+        `freeze_gc`: at start, move every object alive then (models, sessions, profile,
+        caller's data) out of the garbage collector's reach (gc.freeze), so a full
+        collection later scans only what serving allocates: otherwise one can stall the
+        control thread for tens of milliseconds."""
+        self.device = device
+        self.scheduler = scheduler
+        self.profile = profile
+        self.specs = dict(specs or {})
+        self._models = set(scheduler.models)
+        self._close_device = close_device
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self._stopped = threading.Event()
+        self._listeners: list[OutcomeListener] = []
+        self._batch_listeners: list[BatchListener] = []
+        self._dispatches: dict[int, Dispatch] = {}
+        self._results: dict[int, BatchResult] = {}
+        self._draining = False
+        # statistics (written by the control thread, read by anyone)
+        self._counts = dict.fromkeys(("submitted", "met", "missed", "rejected", "failed"), 0)
+        self._batches = 0
+        self._busy = 0.0
+        self._lags: collections.deque[float] = collections.deque(maxlen=history)
+        self._errors: collections.deque[float] = collections.deque(maxlen=history)
+        self._started_at = 0.0
+        self._switch_interval_s = switch_interval_s
+        self._freeze_gc = freeze_gc
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("runtime already started")
+        if self._switch_interval_s and sys.getswitchinterval() > self._switch_interval_s:
+            sys.setswitchinterval(self._switch_interval_s)
+        if self._freeze_gc:
+            gc.collect()
+            gc.freeze()
+        self._started_at = self.device.now()
+        self._accepting = True
+        self._thread = threading.Thread(target=self._loop, name="predlat-control", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop accepting requests; with `drain`, finish queued work, else reject it with
+        reason "shutting down"; wait for running batches (at most `timeout` s), then stop.
+        Whatever is still unresolved after `timeout` is rejected."""
+        with self._lock:
+            if not self._accepting and self._thread is None:
+                return
+            self._accepting = False
+        if self._thread is not None:
+            self._inbox.put((_STOP, drain))
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._inbox.put((_STOP, False))
+                self._thread.join(1.0)
+        for rid in list(self._pending):
+            self._resolve_unrun(rid, "rejected", SHUTTING_DOWN)
+        self._thread = None
+        if self._close_device:
+            self.device.close()
+
+    def now(self) -> float:
+        return self.device.now()
+
+    @property
+    def models(self) -> list[str]:
+        return self.scheduler.models
+
+    # -- requests ------------------------------------------------------------------------
+    def submit(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray] | None,
+        *,
+        deadline_s: float,
+        priority: Priority = Priority.LOW,
+    ) -> Future:
+        """Queue one request (thread-safe). `deadline_s` is relative (seconds from now);
+        the request's rows are the first axis of its inputs (1 if None). The future
+        resolves to a RequestOutcome exactly once."""
+        if model not in self._models:
+            raise UnknownModelError(
+                f"model '{model}' is not served (serving: {', '.join(self.models)})"
+            )
+        if not math.isfinite(deadline_s):
+            raise InvalidInputError(
+                f"deadline must be a finite number of seconds, got {deadline_s}"
+            )
+        rows = self._check_inputs(model, inputs)
+        now = self.device.now()
+        future: Future = Future()
+        request = Request(next(self._ids), model, now, now + deadline_s, Priority(priority), rows)
+        with self._lock:
+            self._pending[request.request_id] = _Pending(request, inputs, future)
+            self._counts["submitted"] += 1
+            accepting = self._accepting
+        if accepting:
+            self._inbox.put((_ARRIVAL, request))
+        else:
+            self._resolve_unrun(request.request_id, "rejected", SHUTTING_DOWN)
+        return future
+
+    def add_listener(self, on_outcome: OutcomeListener) -> None:
+        """Called (on the control thread) with every request's outcome."""
+        self._listeners.append(on_outcome)
+
+    def add_batch_listener(self, on_batch: BatchListener) -> None:
+        """Called (on the control thread) with every finished batch (with its timeline)
+        and the latency forecast when it was dispatched (s)."""
+        self._batch_listeners.append(on_batch)
+
+    # -- metrics -------------------------------------------------------------------------
+    def queue_lengths(self) -> dict[str, int]:
+        """Queued requests per model (a racy snapshot, fine for metrics)."""
+        return self.scheduler.queue_lengths()
+
+    def running_batches(self) -> int:
+        return len(self._dispatches)
+
+    def utilization(self) -> float:
+        """Busy slot-time over slot-time since start (0..1)."""
+        up = max(self.device.now() - self._started_at, 1e-9)
+        return self._busy / (self.device.num_slots * up)
+
+    def stats(self) -> RuntimeStats:
+        lags = np.asarray(self._lags) if self._lags else np.asarray([np.nan])
+        errs = list(self._errors)
+        up = max(self.device.now() - self._started_at, 1e-9) if self._started_at else 0.0
+        return RuntimeStats(
+            **self._counts,
+            queued=self.scheduler.queued(),
+            running=len(self._dispatches),
+            batches=self._batches,
+            uptime_s=up,
+            busy_slot_s=self._busy,
+            utilization=self.utilization() if up else 0.0,
+            dispatch_lag_p50_ms=float(np.percentile(lags, 50) * 1e3),
+            dispatch_lag_p99_ms=float(np.percentile(lags, 99) * 1e3),
+            dispatch_lag_max_ms=float(np.max(lags) * 1e3),
+            pred_mean_rel_err=float(np.mean(errs)) if errs else float("nan"),
+        )
+
+    def dispatch_lags(self) -> list[float]:
+        """Recent dispatch lags (s): decision to start on the device."""
+        return list(self._lags)
+
+    # -- the control thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        sched = self.scheduler
+        while True:
+            wake = sched.next_wakeup()
+            timeout = None if wake is None else max(0.0, wake - self.device.now())
+            try:
+                events = [self._inbox.get(timeout=timeout)]
+            except queue.Empty:
+                events = [(_WAKE, None)]
+            while True:  # take everything already posted: arrivals of a burst batch together
+                try:
+                    events.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._handle(events)
+            except Exception:  # the controller must survive anything one event does
+                log.exception("control loop error")
+            if self._draining and sched.idle():
+                return
+
+    def _handle(self, events: list[tuple[int, object]]) -> None:
+        sched = self.scheduler
+        decisions: list = []
+        for kind, payload in events:
+            now = self.device.now()
+            if kind == _ARRIVAL:
+                decisions += sched.on_arrival(payload, now, dispatch=False)
+            elif kind == _DONE:
+                decisions += self._completed(payload, now)
+            elif kind == _STOP:
+                self._draining = True
+                if not payload:
+                    decisions += sched.reject_all(SHUTTING_DOWN)
+        now = self.device.now()
+        decisions += sched.on_tick(now)
+        self._execute(decisions)
+
+    def _completed(self, result: BatchResult, now: float) -> list:
+        d = self._dispatches.pop(result.batch_id)
+        self._results[result.batch_id] = result
+        self._lags.append(max(0.0, result.start - d.decided_at))
+        self._busy += result.end - result.start
+        self._batches += 1
+        record = BatchRecord(
+            result.batch_id,
+            result.model,
+            result.batch_size,
+            result.slot,
+            d.decided_at,
+            result.start,
+            result.end,
+        )
+        return self.scheduler.on_complete(record, now, ok=result.error is None, dispatch=False)
+
+    def _execute(self, decisions: Sequence[object]) -> None:
+        for d in decisions:
+            if isinstance(d, Dispatch):
+                self._run(d)
+            elif isinstance(d, Reject):
+                self._resolve_unrun(d.request_id, "rejected", d.reason)
+            elif isinstance(d, Finished):
+                self._finished(d)
+
+    def _run(self, d: Dispatch) -> None:
+        parts = []
+        for rid in d.request_ids:
+            p = self._pending[rid]
+            p.dispatch = d
+            parts.append(p)
+        self._dispatches[d.batch_id] = d
+        try:
+            job = BatchJob(d.batch_id, d.model, d.batch_size, _concat(parts))
+            self.device.submit(d.slot, job, self._on_done)
+        except Exception as exc:  # a bad batch fails alone; the device stays usable
+            now = self.device.now()
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            self._inbox.put(
+                (
+                    _DONE,
+                    BatchResult(d.batch_id, d.model, d.batch_size, d.slot, now, now, error=message),
+                )
+            )
+
+    def _on_done(self, result: BatchResult) -> None:  # device worker thread
+        self._inbox.put((_DONE, result))
+
+    def _finished(self, f: Finished) -> None:
+        rec = f.record
+        result = self._results.pop(rec.batch_id)
+        if f.ok:
+            if rec.latency > 0:
+                self._errors.append(abs(f.predicted_latency - rec.latency) / rec.latency)
+            for listener in self._batch_listeners:
+                _call(listener, rec, f.predicted_latency)
+        rows = [self._pending[rid].request.size for rid in f.request_ids]
+        outputs = _split(result.outputs, rows) if f.ok else [None] * len(rows)
+        for rid, out in zip(f.request_ids, outputs, strict=True):
+            p = self._pending.get(rid)
+            if p is None:
+                continue
+            r = p.request
+            if f.ok:
+                status = "met" if rec.end <= r.deadline else "missed"
+                reason = None
+            else:
+                status, reason = "failed", result.error or "engine failed"
+            self._resolve(
+                rid,
+                RequestOutcome(
+                    rid,
+                    r.model,
+                    r.priority,
+                    status,
+                    reason,
+                    out if p.inputs is not None else None,
+                    r.arrival,
+                    r.deadline,
+                    rec.dispatch,
+                    rec.start,
+                    rec.end,
+                    rec.batch_id,
+                    rec.batch_size,
+                ),
+            )
+
+    # -- resolving -----------------------------------------------------------------------
+    def _resolve_unrun(self, rid: int, status: str, reason: str) -> None:
+        p = self._pending.get(rid)
+        if p is not None:
+            self._resolve(rid, _unrun(p.request, status, reason))
+
+    def _resolve(self, rid: int, outcome: RequestOutcome) -> None:
+        with self._lock:
+            p = self._pending.pop(rid, None)
+            if p is None:
+                return  # already resolved (exactly once)
+            self._counts[outcome.status] += 1
+        p.future.set_result(outcome)
+        for listener in self._listeners:
+            _call(listener, outcome)
+
+    # -- inputs --------------------------------------------------------------------------
+    def _check_inputs(self, model: str, inputs: dict[str, np.ndarray] | None) -> int:
+        if inputs is None:
+            return 1
+        if not inputs:
+            raise InvalidInputError(f"request for '{model}' has no inputs")
+        rows = {name: np.shape(a)[0] if np.ndim(a) else None for name, a in inputs.items()}
+        if None in rows.values() or len(set(rows.values())) != 1:
+            raise InvalidInputError(
+                f"inputs for '{model}' must share a first (batch) axis, got "
+                + ", ".join(f"{k}: {np.shape(v)}" for k, v in inputs.items())
+            )
+        spec = self.specs.get(model)
+        if spec is not None:
+            _check_against_spec(spec, inputs)
+        n = next(iter(rows.values()))
+        if n < 1:
+            raise InvalidInputError(f"inputs for '{model}' have no rows")
+        return int(n)
+
+
+def _check_against_spec(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> None:
+    expected = {t.name: t for t in spec.inputs}
+    missing = sorted(set(expected) - set(inputs))
+    extra = sorted(set(inputs) - set(expected))
+    if missing or extra:
+        raise InvalidInputError(
+            f"inputs for '{spec.name}': "
+            + "; ".join(
+                filter(
+                    None,
+                    (
+                        missing and f"missing {', '.join(missing)}",
+                        extra and f"unknown {', '.join(extra)}",
+                    ),
+                )
+            )
+        )
+    for name, t in expected.items():
+        a = inputs[name]
+        if a.dtype != t.dtype:
+            raise InvalidInputError(
+                f"input '{name}' of '{spec.name}' must be {t.dtype}, got {a.dtype}"
+            )
+        if len(a.shape) != len(t.shape) or any(
+            d is not None and d != s for d, s in zip(t.shape[1:], a.shape[1:], strict=True)
+        ):
+            want = ", ".join("N" if d is None else str(d) for d in t.shape)
+            raise InvalidInputError(
+                f"input '{name}' of '{spec.name}' must have shape [{want}], got {list(a.shape)}"
+            )
+
+
+def _concat(parts: Sequence[_Pending]) -> dict[str, np.ndarray] | None:
+    """Request inputs stacked along axis 0; requests without inputs get zero rows shaped
+    like the others'; None if no request brought inputs (the device feeds its own)."""
+    given = [p.inputs for p in parts if p.inputs is not None]
+    if not given:
+        return None
+    if len(parts) == 1:
+        return parts[0].inputs
+    out: dict[str, np.ndarray] = {}
+    for name, sample in given[0].items():
+        chunks = []
+        for p in parts:
+            if p.inputs is not None:
+                chunks.append(p.inputs[name])
+            else:
+                chunks.append(np.zeros((p.request.size, *sample.shape[1:]), sample.dtype))
+        out[name] = np.concatenate(chunks, axis=0)
+    return out
+
+
+def _split(outputs: dict[str, np.ndarray] | None, rows: list[int]) -> list:
+    """Each request's rows of the batch outputs (outputs without a batch axis are shared)."""
+    if outputs is None:
+        return [None] * len(rows)
+    total = sum(rows)
+    per: list[dict[str, np.ndarray]] = [{} for _ in rows]
+    for name, value in outputs.items():
+        batched = np.ndim(value) > 0 and np.shape(value)[0] == total
+        offset = 0
+        for i, n in enumerate(rows):
+            per[i][name] = value[offset : offset + n] if batched else value
+            offset += n
+    return per
+
+
+def _unrun(request: Request, status: str, reason: str) -> RequestOutcome:
+    return RequestOutcome(
+        request.request_id,
+        request.model,
+        request.priority,
+        status,
+        reason,
+        None,
+        request.arrival,
+        request.deadline,
+    )
+
+
+def _call(listener: Callable, *args: object) -> None:
+    try:
+        listener(*args)
+    except Exception:  # a broken listener must not break serving
+        log.exception("listener %r failed", listener)

@@ -1,0 +1,14 @@
+"""Simulated devices driven by schedulers on a virtual clock."""
+
+from predlat.sim.simulator import ROUTES, SimResult, Simulation, build_simulation, profile_cost
+from predlat.sim.synthetic import SyntheticModel, synthetic_profile
+
+__all__ = [
+    "ROUTES",
+    "SimResult",
+    "Simulation",
+    "SyntheticModel",
+    "build_simulation",
+    "profile_cost",
+    "synthetic_profile",
+]

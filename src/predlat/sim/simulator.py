@@ -1,0 +1,316 @@
+"""The simulator: simulated devices driven by schedulers on a virtual clock.
+
+One event loop (heapq) over three kinds of events: request arrivals, batch ends on any
+device, and scheduler timers. Each device has its own scheduler (and forecaster), as it
+would on a real machine; requests are routed to devices as they arrive. The run is
+deterministic: same requests, devices and seeds give the same outcomes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from predlat.devices.base import BatchJob, BatchResult
+from predlat.devices.simulated import InterferenceLaw, SimulatedDevice, VirtualClock
+from predlat.errors import ConfigError
+from predlat.profiling.profile import Profile
+from predlat.scheduling.forecasting import ForecasterLike
+from predlat.scheduling.outcome import RequestOutcome, summarize
+from predlat.scheduling.policies import get_policy
+from predlat.scheduling.request import Dispatch, Finished, Reject, Request
+from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
+from predlat.traces.records import BatchRecord
+
+ROUTES = ("round-robin", "least-loaded")
+
+
+@dataclass
+class SimResult:
+    outcomes: list[RequestOutcome]  # one per request, by request id
+    records: list[BatchRecord]  # finished batches, with timelines, in end order
+    predicted: list[float]  # mean latency forecast at dispatch, aligned with `records`
+    duration: float  # first arrival to the later of last arrival and last end (s)
+    busy_slot_s: float
+    slots: int  # over all devices
+    events: int
+    wall_s: float
+
+    def summary(self) -> dict[str, float]:
+        out = summarize(self.outcomes, self.duration, self.busy_slot_s, self.slots)
+        errors = [
+            abs(p - r.latency) / r.latency
+            for p, r in zip(self.predicted, self.records, strict=True)
+            if r.latency > 0
+        ]
+        out["pred_mean_rel_err"] = sum(errors) / len(errors) if errors else math.nan
+        out["batches"] = float(len(self.records))
+        out["mean_batch_size"] = (
+            sum(r.batch_size for r in self.records) / len(self.records)
+            if self.records
+            else math.nan
+        )
+        return out
+
+
+@dataclass
+class _Pending:
+    request: Request
+    dispatch: Dispatch | None = None
+
+
+@dataclass
+class _Loop:
+    """Per-run state (kept off the Simulation so a Simulation object stays reusable)."""
+
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    outcomes: dict[int, RequestOutcome] = field(default_factory=dict)
+    records: list[BatchRecord] = field(default_factory=list)
+    predicted: list[float] = field(default_factory=list)
+    dispatches: dict[tuple[int, int], Dispatch] = field(default_factory=dict)
+    heap: list[tuple[float, int, int, int]] = field(default_factory=list)
+    versions: dict[tuple[int, int], int] = field(default_factory=dict)
+    events: int = 0
+
+
+_DEVICE, _TIMER = 0, 1
+
+
+class Simulation:
+    def __init__(
+        self,
+        devices: Sequence[SimulatedDevice],
+        schedulers: Sequence[Scheduler],
+        clock: VirtualClock,
+        route: str = "round-robin",
+    ) -> None:
+        if len(devices) != len(schedulers) or not devices:
+            raise ConfigError("a simulation needs one scheduler per device, and a device")
+        if route not in ROUTES:
+            raise ConfigError(f"unknown route '{route}' (choose {', '.join(ROUTES)})")
+        if any(d.clock is not clock for d in devices):
+            raise ConfigError("every simulated device must share the simulation's clock")
+        self.devices = list(devices)
+        self.schedulers = list(schedulers)
+        self.clock = clock
+        self.route = route
+
+    def run(
+        self,
+        requests: Sequence[Request],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> SimResult:
+        """Simulate until every request has ended. `requests` are sorted by arrival here;
+        `on_progress(n)` is called with the number of requests that ended so far, now
+        and then (for progress bars)."""
+        wall = time.perf_counter()
+        loop = _Loop()
+        ordered = sorted(requests, key=lambda r: (r.arrival, r.request_id))
+        first = ordered[0].arrival if ordered else self.clock.now
+        self.clock.now = max(self.clock.now, first)
+        rr = itertools.count()
+        i = 0
+        while i < len(ordered) or loop.heap:
+            t_next = self._peek(loop)
+            if i < len(ordered) and ordered[i].arrival <= t_next:
+                request = ordered[i]
+                i += 1
+                self.clock.now = max(self.clock.now, request.arrival)
+                dev = self._route(request, next(rr))
+                loop.pending[request.request_id] = _Pending(request)
+                self._apply(loop, dev, self.schedulers[dev].on_arrival(request, self.clock.now))
+            elif loop.heap:
+                self._fire(loop, heapq.heappop(loop.heap))
+            if on_progress is not None and loop.events % 4096 == 0:
+                on_progress(len(loop.outcomes))
+            loop.events += 1
+        for d in self.devices:
+            d.close()
+        if on_progress is not None:
+            on_progress(len(loop.outcomes))
+        if loop.pending:  # a request neither ended nor queued: a scheduler bug
+            raise RuntimeError(f"{len(loop.pending)} requests never ended")
+        last = max([first, *(r.end for r in loop.records), *(r.arrival for r in ordered)])
+        return SimResult(
+            outcomes=[loop.outcomes[k] for k in sorted(loop.outcomes)],
+            records=loop.records,
+            predicted=loop.predicted,
+            duration=last - first,
+            busy_slot_s=sum(d.busy_time for d in self.devices),
+            slots=sum(d.num_slots for d in self.devices),
+            events=loop.events,
+            wall_s=time.perf_counter() - wall,
+        )
+
+    # -- events --------------------------------------------------------------------------
+    def _peek(self, loop: _Loop) -> float:
+        """Time of the next valid device/timer event (stale heap entries dropped)."""
+        while loop.heap:
+            t, kind, dev, version = loop.heap[0]
+            if loop.versions.get((kind, dev)) == version:
+                return t
+            heapq.heappop(loop.heap)
+        return math.inf
+
+    def _fire(self, loop: _Loop, entry: tuple[float, int, int, int]) -> None:
+        t, kind, dev, _ = entry
+        loop.versions.pop((kind, dev), None)
+        self.clock.now = max(self.clock.now, t)
+        if kind == _DEVICE:
+            self.devices[dev].advance(t)  # callbacks feed the scheduler
+            self._arm(loop, dev)
+        else:
+            self._apply(loop, dev, self.schedulers[dev].on_tick(self.clock.now))
+
+    def _route(self, request: Request, n: int) -> int:
+        if len(self.devices) == 1:
+            return 0
+        if self.route == "round-robin":
+            return n % len(self.devices)
+        return min(
+            range(len(self.schedulers)),
+            key=lambda d: (self.schedulers[d].queued() + len(self.schedulers[d].running()), d),
+        )
+
+    def _apply(self, loop: _Loop, dev: int, decisions: Sequence[object]) -> None:
+        for d in decisions:
+            if isinstance(d, Dispatch):
+                loop.dispatches[(dev, d.batch_id)] = d
+                for rid in d.request_ids:
+                    loop.pending[rid].dispatch = d
+                self.devices[dev].submit(
+                    d.slot,
+                    BatchJob(d.batch_id, d.model, d.batch_size),
+                    lambda result, dev=dev: self._on_done(loop, dev, result),
+                )
+            elif isinstance(d, Reject):
+                p = loop.pending.pop(d.request_id)
+                r = p.request
+                loop.outcomes[r.request_id] = RequestOutcome(
+                    r.request_id,
+                    r.model,
+                    r.priority,
+                    "rejected",
+                    d.reason,
+                    None,
+                    r.arrival,
+                    r.deadline,
+                    end=None,
+                )
+            elif isinstance(d, Finished):
+                self._finished(loop, d)
+        self._arm(loop, dev)
+
+    def _finished(self, loop: _Loop, done: Finished) -> None:
+        rec = done.record
+        loop.records.append(rec)
+        loop.predicted.append(done.predicted_latency)
+        for rid in done.request_ids:
+            r = loop.pending.pop(rid).request
+            status = ("met" if rec.end <= r.deadline else "missed") if done.ok else "failed"
+            loop.outcomes[rid] = RequestOutcome(
+                rid,
+                r.model,
+                r.priority,
+                status,
+                None if done.ok else "simulated engine failure",
+                None,
+                r.arrival,
+                r.deadline,
+                rec.dispatch,
+                rec.start,
+                rec.end,
+                rec.batch_id,
+                rec.batch_size,
+            )
+
+    def _on_done(self, loop: _Loop, dev: int, result: BatchResult) -> None:
+        d = loop.dispatches.pop((dev, result.batch_id))
+        record = BatchRecord(
+            result.batch_id,
+            result.model,
+            result.batch_size,
+            result.slot,
+            d.decided_at,
+            result.start,
+            result.end,
+            device=dev,
+        )
+        decisions = self.schedulers[dev].on_complete(
+            record, self.clock.now, ok=result.error is None
+        )
+        self._apply(loop, dev, decisions)
+
+    def _arm(self, loop: _Loop, dev: int) -> None:
+        """(Re)schedule device `dev`'s next batch end and its scheduler's timer."""
+        for kind, t in (
+            (_DEVICE, self.devices[dev].next_event()),
+            (_TIMER, self.schedulers[dev].next_wakeup()),
+        ):
+            version = loop.versions.get((kind, dev), 0) + 1
+            if t is None:
+                loop.versions.pop((kind, dev), None)
+                continue
+            if kind == _TIMER:
+                t = max(t, self.clock.now)
+            loop.versions[(kind, dev)] = version
+            heapq.heappush(loop.heap, (t, kind, dev, version))
+
+
+def profile_cost(profile: Profile, default_demand: float = 0.5):
+    """A simulated device's cost model from a solo profile: solo latency, and the
+    compute/memory utilisations as demands."""
+    cache: dict[tuple[str, int], tuple[float, float, float]] = {}
+
+    def cost(model: str, batch_size: int) -> tuple[float, float, float]:
+        key = (model, batch_size)
+        value = cache.get(key)
+        if value is None:
+            f = profile.features(model, batch_size)
+            value = cache[key] = (
+                profile.solo_latency(model, batch_size),
+                float(f.get("compute_util", default_demand)),
+                float(f.get("memory_util", default_demand)),
+            )
+        return value
+
+    return cost
+
+
+def build_simulation(
+    profile: Profile,
+    models: Sequence[str],
+    *,
+    policy: str = "predlat",
+    devices: int = 1,
+    slots: int = 4,
+    law: InterferenceLaw | None = None,
+    seed: int = 0,
+    quantile: float = 0.95,
+    config: SchedulerConfig | None = None,
+    forecaster: Callable[[int], ForecasterLike] | None = None,
+    route: str = "round-robin",
+) -> Simulation:
+    """`devices` simulated devices with `slots` slots each, one scheduler per device
+    under `policy`. `forecaster(device_index)` overrides the policy's forecaster."""
+    if devices < 1:
+        raise ConfigError(f"devices must be at least 1, got {devices}")
+    chosen = get_policy(policy)
+    clock = VirtualClock()
+    cost = profile_cost(profile)
+    sims: list[SimulatedDevice] = []
+    scheds: list[Scheduler] = []
+    for d in range(devices):
+        device = SimulatedDevice(
+            cost, slots, law, seed=seed * 100_003 + d, clock=clock, name=f"sim{d}"
+        )
+        for m in models:
+            device.load(m)
+        fc = forecaster(d) if forecaster else chosen.make_forecaster(profile, quantile)
+        sims.append(device)
+        scheds.append(Scheduler(models, slots, fc, profile, chosen, config))
+    return Simulation(sims, scheds, clock, route)

@@ -1,0 +1,95 @@
+"""`predlat compare` end to end on the real device, shrunk to seconds (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from predlat.cli import main
+from predlat.experiments.compare import check_targets
+
+KEYS = {
+    "hp_met",
+    "lp_met",
+    "goodput_rps",
+    "throughput_rps",
+    "p99_ms",
+    "rejected_frac",
+    "utilization",
+}
+
+
+@pytest.mark.slow
+def test_compare_writes_report_plots_and_results(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--models",
+            "tiny",
+            "--loads",
+            "0.0005,0.001",
+            "--duration",
+            "1",
+            "--train-duration",
+            "0.5",
+            "--deadline-ms",
+            "20",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["loads"]) == {"0.0005", "0.001"}
+    for entry in results["loads"].values():
+        assert set(entry["policies"]) == {"serial", "oblivious", "coarse", "predlat"}
+        for metrics in entry["policies"].values():
+            assert set(metrics) >= KEYS
+            for key in ("hp_met", "lp_met", "rejected_frac", "utilization"):
+                assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0
+            assert metrics["goodput_rps"] <= metrics["throughput_rps"] + 1e-9
+    # a light load of a tiny model: nearly everything meets its 20 ms deadline
+    assert results["loads"]["0.0005"]["policies"]["predlat"]["hp_met"] > 0.9
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "deadlines.png" in report
+    assert (out / "deadlines.png").stat().st_size > 0 and (out / "goodput.png").exists()
+    assert "hp_met" in capsys.readouterr().out
+
+
+def test_compare_rejects_bad_flags(tmp_path: Path, capsys) -> None:
+    assert main(["compare", "--policies", "fastest", "--out", str(tmp_path)]) == 2
+    assert "unknown policy 'fastest'" in capsys.readouterr().err
+
+
+def test_targets_follow_the_issue_definitions() -> None:
+    def pol(met: float, hp: float, good: float) -> dict:
+        return {"met_frac": met, "hp_met": hp, "goodput_rps": good}
+
+    loads = {
+        "0.5": {
+            "policies": {
+                "serial": pol(0.95, 0.95, 50),
+                "oblivious": pol(0.95, 0.9, 60),
+                "coarse": pol(0.9, 0.9, 55),
+                "predlat": pol(0.97, 0.99, 62),
+            }
+        },
+        "1": {
+            "policies": {
+                "serial": pol(0.6, 0.7, 50),
+                "oblivious": pol(0.5, 0.4, 40),
+                "coarse": pol(0.7, 0.95, 55),
+                "predlat": pol(0.8, 0.995, 61),
+            }
+        },
+    }
+    t = check_targets(loads)
+    assert t["loads_where_oblivious_below_90pct"] == ["1"]
+    assert t["hp_99_and_goodput_1_2x_serial"] is True
+    assert t["never_worse_than_coarse_hp"] is True
+    loads["1"]["policies"]["predlat"]["goodput_rps"] = 59  # 1.18 x serial
+    assert check_targets(loads)["hp_99_and_goodput_1_2x_serial"] is False
