@@ -1,0 +1,156 @@
+"""`predlat serve`: an Open Inference Protocol v2 HTTP server on top of the runtime."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+from predlat.cli.common import name_list, positive_float, require
+
+POLICY_HELP = "serial, oblivious, coarse or predlat"
+
+
+def deadline_spec(text: str) -> tuple[float | None, dict[str, float]]:
+    """'50' (every model) or 'tiny=20,resnet=200' (per model), or both: '100,tiny=20'."""
+    everyone: float | None = None
+    per_model: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, value = part.rpartition("=")
+        try:
+            ms = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected milliseconds, got '{part}'") from None
+        if not ms > 0:
+            raise argparse.ArgumentTypeError(f"deadline must be positive, got '{part}'")
+        if name:
+            per_model[name.strip()] = ms / 1e3
+        else:
+            everyone = ms / 1e3
+    if everyone is None and not per_model:
+        raise argparse.ArgumentTypeError("expected a deadline in milliseconds")
+    return everyone, per_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve models over HTTP (Open Inference Protocol v2, as Triton and KServe)",
+        description=(
+            "Serve models over HTTP with the Open Inference Protocol v2 (JSON and binary "
+            "tensors; works with tritonclient.http and curl). Every request goes through "
+            "predlat's scheduler: batched across clients, co-located on the device's slots, "
+            "answered by its deadline or refused at once. Per-request parameters: 'priority' "
+            "(Triton levels: 1 = high, 0 or >= 2 = low), 'deadline_ms', or Triton's "
+            "'timeout' (microseconds). Prometheus metrics at /metrics. Stop with Ctrl-C or "
+            "SIGTERM: new requests are refused, queued ones finished, then it exits."
+        ),
+    )
+    parser.add_argument(
+        "--models",
+        type=name_list,
+        default=None,
+        help="comma-separated zoo names or .onnx paths (default: the six zoo models)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument("--slots", type=int, default=2, help="execution slots (default: 2)")
+    parser.add_argument("--policy", default="predlat", help=f"{POLICY_HELP} (default: predlat)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads per slot (default: 1)"
+    )
+    parser.add_argument(
+        "--provider",
+        default="CPUExecutionProvider",
+        help="ONNX Runtime execution provider (default: CPUExecutionProvider)",
+    )
+    parser.add_argument(
+        "--default-deadline-ms",
+        type=deadline_spec,
+        default=(None, {}),
+        metavar="D",
+        help=(
+            "deadline of requests that name none: '50' for every model, 'tiny=20,resnet=200' "
+            "per model (default: 10x the model's solo latency, at least 50 ms)"
+        ),
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=positive_float,
+        default=64.0,
+        help="largest request body accepted, in MB; larger gets 413 (default: 64)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=1000,
+        help="requests waiting in the scheduler; more are refused with 429 (default: 1000)",
+    )
+    parser.add_argument(
+        "--graceful-timeout-s",
+        type=positive_float,
+        default=30.0,
+        help="on shutdown, how long to let requests in flight finish (default: 30)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the profiling bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    require(args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
+    require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
+    require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
+    require(args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}")
+
+    # Imported here so `predlat --help` stays fast.
+    from predlat.models import resolve_models
+    from predlat.runtime import build_runtime
+    from predlat.serving.app import ServerConfig, create_app
+    from predlat.serving.server import bind_socket, default_deadlines, run_server
+
+    if args.models is None:
+        from predlat.models.zoo import ZOO_NAMES
+
+        names = list(ZOO_NAMES)
+    else:
+        names = args.models
+    specs = resolve_models(names)
+    everyone, per_model = args.default_deadline_ms
+    sock = bind_socket(args.host, args.port)  # fail fast, before minutes of profiling
+    try:
+        runtime, profile = build_runtime(
+            names,
+            slots=args.slots,
+            policy=args.policy,
+            threads=args.threads,
+            provider=args.provider,
+            max_queue=args.max_queue,
+            progress=not args.no_progress,
+        )
+        config = ServerConfig(
+            default_deadline_s=default_deadlines(profile, specs, per_model, everyone),
+            max_body_bytes=int(args.max_body_mb * 2**20),
+        )
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(runtime, specs, config)
+    runtime.start()
+    host, port = sock.getsockname()[:2]
+    deadlines = ", ".join(f"{m} {d * 1e3:.0f} ms" for m, d in config.default_deadline_s.items())
+    print(
+        f"predlat serve: {', '.join(s.name for s in specs)} on http://{host}:{port} "
+        f"({args.policy}, {args.slots} slots; default deadlines: {deadlines})",
+        flush=True,
+    )
+    try:
+        stopped_by = run_server(app, sock, graceful_timeout_s=args.graceful_timeout_s)
+    finally:
+        runtime.stop(drain=True, timeout=args.graceful_timeout_s)
+        sock.close()
+    why = f" on {signal.Signals(stopped_by).name}" if stopped_by else ""
+    print(f"predlat serve: stopped{why}; queued work drained", flush=True)
+    return 0

@@ -1,0 +1,229 @@
+"""Prometheus metrics of one server, in a registry of its own (never the process-wide
+default registry, so two servers in one process, e.g. in tests, never share counters).
+
+Request outcomes and batches are fed by the runtime's listeners (so they count every
+request the runtime answered, whoever sent it); HTTP-level figures by the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from predlat.scheduling.outcome import RequestOutcome
+from predlat.traces.records import BatchRecord
+
+OUTCOMES = ("met", "missed", "rejected", "failed")
+# fmt: off
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+                    10.0)
+_OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015,
+                     0.002, 0.003, 0.005, 0.01, 0.02, 0.05)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_ERROR_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+# fmt: on
+_EWMA_WEIGHT = 0.05  # the predictor-error gauge follows roughly the last 20 batches
+
+
+class _ScrapeTime(Collector):
+    """Figures computed when scraped: per-slot busy fraction since the server started,
+    queue length per model, and every numeric field of the runtime's stats snapshot
+    (`predlat_runtime_<field>`: queued, running, utilization, dispatch lag, ...)."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        util = GaugeMetricFamily(
+            "predlat_slot_utilization",
+            "Fraction of time each slot ran a batch since the server started",
+            labels=["slot"],
+        )
+        elapsed = max(time.monotonic() - self.metrics.started, 1e-9)
+        for slot, busy in sorted(self.metrics.busy_seconds().items()):
+            util.add_metric([str(slot)], min(1.0, busy / elapsed))
+        yield util
+        queues = self.metrics.queue_lengths
+        if queues is not None:
+            family = GaugeMetricFamily(
+                "predlat_queue_length", "Requests waiting in the scheduler", labels=["model"]
+            )
+            for model, length in sorted(_safe(queues, {}).items()):
+                family.add_metric([model], length)
+            yield family
+        if self.metrics.runtime_stats is None:
+            return
+        values = _safe(self.metrics.runtime_stats, {})
+        if dataclasses.is_dataclass(values):
+            values = dataclasses.asdict(values)
+        for key, value in sorted(values.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield GaugeMetricFamily(f"predlat_runtime_{key}", f"Runtime stat {key}", value)
+
+
+def _safe(accessor: Callable[[], Any], default: Any) -> Any:
+    try:
+        return accessor()
+    except Exception:  # a scrape must never fail because of a stats accessor
+        return default
+
+
+class ServingMetrics:
+    """Every metric `/metrics` exposes. Thread-safe: listeners run on runtime threads."""
+
+    def __init__(
+        self,
+        runtime_stats: Callable[[], Any] | None = None,
+        queue_lengths: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
+        """`runtime_stats`: a mapping or dataclass of numbers (Runtime.stats);
+        `queue_lengths`: model -> queued requests (Runtime.queue_lengths)."""
+        self.registry = CollectorRegistry()
+        self.runtime_stats = runtime_stats
+        self.queue_lengths = queue_lengths
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._busy: dict[int, float] = {}
+        self._error_ewma: dict[str, float] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        r = self.registry
+        self.requests = Counter(
+            "predlat_requests",
+            "Requests answered by the runtime, by outcome",
+            ["model", "priority", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "predlat_request_latency_seconds",
+            "Arrival to end of the request's batch",
+            ["model", "priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "predlat_queue_time_seconds",
+            "Arrival to start of the request's batch",
+            ["model", "priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "predlat_batch_size",
+            "Rows per executed batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_latency = Histogram(
+            "predlat_batch_latency_seconds",
+            "Execution time of each batch",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slot_busy = Counter(
+            "predlat_slot_busy_seconds",
+            "Time each slot spent running batches",
+            ["slot"],
+            registry=r,
+        )
+        self.predictor_error = Histogram(
+            "predlat_predictor_relative_error",
+            "|predicted - actual| / actual batch latency, predicted at dispatch",
+            ["model"],
+            buckets=_ERROR_BUCKETS,
+            registry=r,
+        )
+        self.predictor_error_ewma = Gauge(
+            "predlat_predictor_relative_error_ewma",
+            "Exponentially weighted mean of the predictor's relative error (recent batches)",
+            ["model"],
+            registry=r,
+        )
+        self.http_responses = Counter(
+            "predlat_http_responses",
+            "HTTP responses by endpoint and status code",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "predlat_http_request_duration_seconds",
+            "Time in the HTTP handler",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.server_overhead = Histogram(
+            "predlat_server_overhead_seconds",
+            "Handler time not spent in the runtime (decode, submit, wake-up, encode)",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "predlat_inflight_requests", "Infer requests waiting for the runtime", registry=r
+        )
+        r.register(_ScrapeTime(self))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: the lookup costs more than the update, and
+        the batch listener runs on the runtime's control thread, ahead of the answers."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    # -- fed by the runtime's listeners (any thread) -----------------------------------
+    def observe_outcome(self, outcome: RequestOutcome) -> None:
+        """One request outcome, whoever submitted the request."""
+        model, priority = outcome.model, _priority_label(outcome.priority)
+        self._child(self.requests, model, priority, outcome.status).inc()
+        if outcome.end is not None:
+            self._child(self.latency, model, priority).observe(outcome.end - outcome.arrival)
+        if outcome.start is not None:
+            self._child(self.queue_time, model, priority).observe(outcome.start - outcome.arrival)
+
+    def observe_batch(self, record: BatchRecord, predicted: float | None) -> None:
+        """One finished batch and the latency predicted for it at dispatch (seconds)."""
+        model, latency = record.model, record.latency
+        self._child(self.batch_size, model).observe(record.batch_size)
+        self._child(self.batch_latency, model).observe(latency)
+        self._child(self.slot_busy, str(record.slot)).inc(max(0.0, latency))
+        error = None
+        if latency > 0 and predicted is not None:
+            error = abs(predicted - latency) / latency
+            self._child(self.predictor_error, model).observe(error)
+        with self._lock:
+            self._busy[record.slot] = self._busy.get(record.slot, 0.0) + max(0.0, latency)
+            if error is None:
+                return
+            previous = self._error_ewma.get(model)
+            value = error if previous is None else previous + _EWMA_WEIGHT * (error - previous)
+            self._error_ewma[model] = value
+        self._child(self.predictor_error_ewma, model).set(value)
+
+    # -- fed by the app --------------------------------------------------------------
+    def observe_http(self, endpoint: str, code: int, seconds: float) -> None:
+        self._child(self.http_responses, endpoint, str(code)).inc()
+        self._child(self.http_duration, endpoint).observe(seconds)
+
+    def busy_seconds(self) -> dict[int, float]:
+        with self._lock:
+            return dict(self._busy)
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _priority_label(priority: object) -> str:
+    name = getattr(priority, "name", None)
+    return name.lower() if isinstance(name, str) else str(priority)

@@ -1,0 +1,145 @@
+"""The open-loop load generator against a real HTTP server with a fake runtime."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from predlat.cli import main
+from predlat.errors import ConfigError, PredlatError
+from predlat.models.registry import resolve_model
+from predlat.scheduling.request import Priority
+from predlat.serving.app import ServerConfig, create_app
+from predlat.serving.loadgen import LoadConfig, random_inputs, run
+from predlat.serving.server import BackgroundServer
+from predlat.workload.arrivals import open_loop_workload
+from serving_fakes import FakeRuntime
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[BackgroundServer, FakeRuntime]]:
+    spec = resolve_model("tiny")
+    runtime = FakeRuntime([spec])
+    app = create_app(runtime, [spec], ServerConfig({"tiny": 1.0}))
+    with BackgroundServer(app) as server:
+        yield server, runtime
+    runtime.stop()
+
+
+@pytest.fixture
+def server(served) -> Iterator[BackgroundServer]:
+    yield served[0]
+    served[1].gate = None
+
+
+@pytest.fixture
+def runtime(served) -> FakeRuntime:
+    return served[1]
+
+
+def test_every_arrival_is_sent_once_and_reported(server, runtime):
+    before = len(runtime.outcomes)
+    config = LoadConfig(url=server.url, rate=100, duration_s=1.0, hp_frac=0.5, seed=3)
+    results = run(config, progress=False)
+    expected = open_loop_workload({"tiny": 100}, 1.0, 3, "poisson", 0.5)
+    high = sum(a.high_priority for a in expected)
+    assert results["requests"] == len(expected) == len(runtime.outcomes) - before
+    assert results["status_codes"] == {"200": len(expected)}
+    assert results["by_priority"]["high"]["sent"] == high
+    assert results["by_priority"]["low"]["sent"] == len(expected) - high
+    for group in results["by_priority"].values():
+        assert group["ok"] == group["met"] == group["sent"]
+        assert group["deadline_satisfaction_server"] == 1.0
+        assert group["deadline_satisfaction_client"] == 1.0
+    assert results["latency_ms"]["p50"] <= results["latency_ms"]["p99"]
+    assert results["server_overhead_ms"]["p50"] is not None
+    assert results["achieved_rate_rps"] > 0
+    assert results["models"] == ["tiny"]
+    submitted = runtime.submitted[before:]
+    assert sum(p == Priority.HIGH for _, _, p in submitted) == high
+    json.dumps(results)  # results.json material
+
+
+def test_refusals_are_counted_by_status_and_reason(server, runtime):
+    runtime.gate = lambda model, inputs, deadline, priority: (
+        "queue full (9 requests queued)" if priority == Priority.HIGH else None
+    )
+    config = LoadConfig(
+        url=server.url, rate=80, duration_s=0.5, hp_frac=0.5, seed=1, deadline_ms=250
+    )
+    results = run(config, progress=False)
+    high = results["by_priority"]["high"]
+    assert high["sent"] > 0 and high["ok"] == 0
+    assert high["deadline_satisfaction_server"] == 0.0
+    assert results["status_codes"]["429"] == high["sent"]
+    assert results["errors"] == {"queue full (9 requests queued)": high["sent"]}
+    assert results["by_priority"]["low"]["deadline_satisfaction_client"] == 1.0
+    assert {d for _, d, _ in runtime.submitted[-5:]} == {0.25}
+
+
+def test_json_tensors_and_request_bound(server, runtime):
+    before = len(runtime.outcomes)
+    config = LoadConfig(url=server.url, rate=200, duration_s=5.0, binary=False, max_requests=25)
+    results = run(config, progress=False)
+    assert results["requests"] == 25 == len(runtime.outcomes) - before
+    assert results["status_codes"] == {"200": 25}
+    assert results["wall_s"] < 3.0  # stopped after 25 requests, not 5 s of arrivals
+
+
+def test_models_not_served_and_unreachable_servers_are_user_errors(server):
+    with pytest.raises(PredlatError, match="does not serve resnet"):
+        run(LoadConfig(url=server.url, models=("resnet",), duration_s=0.1), progress=False)
+    with pytest.raises(PredlatError, match="cannot reach"):
+        run(LoadConfig(url="http://127.0.0.1:9", duration_s=0.1, timeout_s=1), progress=False)
+    with pytest.raises(ConfigError):
+        run(LoadConfig(url=server.url, rate=-1), progress=False)
+
+
+def test_random_inputs_follow_metadata():
+    meta = {
+        "inputs": [
+            {"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+            {"name": "img", "datatype": "FP16", "shape": [-1, 3, 8]},
+        ]
+    }
+    feeds = random_inputs(meta, np.random.default_rng(0))
+    assert feeds["ids"].shape == (1, 1) and feeds["ids"].dtype == np.int64
+    assert feeds["img"].shape == (1, 3, 8) and feeds["img"].dtype == np.float16
+    with pytest.raises(PredlatError, match="BYTES"):
+        random_inputs(
+            {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [-1]}]},
+            np.random.default_rng(0),
+        )
+
+
+def test_load_command_writes_results(server, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "load",
+            "--url",
+            server.url,
+            "--rate",
+            "60",
+            "--duration",
+            "0.5",
+            "--hp-frac",
+            "0.3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["rate"] == 60 and results["requests"] > 0
+    printed = capsys.readouterr().out
+    assert "deadline satisfaction" in printed and "status codes: 200" in printed
+
+
+def test_load_command_rejects_bad_flags(capsys):
+    assert main(["load", "--hp-frac", "1.5", "--no-progress"]) == 2
+    assert "--hp-frac" in capsys.readouterr().err
