@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Profile the models, measure the noise floor, collect co-location traces over a "
             "grid of model sets, loads (low/medium/high) and concurrency (2, 3, 4), fit every "
-            "predictor on the first 75%% of each trace (pooled) and evaluate it on the rest, "
+            "predictor on the first 75% of each trace (pooled) and evaluate it on the rest, "
             "in forecast and posterior mode; then a shift experiment (new models at a new "
             "load). Writes DIR/report.md, DIR/results.json, PNG plots and the traces."
         ),
