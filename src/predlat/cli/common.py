@@ -39,3 +39,34 @@ def positive_float(text: str) -> float:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+# -- options several commands share, spelled and documented once ---------------------------
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+
+
+def add_models_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models",
+        type=name_list,
+        default=None,
+        help="comma-separated zoo names or .onnx paths (default: the six zoo models)",
+    )
+
+
+def add_device_options(parser: argparse.ArgumentParser, threads_help: str) -> None:
+    """--threads (intra-op threads per slot) and --provider (ONNX Runtime provider)."""
+    parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default: 1)")
+    add_provider_option(parser)
+
+
+def add_provider_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--provider",
+        default=DEFAULT_PROVIDER,
+        help=f"ONNX Runtime execution provider (default: {DEFAULT_PROVIDER})",
+    )
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from predlat.cli.common import name_list, positive_float, require
+from predlat.cli.common import (
+    add_device_options,
+    add_progress_option,
+    name_list,
+    positive_float,
+    require,
+)
 from predlat.errors import ConfigError
 
 
@@ -62,14 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated zoo names or .onnx paths (default: the zoo)",
     )
     parser.add_argument("--slots", type=int, default=4, help="device slots (default: 4)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="intra-op threads per slot (default: 1)"
-    )
-    parser.add_argument(
-        "--provider",
-        default="CPUExecutionProvider",
-        help="ONNX Runtime execution provider (default: CPUExecutionProvider)",
-    )
+    add_device_options(parser, "intra-op threads per slot")
     deadline = parser.add_mutually_exclusive_group()
     deadline.add_argument(
         "--deadline-factor",
@@ -120,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=Path("runs/compare"),
         help="output folder (default: runs/compare)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 

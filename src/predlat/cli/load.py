@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from predlat.cli.common import name_list, positive_float, require
+from predlat.cli.common import add_progress_option, name_list, positive_float, require
 from predlat.errors import ConfigError
 
 
@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="send and receive JSON tensors instead of the binary tensor extension",
     )
     parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 

@@ -10,7 +10,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from predlat.cli.common import int_list, name_list, require
+from predlat.cli.common import (
+    add_device_options,
+    add_models_option,
+    add_progress_option,
+    int_list,
+    require,
+)
 from predlat.errors import ConfigError
 from predlat.profiling.profile import Profile
 
@@ -31,12 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "file is unchanged."
         ),
     )
-    parser.add_argument(
-        "--models",
-        type=name_list,
-        default=None,
-        help="comma-separated zoo names or .onnx paths (default: the six zoo models)",
-    )
+    add_models_option(parser)
     parser.add_argument(
         "--batch-sizes",
         type=int_list,
@@ -49,14 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_REPEATS,
         help=f"timed runs per model and batch size, at least {MIN_REPEATS} (default: 20)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="intra-op threads of the slot (default: 1)"
-    )
-    parser.add_argument(
-        "--provider",
-        default="CPUExecutionProvider",
-        help="ONNX Runtime execution provider (default: CPUExecutionProvider)",
-    )
+    add_device_options(parser, "intra-op threads of the slot")
     parser.add_argument(
         "--force", action="store_true", help="measure again even if a cached profile matches"
     )
@@ -66,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=Path("runs/profile"),
         help="output folder for profile.json (default: runs/profile)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 

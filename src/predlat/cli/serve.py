@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import signal
 
-from predlat.cli.common import name_list, positive_float, require
+from predlat.cli.common import (
+    add_device_options,
+    add_models_option,
+    add_progress_option,
+    positive_float,
+    require,
+)
 
 POLICY_HELP = "serial, oblivious, coarse or predlat"
 
@@ -47,26 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "SIGTERM: new requests are refused, queued ones finished, then it exits."
         ),
     )
-    parser.add_argument(
-        "--models",
-        type=name_list,
-        default=None,
-        help="comma-separated zoo names or .onnx paths (default: the six zoo models)",
-    )
+    add_models_option(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     parser.add_argument("--slots", type=int, default=2, help="execution slots (default: 2)")
     parser.add_argument("--policy", default="predlat", help=f"{POLICY_HELP} (default: predlat)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="intra-op threads per slot (default: 1)"
-    )
-    parser.add_argument(
-        "--provider",
-        default="CPUExecutionProvider",
-        help="ONNX Runtime execution provider (default: CPUExecutionProvider)",
-    )
+    add_device_options(parser, "intra-op threads per slot")
     parser.add_argument(
         "--default-deadline-ms",
         type=deadline_spec,
@@ -95,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=30.0,
         help="on shutdown, how long to let requests in flight finish (default: 30)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the profiling bar")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 

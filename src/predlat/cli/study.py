@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from predlat.cli.common import name_list, require
+from predlat.cli.common import add_models_option, add_progress_option, name_list, require
 from predlat.errors import ConfigError
 
 
@@ -21,12 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "load). Writes DIR/report.md, DIR/results.json, PNG plots and the traces."
         ),
     )
-    parser.add_argument(
-        "--models",
-        type=name_list,
-        default=None,
-        help="comma-separated zoo names or .onnx paths (default: the six zoo models)",
-    )
+    add_models_option(parser)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -47,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("runs/study"), help="output folder (default: runs/study)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 

@@ -6,7 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from predlat.cli.common import int_list, name_list, positive_float, require
+from predlat.cli.common import (
+    add_models_option,
+    add_progress_option,
+    add_provider_option,
+    int_list,
+    positive_float,
+    require,
+)
 from predlat.errors import ConfigError
 
 DEFAULT_PROFILE_SIZES = [1, 2, 4, 8]
@@ -25,12 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Writes one Parquet row per finished batch with its co-location timeline."
         ),
     )
-    parser.add_argument(
-        "--models",
-        type=name_list,
-        default=None,
-        help="comma-separated zoo names or .onnx paths (default: the six zoo models)",
-    )
+    add_models_option(parser)
     parser.add_argument(
         "--concurrency", "-k", type=int, default=2, help="batches at once, K (default: 2)"
     )
@@ -59,15 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_PROFILE_REPEATS,
         help="timed solo runs per (model, batch size) when profiling (default: 20)",
     )
-    parser.add_argument(
-        "--provider",
-        default="CPUExecutionProvider",
-        help="ONNX Runtime execution provider (default: CPUExecutionProvider)",
-    )
+    add_provider_option(parser)
     parser.add_argument(
         "--out", type=Path, default=Path("trace.parquet"), help="output Parquet file"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 
