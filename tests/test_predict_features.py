@@ -66,20 +66,22 @@ def batch_with_timeline() -> BatchRecord:
 
 
 def test_fine_load_is_time_weighted_with_arrivals_and_departures(fmap):
-    n, cu, mu, sq = fine_load(batch_with_timeline(), fmap, squares=True)
+    n, cu, mu, ov, sq = fine_load(batch_with_timeline(), fmap, squares=True)
     assert n == pytest.approx((4 + 3 + 4) / 10)
     assert cu == pytest.approx((1.2 * 4 + 1.6 * 3 + 0.8 * 4) / 10)
     assert mu == pytest.approx((4 / 3 * 4 + 4 / 3 * 3 + 2 / 3 * 4) / 10)
     # count: 1 on [0,2), 2 on [2,4), 1 on [4,5), 0 on [5,6), 1 on [6,10)
     assert sq == pytest.approx((2 * 1 + 2 * 4 + 1 * 1 + 0 + 4 * 1) / 10)
-    assert fine_load(batch_with_timeline(), fmap) == pytest.approx((n, cu, mu))
+    # 2 cores, 1 thread per batch: oversub(2 co-runners) = 0.5 on [2, 4), 0 elsewhere.
+    assert ov == pytest.approx(0.5 * 2 / 10)
+    assert fine_load(batch_with_timeline(), fmap) == pytest.approx((n, cu, mu, ov))
 
 
 def test_coarse_sees_only_co_runners_present_at_start(fmap):
-    assert coarse_load(batch_with_timeline(), fmap) == pytest.approx((1.0, 1.2, 4 / 3))
+    assert coarse_load(batch_with_timeline(), fmap) == pytest.approx((1.0, 1.2, 4 / 3, 0.0))
     alone = BatchRecord(0, "a", 1, 0, 0.0, 0.0, 1.0)
-    assert coarse_load(alone, fmap) == (0.0, 0.0, 0.0)
-    assert fine_load(alone, fmap) == (0.0, 0.0, 0.0)
+    assert coarse_load(alone, fmap) == (0.0, 0.0, 0.0, 0.0)
+    assert fine_load(alone, fmap) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_count_square_integral_of_empty_and_nested_timelines():
@@ -99,8 +101,8 @@ def test_ewma_decays_with_known_value(fmap):
     by_id = {r.batch_id: r for r in recs}
     loads = ewma_loads(recs, fmap, tau)
     weight = math.exp(-1.0) - math.exp(-2.0)  # batch 1 ran over [0, 1), seen from t = 2
-    assert loads[2] == pytest.approx((weight, 1.2 * weight, 4 / 3 * weight))
-    assert loads[1] == (0.0, 0.0, 0.0)
+    assert loads[2] == pytest.approx((weight, 1.2 * weight, 4 / 3 * weight, 0.0))
+    assert loads[1] == (0.0, 0.0, 0.0, 0.0)
     history = EwmaHistory(fmap, tau)
     history.add(by_id[1])
     assert history.value(by_id[2]) == pytest.approx(loads[2])
@@ -130,7 +132,7 @@ def test_ewma_devices_do_not_mix(fmap):
             BatchRecord(2, "a", 1, 0, 2.0, 2.0, 3.0, device=0),
         ]
     )
-    assert ewma_loads(recs, fmap, 1.0)[2] == (0.0, 0.0, 0.0)
+    assert ewma_loads(recs, fmap, 1.0)[2] == (0.0, 0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("interactions,n_load", [(False, 3), (True, 3), (True, 4)])
@@ -170,3 +172,72 @@ def test_streaming_ewma_history_matches_the_exact_sweep():
             assert history.value(r) == pytest.approx(exact[r.batch_id], rel=1e-6, abs=1e-3)
             checked += 1
     assert checked > 300
+
+
+def cpu_profile(cores: int = 2, threads: int = 1, provider: str = "CPUExecutionProvider"):
+    profile = tiny_profile()
+    profile.machine = MachineInfo(provider, cores, threads, "cpu", {})
+    return profile
+
+
+def test_oversubscription_law_of_the_machine():
+    ov = FeatureMap(cpu_profile()).oversub
+    # 2 cores, 1 thread per batch: the cores are oversubscribed from 2 co-runners on.
+    assert [ov(n) for n in range(4)] == [0.0, 0.0, 0.5, 1.0]
+    assert [ov.at(n) for n in (0, 2, 100)] == [0.0, 0.5, 49.5]
+    two_threads = FeatureMap(cpu_profile(threads=2)).oversub
+    assert [two_threads(n) for n in range(3)] == [0.0, 1.0, 2.0]
+    assert FeatureMap(cpu_profile(provider="CUDAExecutionProvider")).oversub is None
+    assert FeatureMap(cpu_profile(), oversub=False).oversub is None
+
+
+def test_oversub_is_the_exact_time_average_when_the_count_goes_0_2_1():
+    fmap = FeatureMap(cpu_profile())
+    # Batch over [0, 10): alone on [0, 3), two co-runners on [3, 6), one on [6, 10).
+    timeline = (Overlap(1, "b", 1, 3.0, 10.0), Overlap(2, "a", 2, 3.0, 6.0))
+    rec = BatchRecord(0, "a", 1, 0, 0.0, 0.0, 10.0, timeline)
+    n, cu, mu, ov = fine_load(rec, fmap)
+    assert ov == pytest.approx(0.5 * 3 / 10)  # oversub(2) = 0.5, for 3 s of 10
+    assert n == pytest.approx(1.0)
+    assert (cu, mu) == pytest.approx(((1.2 * 7 + 0.8 * 3) / 10, (4 / 3 * 7 + 2 / 3 * 3) / 10))
+    # The same average count with one co-runner all along never oversubscribes the
+    # cores: the linear count channel cannot tell the two apart, this one can.
+    steady = BatchRecord(0, "a", 1, 0, 0.0, 0.0, 10.0, (Overlap(1, "b", 1, 0.0, 10.0),))
+    assert fine_load(steady, fmap)[0] == pytest.approx(1.0)
+    assert fine_load(steady, fmap)[3] == 0.0
+    assert coarse_load(rec, fmap)[3] == 0.0  # alone at its start
+    assert len(fine_load(rec, FeatureMap(cpu_profile(), oversub=False))) == 3
+    # With the squared count as well, both channels come in that order.
+    assert fine_load(rec, fmap, squares=True)[3:] == pytest.approx((0.15, (4 * 3 + 4) / 10))
+
+
+def test_ewma_of_oversub_has_known_value_streaming_and_exact():
+    fmap = FeatureMap(cpu_profile())
+    tau = 1.0
+    # Device count: 1 on [0, 1), 2 on [1, 3), 1 on [3, 4), 0 after; batch 3 starts at 5.
+    recs = attach_timelines(
+        [
+            BatchRecord(1, "b", 1, 0, 0.0, 0.0, 4.0),
+            BatchRecord(2, "a", 1, 0, 1.0, 1.0, 3.0),
+            BatchRecord(3, "a", 2, 0, 5.0, 5.0, 6.0),
+        ]
+    )
+    expected = 0.5 * (math.exp(-2.0) - math.exp(-4.0))  # oversub(2) = 0.5 over [1, 3)
+    assert ewma_loads(recs, fmap, tau)[3][3] == pytest.approx(expected, rel=1e-12)
+    by_id = {r.batch_id: r for r in recs}
+    history = EwmaHistory(fmap, tau)
+    history.add(by_id[2])  # in end order
+    history.add(by_id[1])
+    assert history.value(by_id[3])[3] == pytest.approx(expected, rel=1e-12)
+
+
+def test_design_names_with_the_oversub_channel():
+    assert Design(4, False, oversub=True).names()[-1] == "oversub"
+    assert Design(5, True, oversub=True).names()[4:9] == [
+        "co_count",
+        "co_compute",
+        "co_memory",
+        "oversub",
+        "co_count_sq",
+    ]
+    assert Design(4, True).names()[7] == "co_count_sq"

@@ -192,6 +192,49 @@ def test_ewma_forecast_tracks_the_load_exactly():
     assert fc._ewma_at(0.03) == pytest.approx(expected, rel=1e-9)
 
 
+def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():
+    """On the synthetic 2-core machine with 1 thread per batch, slowdown
+    max(1, (1 + n) / 2): three batches started together time-slice (1.5x) until the
+    first ends; then two batches share two cores (1x)."""
+    law = SlowdownLaw(base=1.0, count=0.0, compute=0.0, memory=0.0, oversub=1.0)
+    train = law_records(PROFILE, law, 400, seed=4, max_co=3)
+    fine = make_predictor("fine", PROFILE, calibrate_forecast=False).fit(train)
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9)
+    fc.on_dispatch(batch(1, LARGE, 0.0))
+    fc.on_dispatch(batch(2, LARGE, 0.0))
+    ends = fc.forecast(0.0, [batch(3, SMALL, 0.0)])
+    short = 1.5 * solo(SMALL)  # two co-runners all its lifetime: oversub 0.5
+    assert ends[3].mean == pytest.approx(short, rel=1e-4)
+    # L = s (1 + 0.5 short / L): time-sliced only while the small batch runs.
+    for i in (1, 2):
+        assert ends[i].mean == pytest.approx(pair_root(solo(LARGE), short), rel=1e-4)
+    # Three identical batches: 1.5x all along.
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9)
+    fc.on_dispatch(batch(1, SMALL, 0.0))
+    fc.on_dispatch(batch(2, SMALL, 0.0))
+    ends = fc.forecast(0.0, [batch(3, SMALL, 0.0)])
+    assert [e.mean for e in ends.values()] == pytest.approx([short] * 3, rel=1e-4)
+    # The same from the past: the small batch has finished, tracked from events.
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9)
+    for i, key in ((1, LARGE), (2, LARGE), (3, SMALL)):
+        fc.on_dispatch(batch(i, key, 0.0))
+    fc.on_complete(BatchRecord(3, SMALL[0], SMALL[1], 2, 0.0, 0.0, short))
+    ends = fc.forecast(short)
+    assert [e.mean for e in ends.values()] == pytest.approx(
+        [pair_root(solo(LARGE), short)] * 2, rel=1e-4
+    )
+
+
+def test_hinge_integral_of_the_relaxing_fill_matches_quadrature():
+    from predlat.predict.forecast import _hinge_exp_integral
+
+    xs = [0.2 + 1.3 * (k + 0.5) / 200000 for k in range(200000)]
+    for a, b in [(-0.5, 1.0), (0.4, -1.0), (0.3, 0.2), (-1.0, 0.5), (-0.2, -0.3)]:
+        exact = _hinge_exp_integral(a, b, 0.2, 1.5, math.exp(-0.2), math.exp(-1.5))
+        numeric = sum(max(0.0, a + b * math.exp(-x)) for x in xs) * 1.3 / 200000
+        assert exact == pytest.approx(numeric, rel=1e-6, abs=1e-9), (a, b)
+
+
 def test_bad_options_are_config_errors(fine):
     with pytest.raises(ConfigError, match="fill"):
         Forecaster(fine, PROFILE, fill="always")

@@ -50,6 +50,23 @@ def test_fine_family_is_near_exact_and_coarse_is_worse_with_mid_batch_changes():
     assert errors["solo"] > errors["coarse"] > 100 * errors["fine"]
 
 
+def test_time_slicing_is_near_exact_with_the_oversub_channel_only():
+    # The synthetic profile is a 2-core machine with 1 thread per batch: with n co-runners
+    # the OS time-slices 1 + n threads on 2 cores, slowdown max(1, (1 + n) / 2), averaged
+    # over the batch's lifetime. Piecewise in n: no linear function of the count fits it.
+    law = SlowdownLaw(base=1.0, count=0.0, compute=0.0, memory=0.0, oversub=1.0)
+    train = law_records(PROFILE, law, 600, seed=11, max_co=3)
+    test = law_records(PROFILE, law, 300, seed=12, max_co=3)
+    for name in ("fine", "fine-rls"):
+        errors = {}
+        for oversub in (True, False):
+            p = make_predictor(name, PROFILE, calibrate_forecast=False, oversub=oversub)
+            preds = evaluate_posterior(p.fit(train), test)
+            errors[oversub] = float(np.mean([x.rel_err for x in preds]))
+        assert errors[True] < 1e-4, (name, errors)
+        assert errors[False] > 0.03, (name, errors)
+
+
 def test_without_mid_batch_changes_coarse_equals_fine():
     train = law_records(PROFILE, LAW, 400, seed=3, mid_batch=False)
     test = law_records(PROFILE, LAW, 200, seed=4, mid_batch=False)

@@ -49,9 +49,17 @@ class BasePredictor:
     squares: bool = False  # whether the co-load carries the squared co-runner count
     tau: float = 0.0  # EWMA time constant (s), for kind "ewma"
 
-    def __init__(self, profile: Profile, *, window: int = 256, default_margin: float = 0.25):
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        window: int = 256,
+        default_margin: float = 0.25,
+        oversub: bool = True,
+    ):
         self.profile = profile
-        self.fmap = FeatureMap(profile)
+        # oversub: whether the co-load carries the machine's oversubscription channel.
+        self.fmap = FeatureMap(profile, oversub=oversub)
         self.calibrator = Calibrator(window=window, default_margin=default_margin)
         # Relative residuals of forecast-mode predictions on the training data; new
         # forecasters start their own calibration from these.

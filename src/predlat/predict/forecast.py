@@ -7,7 +7,9 @@ It forecasts every batch's end as the fixed point of
 
     L_b = solo_b * (a_b + beta_b . F_b),   F_b = (past_b + integral_now^{s_b + L_b} g_b(t) dt) / L_b
 
-where g_b(t) is the co-load b will see: the other batches until their own forecast ends,
+where g_b(t) is the co-load b will see: the other batches until their own forecast ends
+(and, on a CPU, oversub of their number: nonlinear in the count but piecewise constant
+between forecast ends, so its integral is exact too),
 plus the co-location expected from work not dispatched yet, filled in with the recent
 average co-runner's features:
   fill="revert" (default)  the expected co-runner count relaxes from now's count to the
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 from predlat.errors import ConfigError
 from predlat.predict.base import MAX_SLOWDOWN, MIN_SLOWDOWN, BasePredictor
 from predlat.predict.calibration import Calibrator
-from predlat.predict.features import fine_load
+from predlat.predict.features import linear_load
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
 
@@ -132,9 +134,14 @@ class Forecaster:
         self.recent_alpha = recent_alpha
         self._runs: dict[int, _Run] = {}
         self._t: float | None = None
+        self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
+        self._squares = bool(getattr(predictor, "squares", False))
+        zero = self._ov.zero if self._ov is not None else 0.0
         self._load = [0.0, 0.0, 0.0]  # sum of (1, cu, mu) over running batches
-        self._cum = [0.0, 0.0, 0.0, 0.0]  # integrals of count, cu, mu, count^2 over time
-        self._ewma = [0.0, 0.0, 0.0]  # EWMA (tau) of the load
+        # Integrals over time of count, cu, mu, count^2 of the running batches, and of
+        # oversub(count - 1) while any runs (what each running batch sees of it).
+        self._cum = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self._ewma = [0.0, 0.0, 0.0, zero]  # EWMA (tau) of the load and of oversub(count)
         self._co_count = 0.0  # recent average co-runner count seen by finished batches
         self._co_feat = (0.0, 0.0)  # recent average (cu, mu) per co-runner
         self._completions = 0
@@ -161,9 +168,9 @@ class Forecaster:
         f = self.fmap.co_vec(batch.model, batch.batch_size)
         static = None
         if self.kind == "coarse":
-            static = tuple(self._load)
+            static = self._coarse_load(self._load[0], self._load[1], self._load[2])
         elif self.kind == "ewma":
-            static = tuple(self._ewma)
+            static = tuple(self._ewma) if self._ov is not None else tuple(self._ewma[:3])
         self._runs[batch.batch_id] = _Run(
             batch,
             f,
@@ -213,12 +220,19 @@ class Forecaster:
         decay = math.exp(-dt / self.tau)
         for i in range(3):
             ewma[i] = load[i] + (ewma[i] - load[i]) * decay
+        ov = self._ov
+        if ov is not None:
+            count = int(load[0] + 0.5)
+            if count:
+                cum[4] += ov.at(count - 1) * dt
+            h = ov.at(count)
+            ewma[3] = h + (ewma[3] - h) * decay
         self._t = t
 
     def _observe_co_location(self, record: BatchRecord) -> None:
         if record.latency <= 0:
             return
-        n, cu, mu = fine_load(record, self.fmap)
+        n, cu, mu = linear_load(record, self.fmap)
         self._completions += 1
         alpha = max(self.recent_alpha, 1.0 / self._completions)
         self._co_count += alpha * (n - self._co_count)
@@ -288,26 +302,44 @@ class Forecaster:
                     base[1] += f[1]
                     base[2] += f[2]
                 for f in feats[len(runs) :]:
-                    loads.append((base[0] - 1.0, base[1] - f[1], base[2] - f[2]))
+                    loads.append(self._coarse_load(base[0] - 1.0, base[1] - f[1], base[2] - f[2]))
             else:
                 loads.extend([self._ewma_at(now)] * len(candidates))
         lats = []
         for solo, a, beta, g in zip(solos, a_s, betas, loads, strict=True):
             sd = a + beta[0] * g[0] + beta[1] * g[1] + beta[2] * g[2]
+            if len(g) > 3 and len(beta) > 3:
+                sd += beta[3] * g[3]
             sd = MIN_SLOWDOWN if sd < MIN_SLOWDOWN else MAX_SLOWDOWN if sd > MAX_SLOWDOWN else sd
             lats.append(solo * sd)
         return lats
 
-    def _ewma_at(self, now: float) -> tuple[float, float, float]:
+    def _coarse_load(self, n: float, cu: float, mu: float) -> tuple[float, ...]:
+        """The coarse co-load of a batch starting beside n co-runners of summed (cu, mu)."""
+        if self._ov is None:
+            return (n, cu, mu)
+        return (n, cu, mu, self._ov.at(int(n + 0.5)))
+
+    def _ewma_at(self, now: float) -> tuple[float, ...]:
         ewma, load = self._ewma, self._load
+        k = 3 if self._ov is None else 4
         if self._t is None or now <= self._t:
-            return (ewma[0], ewma[1], ewma[2])
+            return tuple(ewma[:k])
         d = math.exp(-(now - self._t) / self.tau)
-        return tuple(load[i] + (ewma[i] - load[i]) * d for i in range(3))
+        out = [load[i] + (ewma[i] - load[i]) * d for i in range(3)]
+        if k == 4:
+            h = self._ov.at(int(load[0] + 0.5))
+            out.append(h + (ewma[3] - h) * d)
+        return tuple(out)
 
     def _fine(self, now, runs, candidates, starts, solos, a_s, betas, feats) -> list[float]:
         n_run, n_all = len(runs), len(starts)
-        squares = len(betas[0]) > 3
+        ov, squares = self._ov, self._squares
+        if ov is not None and len(betas[0]) < 4 + squares:
+            ov = None  # a predictor without the channel
+        # Positions in beta of the oversubscription and squared-count channels.
+        i_ov = 3 if ov is not None else -1
+        i_sq = (4 if ov is not None else 3) if squares else -1
         # Past co-location integrals, from each running batch's own point of view (they
         # enter each batch's equation only through beta . past).
         cum, load = self._cum, self._load
@@ -316,6 +348,15 @@ class Forecaster:
         c1 = cum[1] + load[1] * dt
         c2 = cum[2] + load[2] * dt
         c3 = cum[3] + load[0] * load[0] * dt
+        c4 = cum[4]
+        if ov is not None:
+            # Oversub: c (threads / cores) above its knee in the co-runner count, 0 below.
+            ov_c, knee, ov_at = ov.c, ov.knee, ov.at
+            count_now = int(load[0] + 0.5)
+            if count_now:
+                c4 += ov_at(count_now - 1) * dt
+        else:
+            ov_c, knee, ov_at = 0.0, 0.0, None
         tot_cu = 0.0
         tot_mu = 0.0
         for f in feats:
@@ -327,17 +368,25 @@ class Forecaster:
         lo_sd, hi_sd = MIN_SLOWDOWN, MAX_SLOWDOWN
         others_now = n_all - 1
         others_sq = others_now * others_now
+        # oversub with k co-runners, k = 0 .. n_all - 1 (the counts the sweep meets)
+        if ov is None:
+            ov_k = [0.0] * n_all
+        else:
+            ov_k = ov.table if n_all <= len(ov.table) else [ov_at(k) for k in range(n_all)]
+        ov_now = ov_k[others_now]
 
         # Per batch: beta, beta . past (a constant), beta . own features, the floor of its
         # end; and the start of the iteration: the co-load of right now, assumed to last.
         # A running batch that would be over even so is overrunning: its end stays at its
         # floor.
-        b0s, b1s, b2s, b3s, pus, bfs, floors, ends, fixed = [], [], [], [], [], [], [], [], []
+        coefs, floors, ends, fixed = [], [], [], []
         for i in range(n_all):
             beta, f, s = betas[i], feats[i], starts[i]
             b0, b1, b2 = beta[0], beta[1], beta[2]
-            b3 = beta[3] if squares else 0.0
-            inst = b0 * others_now + b1 * (tot_cu - f[1]) + b2 * (tot_mu - f[2]) + b3 * others_sq
+            b3 = beta[i_sq] if squares else 0.0
+            b4 = beta[i_ov] if ov is not None else 0.0
+            inst = b0 * others_now + b1 * (tot_cu - f[1]) + b2 * (tot_mu - f[2])
+            inst += b3 * others_sq + b4 * ov_now
             sd = a_s[i] + inst
             sd = lo_sd if sd < lo_sd else hi_sd if sd > hi_sd else sd
             floor = now + OVERRUN_FRACTION * (now - s)
@@ -354,32 +403,30 @@ class Forecaster:
                     + b1 * max(0.0, c1 - cs[1] - f[1] * el)
                     + b2 * max(0.0, c2 - cs[2] - f[2] * el)
                     + b3 * max(0.0, c3 - cs[3] - 2.0 * p0 + el)
+                    + b4 * (c4 - cs[4])
                 )
                 life = floor - s
                 if life > 0.0:
                     sd_f = a_s[i] + (pu + inst * (floor - now)) / life
                     sd_f = lo_sd if sd_f < lo_sd else hi_sd if sd_f > hi_sd else sd_f
                     over = s + solos[i] * sd_f <= floor
-            b0s.append(b0)
-            b1s.append(b1)
-            b2s.append(b2)
-            b3s.append(b3)
-            pus.append(pu)
-            bfs.append(b0 + b1 * f[1] + b2 * f[2])  # beta . (this batch's own features)
+            # beta, beta . (this batch's own features), beta . past
+            coefs.append((b0, b1, b2, b3, b4, b0 + b1 * f[1] + b2 * f[2], pu))
             floors.append(floor)
             fixed.append(over)
             end = s + solos[i] * sd
             ends.append(floor if over or end < floor else end)
 
-        i0s, i1s, i2s, i3s = [0.0] * n_all, [0.0] * n_all, [0.0] * n_all, [0.0] * n_all
-        s0s, s1s, s2s, s3s = [0.0] * n_all, [0.0] * n_all, [0.0] * n_all, [0.0] * n_all
+        # Per batch, from the sweep: the integrals of the co-load channels from now to its
+        # end, and their rates in its last segment.
+        acc: list[tuple[float, ...]] = [()] * n_all
         revert = fill == "revert"
         excess = others_now - co_count
         for _ in range(self.iterations):
             order = sorted(range(n_all), key=ends.__getitem__)
             # Sweep the forecast timeline segment by segment (between consecutive ends).
             ln, lcu, lmu = float(n_all), tot_cu, tot_mu  # load of the batches still active
-            a0 = a1 = a2 = a3 = 0.0
+            a0 = a1 = a2 = a3 = a4 = 0.0
             t_prev = now
             e_prev = 1.0  # e^-x at t_prev
             for k, i in enumerate(order):
@@ -418,11 +465,28 @@ class Forecaster:
                                 + 0.5 * excess * excess * (hi_e * hi_e - lo_e * lo_e)
                             ) * rev
                             a3 += others * others * seg + 2.0 * others * ir + gain * gain * ir2
+                        if ov is not None:
+                            if others >= knee:  # above the kink: linear in the fill
+                                a4 += ov_k[others] * seg + ov_c * ir
+                            else:  # crosses the kink where others + gain r = knee, if at all
+                                a4 += (
+                                    ov_c
+                                    * rev
+                                    * _hinge_exp_integral(
+                                        others - knee + gain * gap,
+                                        gain * excess,
+                                        (t_prev - now) / rev,
+                                        (end_i - now) / rev,
+                                        e_prev,
+                                        e_b,
+                                    )
+                                )
                     else:
                         a0 += ln * seg
                         a1 += lcu * seg
                         a2 += lmu * seg
                         a3 += others * others * seg
+                        a4 += ov_k[others] * seg
                     r = r_b * gain if r_b > 0.0 else 0.0
                     e_prev = e_b
                 else:
@@ -436,9 +500,27 @@ class Forecaster:
                     a1 += (lcu + r * phi_cu) * seg
                     a2 += (lmu + r * phi_mu) * seg
                     a3 += (others + r) * (others + r) * seg
-                i0s[i], i1s[i], i2s[i], i3s[i] = a0, a1, a2, a3
-                s0s[i], s1s[i], s2s[i] = ln + r, lcu + r * phi_cu, lmu + r * phi_mu
-                s3s[i] = (others + r) * (others + r)
+                # oversub at the segment's end (the expected count is others + r there)
+                if r == 0.0:
+                    h = ov_k[others]
+                else:
+                    h = ov_c * (others + r - knee)
+                    if h < 0.0:
+                        h = 0.0
+                if not revert:
+                    a4 += h * seg
+                acc[i] = (
+                    a0,
+                    a1,
+                    a2,
+                    a3,
+                    a4,
+                    ln + r,
+                    lcu + r * phi_cu,
+                    lmu + r * phi_mu,
+                    (others + r) * (others + r),
+                    h,
+                )
                 f = feats[i]
                 ln -= 1.0
                 lcu -= f[1]
@@ -453,16 +535,18 @@ class Forecaster:
                 if fixed[i]:
                     new_ends.append(ends[i])
                     continue
-                b0, b1, b2, b3, bf = b0s[i], b1s[i], b2s[i], b3s[i], bfs[i]
+                b0, b1, b2, b3, b4, bf, pu = coefs[i]
                 solo, s, end_i = solos[i], starts[i], ends[i]
-                v = b0 * s0s[i] + b1 * s1s[i] + b2 * s2s[i] + b3 * s3s[i] - bf
+                i0, i1, i2, i3, i4, s0, s1, s2, s3, s4 = acc[i]
+                v = b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3 + b4 * s4 - bf
                 lat_old = end_i - s
                 u = (
-                    pus[i]
-                    + b0 * i0s[i]
-                    + b1 * i1s[i]
-                    + b2 * i2s[i]
-                    + b3 * i3s[i]
+                    pu
+                    + b0 * i0
+                    + b1 * i1
+                    + b2 * i2
+                    + b3 * i3
+                    + b4 * i4
                     - bf * (end_i - now)
                     - v * lat_old
                 )
@@ -490,6 +574,22 @@ class Forecaster:
             if change <= self.tol * (ends[order[-1]] - now + 1e-12):
                 break
         return [ends[i] - starts[i] for i in range(n_all)]
+
+
+def _hinge_exp_integral(a: float, b: float, x_a: float, x_b: float, e_a: float, e_b: float):
+    """Integral over x in [x_a, x_b] of max(0, a + b e^-x), given e_a = e^-x_a and
+    e_b = e^-x_b (the integrand is monotone, so positive on one sub-interval at most)."""
+    f_a = a + b * e_a
+    f_b = a + b * e_b
+    if f_a <= 0.0 and f_b <= 0.0:
+        return 0.0
+    if f_a >= 0.0 and f_b >= 0.0:
+        return a * (x_b - x_a) + b * (e_a - e_b)
+    e_x = -a / b  # where the integrand crosses zero
+    x_x = -math.log(e_x)
+    if f_a > 0.0:
+        return a * (x_x - x_a) + b * (e_a - e_x)
+    return a * (x_b - x_x) + b * (e_x - e_b)
 
 
 def replay(

@@ -13,6 +13,9 @@
                  (what the profile features miss about how much a model suffers)
     fine-rls-xm  both: interactions and per-model sensitivity
 
+On a CPU every view's co-load also carries the oversubscription of the cores (see
+predlat.predict.features; option oversub=False leaves it out).
+
 Any "<coarse|ewma|fine>[-sgd|-rls][-x|-m|-xm]" is accepted (e.g. "coarse-rls" to separate
 the effect of adapting from that of the fine timeline).
 """
@@ -62,6 +65,7 @@ _OPTIONS = {
     "default_margin",
     "calibrate_forecast",
     "model_lam",
+    "oversub",
 }
 
 
@@ -111,8 +115,9 @@ class LinearPredictor(BasePredictor):
         calibrate_forecast: bool = True,
         per_model: bool = False,
         model_lam: float = 0.98,
+        oversub: bool = True,
     ):
-        super().__init__(profile, window=window, default_margin=default_margin)
+        super().__init__(profile, window=window, default_margin=default_margin, oversub=oversub)
         if extractor not in _EXTRACTORS:
             raise ConfigError(f"unknown feature extractor {extractor!r} ({', '.join(_EXTRACTORS)})")
         if regressor not in _REGRESSORS:
@@ -121,7 +126,9 @@ class LinearPredictor(BasePredictor):
         self.kind = extractor
         # The squared count needs the timeline, so only the fine view carries it.
         self.squares = bool(interactions if squares is None else squares) and extractor == "fine"
-        self.design = Design(4 if self.squares else 3, interactions)
+        has_ov = self.fmap.oversub is not None
+        n_load = 3 + has_ov + self.squares
+        self.design = Design(n_load, interactions, oversub=has_ov)
         self.tau = float(tau) if tau is not None else _default_tau(profile)
         if self.tau <= 0:
             raise ConfigError(f"tau must be positive, got {self.tau}")
@@ -310,7 +317,9 @@ def make_predictor(name: str, profile: Profile, **options: Any) -> BasePredictor
     s), lam (RLS forgetting factor), delta (RLS initial P scale), lr and sgd_method (SGD),
     alpha (ridge penalty), window and default_margin (quantile calibration),
     calibrate_forecast (replay the training data in forecast mode to calibrate forecast
-    quantiles; default True), model_lam (forgetting of the per-model sensitivity)."""
+    quantiles; default True), model_lam (forgetting of the per-model sensitivity),
+    oversub (add the CPU oversubscription channel to the co-load; default True, absent on
+    accelerators)."""
     unknown = set(options) - _OPTIONS
     if unknown:
         raise ConfigError(
@@ -320,7 +329,7 @@ def make_predictor(name: str, profile: Profile, **options: Any) -> BasePredictor
     if name == "solo":
         kw = {
             k: options[k]
-            for k in ("window", "default_margin", "calibrate_forecast")
+            for k in ("window", "default_margin", "calibrate_forecast", "oversub")
             if k in options
         }
         return SoloPredictor(profile, **kw)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from predlat.predict.features import FeatureMap, Vector, count_square_integral
+from predlat.predict.features import FeatureMap, Vector, count_integrals
 from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
 from predlat.traces.records import BatchRecord, Overlap, attach_timelines
 
@@ -67,8 +67,10 @@ def synthetic_profile(
 @dataclass(frozen=True)
 class SlowdownLaw:
     """slowdown = base + count g0 + compute g1 + memory g2 + memory_x mu_self g2
-    + count_sq g3, with g = (co-runner count, sum of co-runner compute_util, sum of
-    memory_util, count^2) in the FeatureMap's normalised units."""
+    + count_sq g3 + oversub g4, with g = (co-runner count, sum of co-runner compute_util,
+    sum of memory_util, count^2, oversubscription of the profile's cores) in the
+    FeatureMap's normalised units. base=1, oversub=1 and the rest 0 is time slicing:
+    max(1, threads (1 + n) / cores) with n co-runners."""
 
     base: float = 1.0
     count: float = 0.1
@@ -76,6 +78,7 @@ class SlowdownLaw:
     memory: float = 0.15
     memory_x: float = 0.0
     count_sq: float = 0.0
+    oversub: float = 0.0
 
     def slowdown(self, s: Vector, g: Vector, sensitivity: float = 1.0) -> float:
         """`sensitivity` scales the interference part: a model's own susceptibility that
@@ -84,6 +87,8 @@ class SlowdownLaw:
         value += self.memory_x * s[2] * g[2]
         if self.count_sq and len(g) > 3:
             value += self.count_sq * g[3]
+        if self.oversub and len(g) > 4:
+            value += self.oversub * g[4]
         return self.base + sensitivity * value
 
 
@@ -128,7 +133,9 @@ def law_records(
                 lo, hi = 0.0, 1.0
             spans.append((co_model, co_n, lo, hi))
         unit = [Overlap(-1, m, k, lo, hi) for m, k, lo, hi in spans]
-        g = [0.0, 0.0, 0.0, count_square_integral(unit)]
+        sq, over = count_integrals(unit, fmap.oversub)
+        zero = fmap.oversub.zero if fmap.oversub is not None else 0.0
+        g = [0.0, 0.0, 0.0, sq, over + zero]  # unit lifetime: integrals are averages
         for m, k, lo, hi in spans:
             f = fmap.co_vec(m, k)
             g[0] += hi - lo
@@ -226,6 +233,7 @@ def _speeds(
     for bid, (_, model, n, _, _) in running.items():
         f = fmap.co_vec(model, n)
         others = tot[0] - 1.0
-        g = (others, tot[1] - f[1], tot[2] - f[2], others * others)
+        over = fmap.oversub.at(int(others + 0.5)) if fmap.oversub is not None else 0.0
+        g = (others, tot[1] - f[1], tot[2] - f[2], others * others, over)
         out[bid] = 1.0 / law.slowdown(fmap.self_vec(model, n), g, sensitivity.get(model, 1.0))
     return out
