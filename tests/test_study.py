@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from predlat.devices.base import BatchJob
 from predlat.experiments.study import (
     STAT_KEYS,
     CollectedTrace,
@@ -280,3 +281,111 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path: Path, capsys) -> None:
     assert len(errors) == 3 and all(e.startswith("predlat study: error:") for e in errors)
     assert "bogus" in errors[1] and "no-such-model" in errors[2]
     assert not (tmp_path / "o").exists()
+
+
+# -- co-location noise floor -------------------------------------------------------------
+def test_colocation_floor_is_distance_to_own_median_per_k() -> None:
+    from predlat.experiments.colocation_floor import colocation_floor_errors
+
+    floor = colocation_floor_errors(
+        {
+            (2, 0, 0): [1.0, 1.0, 2.0],  # median 1: 0, 0, 0.5
+            (2, 0, 1): [4.0, 5.0, 5.0],  # median 5: 0.25, 0, 0
+            (3, 1, 0): [2.0, 2.0, 2.0],  # 0, 0, 0
+            (3, 1, 1): [1.0, 2.0, 4.0],  # median 2: 1, 0, 0.5
+            (3, 1, 2): [3.0, 3.0, 3.0],  # 0, 0, 0
+        }
+    )
+    errors = [0, 0, 0.5, 0.25, 0, 0, 0, 0, 0, 1, 0, 0.5, 0, 0, 0]
+    assert floor["samples"] == 15
+    assert floor["mean_rel_err"] == pytest.approx(2.25 / 15)
+    assert floor["p95"] == pytest.approx(np.percentile(errors, 95))
+    assert floor["per_k"] == {"2": pytest.approx(0.75 / 6), "3": pytest.approx(1.5 / 9)}
+    empty = colocation_floor_errors({})
+    assert empty["samples"] == 0 and math.isnan(empty["mean_rel_err"]) and empty["per_k"] == {}
+
+
+def test_colocation_scenarios_are_seeded_and_distinct() -> None:
+    from predlat.errors import ConfigError
+    from predlat.experiments.colocation_floor import draw_scenarios
+
+    pairs = [(m, n) for m in ("a", "b", "c") for n in (1, 2, 4, 8)]
+    scenarios = draw_scenarios(pairs, (2, 3, 4), 3, seed=7)
+    assert [s.k for s in scenarios] == [2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert all(len(set(s.batches)) == s.k and set(s.batches) <= set(pairs) for s in scenarios)
+    assert scenarios == draw_scenarios(list(reversed(pairs)), (2, 3, 4), 3, seed=7)
+    assert scenarios != draw_scenarios(pairs, (2, 3, 4), 3, seed=8)
+    # Fewer pairs than K: pairs repeat.
+    assert draw_scenarios([("a", 1)], (3,), 1)[0].batches == (("a", 1),) * 3
+    with pytest.raises(ConfigError):
+        draw_scenarios([], (2,), 1)
+
+
+def test_colocation_results_in_results_json_and_report(tmp_path: Path) -> None:
+    profile = _profile()
+    traces = [_collected("t0", ("a", "b"), 0)]
+    names = ("solo", "fine-rls")
+    grid = evaluate_grid(traces, profile, names)
+    config = StudyConfig(
+        mode="test",
+        models=("a", "b"),
+        model_sets={"all2": ("a", "b")},
+        grid=(traces[0].spec,),
+        shift=None,
+        predictors=names,
+    )
+    from predlat.experiments.colocation_floor import colocation_floor_errors
+
+    colocation = colocation_floor_errors({(2, 0, 0): [1.0, 1.0, 2.0], (3, 1, 0): [4.0, 5.0]})
+    colocation.update(scenarios=[{"k": 2, "batches": []}, {"k": 3, "batches": []}], repeats=3)
+    noise = noise_floor_errors({("a", 1): [1.0, 1.1, 0.9]})
+    results = build_results(config, profile, noise, traces, grid, None, (), colocation)
+    write_outputs(tmp_path, results, grid, None, config)
+
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["colocation_floor"]["per_k"] == {
+        "2": pytest.approx(1 / 6),
+        "3": pytest.approx(0.1125),
+    }
+    rls = data["predictors"]["fine-rls"]["mean_rel_err"]
+    assert data["targets"]["fine_rls_over_colocation_floor"] == pytest.approx(
+        rls / colocation["mean_rel_err"]
+    )
+    report = (tmp_path / "report.md").read_text()
+    assert "Co-location noise floor" in report and "16.7%** at K=2" in report
+    assert "| co-location noise floor | co-located repeats |" in report
+    assert "Noise floor** (fresh repeated solo runs" in report  # the solo floor stays
+
+
+@pytest.mark.slow
+def test_colocation_floor_on_a_real_device(tmp_path: Path) -> None:
+    from conftest import build_matmul_model
+    from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+    from predlat.experiments.colocation_floor import (
+        Scenario,
+        measure_colocation_floor,
+        run_together,
+    )
+    from predlat.models import resolve_model
+
+    path = build_matmul_model(tmp_path / "mm.onnx", width=256, depth=4)
+    spec = resolve_model(str(path))
+    device = OrtDevice(OrtDeviceConfig(num_slots=2, intra_op_threads=1))
+    try:
+        device.load(spec)
+        together = run_together(device, [BatchJob(0, spec.name, 1), BatchJob(1, spec.name, 4)])
+        assert [(r.slot, r.batch_size) for r in together] == [(0, 1), (1, 4)]
+        scenarios = [
+            Scenario(((spec.name, 1), (spec.name, 4))),
+            Scenario(((spec.name, 4), (spec.name, 4))),
+        ]
+        floor = measure_colocation_floor(device, scenarios, 3)
+    finally:
+        device.close()
+    assert floor["samples"] == 2 * 2 * 3 and set(floor["per_k"]) == {"2"}
+    assert floor["repeats"] == 3 and len(floor["scenarios"]) == 2
+    values = [floor["mean_rel_err"], floor["p95"], *floor["per_k"].values()]
+    values += [b["mean_rel_err"] for s in floor["scenarios"] for b in s["batches"]]
+    assert all(math.isfinite(v) and v >= 0 for v in values)
+    assert all(b["median_ms"] > 0 for s in floor["scenarios"] for b in s["batches"])
+    assert floor["mean_start_spread_ms"] >= 0

@@ -110,6 +110,14 @@ def summary_text(results: dict) -> str:
         )
     floor = results["noise_floor"]
     lines.append(f"{'noise floor':<22}{pct(floor.get('mean_rel_err')):>8}")
+    colocation = results.get("colocation_floor") or {}
+    if colocation.get("per_k"):
+        per_k = ", ".join(f"K={k} {pct(v)}" for k, v in colocation["per_k"].items())
+        lines.append(
+            f"{'co-location floor':<22}{pct(colocation.get('mean_rel_err')):>8}"
+            f"{pct(colocation.get('p50')):>8}{pct(colocation.get('p95')):>8}"
+            f"{pct(colocation.get('p99')):>8}  ({per_k})"
+        )
     t = results["targets"]
     ratio_floor, ratio_coarse = t["fine_rls_over_noise_floor"], t["fine_rls_over_coarse"]
     lines.append(

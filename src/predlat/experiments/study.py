@@ -3,7 +3,9 @@
 Steps, end to end:
 1. profile every model alone (or reuse the cached profile);
 2. measure the noise floor: fresh repeated solo runs of each (model, batch size),
-   each predicted by the median of its own repeats -- no predictor can beat it;
+   each predicted by the median of its own repeats -- no predictor can beat it; and the
+   co-location noise floor: identical co-locations of K batches repeated, each batch
+   predicted by its own median (colocation_floor.py);
 3. collect traces over a grid of model sets x loads x concurrency;
 4. split each trace chronologically (first 75% of batches by start time to train),
    fit every predictor once on all training parts pooled, and evaluate a copy of that
@@ -29,6 +31,7 @@ from rich.console import Console
 
 from predlat import __version__
 from predlat.errors import ConfigError
+from predlat.experiments.colocation_floor import draw_scenarios, measure_colocation_floor
 from predlat.predict import (
     PREDICTOR_NAMES,
     Prediction,
@@ -87,6 +90,10 @@ class StudyConfig:
     profile_repeats: int = 20
     noise_sizes: tuple[int, ...] = (1, 2, 4, 8)
     noise_repeats: int = 30
+    colocation_ks: tuple[int, ...] = (2, 3, 4)  # empty: no co-location floor
+    colocation_scenarios: int = 3  # per K
+    colocation_repeats: int = 12
+    colocation_seed: int = 0
     predictors: tuple[str, ...] = PREDICTOR_NAMES
     train_frac: float = 0.75
     quantile: float = 0.95
@@ -136,6 +143,7 @@ def study_config(
     full:  every model set x low/medium/high load x K = 2, 3, 4; 25 s per trace.
     quick: all models x low/medium/high x K = 2, 4, plus subsets A and B at medium load
            and K = 3; 10 s per trace, profiles with 10 repeats, noise floor with 10.
+    Co-location floor: K = 2, 3, 4; 6 scenarios per K, 12 repeats (quick: 3 and 6).
     """
     if mode not in ("full", "quick"):
         raise ConfigError(f"unknown study mode '{mode}' (full or quick)")
@@ -191,6 +199,9 @@ def study_config(
         shift=shift,
         profile_repeats=10 if quick else 20,
         noise_repeats=10 if quick else 30,
+        colocation_scenarios=3 if quick else 6,
+        colocation_repeats=6 if quick else 12,
+        colocation_seed=seed,
         sources=dict(sources or {}),
     )
 
@@ -532,6 +543,10 @@ def target_check(results: dict[str, Any]) -> dict[str, Any]:
         "fine_rls_over_noise_floor": _ratio(rls, floor),
         "fine_rls_over_coarse": _ratio(rls, coarse),
     }
+    # Not a target: how far fine-rls is from what repeated co-locations allow.
+    colocation = (results.get("colocation_floor") or {}).get("mean_rel_err")
+    out["colocation_floor_mean_rel_err"] = colocation
+    out["fine_rls_over_colocation_floor"] = _ratio(rls, colocation)
     out["within_1_5x_noise_floor"] = (
         None
         if out["fine_rls_over_noise_floor"] is None
@@ -571,6 +586,17 @@ def to_jsonable(value: Any) -> Any:
 
 
 # -- running on the device -----------------------------------------------------------
+def measure_colocation(config: StudyConfig, device: Any, bar: Any) -> dict[str, Any]:
+    """The co-location noise floor over scenarios drawn from the profiled pairs."""
+    pairs = [(m, n) for m in config.models for n in config.profile_sizes]
+    scenarios = draw_scenarios(
+        pairs, config.colocation_ks, config.colocation_scenarios, config.colocation_seed
+    )
+    return measure_colocation_floor(
+        device, scenarios, config.colocation_repeats, on_progress=bar.sub_progress
+    )
+
+
 def measure_noise_floor(
     device: Any,
     models: Sequence[str],
@@ -667,7 +693,9 @@ def run_study(
         f"[bold]study[/]: {len(all_specs)} traces, {collect_s / 60:.1f} min of workload, "
         f"{len(config.predictors)} predictors"
     )
-    device = _open_device(max(s.concurrency for s in all_specs), specs)
+    slots = max(s.concurrency for s in all_specs)
+    device = _open_device(max((slots, *config.colocation_ks)), specs)
+    colocation: dict[str, Any] | None = None
     traces: list[CollectedTrace] = []
     shift_traces: list[CollectedTrace] = []
     try:
@@ -686,6 +714,13 @@ def run_study(
                 f"noise floor: mean relative error {noise['mean_rel_err']:.2%} "
                 f"over {noise['samples']} solo runs"
             )
+            if config.colocation_ks:
+                t = time.perf_counter()
+                bar.step("co-location noise floor: identical co-locations repeated")
+                colocation = measure_colocation(config, device, bar)
+                timings["colocation_floor_s"] = time.perf_counter() - t
+                per_k = ", ".join(f"{v:.2%} at K={k}" for k, v in colocation["per_k"].items())
+                bar.log(f"co-location noise floor: {per_k}")
             t = time.perf_counter()
             by_name = {s.name: s for s in specs}
             for index, spec in enumerate(all_specs):
@@ -734,7 +769,9 @@ def run_study(
     finally:
         device.close()
 
-    results = build_results(config, profile, noise, traces, grid, shift_eval, shift_traces)
+    results = build_results(
+        config, profile, noise, traces, grid, shift_eval, shift_traces, colocation
+    )
     timings["total_s"] = time.perf_counter() - started  # plots are added when drawn
     results["timings"] = timings
     write_outputs(out_dir, results, grid, shift_eval, config)
@@ -749,6 +786,7 @@ def build_results(
     grid: GridEvaluation,
     shift: ShiftEvaluation | None,
     shift_traces: Sequence[CollectedTrace] = (),
+    colocation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The results.json document (before timings)."""
     results: dict[str, Any] = {
@@ -761,8 +799,10 @@ def build_results(
         "test_batches": grid.test_batches,
         "noise_floor": noise,
     }
+    if colocation is not None:
+        results["colocation_floor"] = colocation
     results.update(grid_results(grid, traces))
-    results["foreign_cpu"] = foreign_cpu_summary(noise, [*traces, *shift_traces])
+    results["foreign_cpu"] = foreign_cpu_summary(noise, [*traces, *shift_traces], colocation)
     if shift is not None:
         results["shift"] = shift.stats
         results["shift_info"] = {
@@ -786,13 +826,18 @@ def build_results(
     return results
 
 
-def foreign_cpu_summary(noise: dict[str, Any], traces: Sequence[CollectedTrace]) -> dict[str, Any]:
+def foreign_cpu_summary(
+    noise: dict[str, Any],
+    traces: Sequence[CollectedTrace],
+    colocation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """How much CPU other processes took while this study measured (None: unknown)."""
     values = [t.foreign_cpu_frac for t in traces if t.foreign_cpu_frac is not None]
     return {
         "traces_mean": float(np.mean(values)) if values else None,
         "traces_max": float(np.max(values)) if values else None,
         "noise_floor": noise.get("foreign_cpu_frac"),
+        "colocation_floor": (colocation or {}).get("foreign_cpu_frac"),
     }
 
 

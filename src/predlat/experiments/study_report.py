@@ -38,7 +38,8 @@ class StudyProgress:
         self.console = console
         self.enabled = enabled
         shift = 3 if config.shift else 0  # two traces and their evaluation
-        self.total = 2 + len(config.grid) + shift
+        colocation = 1 if config.colocation_ks else 0
+        self.total = 2 + colocation + len(config.grid) + shift
         self.started = time.perf_counter()
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
@@ -100,6 +101,9 @@ def write_plots(
     """Every figure of the report; returns {figure: file name}."""
     floor = results["noise_floor"].get("mean_rel_err")
     marks = {"noise floor": floor} if floor is not None else {}
+    colocation = (results.get("colocation_floor") or {}).get("mean_rel_err")
+    if colocation is not None:
+        marks["co-location floor"] = colocation
     forecast = {
         n: [p.rel_err for p in grid.pooled(n)]
         for n in grid.predictions
@@ -195,6 +199,9 @@ def _answer(results: dict[str, Any]) -> str:
             f"**{pct(floor)}**. fine-rls is at **{floor_ratio:.1f}x** the floor. "
             f"Target (at most 1.5x): {_verdict(t['within_1_5x_noise_floor'])}."
         )
+    colocation = _colocation_line(results)
+    if colocation:
+        lines.append(colocation)
     forecast = {
         n: v
         for n, v in results["predictors"].items()
@@ -236,6 +243,21 @@ def _answer(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _colocation_line(results: dict[str, Any]) -> str:
+    floor = results.get("colocation_floor") or {}
+    per_k = floor.get("per_k") or {}
+    if not per_k:
+        return ""
+    shown = ", ".join(f"**{pct(v)}** at K={k}" for k, v in per_k.items())
+    ratio = results["targets"].get("fine_rls_over_colocation_floor")
+    versus = "" if ratio is None else f"; fine-rls is at **{ratio:.1f}x** it"
+    return (
+        f"- **Co-location noise floor** (identical co-locations repeated, each batch "
+        f"predicted by its own median): {shown} ({pct(floor.get('mean_rel_err'))} overall). "
+        f"No predictor can beat this on this machine{versus}."
+    )
+
+
 def _comparison(results: dict[str, Any], plots: dict[str, str]) -> str:
     preds = results["predictors"]
     order = sorted(
@@ -271,6 +293,22 @@ def _comparison(results: dict[str, Any], plots: dict[str, str]) -> str:
             "-",
         ]
     )
+    colocation = results.get("colocation_floor")
+    if colocation:
+        rows.append(
+            [
+                "co-location noise floor",
+                "co-located repeats",
+                pct(colocation.get("mean_rel_err")),
+                pct(colocation.get("p50")),
+                pct(colocation.get("p95")),
+                pct(colocation.get("p99")),
+                "-",
+                "-",
+                colocation.get("samples", 0),
+                "-",
+            ]
+        )
     table = md_table(
         [
             "predictor",
@@ -419,35 +457,54 @@ def _method(results: dict[str, Any], config: StudyConfig) -> str:
     timings = results.get("timings", {})
     shown = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in timings.items())
     floor = results["noise_floor"]
-    return "\n".join(
-        [
-            "## Method",
-            "",
-            f"- Machine: {m['cpu']}, {m['cores']} cores, {m['provider']}, "
-            f"{m['intra_op_threads']} intra-op thread per slot; "
-            f"predlat {results['predlat_version']}; mode `{config.mode}`.",
-            f"- Profile: batch sizes {', '.join(map(str, config.profile_sizes))}, "
-            f"{config.profile_repeats} repeats (reused from the cache when still valid).",
-            "- Traces: open-loop Poisson arrivals, equal rate per model; load L = L x capacity, "
-            "capacity = min(K, cores) / mean over models of (solo latency of a batch of 4) / 4, "
-            "in requests/s (interference left out: it is what is measured). Per-model queues, "
-            "random target batch sizes 1..8 (a queue is dispatched when it reaches its target or "
-            "its oldest request has waited target / rate), up to K batches at once.",
-            f"- Split: first {config.train_frac:.0%} of each trace's batches by start time to "
-            "train, the rest to test. Every predictor is fitted once on all training parts "
-            "pooled (one predictor across all configurations); each test part is evaluated from "
-            "a copy of that fit, online predictors learning from each completed batch as it "
-            "happens.",
-            f"- Noise floor: {floor.get('repeats', '?')} fresh solo runs per model and batch size "
-            f"({', '.join(map(str, floor.get('batch_sizes', [])))}) after warm-up, each predicted "
-            "by the median of its group; mean relative error.",
-            f"- Quantile: p{round(config.quantile * 100)}, calibrated online from recent "
-            "relative residuals.",
-            "- Other CPU: the share of all CPU time on the machine that processes other than "
-            "this one used, from the kernel's CPU counters, every 0.5 s while a trace runs. "
-            "It is interference no predictor sees.",
-            f"- Timings: {shown}." if shown else "",
-        ]
+    lines = [
+        "## Method",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['provider']}, "
+        f"{m['intra_op_threads']} intra-op thread per slot; "
+        f"predlat {results['predlat_version']}; mode `{config.mode}`.",
+        f"- Profile: batch sizes {', '.join(map(str, config.profile_sizes))}, "
+        f"{config.profile_repeats} repeats (reused from the cache when still valid).",
+        "- Traces: open-loop Poisson arrivals, equal rate per model; load L = L x capacity, "
+        "capacity = min(K, cores) / mean over models of (solo latency of a batch of 4) / 4, "
+        "in requests/s (interference left out: it is what is measured). Per-model queues, "
+        "random target batch sizes 1..8 (a queue is dispatched when it reaches its target or "
+        "its oldest request has waited target / rate), up to K batches at once.",
+        f"- Split: first {config.train_frac:.0%} of each trace's batches by start time to "
+        "train, the rest to test. Every predictor is fitted once on all training parts "
+        "pooled (one predictor across all configurations); each test part is evaluated from "
+        "a copy of that fit, online predictors learning from each completed batch as it "
+        "happens.",
+        f"- Noise floor: {floor.get('repeats', '?')} fresh solo runs per model and batch size "
+        f"({', '.join(map(str, floor.get('batch_sizes', [])))}) after warm-up, each predicted "
+        "by the median of its group; mean relative error.",
+        _colocation_method(results),
+        f"- Quantile: p{round(config.quantile * 100)}, calibrated online from recent "
+        "relative residuals.",
+        "- Other CPU: the share of all CPU time on the machine that processes other than "
+        "this one used, from the kernel's CPU counters, every 0.5 s while a trace runs. "
+        "It is interference no predictor sees.",
+        f"- Timings: {shown}." if shown else "",
+    ]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _colocation_method(results: dict[str, Any]) -> str | None:
+    floor = results.get("colocation_floor")
+    if not floor:
+        return None
+    scenarios = floor.get("scenarios", [])
+    ks = sorted({s["k"] for s in scenarios})
+    spread = floor.get("mean_start_spread_ms")
+    started = "" if spread is None else f" (their starts {num(spread)} ms apart on average)"
+    return (
+        f"- Co-location noise floor: {len(scenarios)} co-locations of K = "
+        f"{', '.join(map(str, ks))} batches, (model, batch size) drawn from the profiled ones; "
+        f"each batch on its own slot, all submitted together{started}, "
+        f"{floor.get('repeats', '?')} times in a row after {floor.get('warmup', '?')} warm-up "
+        "round(s). Each batch's latency is predicted by the median of its repeats in the same "
+        "co-location; mean relative error. With more threads than cores, how the operating "
+        "system time-slices them differs from run to run: that spread is beyond any predictor."
     )
 
 
