@@ -51,26 +51,22 @@ def draw_scenarios(
     return scenarios
 
 
-def colocation_floor_errors(samples: Mapping[tuple[int, int, int], Sequence[float]]) -> dict:
-    """Relative error of each repeated latency against the median of its own group,
-    keyed (K, scenario index, slot): the best any predictor could do under co-location
-    on this machine. Overall statistics, and the mean per K (keys are strings: JSON)."""
+def median_error_summary(
+    samples: Mapping[tuple, Sequence[float]], group_of: Callable[[tuple], str], per: str
+) -> dict[str, Any]:
+    """Relative error of each repeated latency against the median of its own sample
+    group: the best any predictor could do for those repeats. Overall statistics, plus
+    the mean error per `group_of(key)` under the name `per` (string keys: JSON)."""
     errors: list[float] = []
-    per_k: dict[int, list[float]] = {}
-    for (k, _, _), times in samples.items():
+    grouped: dict[str, list[float]] = {}
+    for key, times in samples.items():
         x = np.asarray(times, dtype=float)
         rel = (np.abs(x - np.median(x)) / x).tolist()
         errors.extend(rel)
-        per_k.setdefault(k, []).extend(rel)
+        grouped.setdefault(group_of(key), []).extend(rel)
     if not errors:
-        return {
-            "mean_rel_err": math.nan,
-            "p50": math.nan,
-            "p95": math.nan,
-            "p99": math.nan,
-            "samples": 0,
-            "per_k": {},
-        }
+        nan = math.nan
+        return {"mean_rel_err": nan, "p50": nan, "p95": nan, "p99": nan, "samples": 0, per: {}}
     e = np.asarray(errors)
     return {
         "mean_rel_err": float(e.mean()),
@@ -78,8 +74,14 @@ def colocation_floor_errors(samples: Mapping[tuple[int, int, int], Sequence[floa
         "p95": float(np.percentile(e, 95)),
         "p99": float(np.percentile(e, 99)),
         "samples": int(e.size),
-        "per_k": {str(k): float(np.mean(v)) for k, v in sorted(per_k.items())},
+        per: {g: float(np.mean(v)) for g, v in sorted(grouped.items())},
     }
+
+
+def colocation_floor_errors(samples: Mapping[tuple[int, int, int], Sequence[float]]) -> dict:
+    """The co-location floor from latencies keyed (K, scenario index, slot), with the
+    mean error per K."""
+    return median_error_summary(samples, lambda key: str(key[0]), "per_k")
 
 
 def run_together(

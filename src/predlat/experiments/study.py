@@ -31,7 +31,11 @@ from rich.console import Console
 
 from predlat import __version__
 from predlat.errors import ConfigError
-from predlat.experiments.colocation_floor import draw_scenarios, measure_colocation_floor
+from predlat.experiments.colocation_floor import (
+    draw_scenarios,
+    measure_colocation_floor,
+    median_error_summary,
+)
 from predlat.predict import (
     PREDICTOR_NAMES,
     Prediction,
@@ -272,31 +276,9 @@ def recovery_batches(
 
 
 def noise_floor_errors(samples: dict[tuple[str, int], Sequence[float]]) -> dict[str, Any]:
-    """Relative error of each repeated solo latency against the median of its own
-    (model, batch size) group: the best any predictor could do on this machine."""
-    errors, per_model = [], {}
-    for (model, _), times in samples.items():
-        x = np.asarray(times, dtype=float)
-        rel = np.abs(x - np.median(x)) / x
-        errors.extend(rel.tolist())
-        per_model.setdefault(model, []).extend(rel.tolist())
-    if not errors:
-        return {
-            "mean_rel_err": math.nan,
-            "p50": math.nan,
-            "p95": math.nan,
-            "samples": 0,
-            "per_model": {},
-        }
-    e = np.asarray(errors)
-    return {
-        "mean_rel_err": float(e.mean()),
-        "p50": float(np.percentile(e, 50)),
-        "p95": float(np.percentile(e, 95)),
-        "p99": float(np.percentile(e, 99)),
-        "samples": int(e.size),
-        "per_model": {m: float(np.mean(v)) for m, v in sorted(per_model.items())},
-    }
+    """The solo noise floor from repeated solo latencies keyed (model, batch size), with
+    the mean error per model."""
+    return median_error_summary(samples, lambda key: key[0], "per_model")
 
 
 def is_fine(name: str, predictor: Any = None) -> bool:
