@@ -9,6 +9,7 @@ sliding window follows drift (a new model mix, a load change).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -23,7 +24,9 @@ class Calibrator:
         self.min_count = min_count
         self._residuals: deque[float] = deque(maxlen=window)
         self._cache: dict[float, float] = {}
-        self._sorted: list[float] | None = None
+        # The window kept sorted as residuals come and go: a quantile after every new
+        # residual (as forecasting does) then costs a bisection, not a sort.
+        self._sorted: list[float] = []
 
     def __len__(self) -> int:
         return len(self._residuals)
@@ -31,13 +34,16 @@ class Calibrator:
     def reset(self) -> None:
         self._residuals.clear()
         self._cache.clear()
-        self._sorted = None
+        self._sorted = []
 
     def add(self, residual: float) -> None:
         if math.isfinite(residual):
+            ordered = self._sorted
+            if len(self._residuals) == self.window:
+                del ordered[bisect.bisect_left(ordered, self._residuals[0])]
             self._residuals.append(residual)
+            bisect.insort(ordered, residual)
             self._cache.clear()
-            self._sorted = None
 
     def extend(self, residuals: Iterable[float]) -> None:
         for r in residuals:
@@ -56,8 +62,6 @@ class Calibrator:
         if n == 0:
             value = self.default_margin
         else:
-            if self._sorted is None:
-                self._sorted = sorted(self._residuals)
             rank = min(n, max(1, math.ceil((n + 1) * q)))
             value = self._sorted[rank - 1]
             if n < self.min_count:

@@ -106,6 +106,8 @@ class _Plan:
     rows: int
     forecast: ForecastEnd
     ok: bool
+    high: bool  # holds at least one high-priority request
+    deadline: float  # the earliest deadline among its requests
 
 
 @dataclass
@@ -150,6 +152,10 @@ class Scheduler:
         self._blocked: dict[str, int] = {}
         self._epoch = 0
         self._last_high = -math.inf  # when the last high-priority request arrived
+        # The earliest moment a queue head stops being feasible alone (None: to be
+        # recomputed). It changes only when a head does, so arrivals behind the heads and
+        # events that change no queue reuse it (next_wakeup, and _expire's quick exit).
+        self._latest_start: float | None = None
         for m in models:
             self._solo(m, 1)  # fail now, not mid-run, if the profile lacks a model
         self._queued = 0
@@ -175,7 +181,10 @@ class Scheduler:
         if reason is not None:
             self._reject(request, reason, out)
         else:
-            self._queues[request.model].push(request)
+            q = self._queues[request.model]
+            q.push(request)
+            if q.peek(request.priority) is request:
+                self._latest_start = None  # a new head
             self._blocked.pop(request.model, None)
             self._queued += 1
         if dispatch:
@@ -226,6 +235,13 @@ class Scheduler:
         stops being feasible even alone (to reject it then, not at its deadline)."""
         if not self._queued:
             return None
+        wake = self._earliest_latest_start()
+        return None if wake == math.inf else wake + _WAKE_EPSILON
+
+    def _earliest_latest_start(self) -> float:
+        wake = self._latest_start
+        if wake is not None:
+            return wake
         wake = math.inf
         margin = self.config.margin_s
         for q in self._queues.values():
@@ -234,7 +250,8 @@ class Scheduler:
             for head in q.heads():
                 latest = head.deadline - margin - self._solo(head.model, head.size)
                 wake = min(wake, latest)
-        return None if wake == math.inf else wake + _WAKE_EPSILON
+        self._latest_start = wake
+        return wake
 
     def reject_all(self, reason: str) -> list[Reject]:
         """Reject every queued request (shutdown); running batches are left to finish."""
@@ -243,6 +260,7 @@ class Scheduler:
             for request in q.pop_all():
                 self._reject(request, reason, out)
         self._queued = 0
+        self._latest_start = None
         return [d for d in out if isinstance(d, Reject)]
 
     # -- state for metrics ---------------------------------------------------------------
@@ -282,7 +300,14 @@ class Scheduler:
     def _expire(self, now: float, out: list[Decision]) -> None:
         if not self._queued:
             return
+        # Quick exit: every head is feasible well before its latest start (the slack
+        # keeps rounding from ever deciding differently from the full check below).
+        # Without it at hand, the full check costs no more than finding it would.
+        latest = self._latest_start
+        if latest is not None and now < latest - 1e-9 * (1.0 + abs(now)):
+            return
         margin = self.config.margin_s
+        wake = math.inf  # the earliest latest start of the heads left (as next_wakeup)
         for q in self._queues.values():
             if not len(q):
                 continue
@@ -291,6 +316,9 @@ class Scheduler:
                 while head is not None:
                     need = self._solo(head.model, head.size)
                     if now + margin + need <= head.deadline:
+                        latest = head.deadline - margin - need
+                        if latest < wake:
+                            wake = latest
                         break
                     q.pop_head(priority)
                     self._blocked.pop(q.model, None)
@@ -303,6 +331,7 @@ class Scheduler:
                         out,
                     )
                     head = q.peek(priority)
+        self._latest_start = wake
 
     def _reject(self, request: Request, reason: str, out: list[Decision]) -> None:
         self._seen.discard(request.request_id)
@@ -393,11 +422,13 @@ class Scheduler:
         slowed by `slowdown` (1: alone); low-only prefixes must also end by `low_until`."""
         rows, deadline, k, high = 0, math.inf, 0, False
         start = now + self.config.margin_s
+        solo, top = self._solo, Priority.HIGH
         for request in requests:
             rows += request.size
-            deadline = min(deadline, request.deadline)
-            high = high or request.priority is Priority.HIGH
-            end = start + self._solo(model, rows) * slowdown
+            if request.deadline < deadline:
+                deadline = request.deadline
+            high = high or request.priority is top
+            end = start + solo(model, rows) * slowdown
             if end > deadline or (not high and end > low_until):
                 break
             k += 1
@@ -405,15 +436,18 @@ class Scheduler:
 
     def _evaluate(self, q: ModelQueue, requests: list[Request], scratch: _Round) -> _Plan:
         now, margin, policy = scratch.now, self.config.margin_s, self.policy
-        rows = sum(r.size for r in requests)
+        rows, deadline, high, top = 0, math.inf, False, Priority.HIGH
+        for r in requests:
+            rows += r.size
+            if r.deadline < deadline:
+                deadline = r.deadline
+            high = high or r.priority is top
         candidate = RunningBatch(self._next_batch_id, q.model, rows, now)
         forecast = self.forecaster.forecast(now, (candidate,))
         self.stats.forecasts += 1
         mine = forecast[candidate.batch_id]
-        high = any(r.priority is Priority.HIGH for r in requests)
         end = policy.end(mine, high)
         self._slowdown_hint[q.model] = max(1.0, (end - now) / self._solo(q.model, rows))
-        deadline = min(r.deadline for r in requests)
         ok = end + margin <= deadline
         if not ok and mine.mean + margin <= deadline:
             ok = self._waiting_cannot_help(forecast, candidate, mine, end, deadline, now)
@@ -421,7 +455,7 @@ class Scheduler:
             ok = end <= scratch.low_until
         if ok:
             ok = self._running_stay_on_time(forecast, scratch, high)
-        return _Plan(q, requests, rows, mine, ok)
+        return _Plan(q, requests, rows, mine, ok, high, deadline)
 
     def _waiting_cannot_help(
         self,
@@ -467,6 +501,7 @@ class Scheduler:
     def _dispatch(self, plan: _Plan, now: float) -> Dispatch:
         slot = self._free.pop(0)
         plan.queue.remove_prefix(plan.requests)
+        self._latest_start = None
         self._epoch += 1
         self._queued -= len(plan.requests)
         batch_id = self._next_batch_id
@@ -476,7 +511,7 @@ class Scheduler:
             RunningBatch(batch_id, model, plan.rows, now), plan.forecast.mean - now
         )
         self._timeline.started(batch_id, model, plan.rows, now)
-        high = any(r.priority is Priority.HIGH for r in plan.requests)
+        high = plan.high
         end = self.policy.end(plan.forecast, high)
         self._running[batch_id] = RunningInfo(
             batch_id,
@@ -484,7 +519,7 @@ class Scheduler:
             model,
             plan.rows,
             tuple(plan.requests),
-            min(r.deadline for r in plan.requests),
+            plan.deadline,
             now,
             end,
             plan.forecast.mean,
