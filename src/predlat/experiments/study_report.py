@@ -278,37 +278,10 @@ def _comparison(results: dict[str, Any], plots: dict[str, str]) -> str:
                 f"{pct(quiet.get('mean_rel_err'))} ({quiet.get('batches', 0)})",
             ]
         )
-    floor = results["noise_floor"]
-    rows.append(
-        [
-            "noise floor",
-            "solo repeats",
-            pct(floor.get("mean_rel_err")),
-            pct(floor.get("p50")),
-            pct(floor.get("p95")),
-            pct(floor.get("p99")),
-            "-",
-            "-",
-            floor.get("samples", 0),
-            "-",
-        ]
-    )
+    rows.append(_floor_row("noise floor", "solo repeats", results["noise_floor"]))
     colocation = results.get("colocation_floor")
     if colocation:
-        rows.append(
-            [
-                "co-location noise floor",
-                "co-located repeats",
-                pct(colocation.get("mean_rel_err")),
-                pct(colocation.get("p50")),
-                pct(colocation.get("p95")),
-                pct(colocation.get("p99")),
-                "-",
-                "-",
-                colocation.get("samples", 0),
-                "-",
-            ]
-        )
+        rows.append(_floor_row("co-location noise floor", "co-located repeats", colocation))
     table = md_table(
         [
             "predictor",
@@ -527,3 +500,19 @@ def write_outputs(
     (out_dir / "report.md").write_text(render_report(clean, plots, config))
     write_json(out_dir / "results.json", clean)
     return plots
+
+
+def _floor_row(label: str, kind: str, floor: dict[str, Any]) -> list[Any]:
+    """A noise floor as a row of the comparison table (no bias or quantile columns)."""
+    return [
+        label,
+        kind,
+        pct(floor.get("mean_rel_err")),
+        pct(floor.get("p50")),
+        pct(floor.get("p95")),
+        pct(floor.get("p99")),
+        "-",
+        "-",
+        floor.get("samples", 0),
+        "-",
+    ]

@@ -289,15 +289,7 @@ class Runtime:
         self._lags.append(max(0.0, result.start - d.decided_at))
         self._busy += result.end - result.start
         self._batches += 1
-        record = BatchRecord(
-            result.batch_id,
-            result.model,
-            result.batch_size,
-            result.slot,
-            d.decided_at,
-            result.start,
-            result.end,
-        )
+        record = BatchRecord.from_result(result, d.decided_at)
         return self.scheduler.on_complete(record, now, ok=result.error is None, dispatch=False)
 
     def _execute(self, decisions: Sequence[object]) -> None:

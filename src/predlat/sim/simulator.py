@@ -230,16 +230,7 @@ class Simulation:
 
     def _on_done(self, loop: _Loop, dev: int, result: BatchResult) -> None:
         d = loop.dispatches.pop((dev, result.batch_id))
-        record = BatchRecord(
-            result.batch_id,
-            result.model,
-            result.batch_size,
-            result.slot,
-            d.decided_at,
-            result.start,
-            result.end,
-            device=dev,
-        )
+        record = BatchRecord.from_result(result, d.decided_at, device=dev)
         decisions = self.schedulers[dev].on_complete(
             record, self.clock.now, ok=result.error is None
         )

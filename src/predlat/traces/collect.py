@@ -437,15 +437,7 @@ class _Run:
             )
             return
         self.done.append(
-            BatchRecord(
-                batch_id=result.batch_id,
-                model=result.model,
-                batch_size=result.batch_size,
-                slot=result.slot,
-                dispatch=self.dispatch_at.pop(result.batch_id),
-                start=result.start - self.t0,
-                end=result.end - self.t0,
-            )
+            BatchRecord.from_result(result, self.dispatch_at.pop(result.batch_id), t0=self.t0)
         )
 
 

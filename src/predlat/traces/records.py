@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from predlat.devices.base import BatchResult
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,23 @@ class BatchRecord:
     end: float
     timeline: tuple[Overlap, ...] = field(default_factory=tuple)
     device: int = 0  # index of the device, when several are traced together
+
+    @classmethod
+    def from_result(
+        cls, result: BatchResult, dispatch: float, *, device: int = 0, t0: float = 0.0
+    ) -> BatchRecord:
+        """The record of a device's finished batch (no timeline yet); `t0` shifts the
+        device clock's start and end (dispatch is taken as given)."""
+        return cls(
+            result.batch_id,
+            result.model,
+            result.batch_size,
+            result.slot,
+            dispatch,
+            result.start - t0,
+            result.end - t0,
+            device=device,
+        )
 
     @property
     def latency(self) -> float:
