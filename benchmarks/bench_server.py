@@ -67,17 +67,18 @@ def serve(args: argparse.Namespace) -> None:
     config = ServerConfig({"tiny": args.deadline_ms / 1e3})
     app = create_app(runtime, specs, config, framework=args.serve)
     sock = bind_socket("127.0.0.1", 0)
-    runtime.start()
+    if args.controller == "thread":
+        runtime.start()  # else the app starts the runtime on its event loop
     print(f"listening http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     try:
         run_server(app, sock, loop=args.loop, http=args.http)
     finally:
-        runtime.stop(drain=True)
+        runtime.stop(drain=True)  # a no-op once the app drained it
 
 
 def start_server(args: argparse.Namespace, framework: str) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, __file__, "--serve", framework]
-    for flag in ("slots", "policy", "deadline_ms", "switch_ms", "loop", "http"):
+    for flag in ("slots", "policy", "deadline_ms", "switch_ms", "loop", "http", "controller"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.server_cpus:
         command = ["taskset", "-c", args.server_cpus, *command]
@@ -376,6 +377,13 @@ def main() -> None:
         default=None,
         help="pin the server process to these CPUs (taskset list, e.g. 0,1)",
     )
+    parser.add_argument(
+        "--controller",
+        choices=("loop", "thread"),
+        default="loop",
+        help="where the runtime's controller runs: on the server's event loop (as "
+        "`predlat serve`) or on a control thread of its own",
+    )
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -385,7 +393,8 @@ def main() -> None:
     print(
         f"machine: {os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable here; "
         f"server in its own process (loop {args.loop}, http {args.http}, cpus "
-        f"{args.server_cpus or 'any'}, switch {args.switch_ms or 5} ms), client here"
+        f"{args.server_cpus or 'any'}, switch {args.switch_ms or 5} ms, controller on "
+        f"{args.controller}), client here"
     )
     results = []
     for framework in frameworks:

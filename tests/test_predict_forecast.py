@@ -88,7 +88,9 @@ def snapshot(fc: Forecaster) -> dict:
     state = {
         k: copy.deepcopy(v)
         for k, v in vars(fc).items()
-        if k not in ("predictor", "profile", "fmap", "calibrator", "_runs")
+        # (_columns: a cache of the running set, rebuilt at will)
+        if k
+        not in ("predictor", "profile", "fmap", "calibrator", "_runs", "_columns", "_columns_key")
     }
     state["runs"] = {i: (r.batch, r.c_start, r.static, r.predicted) for i, r in fc._runs.items()}
     state["residuals"] = fc.calibrator.residuals()

@@ -285,10 +285,24 @@ def test_completion_feeds_the_forecaster_with_the_timeline() -> None:
     (b,) = dispatches(sched.on_arrival(req(1, "b"), 0.002))
     finish(sched, a, 0.010)
     done = finish(sched, b, 0.022)
+    sched.learn()  # what the driver does once it has carried out the decisions
     assert [r.batch_id for r in fc.completed] == [a.batch_id, b.batch_id]
     (overlap,) = fc.completed[1].timeline
     assert (overlap.batch_id, overlap.start, overlap.end) == (a.batch_id, 0.002, 0.010)
     assert isinstance(done[0], Finished) and done[0].predicted_latency == pytest.approx(0.020)
+
+
+def test_learning_comes_after_the_decision_and_is_never_lost() -> None:
+    sched, fc = make(slots=2)
+    (a,) = dispatches(sched.on_arrival(req(0, "a"), 0.0))
+    (b,) = dispatches(sched.on_arrival(req(1, "b"), 0.001))
+    finish(sched, a, 0.010)
+    assert fc.completed == []  # released, not yet learned from
+    assert [r.batch_id for r in fc.running()] == [b.batch_id]
+    finish(sched, b, 0.020)  # a driver that never calls learn(): the next round does
+    assert [r.batch_id for r in fc.completed] == [a.batch_id]
+    sched.on_tick(0.021)
+    assert [r.batch_id for r in fc.completed] == [a.batch_id, b.batch_id]
 
 
 def test_failed_batch_is_finished_not_ok_and_not_learned_from() -> None:

@@ -1,7 +1,7 @@
 """The HTTP server on the real runtime (tiny model, ONNX Runtime, predlat policy):
 tritonclient round trip against ONNX Runtime run directly, a concurrent burst with none
-lost, metrics matching the runtime's counts, refusals, graceful shutdown, and
-`predlat serve` stopped by SIGTERM."""
+lost, metrics matching the runtime's counts, refusals, graceful shutdown, a runtime the
+app hosts on its event loop, and `predlat serve` stopped by SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,13 +34,18 @@ from predlat.serving.server import BackgroundServer
 DEADLINE_S = 0.5  # generous: the machine is shared, this checks plumbing, not speed
 
 
-def start_stack(max_queue: int = 1000) -> tuple[BackgroundServer, Runtime, ModelSpec]:
+def start_stack(
+    max_queue: int = 1000, hosted: bool = False
+) -> tuple[BackgroundServer, Runtime, ModelSpec]:
+    """`hosted`: the app starts the runtime on the server's event loop (and stops it);
+    else the runtime runs on its own control thread, started (and stopped) by the caller."""
     spec = resolve_model("tiny")
     runtime, _ = build_runtime(
         ["tiny"], slots=2, policy="predlat", max_queue=max_queue, progress=False
     )
     app = create_app(runtime, [spec], ServerConfig({"tiny": DEADLINE_S}))
-    runtime.start()
+    if not hosted:
+        runtime.start()
     return BackgroundServer(app).start(), runtime, spec
 
 
@@ -162,8 +168,9 @@ def test_load_generator_on_the_real_runtime(stack):
     assert results["by_priority"]["high"]["sent"] > 0
 
 
-def test_graceful_shutdown_drains_the_runtime():
-    server, runtime, _ = start_stack()
+@pytest.mark.parametrize("hosted", [False, True], ids=["own-thread", "on-the-loop"])
+def test_graceful_shutdown_drains_the_runtime(hosted: bool):
+    server, runtime, _ = start_stack(hosted=hosted)
     x = np.zeros((1, 16), np.float32)
     body, headers = protocol.encode_infer_request({"x": x})
 
@@ -178,7 +185,7 @@ def test_graceful_shutdown_drains_the_runtime():
         while runtime.stats().submitted < 16 and time.monotonic() < give_up:
             time.sleep(0.002)
         server.stop()  # returns once every request in flight got its answer
-        runtime.stop(drain=True)
+        runtime.stop(drain=True)  # (hosted: the app drained it already, a no-op)
         answers = []
         for f in futures:
             try:
@@ -193,6 +200,37 @@ def test_graceful_shutdown_drains_the_runtime():
     refused = [error for code, error in answers if code == 503]
     assert all("shutting down" in error for error in refused)
     assert set(codes) <= {0, 200, 503}
+
+
+def test_app_hosts_a_runtime_not_started_on_its_event_loop():
+    server, runtime, spec = start_stack(hosted=True)
+    threads: list[str] = []
+    runtime.add_listener(lambda outcome: threads.append(threading.current_thread().name))
+    xs = [np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32) for i in range(40)]
+
+    def send(i: int) -> tuple[int, bool]:
+        body, headers = protocol.encode_infer_request({"x": xs[i]})
+        r = httpx.post(server.url + "/v2/models/tiny/infer", content=body, headers=headers)
+        if r.status_code != 200:
+            return r.status_code, False
+        _, arrays = protocol.decode_infer_response(
+            r.content, int(r.headers[protocol.HEADER_LENGTH])
+        )
+        return 200, bool(np.allclose(arrays["y"], reference(spec, xs[i]), rtol=1e-5, atol=1e-6))
+
+    try:
+        assert runtime.started
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, range(40)))
+    finally:
+        server.stop()  # the app drains and stops the runtime it started
+    assert answers == [(200, True)] * 40
+    assert threads == ["predlat-http"] * 40  # resolved on the server's event loop thread
+    late = runtime.submit("tiny", None, deadline_s=1.0).result(timeout=0)
+    assert (late.status, late.reason) == ("rejected", "shutting down")
+    stats = runtime.stats()
+    assert stats.submitted == 41 == stats.met + stats.missed + stats.rejected + stats.failed
+    runtime.stop()  # the app stopped it: a no-op
 
 
 @pytest.mark.slow

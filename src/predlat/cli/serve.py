@@ -127,12 +127,14 @@ def run(args: argparse.Namespace) -> int:
         config = ServerConfig(
             default_deadline_s=default_deadlines(profile, specs, per_model, everyone),
             max_body_bytes=int(args.max_body_mb * 2**20),
+            drain_timeout_s=args.graceful_timeout_s,
         )
     except BaseException:
         sock.close()
         raise
+    # The app starts the runtime on the server's event loop (no thread hop per request)
+    # and drains it at shutdown.
     app = create_app(runtime, specs, config)
-    runtime.start()
     host, port = sock.getsockname()[:2]
     deadlines = ", ".join(f"{m} {d * 1e3:.0f} ms" for m, d in config.default_deadline_s.items())
     print(
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         stopped_by = run_server(app, sock, graceful_timeout_s=args.graceful_timeout_s)
-    finally:
+    finally:  # a no-op after a normal shutdown; drains if the app could not (forced exit)
         runtime.stop(drain=True, timeout=args.graceful_timeout_s)
         sock.close()
     why = f" on {signal.Signals(stopped_by).name}" if stopped_by else ""

@@ -66,6 +66,9 @@ class BasePredictor:
         self.forecast_residuals: list[float] = []
         # Forecast-mode state learnt on the training data (e.g. the fill gain).
         self.forecast_state: dict[str, object] = {}
+        # Counts changes of the model (fit, learn_one): callers cache what they derive
+        # from it (slowdown parts) against it.
+        self.version = 0
 
     # -- what subclasses provide -------------------------------------------------------
     def slowdown(self, record: BatchRecord) -> float:
@@ -83,6 +86,7 @@ class BasePredictor:
         return self.predict(record) * (1.0 + self.calibrator.quantile(q))
 
     def fit(self, records: Sequence[BatchRecord]) -> BasePredictor:
+        self.version += 1
         self._fit_model(records)
         self.calibrator.reset()
         for rec in _usable(records):
@@ -95,6 +99,7 @@ class BasePredictor:
         if record.latency <= 0:
             return
         self.calibrator.add(record.latency / self.predict(record) - 1.0)
+        self.version += 1
         self._learn_model(record)
 
     def _fit_model(self, records: Sequence[BatchRecord]) -> None:

@@ -111,14 +111,14 @@ class Forecaster:
             raise ConfigError(f"forecast quantile must be in (0, 1), got {quantile}")
         if fill not in FILL_MODES:
             raise ConfigError(f"fill must be one of {', '.join(FILL_MODES)}, got {fill!r}")
-        for attr in ("kind", "slowdown_parts", "fmap", "calibrator"):
+        for attr in ("kind", "slowdown_parts", "fmap", "calibrator", "version"):
             if not hasattr(predictor, attr):
                 raise ConfigError(f"predictor {predictor!r} cannot forecast (no {attr})")
         self.predictor = predictor
         self.profile = profile
         self.q = quantile
         self.fill = "" if fill == "none" else fill
-        self.learn = learn
+        self.learn_online = learn
         self.iterations = max(1, iterations)
         self.tol = tol
         self.kind = predictor.kind
@@ -133,6 +133,9 @@ class Forecaster:
         self.calibrator.extend(seed)
         self.recent_alpha = recent_alpha
         self._runs: dict[int, _Run] = {}
+        self._runs_version = 0  # counts changes of the running set (see _running_columns)
+        self._columns: tuple[list, ...] = ()
+        self._columns_key: tuple[int, int] | None = None
         self._t: float | None = None
         self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
         self._squares = bool(getattr(predictor, "squares", False))
@@ -171,6 +174,7 @@ class Forecaster:
             static = self._coarse_load(self._load[0], self._load[1], self._load[2])
         elif self.kind == "ewma":
             static = tuple(self._ewma) if self._ov is not None else tuple(self._ewma[:3])
+        self._runs_version += 1
         self._runs[batch.batch_id] = _Run(
             batch,
             f,
@@ -185,24 +189,37 @@ class Forecaster:
         load[2] += f[2]
 
     def on_complete(self, record: BatchRecord) -> None:
-        """A batch finished; `record` carries its real timeline."""
+        """A batch finished; `record` carries its real timeline: `release`, then `learn`."""
+        self.learn(record, self.release(record))
+
+    def release(self, record: BatchRecord) -> float | None:
+        """The batch leaves the running set (all a forecast needs to stay right); returns
+        the latency forecast at its dispatch, for `learn`. Cheap: a scheduler calls it
+        before deciding and leaves the learning until after."""
         self._advance(record.end)
         run = self._runs.pop(record.batch_id, None)
-        if run is not None:
-            if self._runs:
-                load = self._load
-                load[0] -= 1.0
-                load[1] -= run.f[1]
-                load[2] -= run.f[2]
-            else:
-                self._load = [0.0, 0.0, 0.0]  # no drift from rounding
-            if run.predicted > 0 and record.latency > 0:
-                self.calibrator.add(record.latency / run.predicted - 1.0)
-                if self.adapt_fill and self.fill:
-                    step = self.fill_step if record.latency > run.predicted else -self.fill_step
-                    self.fill_gain = min(2.0, max(0.0, self.fill_gain + step))
+        if run is None:
+            return None
+        self._runs_version += 1
+        if self._runs:
+            load = self._load
+            load[0] -= 1.0
+            load[1] -= run.f[1]
+            load[2] -= run.f[2]
+        else:
+            self._load = [0.0, 0.0, 0.0]  # no drift from rounding
+        return run.predicted
+
+    def learn(self, record: BatchRecord, predicted: float | None = None) -> None:
+        """What a released batch teaches: the forecast residual (quantile calibration and
+        fill gain), the recent co-location and, if learning is on, the predictor."""
+        if predicted is not None and predicted > 0 and record.latency > 0:
+            self.calibrator.add(record.latency / predicted - 1.0)
+            if self.adapt_fill and self.fill:
+                step = self.fill_step if record.latency > predicted else -self.fill_step
+                self.fill_gain = min(2.0, max(0.0, self.fill_gain + step))
         self._observe_co_location(record)
-        if self.learn:
+        if self.learn_online:
             self.predictor.learn_one(record)
 
     def _advance(self, t: float) -> None:
@@ -247,25 +264,17 @@ class Forecaster:
     ) -> dict[int, ForecastEnd]:
         """Forecast ends of every running batch and of `candidates` (starting at `now`) as
         if the candidates were dispatched now. Does not change the forecaster's state."""
-        runs = list(self._runs.values())
-        n_all = len(runs) + len(candidates)
+        n_all = len(self._runs) + len(candidates)
         if n_all == 0:
             return {}
+        runs, ids, starts, solos, a_s, betas, feats = self._running_columns()
         fmap, parts = self.fmap, self.predictor.slowdown_parts
-        ids, starts, solos, a_s, betas, feats = [], [], [], [], [], []
-        for run in runs:
-            b = run.batch
-            ids.append(b.batch_id)
-            starts.append(b.start)
-            solos.append(run.solo)
-            feats.append(run.f)
         for c in candidates:
             ids.append(c.batch_id)
             starts.append(now)
             solos.append(fmap.solo(c.model, c.batch_size))
             feats.append(fmap.co_vec(c.model, c.batch_size))
-        for b in (*(r.batch for r in runs), *candidates):
-            a, beta = parts(b.model, b.batch_size)
+            a, beta = parts(c.model, c.batch_size)
             a_s.append(a)
             betas.append(beta)
 
@@ -286,6 +295,28 @@ class Forecaster:
             q_end = s + lat * margin
             out[ids[i]] = ForecastEnd(mean, q_end if q_end > mean else mean)
         return out
+
+    def _running_columns(self) -> tuple[list, ...]:
+        """Per running batch: the run, id, start, solo latency, slowdown parts (a, beta)
+        and features, as fresh lists the caller may extend with candidates. Kept between
+        forecasts until the running set or the predictor changes: a decision round
+        forecasts several candidates beside the same running batches."""
+        key = (self._runs_version, self.predictor.version)
+        if self._columns_key != key:
+            runs = list(self._runs.values())
+            parts = self.predictor.slowdown_parts
+            split = [parts(r.batch.model, r.batch.batch_size) for r in runs]
+            self._columns = (
+                runs,
+                [r.batch.batch_id for r in runs],
+                [r.batch.start for r in runs],
+                [r.solo for r in runs],
+                [a for a, _ in split],
+                [beta for _, beta in split],
+                [r.f for r in runs],
+            )
+            self._columns_key = key
+        return tuple(list(column) for column in self._columns)
 
     def _static(self, now, runs, candidates, solos, a_s, betas, feats) -> list[float]:
         """solo, coarse and ewma: each batch's co-load is fixed at its start."""

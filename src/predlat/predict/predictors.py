@@ -233,6 +233,7 @@ class LinearPredictor(BasePredictor):
     def learn_one(self, record: BatchRecord) -> None:
         if record.latency <= 0:
             return
+        self.version += 1
         solo = self.fmap.solo(record.model, record.batch_size)
         g = self.co_load(record)
         x = self.row(record, g)

@@ -2,7 +2,7 @@
 simulations.
 
 The scheduler talks to `predlat.predict.forecast.Forecaster`; anything with the same
-three methods works (`ForecasterLike`)."""
+methods works (`ForecasterLike`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from predlat.traces.records import BatchRecord
 class ForecasterLike(Protocol):
     def on_dispatch(self, batch: RunningBatch, predicted_latency: float | None = None) -> None: ...
 
-    def on_complete(self, record: BatchRecord) -> None: ...
+    def release(self, record: BatchRecord) -> float | None: ...
+
+    def learn(self, record: BatchRecord, predicted: float | None = None) -> None: ...
 
     def forecast(
         self, now: float, candidates: Sequence[RunningBatch] = ()
@@ -46,12 +48,14 @@ class FixedSlowdownForecaster:
         self._running[batch.batch_id] = batch
 
     def on_complete(self, record: BatchRecord) -> None:
-        self._running.pop(record.batch_id, None)
-        self.completed.append(record)
+        self.learn(record, self.release(record))
 
-    def forget(self, batch_id: int) -> None:
-        """A batch ended without a usable latency (its engine call failed)."""
-        self._running.pop(batch_id, None)
+    def release(self, record: BatchRecord) -> float | None:
+        self._running.pop(record.batch_id, None)
+        return None
+
+    def learn(self, record: BatchRecord, predicted: float | None = None) -> None:
+        self.completed.append(record)
 
     def running(self) -> list[RunningBatch]:
         return list(self._running.values())

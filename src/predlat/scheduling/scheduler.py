@@ -24,13 +24,17 @@ the next event. Two exceptions to waiting, where waiting cannot help: an idle de
 runs the most urgent request that can still make it alone, and a candidate that meets
 its deadline on the mean forecast (not at the quantile) goes now if it could not make
 it at the quantile even started alone when the first running batch ends.
+
+Every finished batch is learned from, but after the decisions its completion triggers
+(`learn`, called by the driver once they are carried out): a completion frees a slot,
+and refilling it should not wait for a predictor update.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from predlat.errors import ConfigError
 from predlat.predict.forecast import ForecastEnd, RunningBatch
@@ -164,6 +168,10 @@ class Scheduler:
         self._seen: set[int] = set()
         self._next_batch_id = 0
         self._timeline = TimelineTracker()
+        # Finished batches (with their forecast latency) not yet learned from, and how
+        # many of them an earlier decision round already left.
+        self._to_learn: list[tuple[BatchRecord, float | None]] = []
+        self._stale = 0
 
     # -- events ------------------------------------------------------------------------
     def on_arrival(self, request: Request, now: float, dispatch: bool = True) -> list[Decision]:
@@ -203,12 +211,11 @@ class Scheduler:
         self._release(run.slot)
         self._epoch += 1
         full = self._timeline.finished(record)
-        # A failed batch still leaves the forecaster's running set; its (meaningless)
-        # latency is not learned from.
+        predicted = self.forecaster.release(full)
+        # What it teaches is learned after this event's decisions (see `learn`); a failed
+        # batch's (meaningless) latency teaches nothing.
         if ok:
-            self.forecaster.on_complete(full)
-        else:
-            self._forget(full)
+            self._to_learn.append((full, predicted))
         self.stats.finished += 1
         for r in run.requests:
             self._seen.discard(r.request_id)
@@ -229,6 +236,22 @@ class Scheduler:
         out: list[Decision] = []
         self._schedule(now, out)
         return out
+
+    def learn(self) -> None:
+        """Teach the forecaster what the batches finished so far taught (predictor,
+        calibration). Learning is off the decision path: `on_complete` decides with the
+        batch released but not yet learned from, and the driver calls this once it has
+        carried out the decisions. A driver that never calls it loses nothing: the next
+        decision round first learns whatever an earlier round left."""
+        self._learn_first(len(self._to_learn))
+
+    def _learn_first(self, n: int) -> None:
+        pending = self._to_learn[:n]
+        del self._to_learn[:n]
+        self._stale = max(0, self._stale - n)
+        learn = self.forecaster.learn
+        for record, predicted in pending:
+            learn(record, predicted)
 
     def next_wakeup(self) -> float | None:
         """When the scheduler wants `on_tick`: the moment the most urgent queued request
@@ -340,6 +363,9 @@ class Scheduler:
 
     # -- dispatching ---------------------------------------------------------------------
     def _schedule(self, now: float, out: list[Decision]) -> None:
+        if self._stale:  # completions an earlier round left unlearned
+            self._learn_first(self._stale)
+        self._stale = len(self._to_learn)  # this round's, once it has decided
         self._expire(now, out)
         limit = self.policy.running_limit(self.num_slots)
         while self._free and len(self._running) < limit and self._queued:
@@ -541,13 +567,6 @@ class Scheduler:
     def _release(self, slot: int) -> None:
         self._free.append(slot)
         self._free.sort()
-
-    def _forget(self, record: BatchRecord) -> None:
-        forget = getattr(self.forecaster, "forget", None)
-        if forget is not None:
-            forget(record.batch_id)
-        else:  # a zero-latency record leaves the running set and teaches nothing
-            self.forecaster.on_complete(replace(record, start=record.end, timeline=()))
 
     def _solo(self, model: str, rows: int) -> float:
         key = (model, rows)

@@ -2,8 +2,11 @@
 
 Every infer request from every client goes through the one Runtime, so requests are
 batched across clients, co-located with other models' batches, and answered on time or
-refused at once. The event loop never blocks: a request's future resolves on a runtime
-thread and wakes its handler through `call_soon_threadsafe`.
+refused at once. The event loop never blocks. A runtime not started yet is started by the
+app on its own event loop (the runtime's controller then runs as loop callbacks): a
+request's future resolves on the loop thread and its handler resumes with no thread hop.
+A runtime the caller started on a control thread resolves futures there, and wakes the
+handler through `call_soon_threadsafe`.
 
 Priorities: Triton's `priority` parameter (1 = highest, larger = lower, 0 = the model's
 default) maps onto predlat's two levels as 1 -> HIGH, anything else (0, 2, 3, ...) -> LOW.
@@ -16,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from starlette.applications import Starlette
@@ -61,14 +65,28 @@ class RuntimeLike(Protocol):
     def add_batch_listener(self, on_batch: Callable[[BatchRecord, float], None]) -> None: ...
 
 
+class HostableRuntime(RuntimeLike, Protocol):
+    """A runtime the app can start on its event loop and stop when serving ends."""
+
+    @property
+    def started(self) -> bool: ...
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None: ...
+
+    async def stop_async(self, drain: bool = True, timeout: float = 30.0) -> None: ...
+
+
 @dataclass
 class ServerConfig:
     """Per-server settings. `default_deadline_s` maps model -> seconds (used when a request
-    names no deadline); models missing from it use `fallback_deadline_s`."""
+    names no deadline); models missing from it use `fallback_deadline_s`.
+    `drain_timeout_s`: at shutdown, how long a runtime the app started may take to finish
+    its queued and running work."""
 
     default_deadline_s: Mapping[str, float] = field(default_factory=dict)
     fallback_deadline_s: float = 0.1
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    drain_timeout_s: float = 30.0
 
     def deadline_for(self, model: str) -> float:
         return self.default_deadline_s.get(model, self.fallback_deadline_s)
@@ -281,6 +299,7 @@ async def _await_outcome(future: Future) -> Any:
     if future.done():  # resolved already (an immediate refusal): no thread hop needed
         return future.result()
     loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
     waiter = loop.create_future()
 
     def transfer(done: Future) -> None:
@@ -293,6 +312,9 @@ async def _await_outcome(future: Future) -> Any:
             waiter.set_exception(exc)
 
     def on_done(done: Future) -> None:
+        if threading.get_ident() == loop_thread:  # resolved on this loop: no hop
+            transfer(done)
+            return
         with contextlib.suppress(RuntimeError):  # the loop already closed: nobody waits
             loop.call_soon_threadsafe(transfer, done)
 
@@ -358,7 +380,9 @@ def create_app(
     framework: str = "starlette",
 ) -> Starlette:
     """The ASGI app. `app.state.service` is the InferenceService (state, metrics).
-    The caller owns the runtime: it starts it before serving and stops it after."""
+    A runtime not started yet (`runtime.started` False) is started on the server's event
+    loop when serving begins, and drained (`stop_async(drain=True)`) once the server has
+    finished the requests in flight. A runtime the caller started, the caller stops."""
     if framework not in FRAMEWORKS:
         raise PredlatError(f"unknown framework '{framework}' (choose {', '.join(FRAMEWORKS)})")
     if metrics is None:
@@ -371,9 +395,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        hosted = None
+        if getattr(runtime, "started", True) is False:
+            hosted = cast(HostableRuntime, runtime)
+            hosted.start(asyncio.get_running_loop())
         service.state.ready = True
         yield
         service.begin_shutdown()
+        if hosted is not None:
+            await hosted.stop_async(drain=True, timeout=service.config.drain_timeout_s)
 
     handlers = {HTTPException: _http_error, ProtocolError: _http_error}
     if framework == "fastapi":

@@ -2,8 +2,9 @@
 or in a background thread on a free loopback port (tests, benchmarks).
 
 Shutdown order: stop taking new requests, let uvicorn finish every request in flight
-(they complete because the runtime keeps running), then the caller stops the runtime with
-`drain=True`, which finishes or rejects anything still queued.
+(they complete because the runtime keeps running), then the app's lifespan stops the
+runtime it started on the event loop with `drain=True`, which finishes or rejects
+anything still queued (a runtime the caller started, the caller stops after serving).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class _Server(uvicorn.Server):
     """uvicorn's server that tells the app when shutdown begins (so /v2/health/ready turns
     503 and late requests are refused) and, after a graceful stop on a signal, returns
-    normally instead of re-raising the signal: the caller still has to drain the runtime."""
+    normally instead of re-raising the signal: the caller may still have a runtime to drain."""
 
     def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
         super().__init__(config)

@@ -203,6 +203,7 @@ class Simulation:
                 )
             elif isinstance(d, Finished):
                 self._finished(loop, d)
+        self.schedulers[dev].learn()  # off the decision path, as the runtime does
         self._arm(loop, dev)
 
     def _finished(self, loop: _Loop, done: Finished) -> None:
