@@ -3,6 +3,7 @@
     python benchmarks/bench_server.py [--rate 200] [--duration 10] [--slots 2]
         [--policy predlat] [--framework starlette|fastapi|both] [--out DIR]
         [--loop auto|asyncio|uvloop] [--http auto|h11|httptools] [--server-cpus 0,1]
+        [--controller loop|thread] [--client-loop auto|asyncio|uvloop]
 
 The server runs in a process of its own (as `predlat serve` does). Phases, per framework:
 
@@ -33,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,12 +253,31 @@ def histogram_quantile(bounds: Sequence[float], counts: Sequence[float], q: floa
 # -- the run ------------------------------------------------------------------------------
 
 
+def client_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The lean client's event loop: uvloop when installed (auto), so that as little of
+    the measured time as possible is the client's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("--client-loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_client(coro: Coroutine[Any, Any, Any], args: argparse.Namespace) -> Any:
+    with asyncio.Runner(loop_factory=client_loop_factory(args.client_loop)) as runner:
+        return runner.run(coro)
+
+
 def bench(args: argparse.Namespace, framework: str) -> dict[str, Any]:
     process, url = start_server(args, framework)
     try:
-        asyncio.run(open_loop(url, 100, 1.0, seed=99))  # warm-up
+        run_client(open_loop(url, 100, 1.0, seed=99), args)  # warm-up
         before = histogram(url, OVERHEAD_METRIC)
-        lean = asyncio.run(open_loop(url, args.rate, args.duration, seed=1))
+        lean = run_client(open_loop(url, args.rate, args.duration, seed=1), args)
         after = histogram(url, OVERHEAD_METRIC)
         delta = [a - b for a, b in zip(after[1], before[1], strict=True)]
         lean["in_handler_ms"] = {
@@ -265,8 +285,8 @@ def bench(args: argparse.Namespace, framework: str) -> dict[str, Any]:
             for q in (0.5, 0.99)
         }
         config = LoadConfig(url=url, rate=args.rate, duration_s=args.duration, seed=1)
-        tool = asyncio.run(run_load(config))
-        ramp = [asyncio.run(closed_loop(url, c, args.closed_s)) for c in args.concurrency]
+        tool = asyncio.run(run_load(config))  # as `predlat load` runs it
+        ramp = [run_client(closed_loop(url, c, args.closed_s), args) for c in args.concurrency]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -384,6 +404,12 @@ def main() -> None:
         help="where the runtime's controller runs: on the server's event loop (as "
         "`predlat serve`) or on a control thread of its own",
     )
+    parser.add_argument(
+        "--client-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the lean client's event loop (auto: uvloop if installed)",
+    )
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -394,7 +420,7 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable here; "
         f"server in its own process (loop {args.loop}, http {args.http}, cpus "
         f"{args.server_cpus or 'any'}, switch {args.switch_ms or 5} ms, controller on "
-        f"{args.controller}), client here"
+        f"{args.controller}), client here (loop {args.client_loop})"
     )
     results = []
     for framework in frameworks:

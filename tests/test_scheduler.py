@@ -206,6 +206,17 @@ def test_last_chance_goes_on_the_mean_when_waiting_cannot_help() -> None:
     del b
 
 
+def test_last_chance_counts_on_the_same_co_load_after_the_first_end() -> None:
+    # Beside a (slowdown 1.5) b's mean end is 30 ms, its quantile 60 ms: a deadline of
+    # 58 ms is met on the mean only. a ends at 15 ms; at solo speed from then b would make
+    # 58 ms at the quantile (15 + 40), but the slot a frees is soon refilled under load:
+    # taken to need as long as now (15 + 60), waiting cannot help, so b goes now.
+    sched, _ = make(slots=2, slowdown=0.5, quantile_factor=2.0)
+    dispatches(sched.on_arrival(req(0, "a", deadline=1.0), 0.0))
+    (b,) = dispatches(sched.on_arrival(req(1, "b", deadline=0.058), 0.0))
+    assert b.request_ids == (1,)
+
+
 def test_early_rejection_with_a_reason() -> None:
     sched, _ = make()
     out = sched.on_arrival(req(0, deadline=0.005), 0.0)

@@ -49,7 +49,8 @@ class _Slot:
         self.index = index
         self.device = device
         self.busy = False
-        self.jobs: queue.Queue = queue.Queue()
+        # SimpleQueue (C, no Condition): the cheapest hand-over that wakes a waiting thread
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name=f"predlat-slot-{index}", daemon=True)
         self.thread.start()
 
