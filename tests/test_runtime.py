@@ -3,8 +3,10 @@ real ONNX Runtime device with the `tiny` zoo model."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -196,6 +198,22 @@ def test_real_device_tiny_model_matches_running_each_request_alone() -> None:
     assert batches and max(rec.batch_size for rec, _ in batches) > 1
     assert runtime.stats().dispatch_lag_p99_ms < 50
     assert profile.solo_latency("tiny", 1) > 0
+
+
+def test_a_stopped_runtime_leaves_nothing_behind() -> None:
+    # start() takes what is alive out of the collector's reach (gc.freeze); stop() must
+    # give it back, or the device and its sessions (reference cycles) would outlive the
+    # runtime, and a process running runtime after runtime would grow and slow down.
+    runtime, _ = build_runtime(["tiny"], slots=2, policy="predlat", progress=False)
+    device = weakref.ref(runtime.device)
+    runtime.start()
+    assert gc.get_freeze_count() > 0
+    assert runtime.submit("tiny", None, deadline_s=1.0).result(timeout=10).status == "met"
+    runtime.stop()
+    assert gc.get_freeze_count() == 0
+    del runtime
+    gc.collect()
+    assert device() is None
 
 
 @pytest.mark.slow

@@ -103,6 +103,12 @@ class OrtDevice:
             worker.jobs.put(_STOP)
         for worker in self._slots:
             worker.thread.join(timeout=30)
+        # Release the sessions now (hundreds of MB with the zoo) rather than whenever the
+        # device object is collected.
+        with self._lock:
+            self._sessions.clear()
+            self._random_feeds.clear()
+            self._specs.clear()
 
     # -- helpers ---------------------------------------------------------------------
     def is_busy(self, slot: int) -> bool:

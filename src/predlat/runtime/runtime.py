@@ -143,6 +143,7 @@ class Runtime:
         self._started_at = 0.0
         self._switch_interval_s = switch_interval_s
         self._freeze_gc = freeze_gc
+        self._frozen = False
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -156,6 +157,7 @@ class Runtime:
         if self._freeze_gc:
             gc.collect()
             gc.freeze()
+            self._frozen = True
         self._started = True
         self._started_at = self.device.now()
         self._accepting = True
@@ -206,6 +208,7 @@ class Runtime:
         self._thread = None
         if self._close_device:
             self.device.close()
+        self._thaw()
 
     async def stop_async(self, drain: bool = True, timeout: float = 30.0) -> None:
         """`stop` for a runtime hosted on the running event loop, awaited on that loop:
@@ -239,6 +242,16 @@ class Runtime:
             self._resolve_unrun(rid, "rejected", SHUTTING_DOWN)
         if self._close_device:
             await asyncio.to_thread(self.device.close)  # joins the slot threads
+        self._thaw()
+
+    def _thaw(self) -> None:
+        """Undo `start`'s gc.freeze: frozen objects are never collected, so without this
+        a stopped runtime's reference cycles (its device, sessions, threads: hundreds of
+        MB) would outlive it, and a process that runs runtimes one after another (an
+        experiment) would grow and slow down with each."""
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
 
     def now(self) -> float:
         return self.device.now()
