@@ -19,6 +19,7 @@ no measurement of the machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import random
 import sys
@@ -146,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     # Capacity is roughly slots / mean solo latency; arrive at 3x that to stay full.
     mean_solo = float(np.mean([profile.solo_latency(m, 1) for m in models]))
     rate = 3.0 * args.slots / mean_solo
-    result = sim.run(workload(profile, args.events + 4 * args.queued, rate, args.seed))
+    requests = workload(profile, args.events + 4 * args.queued, rate, args.seed)
+    # As the runtime does at start: what is alive now (profile, predictor, the workload)
+    # leaves the collector's reach, so its passes scan only what scheduling allocates.
+    gc.collect()
+    gc.freeze()
+    result = sim.run(requests)
+    gc.unfreeze()
 
     inner, samples = timed.inner, timed.samples
     every = [v for kind, vs in samples.items() if kind != "learning" for v in vs]
