@@ -188,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.percentile(learning, 99):>10.1f}{learning.max():>10.1f}"
             "   (after the decision, off its path; not in 'all')"
         )
+        # For comparison: each completion's learning counted into its event, as if it
+        # were learned before deciding (the i-th learning follows the i-th completion).
+        done = np.asarray(samples["completion"])
+        n = min(len(done), len(learning))
+        others = [
+            np.asarray(vs) for k, vs in samples.items() if k not in ("learning", "completion")
+        ]
+        joined = np.concatenate([*others, done[:n] + learning[:n]])
+        print(
+            f"{'all+learning':<12}{len(joined):>8}{np.median(joined):>12.1f}"
+            f"{np.percentile(joined, 99):>10.1f}{joined.max():>10.1f}"
+            "   (learning counted into its completion)"
+        )
     print(f"target p99 < 200 us: {'met' if p99 < 200 else 'NOT met'}")
     return 0
 
