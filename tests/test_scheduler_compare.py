@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -91,5 +92,13 @@ def test_targets_follow_the_issue_definitions() -> None:
     assert t["loads_where_oblivious_below_90pct"] == ["1"]
     assert t["hp_99_and_goodput_1_2x_serial"] is True
     assert t["never_worse_than_coarse_hp"] is True
+    assert t["below_coarse_hp"] == []
     loads["1"]["policies"]["predlat"]["goodput_rps"] = 59  # 1.18 x serial
     assert check_targets(loads)["hp_99_and_goodput_1_2x_serial"] is False
+    # below coarse at 0.5 by 2 of 400 high-priority requests: said, with the noise scale
+    loads["0.5"]["policies"]["predlat"].update(hp_met=0.895, hp_requests=400.0)
+    t = check_targets(loads)
+    assert t["never_worse_than_coarse_hp"] is False
+    (below,) = t["below_coarse_hp"]
+    assert below["load"] == "0.5" and below["gap_requests"] == pytest.approx(2.0)
+    assert below["stderr"] == pytest.approx(math.sqrt((0.895 * 0.105 + 0.09) / 400))

@@ -64,6 +64,7 @@ METRIC_KEYS = (
     "dispatch_lag_p99_ms",
     "mean_batch_size",
     "requests",
+    "hp_requests",
     "submit_lag_p99_ms",
 )
 
@@ -372,15 +373,32 @@ def check_targets(loads: dict[str, Any], ours: str = "predlat") -> dict[str, Any
         )
     out["stressed_loads"] = checks
     out["hp_99_and_goodput_1_2x_serial"] = any(c["met"] for c in checks) if checks else None
-    never_worse = []
-    for entry in loads.values():
+    never_worse, below = [], []
+    for key, entry in loads.items():
         pol = entry["policies"]
         if ours in pol and "coarse" in pol:
             a, b = pol[ours].get("hp_met"), pol["coarse"].get("hp_met")
             if a is not None and b is not None:
                 never_worse.append(a >= b)
+                if a < b:
+                    below.append(_shortfall(key, a, b, pol[ours].get("hp_requests")))
     out["never_worse_than_coarse_hp"] = all(never_worse) if never_worse else None
+    out["below_coarse_hp"] = below
     return out
+
+
+def _shortfall(load: str, ours: float, coarse: float, requests: float | None) -> dict:
+    """How far below coarse, in points and in requests, beside the binomial standard
+    error of the difference of two such fractions: one run's noise, for scale."""
+    n = requests or math.nan
+    stderr = math.sqrt((ours * (1 - ours) + coarse * (1 - coarse)) / n)
+    return {
+        "load": load,
+        "gap": coarse - ours,
+        "gap_requests": _clean((coarse - ours) * n),
+        "requests": _clean(n),
+        "stderr": _clean(stderr),
+    }
 
 
 def _key(load: float) -> str:
