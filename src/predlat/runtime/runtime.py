@@ -31,9 +31,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from predlat.devices.base import BatchJob, BatchResult, Device
-from predlat.errors import PredlatError, UnknownModelError
+from predlat.errors import UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.profiling.profile import Profile
+from predlat.runtime.tensors import (
+    InvalidInputError,
+    request_rows,
+    split_outputs,
+    stack_inputs,
+)
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.request import Dispatch, Finished, Priority, Reject, Request
 from predlat.scheduling.scheduler import Scheduler
@@ -46,11 +52,6 @@ BatchListener = Callable[[BatchRecord, float], None]
 
 SHUTTING_DOWN = "shutting down"
 _ARRIVAL, _DONE, _STOP, _WAKE = range(4)
-
-
-class InvalidInputError(PredlatError):
-    """A request that cannot be queued: inputs that do not match the model (names,
-    dtypes, shapes) or a deadline that is not a number."""
 
 
 @dataclass
@@ -280,7 +281,7 @@ class Runtime:
             raise InvalidInputError(
                 f"deadline must be a finite number of seconds, got {deadline_s}"
             )
-        rows = self._check_inputs(model, inputs)
+        rows = request_rows(model, inputs, self.specs.get(model))
         now = self.device.now()
         future: Future = Future()
         request = Request(next(self._ids), model, now, now + deadline_s, Priority(priority), rows)
@@ -510,7 +511,12 @@ class Runtime:
             parts.append(p)
         self._dispatches[d.batch_id] = d
         try:
-            job = BatchJob(d.batch_id, d.model, d.batch_size, _concat(parts))
+            job = BatchJob(
+                d.batch_id,
+                d.model,
+                d.batch_size,
+                stack_inputs([(p.inputs, p.request.size) for p in parts]),
+            )
             self.device.submit(d.slot, job, self._on_done)
         except Exception as exc:  # a bad batch fails alone; the device stays usable
             now = self.device.now()
@@ -534,7 +540,7 @@ class Runtime:
             for listener in self._batch_listeners:
                 _call(listener, rec, f.predicted_latency)
         rows = [self._pending[rid].request.size for rid in f.request_ids]
-        outputs = _split(result.outputs, rows) if f.ok else [None] * len(rows)
+        outputs = split_outputs(result.outputs, rows) if f.ok else [None] * len(rows)
         for rid, out in zip(f.request_ids, outputs, strict=True):
             p = self._pending.get(rid)
             if p is None:
@@ -581,91 +587,6 @@ class Runtime:
             _call(listener, outcome)
 
     # -- inputs --------------------------------------------------------------------------
-    def _check_inputs(self, model: str, inputs: dict[str, np.ndarray] | None) -> int:
-        if inputs is None:
-            return 1
-        if not inputs:
-            raise InvalidInputError(f"request for '{model}' has no inputs")
-        rows = {name: np.shape(a)[0] if np.ndim(a) else None for name, a in inputs.items()}
-        if None in rows.values() or len(set(rows.values())) != 1:
-            raise InvalidInputError(
-                f"inputs for '{model}' must share a first (batch) axis, got "
-                + ", ".join(f"{k}: {np.shape(v)}" for k, v in inputs.items())
-            )
-        spec = self.specs.get(model)
-        if spec is not None:
-            _check_against_spec(spec, inputs)
-        n = next(iter(rows.values()))
-        if n < 1:
-            raise InvalidInputError(f"inputs for '{model}' have no rows")
-        return int(n)
-
-
-def _check_against_spec(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> None:
-    expected = {t.name: t for t in spec.inputs}
-    missing = sorted(set(expected) - set(inputs))
-    extra = sorted(set(inputs) - set(expected))
-    if missing or extra:
-        raise InvalidInputError(
-            f"inputs for '{spec.name}': "
-            + "; ".join(
-                filter(
-                    None,
-                    (
-                        missing and f"missing {', '.join(missing)}",
-                        extra and f"unknown {', '.join(extra)}",
-                    ),
-                )
-            )
-        )
-    for name, t in expected.items():
-        a = inputs[name]
-        if a.dtype != t.dtype:
-            raise InvalidInputError(
-                f"input '{name}' of '{spec.name}' must be {t.dtype}, got {a.dtype}"
-            )
-        if len(a.shape) != len(t.shape) or any(
-            d is not None and d != s for d, s in zip(t.shape[1:], a.shape[1:], strict=True)
-        ):
-            want = ", ".join("N" if d is None else str(d) for d in t.shape)
-            raise InvalidInputError(
-                f"input '{name}' of '{spec.name}' must have shape [{want}], got {list(a.shape)}"
-            )
-
-
-def _concat(parts: Sequence[_Pending]) -> dict[str, np.ndarray] | None:
-    """Request inputs stacked along axis 0; requests without inputs get zero rows shaped
-    like the others'; None if no request brought inputs (the device feeds its own)."""
-    given = [p.inputs for p in parts if p.inputs is not None]
-    if not given:
-        return None
-    if len(parts) == 1:
-        return parts[0].inputs
-    out: dict[str, np.ndarray] = {}
-    for name, sample in given[0].items():
-        chunks = []
-        for p in parts:
-            if p.inputs is not None:
-                chunks.append(p.inputs[name])
-            else:
-                chunks.append(np.zeros((p.request.size, *sample.shape[1:]), sample.dtype))
-        out[name] = np.concatenate(chunks, axis=0)
-    return out
-
-
-def _split(outputs: dict[str, np.ndarray] | None, rows: list[int]) -> list:
-    """Each request's rows of the batch outputs (outputs without a batch axis are shared)."""
-    if outputs is None:
-        return [None] * len(rows)
-    total = sum(rows)
-    per: list[dict[str, np.ndarray]] = [{} for _ in rows]
-    for name, value in outputs.items():
-        batched = np.ndim(value) > 0 and np.shape(value)[0] == total
-        offset = 0
-        for i, n in enumerate(rows):
-            per[i][name] = value[offset : offset + n] if batched else value
-            offset += n
-    return per
 
 
 def _unrun(request: Request, status: str, reason: str) -> RequestOutcome:
