@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from predlat.cli import main
-from predlat.experiments.compare import check_targets
+from predlat.experiments.compare import RunResult, check_targets, pooled_metrics
+from predlat.scheduling.outcome import RequestOutcome, summarize
+from predlat.scheduling.request import Priority
 
 KEYS = {
     "hp_met",
@@ -102,3 +104,33 @@ def test_targets_follow_the_issue_definitions() -> None:
     (below,) = t["below_coarse_hp"]
     assert below["load"] == "0.5" and below["gap_requests"] == pytest.approx(2.0)
     assert below["stderr"] == pytest.approx(math.sqrt((0.895 * 0.105 + 0.09) / 400))
+
+
+def test_repeated_runs_pool_their_requests() -> None:
+    def run(hp_met: int, hp_total: int, utilization: float) -> RunResult:
+        outcomes = [
+            RequestOutcome(
+                i,
+                "a",
+                Priority.HIGH,
+                "met" if i < hp_met else "rejected",
+                None,
+                None,
+                0.0,
+                1.0,
+                end=0.01 if i < hp_met else None,
+            )
+            for i in range(hp_total)
+        ]
+        metrics = summarize(outcomes, 10.0)
+        metrics["utilization"] = utilization
+        return RunResult("predlat", 1.0, metrics, outcomes, [])
+
+    one, two = run(99, 100, 0.5), run(290, 300, 0.7)
+    assert pooled_metrics([one], 10.0) == one.metrics
+    pooled = pooled_metrics([one, two], 10.0)
+    assert pooled["hp_met"] == pytest.approx(389 / 400)  # over all requests, not a mean
+    assert pooled["hp_requests"] == 400
+    assert pooled["goodput_rps"] == pytest.approx(389 / 20.0)
+    assert pooled["utilization"] == pytest.approx(0.6)
+    assert pooled["hp_met_runs"] == [0.99, pytest.approx(290 / 300)]

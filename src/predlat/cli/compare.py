@@ -114,6 +114,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per load and policy, with seeds SEED, SEED+1, ...; figures pool them "
+        "(default: 1)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("runs/compare"),
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     require(0.0 <= args.hp_frac <= 1.0, f"--hp-frac must be in [0, 1], got {args.hp_frac}")
     require(0.0 < args.quantile < 1.0, f"--quantile must be in (0, 1), got {args.quantile}")
     require(args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
+    require(args.repeats >= 1, f"--repeats must be at least 1, got {args.repeats}")
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(
         args.train_duration is None or args.train_duration >= 0,
@@ -149,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         "hp_frac": args.hp_frac,
         "quantile": args.quantile,
         "seed": args.seed,
+        "repeats": args.repeats,
         "high_reserve": args.high_reserve,
         "process": args.arrivals,
         "deadline_factor": args.deadline_factor,

@@ -90,6 +90,9 @@ class CompareConfig:
     high_reserve: int = 1
     process: str = "poisson"
     ours: str = "predlat"  # the policy the targets are about
+    # Runs per (load, policy), with seeds seed, seed + 1, ...: one run's high-priority
+    # figures move by tenths of a point from noise alone, so close calls need several.
+    repeats: int = 1
 
     def validate(self) -> None:
         for p in self.policies:
@@ -113,6 +116,8 @@ class CompareConfig:
             raise ConfigError(f"unknown arrival process '{self.process}'")
         if self.slots < 1 or self.threads < 1:
             raise ConfigError("slots and threads must be at least 1")
+        if self.repeats < 1:
+            raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
 
 
 def quick_config(**overrides: Any) -> CompareConfig:
@@ -161,25 +166,29 @@ def run_compare(
     note("training trace", 0.0)
     training = _training_trace(config, specs, profile)
 
-    runs: dict[float, dict[str, RunResult]] = {}
-    total = len(config.loads) * len(config.policies)
+    runs: dict[float, dict[str, list[RunResult]]] = {}
+    total = len(config.loads) * len(config.policies) * config.repeats
     done = 0
     for load in config.loads:
         rates = {m: load * capacity / len(names) for m in names}
-        arrivals = open_loop_workload(
-            rates, config.duration_s, config.seed, config.process, config.hp_frac
-        )
-        runs[load] = {}
-        for policy in config.policies:
-            what = f"load {load:g} {policy}"
-
-            def tick(frac: float, what: str = what, done: int = done) -> None:
-                note(what, (done + frac) / total)
-
-            runs[load][policy] = run_one(
-                config, policy, load, arrivals, deadlines, training, serial_threads, tick
+        runs[load] = {p: [] for p in config.policies}
+        for repeat in range(config.repeats):
+            seed = config.seed + repeat
+            arrivals = open_loop_workload(
+                rates, config.duration_s, seed, config.process, config.hp_frac
             )
-            done += 1
+            for policy in config.policies:
+                what = f"load {load:g} {policy}" + (f" seed {seed}" if config.repeats > 1 else "")
+
+                def tick(frac: float, what: str = what, done: int = done) -> None:
+                    note(what, (done + frac) / total)
+
+                runs[load][policy].append(
+                    run_one(
+                        config, policy, load, arrivals, deadlines, training, serial_threads, tick
+                    )
+                )
+                done += 1
     note("done", 1.0)
     return build_results(
         config,
@@ -311,9 +320,26 @@ def _training_trace(config: CompareConfig, specs, profile: Profile) -> list[Batc
 
 
 # -- results -------------------------------------------------------------------------------
+def pooled_metrics(results: Sequence[RunResult], duration_s: float) -> dict[str, Any]:
+    """One policy's metrics over repeated runs: the outcome figures (deadlines met,
+    rates, latency percentiles, rejections) over all their requests together, the
+    device figures (utilization, lags, prediction error, batch size) averaged; with
+    more than one run, each run's high-priority fraction met as well."""
+    if len(results) == 1:
+        return dict(results[0].metrics)
+    outcomes = [o for r in results for o in r.outcomes]
+    metrics: dict[str, Any] = summarize(outcomes, duration_s * len(results))
+    for key in METRIC_KEYS:
+        if key not in metrics:
+            values = [v for r in results if math.isfinite(v := r.metrics.get(key, math.nan))]
+            metrics[key] = float(np.mean(values)) if values else math.nan
+    metrics["hp_met_runs"] = [r.metrics.get("hp_met") for r in results]
+    return metrics
+
+
 def build_results(
     config: CompareConfig,
-    runs: dict[float, dict[str, RunResult]],
+    runs: dict[float, dict[str, list[RunResult]]],
     capacity: float,
     deadlines: dict[str, float],
     serial_threads: int | None,
@@ -325,7 +351,8 @@ def build_results(
         loads[_key(load)] = {
             "offered_rps": load * capacity,
             "policies": {
-                p: {k: _clean(r.metrics.get(k)) for k in METRIC_KEYS} for p, r in by_policy.items()
+                p: _policy_entry(pooled_metrics(rs, config.duration_s))
+                for p, rs in by_policy.items()
             },
         }
     return {
@@ -343,6 +370,13 @@ def build_results(
         "loads": loads,
         "targets": check_targets(loads, config.ours),
     }
+
+
+def _policy_entry(metrics: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {k: _clean(metrics.get(k)) for k in METRIC_KEYS}
+    if "hp_met_runs" in metrics:
+        entry["hp_met_runs"] = [_clean(v) for v in metrics["hp_met_runs"]]
+    return entry
 
 
 def check_targets(loads: dict[str, Any], ours: str = "predlat") -> dict[str, Any]:

@@ -128,14 +128,21 @@ def _setup(results: dict[str, Any]) -> str:
         f"slot with {results.get('serial_threads') or 'n/a'} thread(s) (fastest measured)",
         f"- capacity: {results['capacity_rps']:.1f} requests/s; loads "
         f"{', '.join(f'{x:g}' for x in cfg['loads'])}; {cfg['process']} arrivals, "
-        f"{cfg['duration_s']:g} s per run, {pct(cfg['hp_frac'], 0)} high priority, "
-        f"seed {cfg['seed']}",
+        f"{cfg['duration_s']:g} s per run, {pct(cfg['hp_frac'], 0)} high priority, " + _seeds(cfg),
         f"- deadlines: {deadline_rule} ({deadlines})",
         f"- training trace for fitted predictors: {results['training_batches']} batches "
         f"({cfg['train_s']:g} s at load {cfg['train_load']:g})",
         f"- wall time: {results['wall_s']:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def _seeds(cfg: dict[str, Any]) -> str:
+    repeats = cfg.get("repeats", 1)
+    if repeats == 1:
+        return f"seed {cfg['seed']}"
+    last = cfg["seed"] + repeats - 1
+    return f"{repeats} runs per load and policy (seeds {cfg['seed']}..{last}), pooled"
 
 
 def _verdict(flag: bool | None) -> str:
