@@ -423,7 +423,8 @@ def check_targets(loads: dict[str, Any], ours: str = "predlat") -> dict[str, Any
 
 def _shortfall(load: str, ours: float, coarse: float, requests: float | None) -> dict:
     """How far below coarse, in points and in requests, beside the binomial standard
-    error of the difference of two such fractions: one run's noise, for scale."""
+    error of the difference of two such fractions: the noise of the measurement, for
+    scale."""
     n = requests or math.nan
     stderr = math.sqrt((ours * (1 - ours) + coarse * (1 - coarse)) / n)
     return {

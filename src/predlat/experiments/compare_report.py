@@ -177,7 +177,7 @@ def _targets(results: dict[str, Any]) -> str:
         if b["gap_requests"] is not None and b["stderr"] is not None:
             scale = (
                 f" ({b['gap_requests']:.0f} of {b['requests']:.0f} high-priority requests; "
-                f"one run's standard error of the difference: {b['stderr'] * 100:.2f} points)"
+                f"standard error of the difference: {b['stderr'] * 100:.2f} points)"
             )
         lines.append(f"  - load {b['load']}: {b['gap'] * 100:.2f} points below{scale}")
     return "\n".join(lines)
