@@ -26,6 +26,19 @@ class Prediction:
     predicted_q: float  # predicted latency at the quantile (s)
     time: float  # when the prediction applies: the batch's start (s)
 
+    @classmethod
+    def of(cls, record: BatchRecord, predicted: float, predicted_q: float) -> Prediction:
+        """A prediction for a finished batch; the quantile is never below the mean."""
+        return cls(
+            record.batch_id,
+            record.model,
+            record.batch_size,
+            record.latency,
+            predicted,
+            max(predicted, predicted_q),
+            record.start,
+        )
+
     @property
     def rel_err(self) -> float:
         return abs(self.predicted - self.actual) / self.actual
@@ -41,18 +54,8 @@ def evaluate_posterior(
     for rec in sorted(test_records, key=lambda r: (r.end, r.batch_id)):
         if rec.latency <= 0:
             continue
-        predicted = predictor.predict(rec)
-        predicted_q = max(predicted, predictor.predict_quantile(rec, quantile))
         out.append(
-            Prediction(
-                rec.batch_id,
-                rec.model,
-                rec.batch_size,
-                rec.latency,
-                predicted,
-                predicted_q,
-                rec.start,
-            )
+            Prediction.of(rec, predictor.predict(rec), predictor.predict_quantile(rec, quantile))
         )
         predictor.learn_one(rec)
     return out
@@ -73,18 +76,7 @@ def evaluate_forecast(
         predictor, test_records, quantile, profile=profile, learn=True, **forecaster_options
     )
     for rec, end in ends:
-        predicted = end.mean - rec.start
-        out.append(
-            Prediction(
-                rec.batch_id,
-                rec.model,
-                rec.batch_size,
-                rec.latency,
-                predicted,
-                max(predicted, end.quantile - rec.start),
-                rec.start,
-            )
-        )
+        out.append(Prediction.of(rec, end.mean - rec.start, end.quantile - rec.start))
     return out
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from predlat.scheduling.request import Priority
+from predlat.scheduling.request import Priority, Request
+from predlat.traces.records import BatchRecord
 
 STATUSES = ("met", "missed", "rejected", "failed")
 
@@ -29,6 +30,48 @@ class RequestOutcome:
     end: float | None = None
     batch_id: int | None = None
     batch_size: int | None = None
+
+    @classmethod
+    def ran(
+        cls,
+        request: Request,
+        record: BatchRecord,
+        ok: bool = True,
+        reason: str | None = None,
+        outputs: dict[str, np.ndarray] | None = None,
+    ) -> RequestOutcome:
+        """A request whose batch ran: met or missed by the batch's end, or failed (`ok`
+        False, with the engine's `reason`)."""
+        status = ("met" if record.end <= request.deadline else "missed") if ok else "failed"
+        return cls(
+            request.request_id,
+            request.model,
+            request.priority,
+            status,
+            reason,
+            outputs,
+            request.arrival,
+            request.deadline,
+            record.dispatch,
+            record.start,
+            record.end,
+            record.batch_id,
+            record.batch_size,
+        )
+
+    @classmethod
+    def unrun(cls, request: Request, status: str, reason: str) -> RequestOutcome:
+        """A request that never ran (rejected, or failed before it could)."""
+        return cls(
+            request.request_id,
+            request.model,
+            request.priority,
+            status,
+            reason,
+            None,
+            request.arrival,
+            request.deadline,
+        )
 
     @property
     def latency(self) -> float | None:

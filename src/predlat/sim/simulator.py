@@ -188,19 +188,8 @@ class Simulation:
                     lambda result, dev=dev: self._on_done(loop, dev, result),
                 )
             elif isinstance(d, Reject):
-                p = loop.pending.pop(d.request_id)
-                r = p.request
-                loop.outcomes[r.request_id] = RequestOutcome(
-                    r.request_id,
-                    r.model,
-                    r.priority,
-                    "rejected",
-                    d.reason,
-                    None,
-                    r.arrival,
-                    r.deadline,
-                    end=None,
-                )
+                r = loop.pending.pop(d.request_id).request
+                loop.outcomes[r.request_id] = RequestOutcome.unrun(r, "rejected", d.reason)
             elif isinstance(d, Finished):
                 self._finished(loop, d)
         self.schedulers[dev].learn()  # off the decision path, as the runtime does
@@ -212,22 +201,8 @@ class Simulation:
         loop.predicted.append(done.predicted_latency)
         for rid in done.request_ids:
             r = loop.pending.pop(rid).request
-            status = ("met" if rec.end <= r.deadline else "missed") if done.ok else "failed"
-            loop.outcomes[rid] = RequestOutcome(
-                rid,
-                r.model,
-                r.priority,
-                status,
-                None if done.ok else "simulated engine failure",
-                None,
-                r.arrival,
-                r.deadline,
-                rec.dispatch,
-                rec.start,
-                rec.end,
-                rec.batch_id,
-                rec.batch_size,
-            )
+            reason = None if done.ok else "simulated engine failure"
+            loop.outcomes[rid] = RequestOutcome.ran(r, rec, done.ok, reason)
 
     def _on_done(self, loop: _Loop, dev: int, result: BatchResult) -> None:
         d = loop.dispatches.pop((dev, result.batch_id))
