@@ -92,6 +92,14 @@ class TimedScheduler:
         return self._timed("learning", self.inner.learn)
 
 
+def print_row(name: str, us: np.ndarray, note: str = "") -> None:
+    """One line of the table: count, median, p99 and max microseconds."""
+    print(
+        f"{name:<12}{len(us):>8}{np.median(us):>12.1f}{np.percentile(us, 99):>10.1f}"
+        f"{us.max():>10.1f}" + (f"   ({note})" if note else "")
+    )
+
+
 def workload(profile: Profile, n: int, rate: float, seed: int) -> list[Request]:
     rng = random.Random(seed)
     models = list(profile.models)
@@ -172,22 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'event':<12}{'count':>8}{'median_us':>12}{'p99_us':>10}{'max_us':>10}")
     for kind in ("arrival", "completion", "timer"):
-        v = np.asarray(samples.get(kind, []))
-        if len(v):
-            print(
-                f"{kind:<12}{len(v):>8}{np.median(v):>12.1f}{np.percentile(v, 99):>10.1f}"
-                f"{v.max():>10.1f}"
-            )
+        if samples.get(kind):
+            print_row(kind, np.asarray(samples[kind]))
     v = np.asarray(every)
     p99 = float(np.percentile(v, 99))
-    print(f"{'all':<12}{len(v):>8}{np.median(v):>12.1f}{p99:>10.1f}{v.max():>10.1f}")
+    print_row("all", v)
     learning = np.asarray(samples.get("learning", []))
     if len(learning):
-        print(
-            f"{'learning':<12}{len(learning):>8}{np.median(learning):>12.1f}"
-            f"{np.percentile(learning, 99):>10.1f}{learning.max():>10.1f}"
-            "   (after the decision, off its path; not in 'all')"
-        )
+        print_row("learning", learning, "after the decision, off its path; not in 'all'")
         # For comparison: each completion's learning counted into its event, as if it
         # were learned before deciding (the i-th learning follows the i-th completion).
         done = np.asarray(samples["completion"])
@@ -196,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             np.asarray(vs) for k, vs in samples.items() if k not in ("learning", "completion")
         ]
         joined = np.concatenate([*others, done[:n] + learning[:n]])
-        print(
-            f"{'all+learning':<12}{len(joined):>8}{np.median(joined):>12.1f}"
-            f"{np.percentile(joined, 99):>10.1f}{joined.max():>10.1f}"
-            "   (learning counted into its completion)"
-        )
+        print_row("all+learning", joined, "learning counted into its completion")
     print(f"target p99 < 200 us: {'met' if p99 < 200 else 'NOT met'}")
     return 0
 

@@ -167,8 +167,7 @@ class Runtime:
             if _running_loop() is loop:  # else learnt at the controller's first round
                 self._host_thread = threading.get_ident()
             return
-        self._thread = threading.Thread(target=self._loop, name="predlat-control", daemon=True)
-        self._thread.start()
+        self._start_control_thread()
 
     @property
     def started(self) -> bool:
@@ -207,9 +206,7 @@ class Runtime:
         for rid in list(self._pending):
             self._resolve_unrun(rid, "rejected", SHUTTING_DOWN)
         self._thread = None
-        if self._close_device:
-            self.device.close()
-        self._thaw()
+        self._release()
 
     async def stop_async(self, drain: bool = True, timeout: float = 30.0) -> None:
         """`stop` for a runtime hosted on the running event loop, awaited on that loop:
@@ -241,15 +238,16 @@ class Runtime:
         self._cancel_timer()
         for rid in list(self._pending):
             self._resolve_unrun(rid, "rejected", SHUTTING_DOWN)
-        if self._close_device:
-            await asyncio.to_thread(self.device.close)  # joins the slot threads
-        self._thaw()
+        await asyncio.to_thread(self._release)  # closing joins the slot threads
 
-    def _thaw(self) -> None:
-        """Undo `start`'s gc.freeze: frozen objects are never collected, so without this
-        a stopped runtime's reference cycles (its device, sessions, threads: hundreds of
+    def _release(self) -> None:
+        """The end of every stop: close the device if the runtime owns it, and undo
+        `start`'s gc.freeze. Frozen objects are never collected, so without that a
+        stopped runtime's reference cycles (its device, sessions, threads: hundreds of
         MB) would outlive it, and a process that runs runtimes one after another (an
         experiment) would grow and slow down with each."""
+        if self._close_device:
+            self.device.close()
         if self._frozen:
             gc.unfreeze()
             self._frozen = False
@@ -437,6 +435,9 @@ class Runtime:
             self._posted.clear()
             self._round_due = False
         self._cancel_timer()
+        self._start_control_thread()
+
+    def _start_control_thread(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="predlat-control", daemon=True)
         self._thread.start()
 
@@ -456,16 +457,12 @@ class Runtime:
                 except queue.Empty:
                     break
             try:
-                self._handle(events)
+                self._decide(events)
+                sched.learn()  # once the decisions are out: learning never delays a dispatch
             except Exception:  # the controller must survive anything one event does
                 log.exception("control loop error")
             if self._draining and sched.idle():
                 return
-
-    def _handle(self, events: list[tuple[int, object]]) -> None:
-        sched = self.scheduler
-        self._decide(events)
-        sched.learn()  # once the decisions are out: learning never delays a dispatch
 
     def _decide(self, events: list[tuple[int, object]]) -> None:
         """Feed events to the scheduler and carry out its decisions."""
@@ -545,36 +542,15 @@ class Runtime:
             p = self._pending.get(rid)
             if p is None:
                 continue
-            r = p.request
-            if f.ok:
-                status = "met" if rec.end <= r.deadline else "missed"
-                reason = None
-            else:
-                status, reason = "failed", result.error or "engine failed"
-            self._resolve(
-                rid,
-                RequestOutcome(
-                    rid,
-                    r.model,
-                    r.priority,
-                    status,
-                    reason,
-                    out if p.inputs is not None else None,
-                    r.arrival,
-                    r.deadline,
-                    rec.dispatch,
-                    rec.start,
-                    rec.end,
-                    rec.batch_id,
-                    rec.batch_size,
-                ),
-            )
+            reason = None if f.ok else result.error or "engine failed"
+            outputs = out if p.inputs is not None else None
+            self._resolve(rid, RequestOutcome.ran(p.request, rec, f.ok, reason, outputs))
 
     # -- resolving -----------------------------------------------------------------------
     def _resolve_unrun(self, rid: int, status: str, reason: str) -> None:
         p = self._pending.get(rid)
         if p is not None:
-            self._resolve(rid, _unrun(p.request, status, reason))
+            self._resolve(rid, RequestOutcome.unrun(p.request, status, reason))
 
     def _resolve(self, rid: int, outcome: RequestOutcome) -> None:
         with self._lock:
@@ -587,19 +563,6 @@ class Runtime:
             _call(listener, outcome)
 
     # -- inputs --------------------------------------------------------------------------
-
-
-def _unrun(request: Request, status: str, reason: str) -> RequestOutcome:
-    return RequestOutcome(
-        request.request_id,
-        request.model,
-        request.priority,
-        status,
-        reason,
-        None,
-        request.arrival,
-        request.deadline,
-    )
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
