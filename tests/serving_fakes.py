@@ -10,33 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from predlat.errors import UnknownModelError
 from predlat.models.spec import ModelSpec
+from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.request import Priority
 from predlat.traces.records import BatchRecord
-
-
-@dataclass
-class FakeOutcome:
-    request_id: int
-    model: str
-    priority: Priority
-    status: str
-    reason: str | None
-    outputs: dict[str, np.ndarray] | None
-    arrival: float
-    deadline: float
-    dispatch: float | None = None
-    start: float | None = None
-    end: float | None = None
-    batch_id: int | None = None
-    batch_size: int | None = None
-
 
 # Decides before running: a reason string rejects the request, None runs it.
 Gate = Callable[[str, dict[str, np.ndarray] | None, float, Priority], str | None]
@@ -53,9 +35,9 @@ class FakeRuntime:
         self.hold = threading.Event()  # set: requests wait before running
         self.fail_next = False
         self.submitted: list[tuple[str, float, Priority]] = []
-        self.outcomes: list[FakeOutcome] = []
+        self.outcomes: list[RequestOutcome] = []
         self.batches: list[BatchRecord] = []
-        self._listeners: list[Callable[[FakeOutcome], None]] = []
+        self._listeners: list[Callable[[RequestOutcome], None]] = []
         self._batch_listeners: list[Callable[[BatchRecord, float], None]] = []
         self._ids = itertools.count()
         self._jobs: queue.Queue = queue.Queue()
@@ -68,7 +50,7 @@ class FakeRuntime:
     def now(self) -> float:
         return time.perf_counter()
 
-    def add_listener(self, on_outcome: Callable[[FakeOutcome], None]) -> None:
+    def add_listener(self, on_outcome: Callable[[RequestOutcome], None]) -> None:
         self._listeners.append(on_outcome)
 
     def add_batch_listener(self, on_batch: Callable[[BatchRecord, float], None]) -> None:
@@ -89,7 +71,7 @@ class FakeRuntime:
         rid = next(self._ids)
         with self._lock:
             self.submitted.append((model, deadline_s, priority))
-        base = FakeOutcome(
+        base = RequestOutcome(
             rid, model, priority, "rejected", None, None, arrival, arrival + deadline_s
         )
         reason = "shutting down" if self.stopped else None
@@ -109,7 +91,7 @@ class FakeRuntime:
         self._worker.join(timeout)
 
     # -- helpers ------------------------------------------------------------------------
-    def _resolve(self, future: Future, outcome: FakeOutcome) -> None:
+    def _resolve(self, future: Future, outcome: RequestOutcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
         for listener in self._listeners:
@@ -126,7 +108,7 @@ class FakeRuntime:
             future, outcome, inputs = job
             self._run(future, outcome, inputs)
 
-    def _run(self, future: Future, outcome: FakeOutcome, inputs: dict | None) -> None:
+    def _run(self, future: Future, outcome: RequestOutcome, inputs: dict | None) -> None:
         session = self.sessions[outcome.model]
         rows = next(iter(inputs.values())).shape[0] if inputs else 1
         outcome.dispatch = outcome.start = self.now()
