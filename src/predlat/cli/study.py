@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from predlat.cli.common import add_models_option, add_progress_option, name_list, require
 from predlat.errors import ConfigError
+
+if TYPE_CHECKING:
+    from predlat.experiments.study_results import StudyResults
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,11 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "study",
         help="compare latency predictors on traces collected here (report + plots)",
         description=(
-            "Profile the models, measure the noise floor, collect co-location traces over a "
-            "grid of model sets, loads (low/medium/high) and concurrency (2, 3, 4), fit every "
-            "predictor on the first 75% of each trace (pooled) and evaluate it on the rest, "
-            "in forecast and posterior mode; then a shift experiment (new models at a new "
-            "load). Writes DIR/report.md, DIR/results.json, PNG plots and the traces."
+            "Profile the models, measure the solo and co-location noise floors "
+            "(leave-one-out), collect co-location traces over a grid of model sets, loads "
+            "and concurrency K (mostly in the spatial regime: K x threads <= cores), fit "
+            "every predictor per regime on the first 75% of each trace and evaluate it on "
+            "the rest (forecast and posterior mode, and on unseen configurations), and "
+            "measure recovery after shifts of one factor at a time. Writes DIR/report.md, "
+            "DIR/results.json, PNG plots, DIR/profile.json, DIR/floors.json and "
+            "DIR/traces/. With --traces, evaluates a folder recorded earlier (on any "
+            "device) without running one."
         ),
     )
     add_models_option(parser)
@@ -35,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
     parser.add_argument(
+        "--traces",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate recorded traces instead of measuring: DIR holds profile.json, "
+        "traces/*.parquet (or *.parquet) and optionally floors.json, as a study writes them",
+    )
+    parser.add_argument(
         "--reuse-traces",
         action="store_true",
         help="reuse DIR/traces/*.parquet collected by an earlier run with the same settings",
@@ -49,17 +66,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder")
-
-    # Imported here so `predlat --help` stays fast.
-    from dataclasses import replace
-
-    from rich.console import Console
-
-    from predlat.experiments.study import run_study, study_config
-    from predlat.models import resolve_models
-
     if args.predictors is not None:
         _check_predictors(args.predictors)
+    # Imported here so `predlat --help` stays fast.
+    from rich.console import Console
+
+    if args.traces is not None:
+        return _run_on_traces(args)
+    from dataclasses import replace
+
+    from predlat.experiments.study import run_study
+    from predlat.experiments.study_config import study_config
+    from predlat.models import resolve_models
+
     if args.models is None:
         from predlat.models.zoo import ZOO_NAMES
 
@@ -70,15 +89,35 @@ def run(args: argparse.Namespace) -> int:
     specs = resolve_models(names)  # bad names fail now, not after minutes of work
     sources = {spec.name: given for spec, given in zip(specs, names, strict=True)}
     config = study_config(
-        [s.name for s in specs], "quick" if args.quick else "full", args.seed, sources
+        [s.name for s in specs],
+        "quick" if args.quick else "full",
+        args.seed,
+        sources,
+        cores=os.cpu_count() or 1,
     )
     if args.predictors is not None:
-        config = replace(config, predictors=tuple(args.predictors))
+        evaluation = replace(config.evaluation, predictors=tuple(args.predictors))
+        config = replace(config, evaluation=evaluation)
     run = run_study(config, args.out, progress=not args.no_progress, reuse_traces=args.reuse_traces)
     Console(stderr=True).print(
         f"wrote {args.out / 'report.md'}, {args.out / 'results.json'} and plots in "
-        f"{run.results['timings']['total_s']:.0f} s"
+        f"{run.results.timings['total_s']:.0f} s"
     )
+    print(summary_text(run.results))
+    return 0
+
+
+def _run_on_traces(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from predlat.experiments.study import study_from_traces
+    from predlat.experiments.study_config import EvalConfig
+
+    require(not args.quick, "--quick selects a grid to measure; --traces evaluates a folder")
+    require(not args.reuse_traces, "--reuse-traces applies to measuring, not to --traces")
+    evaluation = EvalConfig() if args.predictors is None else EvalConfig(tuple(args.predictors))
+    run = study_from_traces(args.traces, args.out, evaluation)
+    Console(stderr=True).print(f"wrote {args.out / 'report.md'} and {args.out / 'results.json'}")
     print(summary_text(run.results))
     return 0
 
@@ -94,36 +133,31 @@ def _check_predictors(names: list[str]) -> None:
             parse_name(name)
 
 
-def summary_text(results: dict) -> str:
-    """The comparison table and the target check, for the terminal."""
+def summary_text(results: StudyResults) -> str:
+    """Per regime, each predictor's forecast-mode error in- and out-of-distribution,
+    beside the floors; then the shift recoveries."""
     from predlat.experiments.report import pct
 
-    preds = results["predictors"]
-    lines = [f"{'predictor':<22}{'mean':>8}{'p50':>8}{'p95':>8}{'p99':>8}{'under':>8}{'>q95':>8}"]
-    for name in sorted(
-        preds, key=lambda n: (n.endswith("-posterior"), preds[n]["mean_rel_err"] or float("inf"))
-    ):
-        s = preds[name]
-        lines.append(
-            f"{name:<22}{pct(s['mean_rel_err']):>8}{pct(s['p50']):>8}{pct(s['p95']):>8}"
-            f"{pct(s['p99']):>8}{pct(s['under_frac']):>8}{pct(s['q95_exceed_frac']):>8}"
+    lines = []
+    for name, regime in results.regimes.items():
+        e = regime.evaluation
+        lines.append(f"{name} regime (K = {', '.join(map(str, regime.ks))}):")
+        lines.append(f"  {'predictor':<24}{'mean':>8}{'p95':>8}{'unseen':>8}")
+        for n in sorted(e.predictors, key=lambda n: e.predictors[n].mean_rel_err):
+            s, u = e.predictors[n], e.unseen.get(n)
+            unseen = pct(u.mean_rel_err) if u is not None and u.batches else "-"
+            lines.append(f"  {n:<24}{pct(s.mean_rel_err):>8}{pct(s.p95):>8}{unseen:>8}")
+        if regime.colocation_floor is not None:
+            lines.append(
+                f"  {'co-location floor':<24}{pct(regime.colocation_floor.mean_rel_err):>8}"
+            )
+    if results.noise_floor is not None:
+        lines.append(f"solo noise floor {pct(results.noise_floor.mean_rel_err)}")
+    for factor, shift in results.shifts.items():
+        shown = ", ".join(
+            f"{n} {'never' if s.recovery_batches is None else s.recovery_batches}"
+            for n, s in shift.predictors.items()
+            if s.online
         )
-    floor = results["noise_floor"]
-    lines.append(f"{'noise floor':<22}{pct(floor.get('mean_rel_err')):>8}")
-    colocation = results.get("colocation_floor") or {}
-    if colocation.get("per_k"):
-        per_k = ", ".join(f"K={k} {pct(v)}" for k, v in colocation["per_k"].items())
-        lines.append(
-            f"{'co-location floor':<22}{pct(colocation.get('mean_rel_err')):>8}"
-            f"{pct(colocation.get('p50')):>8}{pct(colocation.get('p95')):>8}"
-            f"{pct(colocation.get('p99')):>8}  ({per_k})"
-        )
-    t = results["targets"]
-    ratio_floor, ratio_coarse = t["fine_rls_over_noise_floor"], t["fine_rls_over_coarse"]
-    lines.append(
-        "fine-rls / noise floor = "
-        + ("n/a" if ratio_floor is None else f"{ratio_floor:.2f} (target <= 1.5)")
-        + "; fine-rls / coarse = "
-        + ("n/a" if ratio_coarse is None else f"{ratio_coarse:.2f} (target <= 0.33)")
-    )
+        lines.append(f"shift in {factor} ({shift.before.name} -> {shift.after.name}): {shown}")
     return "\n".join(lines)
