@@ -65,10 +65,11 @@ def test_colocation_floor_is_per_k_and_weighted_like_the_test_batches() -> None:
     }
     floor = colocation_floor(samples, repeats=3)
     assert floor.per_group == pytest.approx({"2": 0.0, "4": 2.0 / 3})
+    assert floor.per_group_samples == {"2": 6, "4": 3}
     assert floor.info["repeats"] == 3
     assert floor_for(floor, {2: 30}).mean_rel_err == 0.0
     mixed = floor_for(floor, {2: 10, 4: 30})
-    assert mixed.mean_rel_err == pytest.approx(0.75 * 2.0 / 3)
+    assert mixed.mean_rel_err == pytest.approx(0.75 * 2.0 / 3) and mixed.samples == 9
     assert floor_for(floor, {3: 10}) is None
 
 

@@ -139,3 +139,44 @@ def test_study_measures_on_a_real_device(tmp_path: Path) -> None:
     assert set(data["shift"]) == {"set"}
     again = load_study_dir(out)  # the measured folder is a valid --traces input
     assert {t.name for t in again.traces} == {"A-k2", "B-k2"}
+
+
+@pytest.mark.slow
+def test_colocation_schedule_replays_on_a_real_device(tmp_path: Path) -> None:
+    from conftest import build_matmul_model
+    from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+    from predlat.experiments.colocation_floor import (
+        draw_schedule,
+        measure_colocation_floor,
+        replay,
+    )
+    from predlat.models import resolve_model
+
+    spec = resolve_model(str(build_matmul_model(tmp_path / "mm.onnx", width=256, depth=4)))
+    schedule = draw_schedule([spec.name], (1, 4), 2, 8, lambda m, n: 0.002 * n, seed=1)
+    device = OrtDevice(OrtDeviceConfig(num_slots=2, intra_op_threads=1))
+    try:
+        device.load(spec)
+        latencies = replay(device, schedule)
+        floor = measure_colocation_floor(device, [schedule], 3)
+    finally:
+        device.close()
+    assert len(latencies) == 8 and all(x > 0 for x in latencies)
+    assert floor.samples == 8 * 3 and set(floor.per_group) == {"2"}
+    assert floor.info["repeats"] == 3 and 0 <= floor.mean_rel_err < 10
+
+
+def test_cli_rejects_bad_input_before_any_work(tmp_path: Path, capsys) -> None:
+    from predlat.cli import main
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    out = str(tmp_path / "o")
+    assert main(["study", "--out", str(a_file)]) == 2
+    assert main(["study", "--predictors", "fine,bogus", "--out", out]) == 2
+    assert main(["study", "--models", "no-such-model", "--out", out]) == 2
+    assert main(["study", "--traces", str(tmp_path), "--quick", "--out", out]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 4 and all(e.startswith("predlat study: error:") for e in errors)
+    assert "bogus" in errors[1] and "no-such-model" in errors[2] and "--quick" in errors[3]
+    assert not (tmp_path / "o").exists()

@@ -157,8 +157,11 @@ def floor_for(floor: FloorSummary | None, batches_per_k: Mapping[int, int]) -> F
     weights = [batches_per_k[k] for k in keep]
     if not keep or sum(weights) <= 0:
         return None
+    counts = {str(k): floor.per_group_samples.get(str(k), 0) for k in sorted(keep)}
     return FloorSummary(
         mean_rel_err=float(np.average(list(keep.values()), weights=weights)),
+        samples=sum(counts.values()),
         per_group={str(k): v for k, v in sorted(keep.items())},
+        per_group_samples=counts,
         info=dict(floor.info),
     )

@@ -33,6 +33,7 @@ class FloorSummary:
     p99: float = math.nan
     samples: int = 0
     per_group: dict[str, float] = field(default_factory=dict)
+    per_group_samples: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # how it was measured
 
     def to_json(self, group_name: str) -> dict[str, Any]:
@@ -43,12 +44,21 @@ class FloorSummary:
             "p99": self.p99,
             "samples": self.samples,
             group_name: dict(self.per_group),
+            "samples_" + group_name: dict(self.per_group_samples),
             **self.info,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], group_name: str) -> FloorSummary:
-        known = {"mean_rel_err", "p50", "p95", "p99", "samples", group_name}
+        known = {
+            "mean_rel_err",
+            "p50",
+            "p95",
+            "p99",
+            "samples",
+            group_name,
+            "samples_" + group_name,
+        }
         return cls(
             mean_rel_err=_float(data.get("mean_rel_err")),
             p50=_float(data.get("p50")),
@@ -56,6 +66,9 @@ class FloorSummary:
             p99=_float(data.get("p99")),
             samples=int(data.get("samples", 0)),
             per_group={str(k): _float(v) for k, v in (data.get(group_name) or {}).items()},
+            per_group_samples={
+                str(k): int(v) for k, v in (data.get("samples_" + group_name) or {}).items()
+            },
             info={k: v for k, v in data.items() if k not in known},
         )
 
@@ -82,6 +95,7 @@ def floor_summary(
         p99=float(p99),
         samples=int(e.size),
         per_group={g: float(np.mean(v)) for g, v in sorted(grouped.items()) if v},
+        per_group_samples={g: len(v) for g, v in sorted(grouped.items()) if v},
     )
 
 

@@ -30,7 +30,11 @@ def regime_of(k: int, *, threads: int, cores: int, accelerator: bool) -> str:
 
 
 def is_accelerator(machine: MachineInfo) -> bool:
-    # The profile records the execution provider; every CPU provider name starts "CPU".
+    """From the profile's machine: its own flag where it has one; otherwise the execution
+    provider, as trace collection reads it (every CPU provider's name starts "CPU")."""
+    flag = getattr(machine, "accelerator", None)
+    if isinstance(flag, bool):
+        return flag
     return not machine.provider.upper().startswith("CPU")
 
 
