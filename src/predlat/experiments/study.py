@@ -824,9 +824,9 @@ def foreign_cpu_summary(
 
 
 def _open_device(slots: int, specs: Sequence[Any]) -> Any:
-    from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+    from predlat.devices.factory import make_device
 
-    device = OrtDevice(OrtDeviceConfig(num_slots=slots, intra_op_threads=1))
+    device = make_device("onnxruntime", slots=slots, threads=1)
     for spec in specs:
         device.load(spec)
     return device
