@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from predlat.devices.base import BatchJob, BatchResult, Device, DeviceInfo, SlotBusyError
+from predlat.devices.base import (
+    PHASES,
+    BatchJob,
+    BatchResult,
+    Device,
+    DeviceInfo,
+    SlotBusyError,
+)
 from predlat.devices.factory import DEFAULT_DEVICE, describe_device, device_names, make_device
 
 __all__ = [
     "DEFAULT_DEVICE",
+    "PHASES",
     "BatchJob",
     "BatchResult",
     "Device",

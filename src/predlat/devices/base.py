@@ -50,6 +50,10 @@ class BatchResult:
 
 DoneCallback = Callable[[BatchResult], None]
 
+# `BatchResult.extra` keys of a batch's phases, in seconds, where a device measures them:
+# copy in (host to device), compute, copy out. They sum to at most the latency.
+PHASES = ("copy_in_s", "compute_s", "copy_out_s")
+
 SPATIAL = "spatial"
 OVERSUBSCRIBED = "oversubscribed"
 ACCELERATOR = "accelerator"

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from predlat.devices.base import (
+    PHASES,
     BatchJob,
     BatchResult,
     DeviceInfo,
@@ -46,7 +47,6 @@ ModuleLoader = Callable[[ModelSpec], Any]
 GRAPH_BATCH_SIZES = tuple(range(1, 9))  # every size the scheduler picks by default
 WARMUP_RUNS = 3
 REANCHOR_S = 2.0
-PHASES = ("copy_in_s", "compute_s", "copy_out_s")
 _STOP = object()
 
 
