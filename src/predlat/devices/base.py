@@ -126,6 +126,12 @@ def wait_for(device: Device, slot: int, job: BatchJob) -> BatchResult:
     return box[0]
 
 
+def error_message(exc: BaseException) -> str:
+    """The first line of an engine's exception, for BatchResult.error and load errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def host_cores() -> int:
     """The machine's CPU cores, as profiles have always recorded them."""
     return os.cpu_count() or 1

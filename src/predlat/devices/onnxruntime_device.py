@@ -22,6 +22,7 @@ from predlat.devices.base import (
     DeviceInfo,
     DoneCallback,
     SlotBusyError,
+    error_message,
     host_cores,
     wait_for,
 )
@@ -153,7 +154,7 @@ class OrtDevice:
             outputs = session.run(None, feeds)
         except Exception as exc:  # a bad batch must not kill the slot's thread
             end = time.perf_counter()
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            message = error_message(exc)
             return BatchResult(
                 job.batch_id, job.model, job.batch_size, slot, start, end, error=message
             )
@@ -196,7 +197,7 @@ class OrtDevice:
                 str(spec.path), sess_options=options, providers=[self.config.provider]
             )
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = error_message(exc)
             raise ModelLoadError(spec.path, f"ONNX Runtime cannot load it: {reason}") from None
 
 

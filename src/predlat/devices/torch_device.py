@@ -1,19 +1,14 @@
 """A real device on PyTorch: K slots, each a worker thread (and on a GPU its own stream).
 
-On CUDA every batch runs as one sequence on its slot's own (never the default) stream:
-start event, host-to-device copy from pinned buffers, replay of a CUDA graph captured for
-this (slot, model, batch size) at load time, device-to-host copy into pinned buffers, end
-event. Graphs matter: launched op by op, Python's launch overhead and the GIL would
-serialise the slots, and predlat would measure Python rather than the GPU. The worker
-sleeps on the blocking end event. Times come from the events, not from host clocks
-around an asynchronous launch, mapped to the host clock through an anchor event per
-slot; the anchor is renewed every few seconds because `elapsed_time` is float32
-milliseconds (about 1 us of resolution at 10 s). Copy-in, compute and copy-out are
-reported separately (`BatchResult.extra`): copies contend on the PCIe link, an
-interference source of their own.
-
-On a CPU the same class runs the module on its slot threads, phases timed with
-perf_counter, so every path but the CUDA calls is tested anywhere.
+On CUDA a batch is one sequence on its slot's own (never the default) stream: start
+event, host-to-device copy from pinned buffers, replay of the CUDA graph captured for
+this (slot, model, batch size) at load, device-to-host copy into pinned buffers, end
+event; the worker sleeps on the blocking end event. Without graphs Python's launch
+overhead and the GIL would serialise the slots. Times come from the events, mapped to
+the host clock through a per-slot anchor event renewed every few seconds (`elapsed_time`
+is float32 ms). Copy-in, compute and copy-out are reported apart (`BatchResult.extra`):
+copies contend on the PCIe link, an interference source of their own. On a CPU the same
+class runs on its slot threads, phases timed with perf_counter, so CI tests it.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +30,7 @@ from predlat.devices.base import (
     DeviceInfo,
     DoneCallback,
     SlotBusyError,
+    error_message,
     host_cores,
     wait_for,
 )
@@ -92,8 +88,7 @@ class _Slot:
         self.busy = False
         self.states: dict[tuple[str, int], _State] = {}
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        cuda = device.cuda
-        torch = device.torch
+        torch, cuda = device.torch, device.cuda
         self.stream = torch.cuda.Stream(device=device.target) if cuda else None
         self.pool = torch.cuda.graph_pool_handle() if cuda else None
         if cuda:  # reused: a slot runs one batch at a time
@@ -223,24 +218,19 @@ class TorchDevice:
         with self._lock:
             for worker in self._slots:
                 worker.states.clear()
-            self._modules.clear()
-            self._specs.clear()
-            self._feeds.clear()
+            for table in (self._modules, self._specs, self._feeds):
+                table.clear()
         if self.cuda:
             self.torch.cuda.synchronize(self.target)
             self.torch.cuda.empty_cache()
 
     # -- worker side -----------------------------------------------------------------
     def init_worker(self) -> None:
-        """Per-thread set-up, on the slot's own thread.
-
-        torch's intra-op thread count looks process-wide, but with its OpenMP backend it
-        is each calling thread's OpenMP setting: `set_num_threads` here sets this slot's
-        pool only (the global counter it also sets is what other threads copy on their
-        first op). Asking first (`get_num_threads`) runs torch's lazy per-thread
-        initialisation, which would otherwise overwrite this setting with the global
-        counter on the first op. So K slots of `threads` each use K x threads cores,
-        like ONNX Runtime's per-session pools."""
+        """On the slot's own thread. torch's intra-op thread count looks process-wide, but
+        with its OpenMP backend it is the calling thread's OpenMP setting, so
+        `set_num_threads` here sizes this slot's pool only (K slots x `threads`, like ONNX
+        Runtime's per-session pools). `get_num_threads` first runs torch's lazy per-thread
+        init, which would otherwise reset it to the global counter on the first op."""
         torch = self.torch
         if self.cuda:
             torch.cuda.set_device(self.target)
@@ -255,15 +245,15 @@ class TorchDevice:
             return self._failed(slot, job, f"model '{job.model}' is not loaded on this device")
         try:
             feeds = job.inputs if job.inputs is not None else self._random(spec, job.batch_size)
+            _check_feeds(spec, job.batch_size, feeds)
             state = slot.states.get((job.model, job.batch_size))
             if state is None:  # a size without a graph: buffers now, eager on CUDA
                 state = self._prepare(slot, spec, job.batch_size, capture=False)
                 slot.states[(job.model, job.batch_size)] = state
-            _check_feeds(spec, job.batch_size, feeds)
             run = self._run_cuda if self.cuda else self._run_cpu
             return run(slot, job, spec, state, feeds)
         except Exception as exc:  # a bad batch must not kill the slot's thread
-            return self._failed(slot, job, _message(exc))
+            return self._failed(slot, job, error_message(exc))
 
     def _run_cpu(
         self, slot: _Slot, job: BatchJob, spec: ModelSpec, state: _State, feeds: dict
@@ -322,9 +312,7 @@ class TorchDevice:
     ) -> BatchResult:
         if len(arrays) != len(spec.outputs):
             message = f"the module gave {len(arrays)} outputs, the model has {len(spec.outputs)}"
-            return BatchResult(
-                job.batch_id, job.model, job.batch_size, slot.index, start, end, error=message
-            )
+            return replace(self._failed(slot, job, message), start=start, end=end)
         extra = dict(zip(PHASES, phases, strict=True))
         extra["graph"] = float(graph)
         outputs = {t.name: a for t, a in zip(spec.outputs, arrays, strict=True)}
@@ -369,7 +357,7 @@ class TorchDevice:
                 outs = _as_tuple(module(*dev_in))
         except Exception as exc:
             warnings.warn(
-                f"{spec.name} batch {n}: no CUDA graph ({_message(exc)}); launching eagerly",
+                f"{spec.name} batch {n}: no CUDA graph ({error_message(exc)}); launching eagerly",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -407,8 +395,3 @@ def _check_feeds(spec: ModelSpec, n: int, feeds: dict[str, np.ndarray]) -> None:
 
 def _as_tuple(outputs: Any) -> tuple:
     return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
