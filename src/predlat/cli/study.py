@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from predlat.cli.common import add_models_option, add_progress_option, name_list, require
+from predlat.cli.common import (
+    add_device_option,
+    add_models_option,
+    add_progress_option,
+    name_list,
+    require,
+)
 from predlat.errors import ConfigError
 
 
@@ -22,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_models_option(parser)
+    add_device_option(parser)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -72,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     config = study_config(
         [s.name for s in specs], "quick" if args.quick else "full", args.seed, sources
     )
+    config = replace(config, device=args.device)
     if args.predictors is not None:
         config = replace(config, predictors=tuple(args.predictors))
     run = run_study(config, args.out, progress=not args.no_progress, reuse_traces=args.reuse_traces)

@@ -105,6 +105,7 @@ class StudyConfig:
     min_periods: int = 10  # a rolling mean needs at least this many batches
     recovery_factor: float = 1.5
     sources: dict[str, str] = field(default_factory=dict)  # name -> path, for user files
+    device: str = "onnxruntime"  # a make_device name
 
     def source(self, model: str) -> str:
         return self.sources.get(model, model)
@@ -664,7 +665,12 @@ def run_study(
     t = time.perf_counter()
     console.print(f"[bold]study[/] ({config.mode}): profiling {len(specs)} models alone")
     profile = load_or_profile(
-        specs, config.profile_sizes, config.profile_repeats, out_dir=out_dir, progress=progress
+        specs,
+        config.profile_sizes,
+        config.profile_repeats,
+        out_dir=out_dir,
+        progress=progress,
+        device=config.device,
     )
     timings["profile_s"] = time.perf_counter() - t
 
@@ -676,7 +682,7 @@ def run_study(
         f"{len(config.predictors)} predictors"
     )
     slots = max(s.concurrency for s in all_specs)
-    device = _open_device(max((slots, *config.colocation_ks)), specs)
+    device = _open_device(max((slots, *config.colocation_ks)), specs, config.device)
     colocation: dict[str, Any] | None = None
     traces: list[CollectedTrace] = []
     shift_traces: list[CollectedTrace] = []
@@ -823,10 +829,10 @@ def foreign_cpu_summary(
     }
 
 
-def _open_device(slots: int, specs: Sequence[Any]) -> Any:
+def _open_device(slots: int, specs: Sequence[Any], name: str) -> Any:
     from predlat.devices.factory import make_device
 
-    device = make_device("onnxruntime", slots=slots, threads=1)
+    device = make_device(name, slots=slots, threads=1)
     for spec in specs:
         device.load(spec)
     return device
