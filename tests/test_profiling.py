@@ -376,6 +376,8 @@ def test_cli_defaults_to_the_zoo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         (["--models", "tiny", "--repeats", "0"], "--repeats"),
         (["--models", "tiny", "--threads", "0"], "--threads"),
         (["--models", "tiny", "--provider", "NoSuchExecutionProvider"], "NoSuchExecutionProvider"),
+        (["--models", "tiny", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--models", "tiny", "--device", "onnxruntime-warp"], "variant 'warp'"),
     ],
 )
 def test_cli_bad_input_is_one_line(argv, message, tmp_path: Path, cache: Path, capsys):

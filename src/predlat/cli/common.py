@@ -42,7 +42,6 @@ def require(condition: bool, message: str) -> None:
 
 
 # -- options several commands share, spelled and documented once ---------------------------
-DEFAULT_PROVIDER = "CPUExecutionProvider"
 
 
 def add_models_option(parser: argparse.ArgumentParser) -> None:
@@ -55,16 +54,26 @@ def add_models_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_options(parser: argparse.ArgumentParser, threads_help: str) -> None:
-    """--threads (intra-op threads per slot) and --provider (ONNX Runtime provider)."""
+    """--threads (intra-op threads per slot) and --device."""
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default: 1)")
-    add_provider_option(parser)
+    add_device_option(parser)
 
 
-def add_provider_option(parser: argparse.ArgumentParser) -> None:
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """--device NAME, the one way every command picks a device (`make_device`); the old
+    --provider (an ONNX Runtime provider name) still works and means the same option."""
+    from predlat.devices.factory import DEFAULT_DEVICE, device_names
+
     parser.add_argument(
+        "--device",
         "--provider",
-        default=DEFAULT_PROVIDER,
-        help=f"ONNX Runtime execution provider (default: {DEFAULT_PROVIDER})",
+        dest="device",
+        default=DEFAULT_DEVICE,
+        help=(
+            f"device to run on: {', '.join(device_names())}, with a variant after a dash "
+            f"(torch-cpu, torch-cuda, onnxruntime-cuda) (default: {DEFAULT_DEVICE}; "
+            "--provider NAME: deprecated, an ONNX Runtime provider)"
+        ),
     )
 
 

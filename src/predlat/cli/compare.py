@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict = {
         "slots": args.slots,
         "threads": args.threads,
-        "provider": args.provider,
+        "device": args.device,
         "hp_frac": args.hp_frac,
         "quantile": args.quantile,
         "seed": args.seed,

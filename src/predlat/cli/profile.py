@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         args.repeats,
         out_dir=args.out,
         intra_op_threads=args.threads,
-        provider=args.provider,
+        device=args.device,
         progress=not args.no_progress,
         force=args.force,
     )

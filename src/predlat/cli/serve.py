@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             slots=args.slots,
             policy=args.policy,
             threads=args.threads,
-            provider=args.provider,
+            device=args.device,
             max_queue=args.max_queue,
             progress=not args.no_progress,
         )

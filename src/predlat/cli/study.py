@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predlat.cli.common import add_models_option, add_progress_option, name_list, require
+from predlat.cli.common import (
+    add_device_option,
+    add_models_option,
+    add_progress_option,
+    name_list,
+    require,
+)
 from predlat.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -31,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_models_option(parser)
+    add_device_option(parser)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -88,13 +95,18 @@ def run(args: argparse.Namespace) -> int:
     require(len(set(names)) == len(names), "--models lists a model twice")
     specs = resolve_models(names)  # bad names fail now, not after minutes of work
     sources = {spec.name: given for spec, given in zip(specs, names, strict=True)}
+    from predlat.devices.factory import describe_device
+
+    info = describe_device(args.device)
     config = study_config(
         [s.name for s in specs],
         "quick" if args.quick else "full",
         args.seed,
         sources,
-        cores=os.cpu_count() or 1,
+        cores=info.cores or os.cpu_count() or 1,
+        accelerator=info.accelerator,
     )
+    config = replace(config, device=args.device)
     if args.predictors is not None:
         evaluation = replace(config.evaluation, predictors=tuple(args.predictors))
         config = replace(config, evaluation=evaluation)

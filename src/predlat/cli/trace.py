@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from predlat.cli.common import (
+    add_device_option,
     add_models_option,
     add_progress_option,
-    add_provider_option,
     int_list,
     positive_float,
     require,
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_PROFILE_REPEATS,
         help="timed solo runs per (model, batch size) when profiling (default: 20)",
     )
-    add_provider_option(parser)
+    add_device_option(parser)
     parser.add_argument(
         "--out", type=Path, default=Path("trace.parquet"), help="output Parquet file"
     )
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `predlat --help` stays fast.
     from rich.console import Console
 
-    from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+    from predlat.devices.factory import make_device
     from predlat.models import resolve_models
     from predlat.profiling.profiler import load_or_profile
     from predlat.traces.collect import CollectConfig, collect, summarize
@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
         specs,
         args.profile_batch_sizes,
         args.profile_repeats,
-        provider=args.provider,
+        device=args.device,
         progress=progress,
     )
-    device = OrtDevice(OrtDeviceConfig(args.concurrency, 1, args.provider))
+    device = make_device(args.device, slots=args.concurrency, threads=1)
     started = time.perf_counter()
     try:
         result = collect(device, specs, profile, config, progress=progress)

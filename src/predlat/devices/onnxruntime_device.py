@@ -16,11 +16,22 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from predlat.devices.base import BatchJob, BatchResult, DoneCallback, SlotBusyError
+from predlat.devices.base import (
+    BatchJob,
+    BatchResult,
+    DeviceInfo,
+    DoneCallback,
+    SlotBusyError,
+    error_message,
+    host_cores,
+    wait_for,
+)
 from predlat.errors import ConfigError, ModelLoadError
 from predlat.models.spec import ModelSpec
 
 _STOP = object()
+# Providers that compute on an accelerator (the only place that reads provider names).
+_ACCELERATOR_PROVIDERS = ("CUDA", "Tensorrt", "ROCM", "MIGraphX", "Dml", "CoreML", "QNN", "Nnapi")
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,21 @@ class OrtDevice:
             worker.busy = True
         worker.jobs.put((job, on_done))
 
+    def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
+        """Run one batch on `slot` and wait for it (profiling, tests)."""
+        return wait_for(self, slot, job)
+
+    def describe(self) -> DeviceInfo:
+        provider = self.config.provider
+        return DeviceInfo(
+            kind="onnxruntime",
+            accelerator=provider.startswith(_ACCELERATOR_PROVIDERS),
+            cores=host_cores(),
+            threads_per_slot=self.config.intra_op_threads,
+            num_slots=self.num_slots,
+            detail=provider,
+        )
+
     def now(self) -> float:
         return time.perf_counter()
 
@@ -114,19 +140,6 @@ class OrtDevice:
     def is_busy(self, slot: int) -> bool:
         return self._slots[slot].busy
 
-    def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
-        """Run one batch on `slot` and wait for it (profiling, tests)."""
-        done = threading.Event()
-        box: list[BatchResult] = []
-
-        def on_done(result: BatchResult) -> None:
-            box.append(result)
-            done.set()
-
-        self.submit(slot, job, on_done)
-        done.wait()
-        return box[0]
-
     def spec(self, model: str) -> ModelSpec:
         return self._specs[model]
 
@@ -141,7 +154,7 @@ class OrtDevice:
             outputs = session.run(None, feeds)
         except Exception as exc:  # a bad batch must not kill the slot's thread
             end = time.perf_counter()
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            message = error_message(exc)
             return BatchResult(
                 job.batch_id, job.model, job.batch_size, slot, start, end, error=message
             )
@@ -184,5 +197,29 @@ class OrtDevice:
                 str(spec.path), sess_options=options, providers=[self.config.provider]
             )
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = error_message(exc)
             raise ModelLoadError(spec.path, f"ONNX Runtime cannot load it: {reason}") from None
+
+
+# Variants of the device name (`onnxruntime-cuda`) and the provider each means.
+VARIANT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+}
+
+
+def make(
+    slots: int, threads: int, variant: str | None = None, provider: str | None = None
+) -> OrtDevice:
+    """The factory's constructor: `variant` names a provider (cpu by default), or
+    `provider` gives one outright."""
+    if provider is None:
+        if variant is not None and variant not in VARIANT_PROVIDERS:
+            raise ConfigError(
+                f"unknown onnxruntime variant '{variant}' "
+                f"(known: {', '.join(VARIANT_PROVIDERS)})"
+            )
+        provider = VARIANT_PROVIDERS[variant or "cpu"]
+    return OrtDevice(OrtDeviceConfig(slots, threads, provider))

@@ -29,7 +29,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from predlat.devices.base import BatchJob, BatchResult, DoneCallback, SlotBusyError
+from predlat.devices.base import (
+    BatchJob,
+    BatchResult,
+    DeviceInfo,
+    DoneCallback,
+    SlotBusyError,
+    host_cores,
+)
 from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec
 
@@ -126,6 +133,26 @@ class SimulatedDevice:
         self._jobs[slot] = _Job(job, on_done, now, solo * noise, (compute, memory), fails)
         self._rerate()
 
+    def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
+        """Submit and move the virtual clock until this batch has ended (and any batch
+        ending before it)."""
+        box: list[BatchResult] = []
+        self.submit(slot, job, box.append)
+        while not box:
+            self.advance(self.next_event() or self.clock.now)
+        return box[0]
+
+    def describe(self) -> DeviceInfo:
+        cores = self.law.cores
+        return DeviceInfo(
+            kind="simulated",
+            accelerator=cores is None,  # no core limit: it behaves as an accelerator
+            cores=cores or host_cores(),
+            threads_per_slot=1,
+            num_slots=self.num_slots,
+            detail=self.name,
+        )
+
     def now(self) -> float:
         return self.clock.now
 
@@ -199,3 +226,20 @@ class SimulatedDevice:
                 error="simulated engine failure",
             )
         return BatchResult(b.batch_id, b.model, b.batch_size, slot, job.start, end)
+
+
+def make(
+    slots: int,
+    threads: int,
+    variant: str | None = None,
+    *,
+    cost: CostFn | None = None,
+    **options: object,
+) -> SimulatedDevice:
+    """The factory's constructor; a simulated device needs its cost model (`cost=`), and
+    takes SimulatedDevice's other options (law, seed, clock, name)."""
+    if cost is None:
+        raise ConfigError("a simulated device needs a cost model (cost=); build it in code")
+    if variant is not None or threads != 1:
+        raise ConfigError("a simulated device has no variants and one thread per slot")
+    return SimulatedDevice(cost, slots, **options)  # type: ignore[arg-type]

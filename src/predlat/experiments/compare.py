@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+from predlat.devices.factory import make_device
 from predlat.errors import ConfigError
 from predlat.models.registry import resolve_models
 from predlat.models.zoo import ZOO_NAMES
@@ -77,7 +77,7 @@ class CompareConfig:
     duration_s: float = 20.0
     slots: int = 4
     threads: int = 1
-    provider: str = "CPUExecutionProvider"
+    device: str = "onnxruntime"  # a make_device name
     deadline_factor: float = 10.0
     deadline_ms: float | None = None
     hp_frac: float = 0.3
@@ -155,12 +155,12 @@ def run_compare(
         BATCH_SIZES,
         REPEATS,
         intra_op_threads=config.threads,
-        provider=config.provider,
+        device=config.device,
         progress=show_profiling,
     )
     serial_threads = None
     if any(get_policy(p).one_at_a_time for p in config.policies):
-        serial_threads = best_serial_threads(specs, config.provider, progress=show_profiling)
+        serial_threads = best_serial_threads(specs, config.device, progress=show_profiling)
     deadlines = _deadlines(config, profile, names)
     capacity = device_capacity(profile, names, config.slots)
     note("training trace", 0.0)
@@ -217,7 +217,7 @@ def run_one(
         slots=config.slots,
         policy=policy,
         threads=config.threads,
-        provider=config.provider,
+        device=config.device,
         quantile=config.quantile,
         max_queue=config.max_queue,
         progress=False,
@@ -296,11 +296,7 @@ def _training_trace(config: CompareConfig, specs, profile: Profile) -> list[Batc
     needs = any(get_policy(p).predictor != "solo" for p in config.policies)
     if not needs or config.train_s <= 0:
         return []
-    device = OrtDevice(
-        OrtDeviceConfig(
-            num_slots=config.slots, intra_op_threads=config.threads, provider=config.provider
-        )
-    )
+    device = make_device(config.device, slots=config.slots, threads=config.threads)
     try:
         for spec in specs:
             device.load(spec)

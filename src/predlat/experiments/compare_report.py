@@ -123,7 +123,8 @@ def _setup(results: dict[str, Any]) -> str:
         f"- models: {', '.join(cfg['models'])}",
         f"- policies: {', '.join(cfg['policies'])}; ours: `{cfg['ours']}` "
         f"(forecast quantile {cfg['quantile']:g})",
-        f"- device: {cfg.get('provider', 'CPUExecutionProvider')}, {cfg['slots']} slots x "
+        f"- device: {cfg.get('device') or cfg.get('provider', 'onnxruntime')}, "
+        f"{cfg['slots']} slots x "
         f"{cfg['threads']} intra-op thread(s); `serial`: one "
         f"slot with {results.get('serial_threads') or 'n/a'} thread(s) (fastest measured)",
         f"- capacity: {results['capacity_rps']:.1f} requests/s; loads "

@@ -128,7 +128,12 @@ def run_study(
     t = time.perf_counter()
     console.print(f"[bold]study[/] ({config.mode}): profiling {len(specs)} models alone")
     profile = load_or_profile(
-        specs, config.profile_sizes, config.profile_repeats, out_dir=out_dir, progress=progress
+        specs,
+        config.profile_sizes,
+        config.profile_repeats,
+        out_dir=out_dir,
+        progress=progress,
+        device=config.device,
     )
     timings["profile_s"] = time.perf_counter() - t
     workload = sum(s.duration for s in config.grid)
@@ -138,7 +143,7 @@ def run_study(
     )
     steps = 2 + bool(config.colocation_ks) + len(config.grid)
     with StudyProgress(console, progress, steps) as bar:
-        device = _open_device(config.slots, specs)
+        device = _open_device(config.slots, specs, config.device)
         data = measure(config, device, specs, profile, out_dir, bar, timings, reuse_traces)
         t = time.perf_counter()
         bar.step("fitting and evaluating predictors")
@@ -151,10 +156,10 @@ def run_study(
     return StudyRun(results, out_dir, data)
 
 
-def _open_device(slots: int, specs: Sequence[Any]) -> Any:
-    from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+def _open_device(slots: int, specs: Sequence[Any], name: str) -> Any:
+    from predlat.devices.factory import make_device
 
-    device = OrtDevice(OrtDeviceConfig(num_slots=slots, intra_op_threads=1))
+    device = make_device(name, slots=slots, threads=1)
     for spec in specs:
         device.load(spec)
     return device

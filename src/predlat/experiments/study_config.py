@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from predlat.devices.base import regime as device_regime
 from predlat.errors import ConfigError
 from predlat.predict import PREDICTOR_NAMES
 from predlat.profiling.profile import MachineInfo
@@ -24,26 +25,13 @@ REGIME_ORDER = (SPATIAL, ACCELERATOR, OVERSUBSCRIBED)  # main result first
 
 
 def regime_of(k: int, *, threads: int, cores: int, accelerator: bool) -> str:
-    if accelerator:
-        return ACCELERATOR
-    return SPATIAL if k * max(1, threads) <= max(1, cores) else OVERSUBSCRIBED
-
-
-def is_accelerator(machine: MachineInfo) -> bool:
-    """From the profile's machine: its own flag where it has one; otherwise the execution
-    provider, as trace collection reads it (every CPU provider's name starts "CPU")."""
-    flag = getattr(machine, "accelerator", None)
-    if isinstance(flag, bool):
-        return flag
-    return not machine.provider.upper().startswith("CPU")
+    """The regime of K slots; the rule itself is the devices' (one definition)."""
+    return device_regime(accelerator, k, threads, cores)
 
 
 def machine_regime(machine: MachineInfo, k: int) -> str:
     return regime_of(
-        k,
-        threads=machine.intra_op_threads,
-        cores=machine.cores,
-        accelerator=is_accelerator(machine),
+        k, threads=machine.intra_op_threads, cores=machine.cores, accelerator=machine.accelerator
     )
 
 
@@ -100,6 +88,7 @@ class StudyConfig:
     seed: int = 0
     threads: int = 1  # intra-op threads per slot
     sources: dict[str, str] = field(default_factory=dict)  # name -> path, for user files
+    device: str = "onnxruntime"  # a make_device name
 
     def source(self, model: str) -> str:
         return self.sources.get(model, model)

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from predlat.errors import ModelLoadError, UnknownModelError
 from predlat.models import layers, zoo
@@ -39,6 +38,8 @@ def zoo_model_path(name: str, root: Path | None = None) -> Path:
 
 
 def _check_loads_in_ort(spec: ModelSpec) -> None:
+    import onnxruntime as ort  # here: importing the models must not import ONNX Runtime
+
     try:
         ort.InferenceSession(str(spec.path), providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -40,8 +40,6 @@ SELF_NAMES = ("bias", "compute_util", "memory_util", "log_solo")
 LOAD_NAMES = ("co_count", "co_compute", "co_memory")
 OVERSUB_NAME = "oversub"
 SQUARE_NAME = "co_count_sq"
-# Providers that compute on an accelerator: its cores are not time-sliced by the OS.
-_ACCELERATOR_HINTS = ("cuda", "tensorrt", "rocm", "migraphx", "dml", "coreml", "qnn", "nnapi")
 
 Vector = tuple[float, ...]
 
@@ -82,10 +80,9 @@ class Oversubscription:
 
 
 def oversubscription(machine: MachineInfo) -> Oversubscription | None:
-    """The machine's oversubscription law, or None where it does not apply (accelerator
-    providers, unknown core or thread counts)."""
-    provider = machine.provider.lower()
-    if any(hint in provider for hint in _ACCELERATOR_HINTS):
+    """The machine's oversubscription law, or None where it does not apply (an
+    accelerator computes: the OS does not time-slice it; unknown core or thread counts)."""
+    if machine.accelerator:
         return None
     if machine.cores <= 0 or machine.intra_op_threads <= 0:
         return None

@@ -1,9 +1,10 @@
-"""This machine's peaks per slot, measured through ONNX Runtime itself.
+"""This machine's peaks per slot, measured through the engine that runs the models.
 
 Resource features are achieved throughput relative to these peaks, so they are measured
 the way predlat runs models: an ONNX Runtime session with the slot's intra-op thread
-count. Two micro-benchmarks, best of several runs each (the best run is the one least
-disturbed by anything else on the machine):
+count (on the device's provider), or the same two kernels in torch for a torch device.
+Two micro-benchmarks, best of several runs each (the best run is the one least disturbed
+by anything else on the machine):
 
 - GEMM: one float32 MatMul (512 x 512 x 512 on CPU), 2*M*K*N flops / time.
 - Memory: one float32 scale (y = 2 * x) over 64 MB, bytes read + written / time,
@@ -20,12 +21,14 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+from predlat.devices.base import DeviceInfo
+
+_CPU_PROVIDER = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,31 @@ def cpu_cores() -> int:
 
 def measure_peaks(
     intra_op_threads: int = 1,
-    provider: str = "CPUExecutionProvider",
+    device: DeviceInfo | None = None,
     config: PeakConfig | None = None,
 ) -> dict[str, float]:
-    """{"gemm_gflops_per_s": .., "mem_gbytes_per_s": ..} for one slot of `intra_op_threads`."""
+    """{"gemm_gflops_per_s": .., "mem_gbytes_per_s": ..} for one slot of `intra_op_threads`
+    of `device` (None: ONNX Runtime on the CPU)."""
     config = config or PeakConfig()
-    device = "cuda" if provider in _GPU_PROVIDERS else "cpu"
-    gemm_size = config.gemm_size if device == "cpu" else max(config.gemm_size, 4096)
-    mem_elems = config.mem_mbytes * (1 << 20) // 4 * (1 if device == "cpu" else 16)
+    accelerator = device is not None and device.accelerator
+    gemm_size = max(config.gemm_size, 4096) if accelerator else config.gemm_size
+    mem_elems = config.mem_mbytes * (1 << 20) // 4 * (16 if accelerator else 1)
+    if device is not None and device.kind == "torch":
+        return _torch_peaks(intra_op_threads, accelerator, gemm_size, mem_elems, config)
+    provider = device.detail if device is not None and device.kind == "onnxruntime" else None
+    provider = provider or _CPU_PROVIDER
+    return _ort_peaks(intra_op_threads, provider, accelerator, gemm_size, mem_elems, config)
 
+
+def _ort_peaks(
+    intra_op_threads: int,
+    provider: str,
+    accelerator: bool,
+    gemm_size: int,
+    mem_elems: int,
+    config: PeakConfig,
+) -> dict[str, float]:
+    device = "cuda" if accelerator else "cpu"
     gemm_model = _single_op_model("MatMul", [gemm_size, gemm_size], two_inputs=True)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((gemm_size, gemm_size), dtype=np.float32)
@@ -121,6 +140,8 @@ def _best_time(
     runs: int,
     max_seconds: float,
 ) -> float:
+    import onnxruntime as ort  # here: torch devices measure without it
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -146,3 +167,41 @@ def _best_of(call: Callable[[], object], runs: int, max_seconds: float) -> float
         if time.perf_counter() > deadline:
             break
     return best
+
+
+def _torch_peaks(
+    threads: int, cuda: bool, gemm_size: int, mem_elems: int, config: PeakConfig
+) -> dict[str, float]:
+    """The same two kernels in torch, on the GPU (timed with a synchronize after each
+    run) or on `threads` CPU threads."""
+    import torch
+
+    target = "cuda" if cuda else "cpu"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(gemm_size, gemm_size, device=target)
+        out = torch.empty_like(a)
+        x = torch.ones(mem_elems, device=target)
+        y = torch.empty_like(x)
+
+        def timed(call: Callable[[], Any]) -> Callable[[], None]:
+            def run() -> None:
+                call()
+                if cuda:
+                    torch.cuda.synchronize()
+
+            return run
+
+        gemm_s = _best_of(
+            timed(lambda: torch.mm(a, a, out=out)), config.gemm_runs, config.max_seconds
+        )
+        mem_s = _best_of(
+            timed(lambda: torch.mul(x, 2.0, out=y)), config.mem_runs, config.max_seconds
+        )
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "gemm_gflops_per_s": 2.0 * gemm_size**3 / gemm_s / 1e9,
+        "mem_gbytes_per_s": 2.0 * 4 * mem_elems / mem_s / 1e9,
+    }

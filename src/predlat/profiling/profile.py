@@ -49,11 +49,12 @@ class BatchProfile:
 
 @dataclass
 class MachineInfo:
-    provider: str
+    provider: str  # what computes, as the device describes it (DeviceInfo.detail)
     cores: int
     intra_op_threads: int
     cpu: str
     peaks: dict[str, float]  # e.g. {"gemm_gflops_per_s": .., "mem_gbytes_per_s": ..}
+    accelerator: bool = False  # an accelerator computes (files from before it: CPUs)
 
 
 @dataclass

@@ -1,12 +1,13 @@
 """The solo profiler: each (model, batch size) measured alone on one slot, plus its
 resource features, and a per-machine cache so later commands get profiles cheaply.
 
-Measurement: one ONNX Runtime device with a single slot; per (model, batch size) a few
+Measurement: one device (`make_device(name)`) with a single slot; per (model, batch size) a few
 warm-up runs, then `repeats` timed runs, each timed right around the engine call (as the
 device reports it). Median, p99 and coefficient of variation of those latencies.
 
 Reuse: profiles live in `cache_dir()/profiles/<machine key>.json`. The key names the
-machine as predlat sees it (CPU model, cores, provider, intra-op threads, profile format);
+machine as predlat sees it (CPU model, cores, what computes as the device describes it,
+threads per slot, profile format);
 an entry is reused when its model file digest matches and it was measured with at least
 the requested number of repeats. Only missing or stale (model, batch size) pairs are
 measured and merged in. The machine's peaks are measured once per key and kept in the
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,13 +34,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from predlat.devices.base import BatchJob
-from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+from predlat.devices.base import BatchJob, Device, DeviceInfo
+from predlat.devices.factory import DEFAULT_DEVICE, describe_device, make_device
 from predlat.errors import ConfigError, PredlatError
 from predlat.models.spec import ModelSpec
 from predlat.paths import cache_dir
 from predlat.profiling.graph_cost import GraphCost, graph_costs
-from predlat.profiling.peaks import cpu_cores, cpu_model_name, measure_peaks
+from predlat.profiling.peaks import cpu_model_name, measure_peaks
 from predlat.profiling.profile import (
     BatchProfile,
     LatencyStats,
@@ -52,25 +52,39 @@ from predlat.profiling.profile import (
 # every cached profile then becomes stale at once.
 PROFILE_FORMAT = 1
 WARMUP_RUNS = 3
-DEFAULT_PROVIDER = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
 class MachineId:
-    """What makes two profiles comparable: the same CPU, cores, provider and threads."""
+    """What makes two profiles comparable: the same CPU, cores, engine and threads.
+    `provider` is what computes, as the device describes it (`DeviceInfo.detail`: an ONNX
+    Runtime provider, so caches made before devices described themselves stay valid)."""
 
     cpu: str
     cores: int
     provider: str
     intra_op_threads: int
+    accelerator: bool = False  # follows from `provider`, so not part of the key
 
     @classmethod
-    def current(cls, intra_op_threads: int = 1, provider: str = DEFAULT_PROVIDER) -> MachineId:
-        return cls(cpu_model_name(), cpu_cores(), provider, intra_op_threads)
+    def current(cls, device: DeviceInfo) -> MachineId:
+        return cls(
+            cpu_model_name(),
+            device.cores,
+            device.detail,
+            device.threads_per_slot,
+            device.accelerator,
+        )
 
     @classmethod
     def of(cls, machine: MachineInfo) -> MachineId:
-        return cls(machine.cpu, machine.cores, machine.provider, machine.intra_op_threads)
+        return cls(
+            machine.cpu,
+            machine.cores,
+            machine.provider,
+            machine.intra_op_threads,
+            machine.accelerator,
+        )
 
     @property
     def key(self) -> str:
@@ -78,11 +92,19 @@ class MachineId:
         text = f"{self.cpu}|{self.cores}|{self.provider}|{self.intra_op_threads}|{PROFILE_FORMAT}"
         digest = hashlib.sha256(text.encode()).hexdigest()[:10]
         cpu = re.sub(r"[^a-z0-9]+", "-", self.cpu.lower()).strip("-")[:40] or "cpu"
-        provider = self.provider.removesuffix("ExecutionProvider").lower()
-        return f"{cpu}-{self.cores}c-{provider}-t{self.intra_op_threads}-{digest}"
+        engine = self.provider.removesuffix("ExecutionProvider").lower()
+        engine = re.sub(r"[^a-z0-9]+", "-", engine).strip("-")[:40] or "device"
+        return f"{cpu}-{self.cores}c-{engine}-t{self.intra_op_threads}-{digest}"
 
     def info(self, peaks: Mapping[str, float]) -> MachineInfo:
-        return MachineInfo(self.provider, self.cores, self.intra_op_threads, self.cpu, dict(peaks))
+        return MachineInfo(
+            self.provider,
+            self.cores,
+            self.intra_op_threads,
+            self.cpu,
+            dict(peaks),
+            self.accelerator,
+        )
 
 
 # -- public entry points ---------------------------------------------------------------
@@ -92,17 +114,20 @@ def profile_models(
     repeats: int,
     *,
     intra_op_threads: int = 1,
-    provider: str = DEFAULT_PROVIDER,
+    device: str = DEFAULT_DEVICE,
     progress: bool = True,
     peaks: Mapping[str, float] | None = None,
 ) -> Profile:
-    """Measure every (model, batch size) alone. Peaks come from `peaks` or else from the
-    machine cache (measured and stored there the first time)."""
-    sizes = _check_request(specs, batch_sizes, repeats, intra_op_threads, provider)
-    machine = MachineId.current(intra_op_threads, provider)
+    """Measure every (model, batch size) alone on one slot of `device` (a `make_device`
+    name). Peaks come from `peaks` or else from the machine cache (measured and stored
+    there the first time)."""
+    sizes = _check_request(specs, batch_sizes, repeats, intra_op_threads)
+    info = describe_device(device, intra_op_threads)
+    machine = MachineId.current(info)
     if peaks is None:
-        peaks = cached_peaks(intra_op_threads, provider)
-    entries = _measure([(spec, sizes) for spec in specs], repeats, machine, peaks, progress)
+        peaks = cached_peaks(intra_op_threads, device)
+    todo = [(spec, sizes) for spec in specs]
+    entries = _measure(todo, repeats, device, machine, peaks, progress)
     return Profile(
         machine=machine.info(peaks),
         models=entries,
@@ -117,26 +142,27 @@ def load_or_profile(
     *,
     out_dir: Path | None = None,
     intra_op_threads: int = 1,
-    provider: str = DEFAULT_PROVIDER,
+    device: str = DEFAULT_DEVICE,
     progress: bool = True,
     force: bool = False,
 ) -> Profile:
     """The profile of `specs` at `batch_sizes`, from the machine cache where it is still
     valid, measuring only what is missing or stale (everything, peaks included, when
     `force`). Written to `out_dir/profile.json` too when `out_dir` is given."""
-    sizes = _check_request(specs, batch_sizes, repeats, intra_op_threads, provider)
-    machine = MachineId.current(intra_op_threads, provider)
+    sizes = _check_request(specs, batch_sizes, repeats, intra_op_threads)
+    info = describe_device(device, intra_op_threads)
+    machine = MachineId.current(info)
     path = profile_cache_path(machine)
     cached = read_cached_profile(path, machine)
     if cached is None or force:
-        fresh = Profile(machine=machine.info(measure_peaks(intra_op_threads, provider)))
+        fresh = Profile(machine=machine.info(measure_peaks(intra_op_threads, info)))
         if cached is not None:  # forced: other models stay, relative to the new peaks
             fresh.models, fresh.digests = cached.models, cached.digests
             _rescale_utils(fresh)
         cached = fresh
     todo = _stale_pairs(cached, specs, sizes, repeats, force)
     if todo:
-        measured = _measure(todo, repeats, machine, cached.machine.peaks, progress)
+        measured = _measure(todo, repeats, device, machine, cached.machine.peaks, progress)
         digests = {spec.name: spec.digest for spec in specs}
         _merge(cached, measured, digests)
         _store(path, machine, cached, measured, digests)
@@ -146,14 +172,15 @@ def load_or_profile(
     return result
 
 
-def cached_peaks(intra_op_threads: int = 1, provider: str = DEFAULT_PROVIDER) -> dict[str, float]:
+def cached_peaks(intra_op_threads: int = 1, device: str = DEFAULT_DEVICE) -> dict[str, float]:
     """This machine's per-slot peaks, measured once per machine key and cached."""
-    machine = MachineId.current(intra_op_threads, provider)
+    info = describe_device(device, intra_op_threads)
+    machine = MachineId.current(info)
     path = profile_cache_path(machine)
     cached = read_cached_profile(path, machine)
     if cached is not None and cached.machine.peaks:
         return dict(cached.machine.peaks)
-    peaks = measure_peaks(intra_op_threads, provider)
+    peaks = measure_peaks(intra_op_threads, info)
     _save(Profile(machine=machine.info(peaks)), path)
     return peaks
 
@@ -214,14 +241,12 @@ _Todo = list[tuple[ModelSpec, list[int]]]
 def _measure(
     todo: _Todo,
     repeats: int,
+    name: str,
     machine: MachineId,
     peaks: Mapping[str, float],
     progress: bool,
 ) -> dict[str, dict[int, BatchProfile]]:
-    config = OrtDeviceConfig(
-        num_slots=1, intra_op_threads=machine.intra_op_threads, provider=machine.provider
-    )
-    device = OrtDevice(config)
+    device = make_device(name, slots=1, threads=machine.intra_op_threads)
     batch_ids = itertools.count()
     entries: dict[str, dict[int, BatchProfile]] = {}
     try:
@@ -244,7 +269,7 @@ def _measure(
 
 
 def _time_batches(
-    device: OrtDevice, model: str, batch_size: int, repeats: int, batch_ids: Iterator[int]
+    device: Device, model: str, batch_size: int, repeats: int, batch_ids: Iterator[int]
 ) -> list[float]:
     times = []
     for i in range(WARMUP_RUNS + repeats):
@@ -282,7 +307,6 @@ def _check_request(
     batch_sizes: Sequence[int],
     repeats: int,
     threads: int,
-    provider: str,
 ) -> list[int]:
     if not specs:
         raise ConfigError("no models to profile")
@@ -292,12 +316,6 @@ def _check_request(
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     if threads < 1:
         raise ConfigError(f"intra-op threads must be at least 1, got {threads}")
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise ConfigError(
-            f"execution provider {provider} is not available "
-            f"(this onnxruntime has: {', '.join(available)})"
-        )
     return sorted(set(batch_sizes))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
+from predlat.devices.factory import DEFAULT_DEVICE, describe_device, make_device
 from predlat.errors import ConfigError
 from predlat.models.registry import resolve_models
 from predlat.models.spec import ModelSpec
@@ -29,7 +29,7 @@ def build_runtime(
     slots: int,
     policy: str,
     threads: int = 1,
-    provider: str = "CPUExecutionProvider",
+    device: str = DEFAULT_DEVICE,
     quantile: float = 0.95,
     max_queue: int = 1000,
     progress: bool = True,
@@ -39,8 +39,8 @@ def build_runtime(
     training: Sequence[BatchRecord] = (),
     serial_threads: int | None = None,
 ) -> tuple[Runtime, Profile]:
-    """A runtime (not started) serving `models` (zoo names or .onnx paths) on an ONNX
-    Runtime device with `slots` slots of `threads` intra-op threads, scheduled by
+    """A runtime (not started) serving `models` (zoo names or .onnx paths) on `device` (a
+    `make_device` name) with `slots` slots of `threads` intra-op threads, scheduled by
     `policy`. The profile comes from the machine cache (measured only if missing).
 
     `serial` runs one batch at a time on one slot with the intra-op thread count that
@@ -56,16 +56,14 @@ def build_runtime(
     specs = resolve_models(models)
     if chosen.one_at_a_time:
         slots = 1
-        threads = serial_threads or best_serial_threads(specs, provider, progress)
+        threads = serial_threads or best_serial_threads(specs, device, progress)
     profile = load_or_profile(
-        specs, BATCH_SIZES, REPEATS, intra_op_threads=threads, provider=provider, progress=progress
+        specs, BATCH_SIZES, REPEATS, intra_op_threads=threads, device=device, progress=progress
     )
-    device = OrtDevice(
-        OrtDeviceConfig(num_slots=slots, intra_op_threads=threads, provider=provider)
-    )
+    engine = make_device(device, slots=slots, threads=threads)
     try:
         for spec in specs:
-            device.load(spec)
+            engine.load(spec)
         forecaster = chosen.make_forecaster(profile, quantile, training)
         scheduler = Scheduler(
             [s.name for s in specs],
@@ -81,27 +79,27 @@ def build_runtime(
             ),
         )
     except BaseException:
-        device.close()
+        engine.close()
         raise
-    runtime = Runtime(device, scheduler, profile, specs={s.name: s for s in specs})
+    runtime = Runtime(engine, scheduler, profile, specs={s.name: s for s in specs})
     return runtime, profile
 
 
 def best_serial_threads(
-    specs: Sequence[ModelSpec], provider: str = "CPUExecutionProvider", progress: bool = True
+    specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, progress: bool = True
 ) -> int:
     """The intra-op thread count with the least total solo latency over the models and
     batch sizes: the fastest way to run one batch at a time here. Candidates are 1, 2,
     4, ... up to the usable cores; measured once per machine and thread count (the
-    profiles are cached). Other providers than the CPU's: 1 (the accelerator computes)."""
-    if not provider.startswith("CPU"):
+    profiles are cached). On an accelerator: 1 (the accelerator computes)."""
+    if describe_device(device).accelerator:
         return 1
     cores = _usable_cores()
     candidates = sorted({1 << i for i in range(cores.bit_length()) if 1 << i <= cores} | {cores})
     best, best_total = 1, float("inf")
     for t in candidates:
         profile = load_or_profile(
-            specs, BATCH_SIZES, REPEATS, intra_op_threads=t, provider=provider, progress=progress
+            specs, BATCH_SIZES, REPEATS, intra_op_threads=t, device=device, progress=progress
         )
         total = sum(profile.solo_latency(s.name, n) for s in specs for n in BATCH_SIZES)
         if total < best_total:

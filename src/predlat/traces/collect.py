@@ -99,7 +99,7 @@ def parallel_capacity(profile: Profile, concurrency: int) -> int:
     divided by each session's intra-op threads (and at most K); elsewhere 1, because a
     batch alone already owns the accelerator."""
     machine = profile.machine
-    if not machine.provider.startswith("CPU"):
+    if machine.accelerator:
         return 1
     cores = machine.cores or os.cpu_count() or 1
     return max(1, min(concurrency, cores // max(1, machine.intra_op_threads)))

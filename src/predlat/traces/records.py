@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from predlat.devices.base import PHASES
+
 if TYPE_CHECKING:
     from predlat.devices.base import BatchResult
 
@@ -39,6 +41,8 @@ class BatchRecord:
     end: float
     timeline: tuple[Overlap, ...] = field(default_factory=tuple)
     device: int = 0  # index of the device, when several are traced together
+    # (copy in, compute, copy out) seconds, where the device measures them (PHASES)
+    phases: tuple[float, float, float] | None = None
 
     @classmethod
     def from_result(
@@ -55,6 +59,7 @@ class BatchRecord:
             result.start - t0,
             result.end - t0,
             device=device,
+            phases=_phases(result.extra),
         )
 
     @property
@@ -64,6 +69,13 @@ class BatchRecord:
     def co_runners_at_start(self) -> tuple[Overlap, ...]:
         """Co-runners already running when this batch started (the gpulet view)."""
         return tuple(o for o in self.timeline if o.start <= self.start + 1e-9)
+
+
+def _phases(extra: dict[str, float]) -> tuple[float, float, float] | None:
+    if not all(key in extra for key in PHASES):
+        return None
+    copy_in, compute, copy_out = (float(extra[key]) for key in PHASES)
+    return copy_in, compute, copy_out
 
 
 def attach_timelines(records: Sequence[BatchRecord]) -> list[BatchRecord]:

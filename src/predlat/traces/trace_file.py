@@ -2,7 +2,9 @@
 
 One row per finished batch (`batch_id, model, batch_size, slot, device, dispatch, start,
 end, latency`, seconds) and its `timeline`, a list of structs (`batch_id, model,
-batch_size, start, end`) of the co-runners that overlapped it. File-level facts (models,
+batch_size, start, end`) of the co-runners that overlapped it; where the device measured
+them, the batch's phases (`copy_in_s, compute_s, copy_out_s`, optional columns, null for
+batches without). File-level facts (models,
 concurrency, load, seed, machine, predlat version) are JSON in the schema metadata under
 the key `predlat`, so any Parquet tool reads the rows and predlat reads both.
 """
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from predlat import __version__
+from predlat.devices.base import PHASES
 from predlat.errors import PredlatError
 from predlat.traces.records import BatchRecord, Overlap
 
@@ -50,6 +53,7 @@ TRACE_SCHEMA = pa.schema(
         ("timeline", pa.list_(OVERLAP_TYPE)),
     ]
 )
+PHASE_SCHEMA = pa.schema([(name, pa.float64()) for name in PHASES])  # optional columns
 
 
 @dataclass
@@ -90,18 +94,24 @@ def records_to_table(
                 for o in r.timeline
             ]
         )
+    schema = TRACE_SCHEMA
+    if any(r.phases is not None for r in records):
+        for i, name in enumerate(PHASES):
+            columns[name] = [None if r.phases is None else r.phases[i] for r in records]
+        schema = pa.schema([*TRACE_SCHEMA, *PHASE_SCHEMA])
     meta = {
         "format": TRACE_FORMAT,
         "format_version": TRACE_FORMAT_VERSION,
         "predlat_version": __version__,
         **dict(metadata or {}),
     }
-    schema = TRACE_SCHEMA.with_metadata({_META_KEY: json.dumps(meta).encode()})
+    schema = schema.with_metadata({_META_KEY: json.dumps(meta).encode()})
     return pa.Table.from_pydict(columns, schema=schema)
 
 
 def table_to_records(table: pa.Table) -> list[BatchRecord]:
     data = table.to_pydict()
+    phases = [data[name] for name in PHASES] if PHASES[0] in data else None
     records = []
     for i in range(table.num_rows):
         timeline = tuple(
@@ -119,9 +129,17 @@ def table_to_records(table: pa.Table) -> list[BatchRecord]:
                 end=data["end"][i],
                 timeline=timeline,
                 device=data["device"][i],
+                phases=_row_phases(phases, i),
             )
         )
     return records
+
+
+def _row_phases(columns: list[list] | None, i: int) -> tuple[float, float, float] | None:
+    if columns is None or any(column[i] is None for column in columns):
+        return None
+    copy_in, compute, copy_out = (float(column[i]) for column in columns)
+    return copy_in, compute, copy_out
 
 
 def write_trace(
@@ -158,8 +176,11 @@ def read_trace(path: str | Path) -> Trace:
     missing = [n for n in TRACE_SCHEMA.names if n not in table.schema.names]
     if missing:
         raise TraceFileError(f"trace {path} lacks columns: {', '.join(missing)}")
+    schema = TRACE_SCHEMA
+    if all(name in table.schema.names for name in PHASES):
+        schema = pa.schema([*TRACE_SCHEMA, *PHASE_SCHEMA])
     try:
-        table = table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA.remove_metadata())
+        table = table.select(schema.names).cast(schema.remove_metadata())
     except (pa.ArrowException, ValueError) as exc:
         raise TraceFileError(f"trace {path} has columns of the wrong type: {exc}") from None
     return Trace(records=table_to_records(table), metadata=metadata)
