@@ -222,6 +222,17 @@ def batch_features(
     }
 
 
+def model_costs(spec: ModelSpec, sizes: Sequence[int]) -> dict[int, GraphCost]:
+    """Static cost per batch size: from the ONNX graph where there is one, else from
+    the torch forward pass (full-size models built in code, `.pt2` programs)."""
+    if getattr(spec, "format", "onnx") == "onnx":
+        return graph_costs(spec.path, sizes)
+    from predlat.models.torch_load import torch_module_for
+    from predlat.profiling.torch_cost import torch_costs
+
+    return torch_costs(torch_module_for(spec), spec, sizes)
+
+
 def latency_stats(latencies: Sequence[float]) -> LatencyStats:
     values = np.asarray(latencies, dtype=float)
     mean = float(values.mean())
@@ -253,7 +264,7 @@ def _measure(
         with _progress_bar(progress, sum(len(sizes) for _, sizes in todo)) as advance:
             for spec, sizes in todo:
                 device.load(spec)
-                costs = graph_costs(spec.path, sizes)
+                costs = model_costs(spec, sizes)
                 entries[spec.name] = {}
                 for n in sizes:
                     advance(f"{spec.name} batch {n}", 0)
