@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from predlat.errors import ConfigError
 from predlat.experiments.floors import FloorSummary
 from predlat.experiments.study_config import TraceSpec
-from predlat.experiments.study_data import FLOORS_FILE, load_study_dir, write_floors
+from predlat.experiments.study_data import (
+    FLOORS_FILE,
+    load_study_dir,
+    pack_traces,
+    write_floors,
+)
 from predlat.experiments.study_sim import write_simulated_study
 from predlat.predict.synthetic import synthetic_profile
 
@@ -97,6 +103,20 @@ def test_study_folder_round_trips_metadata_and_floors(tmp_path: Path) -> None:
     assert by_name["all4-k2-low"].load == 0.25 and len(by_name["all4-k2-low"].records) == 120
     assert data.colocation_floor.per_group == {"2": 0.04, "4": 0.09}
     assert data.noise_floor.samples == 8
+
+
+def test_traces_packed_in_one_archive_read_the_same(tmp_path: Path) -> None:
+    folder = sim_folder(tmp_path / "d")
+    loose = {t.name: t.records for t in load_study_dir(folder).traces}
+    files = sorted((folder / "traces").glob("*.parquet"))
+    pack_traces(files, folder / "traces.tar")
+    for path in files:
+        path.unlink()
+    packed = {t.name: t.records for t in load_study_dir(folder).traces}
+    assert packed == loose
+    (folder / "traces.tar").write_bytes(b"not an archive")
+    with pytest.raises(ConfigError, match=r"traces\.tar"):
+        load_study_dir(folder)
 
 
 @pytest.mark.slow

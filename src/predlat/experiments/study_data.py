@@ -7,6 +7,8 @@ A study folder, as `predlat study` writes it and `predlat study --traces DIR` re
     DIR/traces/*.parquet predlat trace files (or DIR/*.parquet); their metadata gives each
                          trace's models, concurrency (K) and load, and, when the study
                          wrote them, its name, model set and regime
+    DIR/traces.tar       or the same files packed in one archive (a dataset of a few
+                         files, as `benchmarks/gpu_check.py` writes it)
     DIR/floors.json      the noise floors measured on the device (optional: without it
                          the report has no floors)
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from predlat.traces.trace_file import read_trace
 PROFILE_FILE = "profile.json"
 FLOORS_FILE = "floors.json"
 TRACES_DIR = "traces"
+TRACES_ARCHIVE = "traces.tar"
 
 
 @dataclass
@@ -113,15 +118,40 @@ def load_study_dir(folder: Path) -> StudyData:
             f"{folder} has no {PROFILE_FILE}: the solo profile must come with the traces"
         )
     profile = Profile.load(profile_path)
-    paths = sorted((folder / TRACES_DIR).glob("*.parquet")) + sorted(folder.glob("*.parquet"))
-    if not paths:
-        raise ConfigError(f"{folder} holds no trace files (*.parquet, or traces/*.parquet)")
-    traces = [trace_from_file(p, profile) for p in paths]
+    with tempfile.TemporaryDirectory(prefix="predlat-traces-") as unpacked:
+        paths = sorted((folder / TRACES_DIR).glob("*.parquet")) + sorted(folder.glob("*.parquet"))
+        paths += unpack_traces(folder / TRACES_ARCHIVE, Path(unpacked))
+        if not paths:
+            raise ConfigError(
+                f"{folder} holds no trace files (*.parquet, traces/*.parquet or {TRACES_ARCHIVE})"
+            )
+        traces = [trace_from_file(p, profile) for p in paths]
     names = [t.name for t in traces]
     if len(set(names)) != len(names):
         raise ConfigError(f"{folder} holds two traces of the same name")
     noise, colocation = read_floors(folder / FLOORS_FILE)
     return StudyData(profile, traces, noise, colocation, source=str(folder))
+
+
+def unpack_traces(archive: Path, into: Path) -> list[Path]:
+    """The Parquet files of a traces archive, extracted under `into` (none if absent)."""
+    if not archive.is_file():
+        return []
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".parquet")]
+            tar.extractall(into, members=members, filter="data")  # no paths outside `into`
+    except (tarfile.TarError, OSError) as exc:
+        raise ConfigError(f"cannot read {archive}: {exc}") from None
+    return sorted(into.rglob("*.parquet"))
+
+
+def pack_traces(paths: list[Path], archive: Path) -> Path:
+    """Pack trace files flat into one archive (the inverse of `unpack_traces`)."""
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(paths):
+            tar.add(path, arcname=path.name)
+    return archive
 
 
 def write_floors(path: Path, noise: FloorSummary | None, colocation: FloorSummary | None) -> None:
