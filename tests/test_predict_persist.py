@@ -1,0 +1,73 @@
+"""Fitted predictors saved and loaded: same predictions, same online learning, and a
+clear error against another profile."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from predlat.predict import Forecaster, RunningBatch, make_predictor
+from predlat.predict.persist import PredictorFileError, load_predictor, save_predictor
+from predlat.predict.synthetic import SlowdownLaw, law_records, synthetic_profile
+
+PROFILE = synthetic_profile(seed=0)
+LAW = SlowdownLaw(count=0.1, compute=0.3, memory=0.15)
+
+
+@pytest.mark.parametrize("name", ["fine-rls", "coarse", "ewma", "fine-rls-xm", "solo"])
+def test_round_trip_predicts_and_learns_identically(tmp_path: Path, name: str) -> None:
+    records = law_records(PROFILE, LAW, 300, seed=1)
+    fitted = make_predictor(name, PROFILE).fit(records[:200])
+    path = save_predictor(fitted, PROFILE, tmp_path / "p.json")
+    loaded = load_predictor(path, PROFILE)
+    assert type(loaded) is type(fitted) and loaded.name == name
+    for rec in records[200:]:  # predict, then learn: both stay identical
+        assert loaded.predict(rec) == fitted.predict(rec)
+        assert loaded.predict_quantile(rec, 0.9) == fitted.predict_quantile(rec, 0.9)
+        fitted.learn_one(rec)
+        loaded.learn_one(rec)
+    assert loaded.predict(records[0]) == fitted.predict(records[0])
+
+
+def test_loaded_predictor_forecasts_like_the_fitted_one(tmp_path: Path) -> None:
+    records = law_records(PROFILE, LAW, 200, seed=2)
+    fitted = make_predictor("fine-rls", PROFILE).fit(records)
+    loaded = load_predictor(save_predictor(fitted, PROFILE, tmp_path / "p.json"), PROFILE)
+    model = next(iter(PROFILE.models))
+    ends = []
+    for p in (fitted, copy.deepcopy(loaded)):
+        fc = Forecaster(p, PROFILE, quantile=0.95)
+        fc.on_dispatch(RunningBatch(1, model, 2, 0.0), 0.01)
+        ends.append(fc.forecast(0.0, (RunningBatch(2, model, 4, 0.0),))[2])
+    assert ends[0] == ends[1]
+
+
+def test_loading_against_another_profile_is_a_clear_error(tmp_path: Path) -> None:
+    profile = copy.deepcopy(PROFILE)
+    profile.digests = {m: "a" * 64 for m in profile.models}
+    fitted = make_predictor("fine-rls", profile).fit(law_records(profile, LAW, 100, seed=3))
+    path = save_predictor(fitted, profile, tmp_path / "p.json")
+    assert load_predictor(path, copy.deepcopy(profile)).predict(law_records(profile, LAW, 1)[0])
+    other = synthetic_profile(seed=5)
+    other.digests = dict(profile.digests)
+    with pytest.raises(PredictorFileError, match="fitted against another profile"):
+        load_predictor(path, other)
+    changed = copy.deepcopy(profile)
+    changed.digests = {m: "0" * 64 for m in changed.models}
+    with pytest.raises(PredictorFileError, match="model files changed"):
+        load_predictor(path, changed)
+
+
+def test_not_a_predictor_file(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(PredictorFileError, match="not a predlat predictor file"):
+        load_predictor(bad, PROFILE)
+    foreign = tmp_path / "y.json"
+    foreign.write_text(
+        '{"format": "predlat-predictor", "format_version": 1, "profile": {}, "state": {}}'
+    )
+    with pytest.raises(PredictorFileError, match="another profile"):
+        load_predictor(foreign, PROFILE)
