@@ -71,3 +71,25 @@ def test_not_a_predictor_file(tmp_path: Path) -> None:
     )
     with pytest.raises(PredictorFileError, match="another profile"):
         load_predictor(foreign, PROFILE)
+
+
+def test_fit_command_writes_a_predictor_that_loads(tmp_path: Path, capsys) -> None:
+    from predlat.cli import main
+    from predlat.models import resolve_models
+    from predlat.profiling.profiler import load_or_profile
+    from predlat.runtime.build import BATCH_SIZES, REPEATS
+    from predlat.traces.records import BatchRecord, attach_timelines
+    from predlat.traces.trace_file import write_trace
+
+    records = []
+    for i in range(40):  # two overlapping streams of a tiny model
+        t = 0.01 * i
+        records.append(BatchRecord(i, "tiny", 1 + i % 4, i % 2, t, t, t + 0.004 + 0.001 * (i % 3)))
+    write_trace(tmp_path / "traces" / "a.parquet", attach_timelines(records), {"models": ["tiny"]})
+    out = tmp_path / "fine.json"
+    code = main(["fit", "--traces", str(tmp_path / "traces"), "--out", str(out), "--no-progress"])
+    assert code == 0 and "fitted on 40 batches" in capsys.readouterr().out
+    profile = load_or_profile(resolve_models(["tiny"]), BATCH_SIZES, REPEATS, progress=False)
+    assert load_predictor(out, profile).name == "fine-rls"
+    assert main(["fit", "--traces", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
 from predlat.errors import ConfigError
@@ -38,6 +39,7 @@ def build_runtime(
     high_reserve: int = 1,
     training: Sequence[BatchRecord] = (),
     predictor: BasePredictor | None = None,
+    predictor_file: str | Path | None = None,
 ) -> tuple[Runtime, Profile]:
     """A runtime (not started) serving `models` (zoo names or .onnx paths) on an ONNX
     Runtime device with `slots` slots of `threads` intra-op threads, scheduled by
@@ -47,7 +49,8 @@ def build_runtime(
     One-at-a-time policies run on one slot with their own thread count (`serial`: every
     usable core, the whole device; `serial-1t`: one thread). `training`: finished
     batches to fit the policy's predictor; `predictor`: an already fitted one instead
-    (used as is, and it keeps learning: pass a copy to reuse it). `high_reserve`: slots
+    (used as is, and it keeps learning: pass a copy to reuse it), or `predictor_file`, a
+    `predlat fit` file fitted against the same profile. `high_reserve`: slots
     low-priority work leaves free while high-priority requests keep arriving (see
     SchedulerConfig)."""
     chosen = get_policy(policy, quantile) if isinstance(policy, str) else policy
@@ -60,6 +63,10 @@ def build_runtime(
     profile = load_or_profile(
         specs, BATCH_SIZES, REPEATS, intra_op_threads=threads, provider=provider, progress=progress
     )
+    if predictor_file is not None:
+        from predlat.predict.persist import load_predictor
+
+        predictor = load_predictor(predictor_file, profile)
     device = OrtDevice(
         OrtDeviceConfig(num_slots=slots, intra_op_threads=threads, provider=provider)
     )
