@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from predlat.cli.common import (
@@ -231,8 +232,11 @@ class _progress:
         if not self.enabled:
             return lambda what, frac: None
         if not sys.stderr.isatty():  # a log, not a terminal: one line per step
+            t0 = time.perf_counter()
             return lambda what, frac: print(
-                f"compare {100 * frac:3.0f}% {what}", file=sys.stderr, flush=True
+                f"compare {100 * frac:3.0f}% {time.perf_counter() - t0:5.0f} s  {what}",
+                file=sys.stderr,
+                flush=True,
             )
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

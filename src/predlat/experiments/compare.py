@@ -179,6 +179,7 @@ def run_compare(
     if setup is None:
         note("profiling and warm-up history", 0.0)
         setup = prepare(config, show_profiling)
+    setup_s = time.perf_counter() - started
     run = runner or DeviceRunner(config, setup)
     policies = {name: config.policy(name) for name in config.policies}
     seeds = [config.seed + r for r in range(config.repeats)]
@@ -227,9 +228,11 @@ def run_compare(
                     continue
                 search.record(load, slo.met(one(name, load, seed).metrics))
     note("done", 1.0)
-    return build_results(
+    results = build_results(
         config, setup, sweep, orders, searches, step_orders, time.perf_counter() - started
     )
+    results["setup_s"] = setup_s  # profiling (when not cached), warm-up history, fitting
+    return results
 
 
 def build_results(

@@ -158,7 +158,8 @@ def _setup(results: dict[str, Any]) -> str:
         f"- SLO: >= {pct(results['slo']['hp_met'], 0)} of high-priority and >= "
         f"{pct(results['slo']['met_frac'], 0)} of all deadlines met (rejections count as "
         f"misses); {cfg['bisect_steps']} bisection step(s) per policy and seed",
-        f"- wall time: {results['wall_s']:.0f} s",
+        f"- wall time: {results['wall_s']:.0f} s (of which setup: profiling where not "
+        f"cached, warm-up history, fitting: {results.get('setup_s', 0.0):.0f} s)",
     ]
     return "\n".join(lines)
 

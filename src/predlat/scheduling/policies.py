@@ -10,7 +10,7 @@ predictor. The scheduler asks the policy; it never branches on a policy's name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from predlat.errors import ConfigError
 from predlat.predict.base import BasePredictor
@@ -36,15 +36,16 @@ class Policy:
     # Policies whose predictor is `solo` plan at the solo latency whatever it is: a
     # quantile of residuals would make them interference-aware.
     quantile: float | None = DEFAULT_QUANTILE
+    # Derived once: `end` is on the scheduler's hot path.
+    plans_at_quantile: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plans_at_quantile", self.predictive and self.quantile is not None)
 
     @property
     def predictive(self) -> bool:
         """Whether the policy's predictor forecasts interference (not just solo)."""
         return self.predictor != "solo"
-
-    @property
-    def plans_at_quantile(self) -> bool:
-        return self.predictive and self.quantile is not None
 
     def with_quantile(self, quantile: float | None) -> Policy:
         """This policy planning at `quantile` (None: the mean forecast)."""
