@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from predlat.errors import PredlatError
 from predlat.predict import Forecaster, RunningBatch, make_predictor
 from predlat.predict.persist import PredictorFileError, load_predictor, save_predictor
 from predlat.predict.synthetic import SlowdownLaw, law_records, synthetic_profile
@@ -93,3 +94,16 @@ def test_fit_command_writes_a_predictor_that_loads(tmp_path: Path, capsys) -> No
     assert load_predictor(out, profile).name == "fine-rls"
     assert main(["fit", "--traces", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+    # serve's wiring: the runtime's scheduler forecasts with the saved predictor
+    from predlat.runtime import build_runtime
+
+    runtime, _ = build_runtime(
+        ["tiny"], slots=2, policy="predlat", progress=False, predictor_file=out
+    )
+    try:
+        fc = runtime.scheduler.forecaster
+        assert fc.predictor.name == "fine-rls" and fc.predictor.profile is runtime.profile
+    finally:
+        runtime.device.close()
+    with pytest.raises(PredlatError, match="forecasts with 'coarse'"):
+        build_runtime(["tiny"], slots=2, policy="coarse", progress=False, predictor_file=out)
