@@ -66,14 +66,16 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, Path]:
         _plot(ax, x, series, "deadlines met")
         ax.set_title(f"Deadline satisfaction, {title}")
         ax.set_ylim(0, 1.02)
-    axes[1].legend(fontsize=8, loc="lower left")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8, loc="lower left")
     paths["deadlines_plot"] = _save(fig, out / "deadlines.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     x, series = _series(results, "live_forecast_err")
     _plot(ax, x, series, "live forecast error (mean relative)")
     ax.set_title("Live forecast error of dispatched batches")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     paths["forecast_plot"] = _save(fig, out / "live_forecast_err.png")
     return paths
 
