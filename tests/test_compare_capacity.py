@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from predlat.experiments.capacity import Bisection, Slo, find_capacity
@@ -126,3 +127,29 @@ def test_same_seed_same_runs() -> None:
     assert [(s.policy.name, s.load, s.seed) for s in a.calls] == [
         (s.policy.name, s.load, s.seed) for s in b.calls
     ]
+
+
+def test_quantile_reaches_the_schedulers_of_the_simulated_device() -> None:
+    from predlat.sim import SyntheticModel, build_simulation
+    from predlat.sim import synthetic_profile as sim_profile
+
+    profile = sim_profile({"a": SyntheticModel(0.01, 0.004, compute=0.5, memory=0.5)})
+    for name in POLICY_NAMES:
+        sim = build_simulation(profile, ["a"], policy=name, slots=2, quantile=0.8)
+        (sched,) = sim.schedulers
+        assert sched.policy.quantile == 0.8
+        assert sched.policy.plans_at_quantile == (name in ("coarse", "predlat"))
+
+
+def test_capacity_stderr_is_over_seeds() -> None:
+    searches = [
+        find_capacity(lambda x, t=t: x <= t, (0.25, 0.5, 0.75, 1.0), steps=10)
+        for t in (0.3, 0.5, 0.7)
+    ]
+    from predlat.experiments.capacity import pooled_capacity
+
+    pooled = pooled_capacity(searches, unit_rps=200.0)
+    los = [s.lo for s in searches]
+    assert pooled["rps"] == pytest.approx(200.0 * sum(los) / 3)
+    assert pooled["stderr"] == pytest.approx(200.0 * float(np.std(los, ddof=1)) / 3**0.5)
+    assert pooled["rps"] == pytest.approx(100.0, abs=0.5)
