@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Replay the same seeded open-loop workloads (Poisson arrivals per model, deadlines "
             "as a multiple of each model's solo latency, a high-priority fraction) against "
             "each scheduling policy on this machine: a sweep of loads, then per policy a "
-            "bisection for its SLO capacity (the highest load meeting >= 99%% of "
-            "high-priority and >= 95%% of all deadlines). Writes DIR/report.md, "
+            "bisection for its SLO capacity (the highest load meeting >= 99% of "
+            "high-priority and >= 95% of all deadlines). Writes DIR/report.md, "
             "DIR/results.json and PNG plots."
         ),
     )
