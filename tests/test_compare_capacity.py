@@ -109,9 +109,10 @@ def test_compare_results_carry_capacity_quantile_and_live_error(tmp_path: Path) 
         for m in entry["policies"].values():
             assert m["live_forecast_err"] == pytest.approx(0.105)
             assert m["stderr"]["live_forecast_err"] == pytest.approx(0.005)
-    assert results["ratios"]["slo_capacity"]["coarse"] == pytest.approx(
+    assert results["ratios"]["slo_capacity"]["coarse"]["value"] == pytest.approx(
         results["slo_capacity"]["predlat"]["rps"] / results["slo_capacity"]["coarse"]["rps"]
     )
+    assert results["ratios"]["live_forecast_err"]["0.5"]["coarse"]["value"] == pytest.approx(1.0)
     paths = write_outputs(results, tmp_path / "out")
     saved = json.loads(paths["results"].read_text())
     assert saved["slo_capacity"]["predlat"].keys() >= {"rps", "stderr"}

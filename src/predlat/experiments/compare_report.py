@@ -210,9 +210,12 @@ def _capacity_table(results: dict[str, Any]) -> str:
 def _ratios(results: dict[str, Any]) -> str:
     r = results["ratios"]
     ours = r["ours"]
-    lines = [f"- SLO capacity of `{ours}` / `{p}`: {num(v)}" for p, v in r["slo_capacity"].items()]
+    lines = [
+        f"- SLO capacity of `{ours}` / `{p}`: {_pm(v['value'], v['stderr'], 2)}"
+        for p, v in r["slo_capacity"].items()
+    ]
     for key, by in sorted(r["live_forecast_err"].items(), key=lambda kv: float(kv[0])):
-        parts = ", ".join(f"`{p}` {num(v)}" for p, v in by.items())
+        parts = ", ".join(f"`{p}` {_pm(v['value'], v['stderr'], 2)}" for p, v in by.items())
         lines.append(f"- load {key}: live forecast error of `{ours}` / {parts}")
     return "\n".join(lines) or "n/a"
 

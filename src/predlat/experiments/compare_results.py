@@ -96,29 +96,46 @@ def capacity_section(
 
 
 def ratios(capacity: Mapping[str, Any], loads: Mapping[str, Any], ours: str) -> dict[str, Any]:
-    """Plain ratios of `ours` to every other policy: SLO capacity, and live forecast
-    error per load."""
+    """Plain ratios of `ours` to every other policy, each {value, stderr} (the
+    standard error propagated from both figures' to first order; None with one seed):
+    SLO capacity, and live forecast error per load."""
     out: dict[str, Any] = {"ours": ours, "slo_capacity": {}, "live_forecast_err": {}}
-    mine = capacity.get(ours, {}).get("rps")
+    mine = capacity.get(ours, {})
     for p, c in capacity.items():
         if p != ours:
-            out["slo_capacity"][p] = _ratio(mine, c.get("rps"))
+            out["slo_capacity"][p] = ratio(
+                mine.get("rps"), mine.get("stderr"), c.get("rps"), c.get("stderr")
+            )
+    key_err = "live_forecast_err"
     for key, entry in loads.items():
         pol = entry["policies"]
         if ours not in pol:
             continue
-        out["live_forecast_err"][key] = {
-            p: _ratio(pol[ours].get("live_forecast_err"), m.get("live_forecast_err"))
+        a = pol[ours]
+        out[key_err][key] = {
+            p: ratio(
+                a.get(key_err),
+                a.get("stderr", {}).get(key_err),
+                m.get(key_err),
+                m.get("stderr", {}).get(key_err),
+            )
             for p, m in pol.items()
             if p != ours
         }
     return out
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(
+    a: float | None, se_a: float | None, b: float | None, se_b: float | None
+) -> dict[str, float | None]:
+    """a / b with its first-order standard error (None where either error is unknown)."""
     if a is None or b is None or not b > 0:
-        return None
-    return float(a / b)
+        return {"value": None, "stderr": None}
+    value = a / b
+    se = None
+    if se_a is not None and se_b is not None:
+        se = math.sqrt((se_a / b) ** 2 + (value * se_b / b) ** 2)
+    return {"value": float(value), "stderr": se}
 
 
 def load_key(load: float) -> str:
