@@ -142,10 +142,10 @@ def _setup(results: dict[str, Any]) -> str:
     history = (
         f"{warm['batches']} batches, {warm['seconds']:g} s collected at loads "
         f"{', '.join(f'{x:g}' for x in warm['loads'])} (equal parts, random batch sizes)"
-        if warm["batches"]
+        if warm.get("batches")
         else "none collected"
     )
-    sources = ", ".join(f"{n}: {src}" for n, src in warm["predictors"].items())
+    sources = ", ".join(f"{n}: {src}" for n, src in warm.get("predictors", {}).items())
     lines = [
         f"- models: {', '.join(cfg['models'])}",
         f"- planning quantile of every predictive policy: {results['quantile']}",

@@ -10,6 +10,7 @@ from predlat.devices.onnxruntime_device import OrtDevice, OrtDeviceConfig
 from predlat.errors import ConfigError
 from predlat.models.registry import resolve_models
 from predlat.predict.base import BasePredictor
+from predlat.predict.persist import load_predictor
 from predlat.profiling.profile import Profile
 from predlat.profiling.profiler import load_or_profile
 from predlat.runtime.runtime import Runtime
@@ -64,8 +65,6 @@ def build_runtime(
         specs, BATCH_SIZES, REPEATS, intra_op_threads=threads, provider=provider, progress=progress
     )
     if predictor_file is not None:
-        from predlat.predict.persist import load_predictor
-
         predictor = load_predictor(predictor_file, profile)
     device = OrtDevice(
         OrtDeviceConfig(num_slots=slots, intra_op_threads=threads, provider=provider)
