@@ -182,10 +182,13 @@ def _capacity_table(results: dict[str, Any]) -> str:
     unit = results["capacity_rps"]
     for name, c in results["slo_capacity"].items():
         first = [f"{x:.1f}" if x is not None else "none" for x in c["first_miss_rps"]]
+        below = c["rps"] == 0 and c["first_miss_rps"] and None not in c["first_miss_rps"]
         rows.append(
             [
                 f"`{name}`",
-                _pm(c["rps"], c["stderr"]),
+                f"< {min(c['first_miss_rps']):.1f} (missed at every load tried)"
+                if below
+                else _pm(c["rps"], c["stderr"]),
                 _pm(c["load"], c.get("load_stderr"), 3),
                 ", ".join(f"{x:.1f}" for x in c["per_seed_rps"]),
                 ", ".join(first),
@@ -235,6 +238,7 @@ def _load_table(results: dict[str, Any], key: str) -> str:
         "> planned end",
         "lag p99 ms",
         "batch",
+        "others' CPU",
     ]
     rows = []
     for name, m in entry["policies"].items():
@@ -258,6 +262,7 @@ def _load_table(results: dict[str, Any], key: str) -> str:
                 f("planned_end_exceeded", digits=0),
                 f("dispatch_lag_p99_ms", 1.0),
                 num(m["mean_batch_size"], 2),
+                f("foreign_cpu_frac", digits=0),
             ]
         )
     title = f"### load {key} ({entry['offered_rps']:.1f} requests/s offered)"
@@ -277,7 +282,8 @@ def _method(results: dict[str, Any]) -> str:
         "batches that ended after the end the policy planned with (the forecast quantile, "
         "or the mean for policies planning at the mean and for solo-latency policies). "
         "Predictive policies differ only in their predictor; every one starts from the "
-        "same warm-up history and online predictors keep learning. Timings on a shared "
-        "machine are noisy: figures come with standard errors over seeds where there are "
+        "same warm-up history and online predictors keep learning. `others' CPU` is the "
+        "share of the machine's CPU time other processes used during the run (interference "
+        "no policy sees); figures come with standard errors over seeds where there are "
         "several."
     )

@@ -31,6 +31,7 @@ METRIC_KEYS = (
     "requests",
     "hp_requests",
     "submit_lag_p99_ms",
+    "foreign_cpu_frac",
 )
 
 

@@ -17,6 +17,7 @@ from predlat.runtime.build import build_runtime
 from predlat.scheduling.outcome import RequestOutcome, summarize
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.request import Dispatch, Priority
+from predlat.traces.collect import CpuMeter
 from predlat.traces.records import BatchRecord, Overlap
 from predlat.workload.arrivals import Arrival, open_loop_workload
 
@@ -110,15 +111,20 @@ class DeviceRunner:
         runtime.add_batch_listener(
             lambda rec, _: batches.append((rec, dispatched.pop(rec.batch_id)))
         )
+        arrivals = self.arrivals(spec.load, spec.seed)
         runtime.start()
         try:
-            arrivals = self.arrivals(spec.load, spec.seed)
+            meter = CpuMeter()
             futures, submit_lags = _replay(runtime, arrivals, setup.deadlines)
             outcomes = [f.result(timeout=c.duration_s + 120.0) for f in futures]
+            foreign = meter.foreign_frac()
             stats = runtime.stats()
         finally:
             runtime.stop(drain=False)
         metrics = summarize(outcomes, c.duration_s)
+        # Other processes' share of the machine's CPU meanwhile: interference that no
+        # policy or predictor can see, so readers can judge a run on a shared machine.
+        metrics["foreign_cpu_frac"] = math.nan if foreign is None else foreign
         metrics["utilization"] = stats.busy_slot_s / (runtime.device.num_slots * _span(outcomes))
         metrics.update(live_forecast(batches))
         metrics["dispatch_lag_p50_ms"] = stats.dispatch_lag_p50_ms
