@@ -218,7 +218,7 @@ def test_a_stopped_runtime_leaves_nothing_behind() -> None:
 
 @pytest.mark.slow
 def test_serial_policy_builds_a_one_slot_device() -> None:
-    runtime, _ = build_runtime(["tiny"], slots=4, policy="serial", progress=False, serial_threads=1)
+    runtime, _ = build_runtime(["tiny"], slots=4, policy="serial", progress=False)
     try:
         assert runtime.device.num_slots == 1
     finally:

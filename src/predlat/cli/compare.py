@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 from predlat.cli.common import (
@@ -32,34 +34,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="compare scheduling policies on the real device (report + plots)",
         description=(
-            "Replay the same seeded open-loop workload (Poisson arrivals per model, deadlines "
+            "Replay the same seeded open-loop workloads (Poisson arrivals per model, deadlines "
             "as a multiple of each model's solo latency, a high-priority fraction) against "
-            "each scheduling policy on this machine, over a sweep of loads. Writes "
-            "DIR/report.md, DIR/results.json and PNG plots (deadline satisfaction and goodput "
-            "against load)."
+            "each scheduling policy on this machine: a sweep of loads, then per policy a "
+            "bisection for its SLO capacity (the highest load meeting >= 99% of "
+            "high-priority and >= 95% of all deadlines). Writes DIR/report.md, "
+            "DIR/results.json and PNG plots."
         ),
     )
     parser.add_argument(
         "--policies",
         type=name_list,
         default=None,
-        help="comma-separated policies (default: serial,oblivious,coarse,predlat)",
+        help="comma-separated policies (default: serial,serial-1t,oblivious,coarse,predlat)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="three loads, short runs: a few minutes on 2 cores"
+        "--quick",
+        action="store_true",
+        help="three loads, one seed, one bisection step, short runs: about 3 minutes",
     )
     parser.add_argument(
         "--loads",
         type=float_list,
         default=None,
-        help="comma-separated loads, fractions of device capacity "
-        "(default: 0.3,0.5,0.7,0.9,1.1; quick: 0.4,0.7,1.0)",
+        help="comma-separated sweep loads, fractions of device capacity "
+        "(default: 0.25,0.5,0.75,1; quick: 0.3,0.6,0.9)",
     )
     parser.add_argument(
         "--duration",
         type=positive_float,
         default=None,
-        help="seconds of arrivals per run (default: 20; quick: 8)",
+        help="seconds of arrivals per run (default: 6; quick: 4)",
     )
     parser.add_argument(
         "--models",
@@ -67,7 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated zoo names or .onnx paths (default: the zoo)",
     )
-    parser.add_argument("--slots", type=int, default=4, help="device slots (default: 4)")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="device slots (default: cores / threads, the spatial regime; more slots "
+        "give the oversubscribed one)",
+    )
     add_device_options(parser, "intra-op threads per slot")
     deadline = parser.add_mutually_exclusive_group()
     deadline.add_argument(
@@ -96,15 +107,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--quantile",
-        type=float,
-        default=0.95,
-        help="forecast quantile predlat plans with (default: 0.95)",
+        default="0.95",
+        help="forecast quantile every predictive policy plans with, or 'mean' (default: 0.95)",
     )
     parser.add_argument(
         "--train-duration",
         type=float,
         default=None,
-        help="seconds of training trace for fitted predictors (default: 10; quick: 5)",
+        help="seconds of warm-up history (mixed loads 0.3, 0.6, 0.9) the predictors are "
+        "fitted on (default: 60; quick: 15)",
+    )
+    parser.add_argument(
+        "--predictor",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a `predlat fit` file: the policy forecasting with its predictor starts from "
+        "it instead of the warm-up history (repeatable)",
+    )
+    parser.add_argument(
+        "--bisect-steps",
+        type=int,
+        default=None,
+        help="bisection steps per policy and seed after the sweep (default: 2; quick: 1)",
     )
     parser.add_argument(
         "--high-reserve",
@@ -116,9 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=1,
-        help="runs per load and policy, with seeds SEED, SEED+1, ...; figures pool them "
-        "(default: 1)",
+        default=None,
+        help="seeds per load and capacity search (SEED, SEED+1, ...); figures pool them "
+        "with a standard error (default: 2; quick: 1)",
     )
     parser.add_argument(
         "--out",
@@ -134,9 +160,14 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder")
     require(0.0 <= args.hp_frac <= 1.0, f"--hp-frac must be in [0, 1], got {args.hp_frac}")
-    require(0.0 < args.quantile < 1.0, f"--quantile must be in (0, 1), got {args.quantile}")
-    require(args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
-    require(args.repeats >= 1, f"--repeats must be at least 1, got {args.repeats}")
+    require(args.slots is None or args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
+    require(
+        args.repeats is None or args.repeats >= 1,
+        f"--repeats must be at least 1, got {args.repeats}",
+    )
+    require(args.seed >= 0, f"--seed must be non-negative, got {args.seed}")
+    for path in args.predictor:
+        require(path.is_file(), f"--predictor {path}: no such file")
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(
         args.train_duration is None or args.train_duration >= 0,
@@ -148,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
     from predlat.experiments.compare import CompareConfig, quick_config, run_compare
     from predlat.experiments.compare_report import write_outputs
+    from predlat.scheduling.policies import parse_quantile
 
     config = quick_config() if args.quick else CompareConfig()
     overrides: dict = {
@@ -155,9 +187,9 @@ def run(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "device": args.device,
         "hp_frac": args.hp_frac,
-        "quantile": args.quantile,
+        "quantile": parse_quantile(args.quantile),
         "seed": args.seed,
-        "repeats": args.repeats,
+        "predictor_files": tuple(str(p) for p in args.predictor),
         "high_reserve": args.high_reserve,
         "process": args.arrivals,
         "deadline_factor": args.deadline_factor,
@@ -173,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["models"] = tuple(args.models)
     if args.train_duration is not None:
         overrides["train_s"] = args.train_duration
+    if args.repeats is not None:
+        overrides["repeats"] = args.repeats
+    if args.bisect_steps is not None:
+        overrides["bisect_steps"] = args.bisect_steps
     config = replace(config, **overrides)
     config.validate()
 
@@ -195,6 +231,13 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda what, frac: None
+        if not sys.stderr.isatty():  # a log, not a terminal: one line per step
+            t0 = time.perf_counter()
+            return lambda what, frac: print(
+                f"compare {100 * frac:3.0f}% {time.perf_counter() - t0:5.0f} s  {what}",
+                file=sys.stderr,
+                flush=True,
+            )
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._bar = Progress(
@@ -218,12 +261,10 @@ class _progress:
 
 
 def _print_summary(results: dict) -> None:
-    from predlat.experiments.report import num, pct
+    from predlat.experiments.report import num
 
-    for key in sorted(results["loads"], key=float):
-        for name, m in results["loads"][key]["policies"].items():
-            print(
-                f"load {key:>4}  {name:<10} hp_met {pct(m['hp_met']):>6}  lp_met "
-                f"{pct(m['lp_met']):>6}  goodput {num(m['goodput_rps'], 1):>7}/s  "
-                f"p99 {num(m['p99_ms'], 1):>7} ms  rejected {pct(m['rejected_frac']):>6}"
-            )
+    print(f"SLO capacity (quantile {results['quantile']}, {results['regime']} regime):")
+    for name, c in results["slo_capacity"].items():
+        err = f" ± {num(c['stderr'], 1)}" if c.get("stderr") is not None else ""
+        more = " (met the SLO at every load tried)" if c.get("censored") else ""
+        print(f"  {name:<10} {num(c['rps'], 1):>7} req/s{err}{more}")

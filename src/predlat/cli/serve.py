@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from pathlib import Path
 
 from predlat.cli.common import (
     add_device_options,
@@ -13,7 +14,7 @@ from predlat.cli.common import (
     require,
 )
 
-POLICY_HELP = "serial, oblivious, coarse or predlat"
+POLICY_HELP = "serial, serial-1t, oblivious, coarse or predlat"
 
 
 def deadline_spec(text: str) -> tuple[float | None, dict[str, float]]:
@@ -62,6 +63,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--policy", default="predlat", help=f"{POLICY_HELP} (default: predlat)")
     add_device_options(parser, "intra-op threads per slot")
     parser.add_argument(
+        "--predictor",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="start the policy's predictor from a `predlat fit` file (fitted against the "
+        "same models and machine); it keeps learning online",
+    )
+    parser.add_argument(
+        "--quantile",
+        default="0.95",
+        help="forecast quantile the policy plans with, or 'mean' (default: 0.95)",
+    )
+    parser.add_argument(
         "--default-deadline-ms",
         type=deadline_spec,
         default=(None, {}),
@@ -98,10 +112,15 @@ def run(args: argparse.Namespace) -> int:
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
     require(args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}")
+    require(
+        args.predictor is None or args.predictor.is_file(),
+        f"--predictor {args.predictor}: no such file",
+    )
 
     # Imported here so `predlat --help` stays fast.
     from predlat.models import resolve_models
     from predlat.runtime import build_runtime
+    from predlat.scheduling.policies import parse_quantile
     from predlat.serving.app import ServerConfig, create_app
     from predlat.serving.server import bind_socket, default_deadlines, run_server
 
@@ -123,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             max_queue=args.max_queue,
             progress=not args.no_progress,
+            quantile=parse_quantile(args.quantile),
+            predictor_file=args.predictor,
         )
         config = ServerConfig(
             default_deadline_s=default_deadlines(profile, specs, per_model, everyone),

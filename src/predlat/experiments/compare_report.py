@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from predlat.experiments.report import md_table, num, pct, write_json
 
-_MARKERS = {"serial": "s", "oblivious": "x", "coarse": "^", "predlat": "o"}
+_MARKERS = {"serial": "s", "serial-1t": "D", "oblivious": "x", "coarse": "^", "predlat": "o"}
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -29,6 +29,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
+# -- plots ---------------------------------------------------------------------------------
 def _series(results: dict[str, Any], metric: str) -> tuple[list[float], dict[str, list]]:
     loads = sorted(results["loads"], key=float)
     policies = results["config"]["policies"]
@@ -55,34 +56,44 @@ def _plot(ax: plt.Axes, x: Sequence[float], series: dict[str, list], ylabel: str
 
 
 def write_plots(results: dict[str, Any], out: Path) -> dict[str, Path]:
-    paths: dict[str, Path] = {}
+    paths = {"capacity_plot": _capacity_plot(results, out / "slo_capacity.png")}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, metric, title in (
         (axes[0], "hp_met", "high priority"),
-        (axes[1], "lp_met", "low priority"),
+        (axes[1], "met_frac", "all requests"),
     ):
         x, series = _series(results, metric)
-        _plot(ax, x, series, "deadlines met (of all requests)")
+        _plot(ax, x, series, "deadlines met")
         ax.set_title(f"Deadline satisfaction, {title}")
         ax.set_ylim(0, 1.02)
-        ax.axhline(0.99, color="black", linestyle=":", linewidth=0.8)
-    axes[1].legend(fontsize=8, loc="lower left")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8, loc="lower left")
     paths["deadlines_plot"] = _save(fig, out / "deadlines.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    x, series = _series(results, "goodput_rps")
-    _plot(ax, x, series, "goodput (requests within deadline / s)")
-    x2, offered = _offered(results)
-    ax.plot(x2, offered, color="0.6", linestyle="--", linewidth=1.0, label="offered")
-    ax.set_title("Goodput")
-    ax.legend(fontsize=8)
-    paths["goodput_plot"] = _save(fig, out / "goodput.png")
+    x, series = _series(results, "live_forecast_err")
+    _plot(ax, x, series, "live forecast error (mean relative)")
+    ax.set_title("Live forecast error of dispatched batches")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    paths["forecast_plot"] = _save(fig, out / "live_forecast_err.png")
     return paths
 
 
-def _offered(results: dict[str, Any]) -> tuple[list[float], list[float]]:
-    loads = sorted(results["loads"], key=float)
-    return [float(k) for k in loads], [results["loads"][k]["offered_rps"] for k in loads]
+def _capacity_plot(results: dict[str, Any], path: Path) -> Path:
+    cap = results["slo_capacity"]
+    names = list(cap)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    heights = [cap[n]["rps"] or 0.0 for n in names]
+    errors = [cap[n]["stderr"] or 0.0 for n in names]
+    bars = ax.bar(names, heights, yerr=errors, capsize=4, color="tab:blue")
+    for bar, n in zip(bars, names, strict=True):
+        if cap[n].get("censored"):
+            bar.set_hatch("//")  # met the SLO at every load tried: a lower bound
+    ax.set_ylabel("SLO capacity (requests/s)")
+    ax.set_title(f"SLO capacity ({results['regime']} regime, quantile {results['quantile']})")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -94,19 +105,22 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 # -- report.md -----------------------------------------------------------------------------
 def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
-    cfg = results["config"]
+    regime = results["regime"]
     parts = [
         "# predlat compare: scheduling policies on this machine",
         _setup(results),
-        "## Targets",
-        _targets(results),
-        "## Results per load",
+        f"## SLO capacity ({regime} regime)",
+        _capacity_table(results),
+        f"![SLO capacity]({plots.get('capacity_plot', 'slo_capacity.png')})",
+        "## Ratios",
+        _ratios(results),
+        "## Results per sweep load",
         *(_load_table(results, key) for key in sorted(results["loads"], key=float)),
         "## Plots",
         f"![deadline satisfaction]({plots.get('deadlines_plot', 'deadlines.png')})",
-        f"![goodput]({plots.get('goodput_plot', 'goodput.png')})",
+        f"![live forecast error]({plots.get('forecast_plot', 'live_forecast_err.png')})",
         "## Method",
-        _method(cfg),
+        _method(results),
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -119,21 +133,35 @@ def _setup(results: dict[str, Any]) -> str:
         if cfg.get("deadline_ms") is not None
         else f"{cfg['deadline_factor']:g} x solo latency at batch 1"
     )
+    layouts = "; ".join(
+        f"`{p}` {lay['slots']} slot(s) x {lay['threads']} thread(s) ({lay['regime']}, plans at "
+        f"the {lay['plans_at']})"
+        for p, lay in results["layouts"].items()
+    )
+    warm = results["warmup"]
+    history = (
+        f"{warm['batches']} batches, {warm['seconds']:g} s collected at loads "
+        f"{', '.join(f'{x:g}' for x in warm['loads'])} (equal parts, random batch sizes)"
+        if warm.get("batches")
+        else "none collected"
+    )
+    sources = ", ".join(f"{n}: {src}" for n, src in warm.get("predictors", {}).items())
     lines = [
         f"- models: {', '.join(cfg['models'])}",
-        f"- policies: {', '.join(cfg['policies'])}; ours: `{cfg['ours']}` "
-        f"(forecast quantile {cfg['quantile']:g})",
-        f"- device: {cfg.get('device') or cfg.get('provider', 'onnxruntime')}, "
-        f"{cfg['slots']} slots x "
-        f"{cfg['threads']} intra-op thread(s); `serial`: one "
-        f"slot with {results.get('serial_threads') or 'n/a'} thread(s) (fastest measured)",
-        f"- capacity: {results['capacity_rps']:.1f} requests/s; loads "
+        f"- planning quantile of every predictive policy: {results['quantile']}",
+        f"- device: {cfg.get('device', 'onnxruntime')}, {results['cores']} usable "
+        f"cores, regime **{results['regime']}**; {layouts}",
+        f"- capacity unit (load 1): {results['capacity_rps']:.1f} requests/s; sweep loads "
         f"{', '.join(f'{x:g}' for x in cfg['loads'])}; {cfg['process']} arrivals, "
-        f"{cfg['duration_s']:g} s per run, {pct(cfg['hp_frac'], 0)} high priority, " + _seeds(cfg),
+        f"{cfg['duration_s']:g} s per run, {pct(cfg['hp_frac'], 0)} high priority; " + _seeds(cfg),
+        "- policy order: shuffled per load and seed (seeded; `order` in results.json)",
         f"- deadlines: {deadline_rule} ({deadlines})",
-        f"- training trace for fitted predictors: {results['training_batches']} batches "
-        f"({cfg['train_s']:g} s at load {cfg['train_load']:g})",
-        f"- wall time: {results['wall_s']:.0f} s",
+        f"- warm-up history: {history}; starting predictors: {sources or 'none'}",
+        f"- SLO: >= {pct(results['slo']['hp_met'], 0)} of high-priority and >= "
+        f"{pct(results['slo']['met_frac'], 0)} of all deadlines met (rejections count as "
+        f"misses); {cfg['bisect_steps']} bisection step(s) per policy and seed",
+        f"- wall time: {results['wall_s']:.0f} s (of which setup: profiling where not "
+        f"cached, warm-up history, fitting: {results.get('setup_s', 0.0):.0f} s)",
     ]
     return "\n".join(lines)
 
@@ -141,47 +169,58 @@ def _setup(results: dict[str, Any]) -> str:
 def _seeds(cfg: dict[str, Any]) -> str:
     repeats = cfg.get("repeats", 1)
     if repeats == 1:
-        return f"seed {cfg['seed']}"
-    last = cfg["seed"] + repeats - 1
-    return f"{repeats} runs per load and policy (seeds {cfg['seed']}..{last}), pooled"
+        return f"seed {cfg['seed']} (one seed: no standard errors)"
+    return f"seeds {cfg['seed']}..{cfg['seed'] + repeats - 1}, pooled with standard errors"
 
 
-def _verdict(flag: bool | None) -> str:
-    return (
-        "n/a (policy missing or no such load)" if flag is None else ("met" if flag else "NOT met")
-    )
+def _pm(value: float | None, err: float | None, digits: int = 1) -> str:
+    return num(value, digits) + (f" ± {num(err, digits)}" if err is not None else "")
 
 
-def _targets(results: dict[str, Any]) -> str:
-    t = results["targets"]
-    ours = t["ours"]
-    stressed = t["loads_where_oblivious_below_90pct"]
-    lines = [
-        f"- loads where `oblivious` meets < 90% of deadlines: "
-        f"{', '.join(stressed) if stressed else 'none in this sweep'}",
-    ]
-    for c in t["stressed_loads"]:
-        lines.append(
-            f"  - load {c['load']}: `{ours}` high-priority met {pct(c['hp_met'])}, goodput "
-            f"{num(c['goodput_vs_serial'])} x serial -> {_verdict(c['met'])}"
+def _capacity_table(results: dict[str, Any]) -> str:
+    rows = []
+    unit = results["capacity_rps"]
+    for name, c in results["slo_capacity"].items():
+        first = [f"{x:.1f}" if x is not None else "none" for x in c["first_miss_rps"]]
+        below = c["rps"] == 0 and c["first_miss_rps"] and None not in c["first_miss_rps"]
+        rows.append(
+            [
+                f"`{name}`",
+                f"< {min(c['first_miss_rps']):.1f} (missed at every load tried)"
+                if below
+                else _pm(c["rps"], c["stderr"]),
+                _pm(c["load"], c.get("load_stderr"), 3),
+                ", ".join(f"{x:.1f}" for x in c["per_seed_rps"]),
+                ", ".join(first),
+                "yes" if c["censored"] else "no",
+            ]
         )
-    lines.append(
-        f"- `{ours}` >= 99% high-priority met and >= 1.2 x serial goodput at such a "
-        f"load: {_verdict(t['hp_99_and_goodput_1_2x_serial'])}"
+    headers = [
+        "policy",
+        "capacity req/s",
+        "as load",
+        "per seed",
+        "first miss above (req/s)",
+        "met at every load",
+    ]
+    note = (
+        f"Capacity: the highest load seen to meet the SLO (load 1 = {unit:.1f} requests/s); "
+        "± is the standard error over seeds. 'met at every load': a lower bound."
     )
-    lines.append(
-        f"- `{ours}` never below `coarse` on high-priority deadlines: "
-        f"{_verdict(t['never_worse_than_coarse_hp'])}"
-    )
-    for b in t.get("below_coarse_hp", []):
-        scale = ""
-        if b["gap_requests"] is not None and b["stderr"] is not None:
-            scale = (
-                f" ({b['gap_requests']:.0f} of {b['requests']:.0f} high-priority requests; "
-                f"standard error of the difference: {b['stderr'] * 100:.2f} points)"
-            )
-        lines.append(f"  - load {b['load']}: {b['gap'] * 100:.2f} points below{scale}")
-    return "\n".join(lines)
+    return md_table(headers, rows) + "\n\n" + note
+
+
+def _ratios(results: dict[str, Any]) -> str:
+    r = results["ratios"]
+    ours = r["ours"]
+    lines = [
+        f"- SLO capacity of `{ours}` / `{p}`: {_pm(v['value'], v['stderr'], 2)}"
+        for p, v in r["slo_capacity"].items()
+    ]
+    for key, by in sorted(r["live_forecast_err"].items(), key=lambda kv: float(kv[0])):
+        parts = ", ".join(f"`{p}` {_pm(v['value'], v['stderr'], 2)}" for p, v in by.items())
+        lines.append(f"- load {key}: live forecast error of `{ours}` / {parts}")
+    return "\n".join(lines) or "n/a"
 
 
 def _load_table(results: dict[str, Any], key: str) -> str:
@@ -189,50 +228,62 @@ def _load_table(results: dict[str, Any], key: str) -> str:
     headers = [
         "policy",
         "hp met",
-        "lp met",
+        "all met",
         "goodput/s",
-        "throughput/s",
         "p50 ms",
         "p99 ms",
         "rejected",
         "util",
-        "pred err",
-        "lag p50/p99 ms",
+        "live fc err",
+        "> planned end",
+        "lag p99 ms",
         "batch",
+        "others' CPU",
     ]
     rows = []
     for name, m in entry["policies"].items():
+        se = m.get("stderr", {})
+
+        def f(k: str, scale: float = 100.0, digits: int = 1, m=m, se=se) -> str:
+            v, e = m.get(k), se.get(k)
+            return _pm(None if v is None else v * scale, None if e is None else e * scale, digits)
+
         rows.append(
             [
                 f"`{name}`",
-                pct(m["hp_met"]),
-                pct(m["lp_met"]),
-                num(m["goodput_rps"], 1),
-                num(m["throughput_rps"], 1),
-                num(m["p50_ms"], 1),
-                num(m["p99_ms"], 1),
-                pct(m["rejected_frac"]),
-                pct(m["utilization"], 0),
-                pct(m["pred_mean_rel_err"], 0),
-                f"{num(m['dispatch_lag_p50_ms'], 2)} / {num(m['dispatch_lag_p99_ms'], 1)}",
+                f("hp_met"),
+                f("met_frac"),
+                f("goodput_rps", 1.0),
+                f("p50_ms", 1.0),
+                f("p99_ms", 1.0),
+                f("rejected_frac"),
+                f("utilization", digits=0),
+                f("live_forecast_err", digits=0),
+                f("planned_end_exceeded", digits=0),
+                f("dispatch_lag_p99_ms", 1.0),
                 num(m["mean_batch_size"], 2),
+                f("foreign_cpu_frac", digits=0),
             ]
         )
     title = f"### load {key} ({entry['offered_rps']:.1f} requests/s offered)"
-    return title + "\n\n" + md_table(headers, rows)
+    return title + "\n\n" + md_table(headers, rows) + "\n\nFractions in %; ± standard error."
 
 
-def _method(cfg: dict[str, Any]) -> str:
+def _method(results: dict[str, Any]) -> str:
     return (
-        "Every policy replays the same seeded open-loop workload per load on a fresh runtime "
-        "(the real ONNX Runtime device, wall clock). `hp met` and `lp met` count met deadlines "
-        "over all requests of that priority, rejected ones as missed. Goodput counts requests "
-        "finished within their deadline per second of workload; throughput counts all "
-        "finished requests. Latency is arrival to end of the request's batch. Utilization is "
-        "busy slot-time over slots x run span. `pred err` is the mean relative error of the "
-        "latency forecast each batch was dispatched with (solo latency for `serial` and "
-        "`oblivious`). Dispatch lag is decision to start on the device. `coarse` and "
-        "`predlat` start from predictors fitted on the same training trace; only `predlat` "
-        "keeps learning. Timings on a shared machine are noisy: rerun with the same seed to "
-        "see the spread."
+        "Every policy replays the same seeded open-loop workload per load and seed on a "
+        "fresh runtime (the real device, wall clock), policies in a shuffled order. `hp met` "
+        "and `all met` count met deadlines over all requests (rejected ones as missed). "
+        "Goodput counts requests finished within their deadline per second of workload. "
+        "Latency is arrival to end of the request's batch. Utilization is busy slot-time "
+        "over slots x run span. `live fc err` is the mean over dispatched batches of "
+        "|mean forecast end - actual end| / (actual end - dispatch decision), the forecast "
+        "being the one the batch was admitted with; `> planned end` is the fraction of "
+        "batches that ended after the end the policy planned with (the forecast quantile, "
+        "or the mean for policies planning at the mean and for solo-latency policies). "
+        "Predictive policies differ only in their predictor; every one starts from the "
+        "same warm-up history and online predictors keep learning. `others' CPU` is the "
+        "share of the machine's CPU time other processes used during the run (interference "
+        "no policy sees); figures come with standard errors over seeds where there are "
+        "several."
     )

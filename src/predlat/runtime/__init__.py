@@ -1,6 +1,6 @@
 """Drives a real device with a scheduler on the wall clock."""
 
-from predlat.runtime.build import best_serial_threads, build_runtime
+from predlat.runtime.build import build_runtime, policy_threads, usable_cores
 from predlat.runtime.runtime import RequestOutcome, Runtime, RuntimeStats
 from predlat.runtime.tensors import InvalidInputError
 
@@ -9,6 +9,7 @@ __all__ = [
     "RequestOutcome",
     "Runtime",
     "RuntimeStats",
-    "best_serial_threads",
     "build_runtime",
+    "policy_threads",
+    "usable_cores",
 ]

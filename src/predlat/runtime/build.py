@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from predlat.devices.factory import DEFAULT_DEVICE, describe_device, make_device
 from predlat.errors import ConfigError
 from predlat.models.registry import resolve_models
-from predlat.models.spec import ModelSpec
+from predlat.predict.base import BasePredictor
+from predlat.predict.persist import load_predictor
 from predlat.profiling.profile import Profile
 from predlat.profiling.profiler import load_or_profile
 from predlat.runtime.runtime import Runtime
-from predlat.scheduling.policies import get_policy
+from predlat.scheduling.policies import ALL_CORES, DEFAULT_QUANTILE, Policy, get_policy
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
 from predlat.traces.records import BatchRecord
 
@@ -27,44 +29,48 @@ def build_runtime(
     models: Sequence[str],
     *,
     slots: int,
-    policy: str,
+    policy: str | Policy,
     threads: int = 1,
     device: str = DEFAULT_DEVICE,
-    quantile: float = 0.95,
+    quantile: float | None = DEFAULT_QUANTILE,
     max_queue: int = 1000,
     progress: bool = True,
     max_batch: int = 8,
     margin_s: float = MARGIN_S,
     high_reserve: int = 1,
     training: Sequence[BatchRecord] = (),
-    serial_threads: int | None = None,
+    predictor: BasePredictor | None = None,
+    predictor_file: str | Path | None = None,
 ) -> tuple[Runtime, Profile]:
     """A runtime (not started) serving `models` (zoo names or .onnx paths) on `device` (a
     `make_device` name) with `slots` slots of `threads` intra-op threads, scheduled by
     `policy`. The profile comes from the machine cache (measured only if missing).
 
-    `serial` runs one batch at a time on one slot with the intra-op thread count that
-    makes it fastest here (`serial_threads`, or measured among 1..cores; profiles of
-    each count are cached). `training`: finished batches to fit the policy's predictor.
-    `high_reserve`: slots low-priority work leaves free while high-priority requests keep
-    arriving (see SchedulerConfig)."""
-    chosen = get_policy(policy)
+    `policy`: a name (planning at `quantile`, None for the mean) or a Policy as is.
+    One-at-a-time policies run on one slot with their own thread count (`serial`: every
+    usable core, the whole device; `serial-1t`: one thread). `training`: finished
+    batches to fit the policy's predictor; `predictor`: an already fitted one instead
+    (used as is, and it keeps learning: pass a copy to reuse it), or `predictor_file`, a
+    `predlat fit` file fitted against the same profile. `high_reserve`: slots
+    low-priority work leaves free while high-priority requests keep arriving (see
+    SchedulerConfig)."""
+    chosen = get_policy(policy, quantile) if isinstance(policy, str) else policy
     if slots < 1:
         raise ConfigError(f"slots must be at least 1, got {slots}")
-    if not 0.0 < quantile < 1.0:
-        raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
     specs = resolve_models(models)
     if chosen.one_at_a_time:
         slots = 1
-        threads = serial_threads or best_serial_threads(specs, device, progress)
+        threads = policy_threads(chosen, device, threads)
     profile = load_or_profile(
         specs, BATCH_SIZES, REPEATS, intra_op_threads=threads, device=device, progress=progress
     )
+    if predictor_file is not None:
+        predictor = load_predictor(predictor_file, profile)
     engine = make_device(device, slots=slots, threads=threads)
     try:
         for spec in specs:
             engine.load(spec)
-        forecaster = chosen.make_forecaster(profile, quantile, training)
+        forecaster = chosen.make_forecaster(profile, training=training, predictor=predictor)
         scheduler = Scheduler(
             [s.name for s in specs],
             slots,
@@ -85,29 +91,16 @@ def build_runtime(
     return runtime, profile
 
 
-def best_serial_threads(
-    specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, progress: bool = True
-) -> int:
-    """The intra-op thread count with the least total solo latency over the models and
-    batch sizes: the fastest way to run one batch at a time here. Candidates are 1, 2,
-    4, ... up to the usable cores; measured once per machine and thread count (the
-    profiles are cached). On an accelerator: 1 (the accelerator computes)."""
-    if describe_device(device).accelerator:
-        return 1
-    cores = _usable_cores()
-    candidates = sorted({1 << i for i in range(cores.bit_length()) if 1 << i <= cores} | {cores})
-    best, best_total = 1, float("inf")
-    for t in candidates:
-        profile = load_or_profile(
-            specs, BATCH_SIZES, REPEATS, intra_op_threads=t, device=device, progress=progress
-        )
-        total = sum(profile.solo_latency(s.name, n) for s in specs for n in BATCH_SIZES)
-        if total < best_total:
-            best, best_total = t, total
-    return best
+def policy_threads(policy: Policy, device: str, threads: int) -> int:
+    """Intra-op threads per slot under `policy`: `threads` for co-locating policies; for
+    one-at-a-time ones every usable core (ALL_CORES) or their own count. On an
+    accelerator: `threads` (the accelerator computes)."""
+    if not policy.one_at_a_time or describe_device(device).accelerator:
+        return threads
+    return usable_cores() if policy.serial_threads == ALL_CORES else policy.serial_threads
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))  # honours taskset / cgroup CPU pinning
     except (AttributeError, OSError):

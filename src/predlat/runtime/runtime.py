@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 OutcomeListener = Callable[[RequestOutcome], None]
 BatchListener = Callable[[BatchRecord, float], None]
+DispatchListener = Callable[[Dispatch], None]
 
 SHUTTING_DOWN = "shutting down"
 _ARRIVAL, _DONE, _STOP, _WAKE = range(4)
@@ -132,6 +133,7 @@ class Runtime:
         self._stopped = threading.Event()
         self._listeners: list[OutcomeListener] = []
         self._batch_listeners: list[BatchListener] = []
+        self._dispatch_listeners: list[DispatchListener] = []
         self._dispatches: dict[int, Dispatch] = {}
         self._results: dict[int, BatchResult] = {}
         self._draining = False
@@ -302,6 +304,11 @@ class Runtime:
         """Called (on the controller's thread) with every finished batch (with its timeline)
         and the latency forecast when it was dispatched (s)."""
         self._batch_listeners.append(on_batch)
+
+    def add_dispatch_listener(self, on_dispatch: DispatchListener) -> None:
+        """Called (on the controller's thread) with every dispatch decision carried out:
+        the forecast it was admitted with (planned and mean end), before it runs."""
+        self._dispatch_listeners.append(on_dispatch)
 
     # -- metrics -------------------------------------------------------------------------
     def queue_lengths(self) -> dict[str, int]:
@@ -507,6 +514,8 @@ class Runtime:
             p.dispatch = d
             parts.append(p)
         self._dispatches[d.batch_id] = d
+        for listener in self._dispatch_listeners:
+            _call(listener, d)
         try:
             job = BatchJob(
                 d.batch_id,

@@ -266,7 +266,7 @@ def build_simulation(
     under `policy`. `forecaster(device_index)` overrides the policy's forecaster."""
     if devices < 1:
         raise ConfigError(f"devices must be at least 1, got {devices}")
-    chosen = get_policy(policy)
+    chosen = get_policy(policy, quantile)
     clock = VirtualClock()
     cost = profile_cost(profile)
     sims: list[SimulatedDevice] = []
