@@ -101,8 +101,8 @@ class LoweredOnnx(torch.nn.Module):
                         "the input data (a data-dependent shape); the torch lowering needs "
                         "shapes known from tensor shapes and constants",
                     )
-            data = [n for p, n in enumerate(node.inputs) if n and p not in op.static | op.shape_only]
-            is_host = all(n in host for n in data)
+            reads = op.static | op.shape_only
+            is_host = all(n in host for p, n in enumerate(node.inputs) if n and p not in reads)
             if is_host:
                 host.update(node.outputs)
             steps.append(_Step(node, op, is_host))
@@ -138,10 +138,7 @@ class LoweredOnnx(torch.nn.Module):
         for step in self._steps:
             if step.host:
                 if known is None:
-                    args = [self._arg(step, p, n, env, None, None) for p, n in enumerate(step.node.inputs)]
-                    outs = [_to_host(o) for o in self._call(step.node, step.op, args)]
-                    for name, value in zip(step.node.outputs, outs, strict=False):
-                        env[name] = sig.host[name] = value
+                    self._run_on_host(step, env, sig)
                 continue
             args = [self._arg(step, p, n, env, sig, device) for p, n in enumerate(step.node.inputs)]
             env.update(zip(step.node.outputs, self._call(step.node, step.op, args), strict=False))
@@ -149,6 +146,12 @@ class LoweredOnnx(torch.nn.Module):
             with self._lock:
                 self._signatures.setdefault(key, sig)
         return tuple(self._device_value(n, env, sig, device) for n in self.output_names)
+
+    def _run_on_host(self, step: _Step, env: dict[str, Any], sig: _Signature) -> None:
+        args = [self._arg(step, p, n, env, None, None) for p, n in enumerate(step.node.inputs)]
+        outs = [_to_host(o) for o in self._call(step.node, step.op, args)]
+        for name, value in zip(step.node.outputs, outs, strict=False):
+            env[name] = sig.host[name] = value
 
     def _arg(
         self,

@@ -245,7 +245,7 @@ def _resize(node: Node, args: list[Any]) -> torch.Tensor:
         factors = [float(s) for s in scales.reshape(-1)]
         if factors[:2] != [1.0, 1.0]:
             raise NotImplementedError("Resize of the batch or channel axis")
-        out = [int(math.floor(d * f)) for d, f in zip(x.shape[2:], factors[2:], strict=True)]
+        out = [math.floor(d * f) for d, f in zip(x.shape[2:], factors[2:], strict=True)]
     mode = node.attr("mode", "nearest")
     transform = node.attr("coordinate_transformation_mode", "half_pixel")
     if mode == "nearest":
