@@ -262,19 +262,20 @@ def _imports(package: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, m in torch_zoo.FULL_SIZE.items() if m.needs])
-def test_full_size_model_on_meta(name: str) -> None:
+def test_full_size_model_shapes_and_host_reads(name: str) -> None:
     needs = torch_zoo.FULL_SIZE[name].needs
     if not _imports(needs):
         pytest.skip(f"{needs} does not import here")
     spec = resolve_model(name)
     module = torch_module_for(spec)
+    assert count_host_reads(module, example_inputs(spec, 4)) == []  # on meta: no arithmetic
     inputs = example_inputs(spec, 2)
-    assert count_host_reads(module, inputs) == []
     with torch.no_grad():
         outputs = module(*inputs)
     assert [tuple(o.shape) for o in outputs] == [t.sample_shape(2) for t in spec.outputs]
-    assert all(o.std() > 0 for o in outputs)  # ViT's head is no longer all zeros
+    assert all(o.dtype == torch.float32 and o.std() > 0 for o in outputs)  # ViT's head too
 
 
 def test_full_size_model_without_its_package_says_what_to_install(

@@ -66,8 +66,8 @@ def _roberta() -> Any:
 
     from predlat.models.torch_load import RobertaPooled
 
-    config = RobertaConfig()
-    config._attn_implementation = "eager"  # the SDPA path checks the mask on the host
+    # Eager attention: the SDPA path reads `torch.all(mask == 1)` back to the host.
+    config = RobertaConfig(attn_implementation="eager")
     return RobertaPooled(RobertaModel(config, add_pooling_layer=True))
 
 
@@ -121,10 +121,11 @@ def require(name: str) -> FullSizeModel:
             importlib.import_module(package)
         except Exception as exc:  # a broken install fails with more than ImportError
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            matching = " built for the installed torch" if package == "torchvision" else ""
             raise PredlatError(
                 f"model '{name}' needs {package}, which does not import here ({reason}); "
-                f"install predlat's 'vision' extra (pip install 'predlat[vision]') or "
-                f"{package} itself, built for the installed torch"
+                f"install predlat's 'vision' extra (pip install 'predlat[vision]'), or "
+                f"{package}{matching}"
             ) from None
     return model
 
