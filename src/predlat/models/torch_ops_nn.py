@@ -1,5 +1,6 @@
 """ONNX network-layer ops as torch functions: convolution, pooling, normalisation,
-matrix products, softmax, reductions and resizing (conventions in `torch_ops`)."""
+matrix products, softmax, reductions, resizing, indexing and scans (conventions in
+`torch_ops`)."""
 
 from __future__ import annotations
 
@@ -239,13 +240,19 @@ def _resize(node: Node, args: list[Any]) -> torch.Tensor:
     else:
         scales = args[2] if len(args) > 2 and args[2] is not None and args[2].size else None
         sizes = ints(args[3]) if len(args) > 3 and args[3] is not None else None
+    if node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise NotImplementedError("Resize keeping the aspect ratio")
+    axes = [norm_axis(a, x.dim()) for a in node.attr("axes") or range(x.dim())]
+    full = list(x.shape)
     if sizes is not None:
-        out = sizes[2:]
+        for axis, size in zip(axes, sizes, strict=True):
+            full[axis] = size
     else:
-        factors = [float(s) for s in scales.reshape(-1)]
-        if factors[:2] != [1.0, 1.0]:
-            raise NotImplementedError("Resize of the batch or channel axis")
-        out = [math.floor(d * f) for d, f in zip(x.shape[2:], factors[2:], strict=True)]
+        for axis, factor in zip(axes, (float(f) for f in scales.reshape(-1)), strict=True):
+            full[axis] = math.floor(x.shape[axis] * factor)
+    if full[:2] != list(x.shape[:2]):
+        raise NotImplementedError("Resize of the batch or channel axis")
+    out = full[2:]
     mode = node.attr("mode", "nearest")
     transform = node.attr("coordinate_transformation_mode", "half_pixel")
     if mode == "nearest":
@@ -263,3 +270,44 @@ def _resize(node: Node, args: list[Any]) -> torch.Tensor:
         corners = transform == "align_corners"
         return F.interpolate(x, size=out, mode=kind, align_corners=corners)
     raise NotImplementedError(f"Resize mode {mode} with {transform} coordinates")
+
+
+# -- indexing and scans ------------------------------------------------------------------
+@op("Gather")
+def _gather(node: Node, args: list[Any]) -> torch.Tensor:
+    x, index = args[0], args[1]
+    axis = norm_axis(node.attr("axis", 0), x.dim())
+    dim = x.shape[axis]
+    index = torch.where(index < 0, index + dim, index)  # on the device: no host read
+    picked = x.index_select(axis, index.reshape(-1).long())
+    return picked.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1 :])
+
+
+@op("GatherElements")
+def _gather_elements(node: Node, args: list[Any]) -> torch.Tensor:
+    x, index = args[0], args[1]
+    axis = norm_axis(node.attr("axis", 0), x.dim())
+    index = torch.where(index < 0, index + x.shape[axis], index)
+    return torch.gather(x, axis, index.long())
+
+
+@op("Einsum")
+def _einsum(node: Node, args: list[Any]) -> torch.Tensor:
+    return torch.einsum(node.attr("equation"), *args)
+
+
+@op("CumSum", static=(1,))
+def _cumsum(node: Node, args: list[Any]) -> torch.Tensor:
+    x, axis = args[0], ints(args[1])[0]
+    if node.attr("reverse", 0):
+        x = x.flip(axis)
+    out = torch.cumsum(x, axis)
+    if node.attr("exclusive", 0):
+        out = out - x
+    return out.flip(axis) if node.attr("reverse", 0) else out
+
+
+@op("Trilu", static=(1,))
+def _trilu(node: Node, args: list[Any]) -> torch.Tensor:
+    k = ints(args[1])[0] if len(args) > 1 and args[1] is not None else 0
+    return torch.triu(args[0], k) if node.attr("upper", 1) else torch.tril(args[0], k)
