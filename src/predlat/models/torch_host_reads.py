@@ -23,11 +23,14 @@ _COPIES = (_aten._to_copy.default, _aten.copy_.default)
 
 
 class HostReadCounter(TorchDispatchMode):
-    """Counts device-to-host reads of the ops run under it; `reads` names each one."""
+    """Counts device-to-host reads of the ops run under it (`reads` names each one), and
+    host-to-device copies (`uploads`): a captured CUDA graph cannot contain those either,
+    so after one warm-up call per shape a forward pass should make none."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[str] = []
+        self.uploads: list[str] = []
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict | None = None
@@ -38,37 +41,42 @@ class HostReadCounter(TorchDispatchMode):
             self.reads.append(f"{func} of a {tuple(source.shape)} {source.dtype} tensor")
             if source.device.type == "meta":
                 return False if source.dtype == torch.bool else 0
-        elif func in _COPIES and _to_host(func, args, kwargs):
-            src = args[1] if func is _aten.copy_.default else args[0]
-            self.reads.append(f"{func} to the CPU of a {tuple(src.shape)} tensor")
-            if src.device.type == "meta":  # no data to copy: answer zeros
-                if func is _aten.copy_.default:
-                    return args[0]
-                return torch.zeros(src.shape, dtype=kwargs.get("dtype") or src.dtype)
+        elif func in _COPIES:
+            src, dst = _copy_ends(func, args, kwargs)
+            if src != "cpu" and dst == "cpu":
+                shape = tuple(args[1 if func is _aten.copy_.default else 0].shape)
+                self.reads.append(f"{func} to the CPU of a {shape} tensor")
+                if src == "meta":  # no data to copy: answer zeros
+                    return args[0] if func is _aten.copy_.default else _zeros(args[0], kwargs)
+            elif src == "cpu" and dst not in ("cpu", None):
+                self.uploads.append(f"{func} of a {tuple(args[-1].shape)} tensor to {dst}")
         return func(*args, **kwargs)
 
 
-def _to_host(func: Any, args: Sequence[Any], kwargs: dict) -> bool:
-    """A copy from a non-CPU tensor into host memory."""
+def _copy_ends(func: Any, args: Sequence[Any], kwargs: dict) -> tuple[str, str | None]:
+    """Device types a copy goes from and to (None: it stays where it is)."""
     if func is _aten._to_copy.default:
         target = kwargs.get("device")
-        return args[0].device.type != "cpu" and target is not None and target.type == "cpu"
-    dst, src = args[0], args[1]
-    return dst.device.type == "cpu" and src.device.type != "cpu"
+        return args[0].device.type, None if target is None else target.type
+    return args[1].device.type, args[0].device.type
 
 
-def count_host_reads(
+def _zeros(src: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    return torch.zeros(src.shape, dtype=kwargs.get("dtype") or src.dtype)
+
+
+def host_traffic(
     module: torch.nn.Module, inputs: Sequence[torch.Tensor], on_meta: bool = True
-) -> list[str]:
-    """The host reads one forward pass of `module` makes (empty means none)."""
+) -> HostReadCounter:
+    """One forward pass of `module`, counting its reads and uploads."""
     counter = HostReadCounter()
-    if on_meta:
+    if on_meta:  # weights swapped for meta tensors without copying them
         state = {
             name: tensor.to("meta")
             for name, tensor in [*module.named_parameters(), *module.named_buffers()]
         }
-        meta_inputs = [x.to("meta") for x in inputs]
-        run = lambda: torch.func.functional_call(module, state, tuple(meta_inputs))  # noqa: E731
+        args = tuple(x.to("meta") for x in inputs)
+        run = lambda: torch.func.functional_call(module, state, args)  # noqa: E731
     else:
         run = lambda: module(*inputs)  # noqa: E731
     try:
@@ -78,4 +86,19 @@ def count_host_reads(
         if "numpy" not in str(exc):
             raise
         counter.reads.append(f"numpy() of a device tensor ({exc})")
-    return counter.reads
+    return counter
+
+
+def count_host_reads(
+    module: torch.nn.Module, inputs: Sequence[torch.Tensor], on_meta: bool = True
+) -> list[str]:
+    """The host reads one forward pass of `module` makes (empty means none)."""
+    return host_traffic(module, inputs, on_meta).reads
+
+
+def count_uploads_after_warm_up(
+    module: torch.nn.Module, inputs: Sequence[torch.Tensor], on_meta: bool = True
+) -> list[str]:
+    """The host-to-device copies of a second forward pass with the same input shapes."""
+    host_traffic(module, inputs, on_meta)
+    return host_traffic(module, inputs, on_meta).uploads
