@@ -110,8 +110,9 @@ def _exporter_style_model() -> onnx.ModelProto:
         init("hi", np.array(6.0, np.float32)),
         init("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
         init("scales", np.array([1, 1, 2, 2], np.float32)),
-        init("zero", np.array([0], np.int64)),
+        init("zero", np.array(0, np.int64)),  # a scalar index, as exporters write
         init("minus1", np.array([-1], np.int64)),
+        init("axis0", np.array([0], np.int64)),
         init("starts", np.array([-1], np.int64)),
         init("ends", np.array([-1000], np.int64)),
         init("axes", np.array([1], np.int64)),
@@ -130,7 +131,8 @@ def _exporter_style_model() -> onnx.ModelProto:
         n("Resize", ["ap", "", "scales"], ["up"], mode="linear"),
         n("Slice", ["up", "starts", "ends", "axes", "steps"], ["rev"]),  # channels reversed
         n("Shape", ["x"], ["shape"]),
-        n("Gather", ["shape", "zero"], ["batch"], axis=0),
+        n("Gather", ["shape", "zero"], ["batch_scalar"], axis=0),
+        n("Unsqueeze", ["batch_scalar", "axis0"], ["batch"]),
         n("Concat", ["batch", "minus1"], ["flat_shape"], axis=0),
         n("Reshape", ["rev", "flat_shape"], ["flat"]),
         n("Gemm", ["flat", "gw", "gb"], ["logits"], transB=1),

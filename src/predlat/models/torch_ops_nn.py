@@ -280,7 +280,7 @@ def _gather(node: Node, args: list[Any]) -> torch.Tensor:
     dim = x.shape[axis]
     index = torch.where(index < 0, index + dim, index)  # on the device: no host read
     picked = x.index_select(axis, index.reshape(-1).long())
-    return picked.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1 :])
+    return picked.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1 :]))
 
 
 @op("GatherElements")
