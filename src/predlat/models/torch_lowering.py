@@ -14,13 +14,12 @@ warm-up call per batch size it issues no host-to-device copy either, so it can b
 captured in a CUDA graph. An op that would need a device value as a shape (a
 data-dependent shape) is refused when the model is lowered.
 
-Initializers that device ops read become buffers (they move with `.to(device)`); small
-ones and those read as shapes or axes also stay on the host.
+Initializers that device ops read become buffers (they move with `.to(device)`); those
+read as shapes or axes stay on the host. Constant subgraphs are folded at load time.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,6 @@ from onnx import numpy_helper
 from predlat.errors import ModelLoadError
 from predlat.models import torch_ops_nn  # noqa: F401  (registers the layer ops)
 from predlat.models.torch_ops import OPS, Node, OpDef
-
-_HOST_CONST_MAX = 4096  # elements: larger constants live only as buffers
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,6 @@ class LoweredOnnx(torch.nn.Module):
         self._buffer_of: dict[str, str] = {}
         self._keep_constants(consts)
         self._signatures: dict[tuple[tuple[int, ...], ...], _Signature] = {}
-        self._lock = threading.Lock()
 
     # -- building --------------------------------------------------------------------
     def _fold_constants(self, nodes: list[Node], consts: dict[str, np.ndarray]) -> list[Node]:
@@ -109,7 +105,8 @@ class LoweredOnnx(torch.nn.Module):
         return steps
 
     def _keep_constants(self, consts: dict[str, np.ndarray]) -> None:
-        """Constants device ops read become buffers; small or shape-like ones stay on host."""
+        """Constants device ops read become buffers; those host steps or shape inputs read
+        stay numpy arrays (a constant can be both)."""
         on_device: set[str] = set(n for n in self.output_names if n in consts)
         for step in self._steps:
             for pos, name in enumerate(step.node.inputs):
@@ -118,7 +115,7 @@ class LoweredOnnx(torch.nn.Module):
                 data = pos not in step.op.static | step.op.shape_only
                 if data and not step.host:
                     on_device.add(name)
-                if not data or step.host or consts[name].size <= _HOST_CONST_MAX:
+                if not data or step.host:
                     self._host_consts[name] = consts[name]
         for index, name in enumerate(sorted(on_device)):
             attr = f"const_{index}"
@@ -142,9 +139,8 @@ class LoweredOnnx(torch.nn.Module):
                 continue
             args = [self._arg(step, p, n, env, sig, device) for p, n in enumerate(step.node.inputs)]
             env.update(zip(step.node.outputs, self._call(step.node, step.op, args), strict=False))
-        if known is None:
-            with self._lock:
-                self._signatures.setdefault(key, sig)
+        if known is None:  # published whole: a concurrent caller never sees half of it
+            self._signatures.setdefault(key, sig)
         return tuple(self._device_value(n, env, sig, device) for n in self.output_names)
 
     def _run_on_host(self, step: _Step, env: dict[str, Any], sig: _Signature) -> None:
