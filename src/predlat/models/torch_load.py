@@ -5,6 +5,11 @@ the CPU (the device moves it); forward takes the spec's inputs positionally, in
 `spec.inputs` order, and returns a tuple of tensors in `spec.outputs` order. ONNX files
 (zoo or a user's) go through predlat's lowering, `.pt2` files through `torch.export`,
 full-size names through `torch_zoo`.
+
+No forward pass reads a device value back to the host (`torch_host_reads` checks it), so
+each can be captured in a CUDA graph. Capture after one warm-up call per input shape: the
+first call of a shape may copy host-computed constants (for instance a batch-shaped mask
+an exporter built from `Shape`) to the device; later calls copy nothing.
 """
 
 from __future__ import annotations
