@@ -297,3 +297,50 @@ def test_full_size_model_without_its_package_says_what_to_install(
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails as if missing
     with pytest.raises(PredlatError, match=r"needs torchvision.*predlat\[vision\]"):
         resolve_model("resnet50")
+
+
+class _ExporterPatterns(torch.nn.Module):
+    """What real exports are full of: sizes read from `x.shape`, positions from arange,
+    views with a computed batch, a boolean mask through `masked_fill`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.pos = torch.nn.Embedding(64, 8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h = self.conv(images)
+        batch, channels = h.shape[0], h.shape[1]
+        tokens = h.view(batch, channels, -1).transpose(1, 2)
+        positions = torch.arange(tokens.shape[1], device=images.device)
+        tokens = tokens + self.pos(positions).unsqueeze(0)
+        mask = torch.zeros(tokens.shape[1], tokens.shape[1], dtype=torch.bool).triu(1)
+        out, _ = self.attn(tokens, tokens, tokens, attn_mask=mask, need_weights=False)
+        scores = self.head(out.mean(1))
+        return scores.masked_fill(scores > 1.0, 1.0)
+
+
+def test_lowering_a_torch_onnx_export(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _ExporterPatterns().eval()
+    path = tmp_path / "exported.onnx"
+    try:
+        torch.onnx.export(
+            module,
+            (torch.randn(2, 3, 16, 16),),
+            str(path),
+            input_names=["images"],
+            output_names=["scores"],
+            dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}},
+            dynamo=False,
+        )
+    except Exception as exc:  # the TorchScript exporter may be gone from a later torch
+        pytest.skip(f"torch.onnx.export failed here: {exc}")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Shape", "Gather", "Reshape"} <= ops  # the shape arithmetic is in the graph
+    lowered = lower_onnx(path)
+    for batch in (1, 3):
+        assert _close_to_ort(path, lowered, batch) <= 2e-5
+    assert count_host_reads(lowered, [torch.randn(3, 3, 16, 16)]) == []
