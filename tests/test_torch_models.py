@@ -322,6 +322,8 @@ class _ExporterPatterns(torch.nn.Module):
         return scores.masked_fill(scores > 1.0, 1.0)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # MultiheadAttention's checks
 def test_lowering_a_torch_onnx_export(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = _ExporterPatterns().eval()
