@@ -74,7 +74,7 @@ class DeviceInfo:
 
     @property
     def regime(self) -> str:
-        """"accelerator"; on a CPU "spatial" when slots x threads fit the cores (batches
+        """ "accelerator"; on a CPU "spatial" when slots x threads fit the cores (batches
         share caches and memory bandwidth), else "oversubscribed" (the OS time-slices)."""
         return regime(self.accelerator, self.num_slots, self.threads_per_slot, self.cores)
 

@@ -192,13 +192,14 @@ class OrtDevice:
         # interference predlat caused itself rather than the co-runners' real work.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
+        path = spec.onnx_path  # a .pt2 or full-size model: "runs only with --device torch"
         try:
             return ort.InferenceSession(
-                str(spec.path), sess_options=options, providers=[self.config.provider]
+                str(path), sess_options=options, providers=[self.config.provider]
             )
         except Exception as exc:
             reason = error_message(exc)
-            raise ModelLoadError(spec.path, f"ONNX Runtime cannot load it: {reason}") from None
+            raise ModelLoadError(path, f"ONNX Runtime cannot load it: {reason}") from None
 
 
 # Variants of the device name (`onnxruntime-cuda`) and the provider each means.
@@ -218,8 +219,7 @@ def make(
     if provider is None:
         if variant is not None and variant not in VARIANT_PROVIDERS:
             raise ConfigError(
-                f"unknown onnxruntime variant '{variant}' "
-                f"(known: {', '.join(VARIANT_PROVIDERS)})"
+                f"unknown onnxruntime variant '{variant}' (known: {', '.join(VARIANT_PROVIDERS)})"
             )
         provider = VARIANT_PROVIDERS[variant or "cpu"]
     return OrtDevice(OrtDeviceConfig(slots, threads, provider))

@@ -177,7 +177,9 @@ class TorchDevice:
         except ConfigError:
             raise
         except Exception as exc:
-            raise ModelLoadError(spec.path, f"cannot make a torch module of it: {exc}") from None
+            raise ModelLoadError(
+                spec.path or spec.name, f"cannot make a torch module of it: {exc}"
+            ) from None
         if self.cuda:
             module = module.to(self.target)
         self._modules[spec.name] = module

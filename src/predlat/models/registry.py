@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 
 from predlat.errors import ModelLoadError, UnknownModelError
-from predlat.models import layers, zoo
-from predlat.models.spec import ModelSpec, load_model_spec
+from predlat.models import layers, torch_zoo, zoo
+from predlat.models.spec import ONNX, ModelSpec, load_model_spec
 from predlat.paths import cache_dir
 
 
@@ -48,17 +48,21 @@ def _check_loads_in_ort(spec: ModelSpec) -> None:
 
 
 def resolve_model(name_or_path: str, root: Path | None = None, validate: bool = True) -> ModelSpec:
-    """A zoo name (`resnet`) or a path to an .onnx file; anything else is an error."""
+    """A zoo name (`resnet`), a full-size name (`resnet50`, torch device only), or a path
+    to an .onnx or .pt2 file; anything else is an error."""
     if name_or_path in zoo.BUILDERS:
         return load_model_spec(zoo_model_path(name_or_path, root), name=name_or_path)
+    if name_or_path in torch_zoo.FULL_SIZE:
+        return torch_zoo.full_size_spec(name_or_path)
     path = Path(name_or_path)
-    if path.suffix.lower() != ".onnx" and not path.exists():
+    if path.suffix.lower() not in (".onnx", ".pt2") and not path.exists():
         raise UnknownModelError(
-            f"unknown model '{name_or_path}': not a zoo model ({', '.join(zoo.BUILDERS)}) "
-            "and not an existing .onnx file"
+            f"unknown model '{name_or_path}': not a zoo model ({', '.join(zoo.BUILDERS)}), "
+            f"not a full-size model ({', '.join(torch_zoo.FULL_SIZE)}) "
+            "and not an existing .onnx or .pt2 file"
         )
     spec = load_model_spec(path)
-    if validate:
+    if validate and spec.format == ONNX:
         _check_loads_in_ort(spec)
     return spec
 

@@ -1,7 +1,8 @@
 """What predlat knows about a model: its file, inputs and outputs.
 
-A `ModelSpec` is read from the ONNX graph itself, so a zoo model and a user's file are
-handled the same way everywhere after loading.
+A `ModelSpec` is read from the model itself (an ONNX graph, or a `torch.export` program
+saved as `.pt2`), so a zoo model and a user's file are handled the same way everywhere
+after loading. Full-size models built in torch (`torch_zoo`) declare their spec in code.
 """
 
 from __future__ import annotations
@@ -56,15 +57,31 @@ class TensorSpec:
         return (batch_size, *(d if d is not None else 1 for d in self.shape[1:]))
 
 
+# What a ModelSpec is made of: an ONNX file (any device), a torch.export program file
+# (torch device only), or a full-size model built in torch code (torch device only).
+ONNX, PT2, TORCH = "onnx", "pt2", "torch"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A loadable model: a name, its ONNX file and its I/O signature."""
+    """A loadable model: a name, its file and its I/O signature."""
 
     name: str
-    path: Path
+    path: Path | None  # None for models built in code (format TORCH)
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    digest: str  # sha256 of the file: profiles are reused only for the same bytes
+    digest: str  # sha256 of the file (or the code): profiles reuse only the same bytes
+    format: str = ONNX
+
+    @property
+    def onnx_path(self) -> Path:
+        """The ONNX file, for ONNX Runtime and graph analysis; a clear error otherwise."""
+        if self.format != ONNX or self.path is None:
+            what = "a torch.export program (.pt2)" if self.format == PT2 else "built in torch"
+            raise ModelLoadError(
+                self.path or self.name, f"it is {what}, so it runs only with --device torch"
+            )
+        return self.path
 
     def random_inputs(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Inputs of the right shapes and dtypes; integer inputs stay in [0, 100)
@@ -108,10 +125,15 @@ def file_digest(path: Path) -> str:
 
 
 def load_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
-    """Read a model's signature from its ONNX file, or raise ModelLoadError saying why."""
+    """Read a model's signature from its ONNX or `.pt2` file, or raise ModelLoadError
+    saying why."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(path, "no such file")
+    if path.suffix.lower() == ".pt2":
+        from predlat.models.pt2 import pt2_spec  # needs torch: imported only for .pt2
+
+        return pt2_spec(path, name)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types on garbage

@@ -226,7 +226,7 @@ def model_costs(spec: ModelSpec, sizes: Sequence[int]) -> dict[int, GraphCost]:
     """Static cost per batch size: from the ONNX graph where there is one, else from
     the torch forward pass (full-size models built in code, `.pt2` programs)."""
     if getattr(spec, "format", "onnx") == "onnx":
-        return graph_costs(spec.path, sizes)
+        return graph_costs(spec.onnx_path, sizes)
     from predlat.models.torch_load import torch_module_for
     from predlat.profiling.torch_cost import torch_costs
 
