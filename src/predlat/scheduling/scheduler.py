@@ -17,7 +17,9 @@ requests (a prefix in dispatch order, at most `max_batch` rows) that the forecas
   candidate need only spare running high-priority batches), and
 - if it holds only low-priority work: ends before the latest start of any waiting
   high-priority request, and leaves `high_reserve` slots free while high-priority
-  requests keep arriving (there is no preemption: a slot must be there when one comes).
+  requests keep arriving (there is no preemption: a slot must be there when one comes),
+  unless a high-priority request arriving now could wait for a slot to free
+  (`predlat.scheduling.reserve`).
 
 Failing that it tries a smaller batch, then the next model; if nothing fits it waits for
 the next event. Two exceptions to waiting, where waiting cannot help: an idle device
@@ -42,6 +44,7 @@ from predlat.profiling.profile import Profile
 from predlat.scheduling.forecasting import ForecasterLike
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.queues import ModelQueue
+from predlat.scheduling.reserve import HighReserve
 from predlat.scheduling.request import Decision, Dispatch, Finished, Priority, Reject, Request
 from predlat.scheduling.timeline import TimelineTracker
 from predlat.traces.records import BatchRecord
@@ -121,6 +124,9 @@ class _Round:
     now: float
     baseline: dict[int, ForecastEnd] | None = None
     low_until: float = math.inf  # low-only work must end by then (waiting high work)
+    # A held slot is lent on condition (see _low_slots): a refusal may not last, since
+    # the reserve lapses with time, so it must not block the model until the next event.
+    lent: bool = False
 
 
 class Scheduler:
@@ -155,7 +161,7 @@ class Scheduler:
         # so arrivals of other models do not pay for re-checking them.
         self._blocked: dict[str, int] = {}
         self._epoch = 0
-        self._last_high = -math.inf  # when the last high-priority request arrived
+        self._reserve = HighReserve(self.config.high_reserve, self.config.high_window_s)
         # The earliest moment a queue head stops being feasible alone (None: to be
         # recomputed). It changes only when a head does, so arrivals behind the heads and
         # events that change no queue reuse it (next_wakeup, and _expire's quick exit).
@@ -183,7 +189,7 @@ class Scheduler:
         self._seen.add(request.request_id)
         self.stats.arrivals += 1
         if request.priority is Priority.HIGH:
-            self._last_high = now
+            self._high_arrived(request, now)
         out: list[Decision] = []
         reason = self._admission_refusal(request, now)
         if reason is not None:
@@ -303,6 +309,14 @@ class Scheduler:
     def idle(self) -> bool:
         return not self._running and not self._queued
 
+    def _high_arrived(self, request: Request, now: float) -> None:
+        if request.model in self._queues and request.size >= 1:
+            need = self._solo(request.model, request.size)
+            slack = request.deadline - now - self.config.margin_s - need
+            self._reserve.arrived(request.model, now, slack)
+        else:  # refused at admission; it still says high-priority work is coming
+            self._reserve.seen(now)
+
     # -- admission -----------------------------------------------------------------------
     def _admission_refusal(self, request: Request, now: float) -> str | None:
         if request.model not in self._queues:
@@ -378,7 +392,7 @@ class Scheduler:
         queues = [q for q in self._queues.values() if len(q)]
         queues.sort(key=_urgency)
         scratch = _Round(now)
-        low_slots = self._low_slots(now)
+        low_slots = self._low_slots(scratch)
         for q in queues:
             head = q.head()
             if head is not None and head.priority is Priority.LOW and low_slots <= 0:
@@ -387,7 +401,7 @@ class Scheduler:
                 plan = self._plan(q, scratch)
                 if plan is not None:
                     return plan
-                if self._running:  # (an idle device never blocks: see _plan)
+                if self._running and not scratch.lent:  # (an idle device never blocks)
                     self._blocked[q.model] = self._epoch
             high = q.peek(Priority.HIGH)
             if high is not None:  # high work waits: low-only work must be out of its way
@@ -395,13 +409,27 @@ class Scheduler:
                 scratch.low_until = min(scratch.low_until, latest)
         return None
 
-    def _low_slots(self, now: float) -> int:
-        """How many more batches of only low-priority work may start now."""
+    def _low_slots(self, scratch: _Round) -> int:
+        """How many more batches of only low-priority work may start now. Held slots
+        are lent for as many running batches as are planned to end while a high-priority
+        request arriving now could still wait; failing that, one is lent to a batch that
+        itself ends by then (`scratch.low_until`)."""
+        now = scratch.now
         limit = self.policy.running_limit(self.num_slots)
-        reserve = 0
-        if now - self._last_high <= self.config.high_window_s:
-            reserve = min(self.config.high_reserve, limit - 1)
-        return min(limit, self.num_slots) - reserve - len(self._running)
+        free = min(limit, self.num_slots) - len(self._running)
+        held = self._reserve.held(now, limit)
+        if not held or free <= 0:
+            return free - held
+        until = self._reserve.wait_limit(now)
+        if until <= now:
+            return free - held
+        ending = sum(1 for run in self._running.values() if now < run.predicted_end <= until)
+        usable = free - max(0, held - ending)
+        if usable > 0:
+            return usable
+        scratch.low_until = min(scratch.low_until, until)
+        scratch.lent = True
+        return 1
 
     def _plan(self, q: ModelQueue, scratch: _Round) -> _Plan | None:
         """The largest feasible batch of `q`'s prefix, or None.
