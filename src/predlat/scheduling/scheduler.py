@@ -44,8 +44,8 @@ from predlat.profiling.profile import Profile
 from predlat.scheduling.forecasting import ForecasterLike
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.queues import ModelQueue
-from predlat.scheduling.reserve import HighReserve
 from predlat.scheduling.request import Decision, Dispatch, Finished, Priority, Reject, Request
+from predlat.scheduling.reserve import HighReserve
 from predlat.scheduling.timeline import TimelineTracker
 from predlat.traces.records import BatchRecord
 
