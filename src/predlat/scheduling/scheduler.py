@@ -68,6 +68,10 @@ class SchedulerConfig:
     # A high-priority candidate need only keep running high-priority batches on time; it
     # may push running low-priority batches past their deadlines ("high first").
     high_may_delay_low: bool = True
+    # Forecasts one event may spend on models found infeasible before it yields: the
+    # rest are checked at once on a timer (`next_wakeup` asks for it at the same
+    # instant), so no single event holds the scheduler long. 0: no limit.
+    max_forecasts: int = 0
 
     def validate(self) -> None:
         if self.max_batch < 1:
@@ -76,6 +80,8 @@ class SchedulerConfig:
             raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
         if self.margin_s < 0:
             raise ConfigError(f"deadline margin must be non-negative, got {self.margin_s}")
+        if self.max_forecasts < 0:
+            raise ConfigError(f"max forecasts must be non-negative, got {self.max_forecasts}")
         if self.high_reserve < 0:
             raise ConfigError(f"high reserve must be non-negative, got {self.high_reserve}")
 
@@ -166,6 +172,11 @@ class Scheduler:
         # recomputed). It changes only when a head does, so arrivals behind the heads and
         # events that change no queue reuse it (next_wakeup, and _expire's quick exit).
         self._latest_start: float | None = None
+        # A decision round that stopped at its forecast budget: when it did (a timer then
+        # resumes it), and the forecast count its event started from.
+        self._resume_at: float | None = None
+        self._round_forecasts = 0
+        self._resume_skip: set[str] = set()  # models a resumed round need not try again
         for m in models:
             self._solo(m, 1)  # fail now, not mid-run, if the profile lacks a model
         self._queued = 0
@@ -240,7 +251,8 @@ class Scheduler:
     def on_tick(self, now: float) -> list[Decision]:
         """A timer asked for by `next_wakeup` fired (early or late calls are harmless)."""
         out: list[Decision] = []
-        self._schedule(now, out)
+        resume = self._resume_at is not None and now >= self._resume_at
+        self._schedule(now, out, resume)
         return out
 
     def learn(self) -> None:
@@ -261,10 +273,13 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """When the scheduler wants `on_tick`: the moment the most urgent queued request
-        stops being feasible even alone (to reject it then, not at its deadline)."""
+        stops being feasible even alone (to reject it then, not at its deadline), or at
+        once if the last decision round stopped at its forecast budget."""
         if not self._queued:
             return None
         wake = self._earliest_latest_start()
+        if self._resume_at is not None and self._resume_at < wake:
+            return self._resume_at
         return None if wake == math.inf else wake + _WAKE_EPSILON
 
     def _earliest_latest_start(self) -> float:
@@ -376,10 +391,14 @@ class Scheduler:
         out.append(Reject(request.request_id, reason))
 
     # -- dispatching ---------------------------------------------------------------------
-    def _schedule(self, now: float, out: list[Decision]) -> None:
+    def _schedule(self, now: float, out: list[Decision], resume: bool = False) -> None:
         if self._stale:  # completions an earlier round left unlearned
             self._learn_first(self._stale)
         self._stale = len(self._to_learn)  # this round's, once it has decided
+        self._resume_at = None
+        self._round_forecasts = self.stats.forecasts
+        if not resume:  # an arrival or completion: every model may have changed
+            self._resume_skip.clear()
         self._expire(now, out)
         limit = self.policy.running_limit(self.num_slots)
         while self._free and len(self._running) < limit and self._queued:
@@ -397,10 +416,14 @@ class Scheduler:
             head = q.head()
             if head is not None and head.priority is Priority.LOW and low_slots <= 0:
                 break  # the rest hold only low-priority work: the slots left are reserved
-            if self._blocked.get(q.model) != self._epoch:
+            if self._blocked.get(q.model) != self._epoch and q.model not in self._resume_skip:
+                if self._over_budget():
+                    self._resume_at = now
+                    return None
                 plan = self._plan(q, scratch)
                 if plan is not None:
                     return plan
+                self._resume_skip.add(q.model)
                 if self._running and not scratch.lent:  # (an idle device never blocks)
                     self._blocked[q.model] = self._epoch
             high = q.peek(Priority.HIGH)
@@ -408,6 +431,15 @@ class Scheduler:
                 latest = high.deadline - self.config.margin_s - self._solo(q.model, high.size)
                 scratch.low_until = min(scratch.low_until, latest)
         return None
+
+    def _over_budget(self) -> bool:
+        """This event has spent its forecasts (an idle device always dispatches, so its
+        round is never cut short). The models it found infeasible are skipped by the
+        rounds that resume it, until an arrival or completion changes the state."""
+        budget = self.config.max_forecasts
+        if not budget or not self._running:
+            return False
+        return self.stats.forecasts - self._round_forecasts >= budget
 
     def _low_slots(self, scratch: _Round) -> int:
         """How many more batches of only low-priority work may start now. Held slots
