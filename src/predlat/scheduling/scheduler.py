@@ -423,7 +423,8 @@ class Scheduler:
                 plan = self._plan(q, scratch)
                 if plan is not None:
                     return plan
-                self._resume_skip.add(q.model)
+                if self.config.max_forecasts:
+                    self._resume_skip.add(q.model)
                 if self._running and not scratch.lent:  # (an idle device never blocks)
                     self._blocked[q.model] = self._epoch
             high = q.peek(Priority.HIGH)
