@@ -117,3 +117,26 @@ def test_calibrated_quantile_on_a_noisy_stream_exceeds_about_five_percent():
             exceed += actual > predicted * (1 + cal.quantile(0.95))
         cal.add(actual / predicted - 1.0)
     assert 0.02 <= exceed / total <= 0.10
+
+
+def test_rls_clips_outliers_but_follows_a_shift():
+    rng = np.random.default_rng(7)
+    X, y = linear_data(400, W, seed=8)
+    robust = RLS(len(W), lam=0.99, huber=3.0).fit(X, y)
+    plain = RLS(len(W), lam=0.99).fit(X, y)
+    # Isolated outliers (a co-tenant's burst): ten times the target, one in twenty.
+    for i in range(400):
+        x = rng.normal(size=len(W))
+        target = float(x @ W) + (10.0 * abs(float(x @ W)) + 5.0 if i % 20 == 0 else 0.0)
+        robust.learn_one(x, target)
+        plain.learn_one(x, target)
+    err = lambda m: float(np.max(np.abs(m.w - W)))  # noqa: E731
+    assert err(robust) < 0.5 * err(plain)
+    # A lasting shift of the law is learned all the same.
+    W2 = W + 1.0
+    for _ in range(600):
+        x = rng.normal(size=len(W))
+        robust.learn_one(x, float(x @ W2))
+    assert np.allclose(robust.w, W2, atol=0.05)
+    with pytest.raises(ValueError, match="huber"):
+        RLS(3, huber=-1.0)

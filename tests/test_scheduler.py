@@ -162,15 +162,34 @@ def test_a_slot_is_kept_for_high_priority_work_while_it_keeps_arriving() -> None
     low = [dispatches(sched.on_arrival(req(i, "a"), 0.0)) for i in range(3)]
     assert [len(d) for d in low] == [1, 1, 1]  # no high-priority traffic: every slot
     sched, _ = make(slots=3, max_batch=1)
-    (h,) = dispatches(sched.on_arrival(req(0, "b", priority=Priority.HIGH), 0.0))
+    # b needs 20 ms of its 25 ms: a high-priority b arriving now could wait 5 ms at most.
+    high = req(0, "b", deadline=0.025, priority=Priority.HIGH)
+    (h,) = dispatches(sched.on_arrival(high, 0.0))
     low = [dispatches(sched.on_arrival(req(i, "a", deadline=5.0), 0.001)) for i in range(1, 4)]
     assert [len(d) for d in low] == [1, 0, 0]  # one slot stays free for high work
-    (h2,) = dispatches(sched.on_arrival(req(4, "b", priority=Priority.HIGH), 0.002))
+    (h2,) = dispatches(sched.on_arrival(req(4, "b", 0.0225, Priority.HIGH), 0.002))
     assert h2.request_ids == (4,)
     # Two seconds without high-priority arrivals: low work may take the last slot again.
     finish(sched, h, 0.02)
     out = dispatches(sched.on_tick(2.5))
     assert [d.request_ids for d in out] == [(2,)]
+
+
+def test_the_reserved_slot_is_lent_when_high_priority_work_could_wait_for_a_slot() -> None:
+    # b's high-priority requests may wait 80 ms; a runs 10 ms. Keeping the third slot idle
+    # buys nothing: a high-priority b arriving now would find a slot within 10 ms.
+    sched, _ = make(slots=3, max_batch=1)
+    dispatches(sched.on_arrival(req(0, "b", deadline=0.1, priority=Priority.HIGH), 0.0))
+    low = [dispatches(sched.on_arrival(req(i, "a", deadline=5.0), 0.001)) for i in range(1, 4)]
+    assert [len(d) for d in low] == [1, 1, 0]
+    # With nothing running that frees a slot in time, the slot is lent only to a batch
+    # that itself ends within the wait: high-priority b may wait 15 ms here, so a (10 ms)
+    # gets it and b (20 ms) does not.
+    sched, _ = make(slots=2, max_batch=1)
+    dispatches(sched.on_arrival(req(0, "b", deadline=0.035, priority=Priority.HIGH), 0.0))
+    assert dispatches(sched.on_arrival(req(1, "b", deadline=5.0), 0.0)) == []
+    (a,) = dispatches(sched.on_arrival(req(2, "a", deadline=5.0), 0.0))
+    assert a.request_ids == (2,)
 
 
 def test_candidate_that_would_itself_be_late_beside_co_runners_waits() -> None:
@@ -349,3 +368,23 @@ def test_bad_configuration_is_a_clear_error() -> None:
         get_policy("fastest")
     with pytest.raises(ConfigError, match="max batch"):
         make(max_batch=0)
+
+
+def test_a_round_over_its_forecast_budget_resumes_at_once_on_a_timer() -> None:
+    def setup(budget: int) -> Scheduler:
+        sched, _ = make(slots=3, slowdown=1.0, max_forecasts=budget)
+        dispatches(sched.on_arrival(req(0, "a", deadline=1.0), 0.0))
+        # b (30 ms deadline) cannot run beside a; a second a can: b is tried first (EDF).
+        sched.on_arrival(req(1, "b", deadline=0.030), 0.0, dispatch=False)
+        sched.on_arrival(req(2, "a", deadline=1.0), 0.0, dispatch=False)
+        return sched
+
+    unlimited = setup(0)
+    assert [d.request_ids for d in dispatches(unlimited.on_tick(0.0))] == [(2,)]
+    capped = setup(1)
+    assert dispatches(capped.on_tick(0.0)) == []  # spent its one forecast on b
+    assert capped.next_wakeup() == 0.0  # ... and asks to go on at once
+    assert [d.request_ids for d in dispatches(capped.on_tick(0.0))] == [(2,)]
+    assert capped.next_wakeup() == pytest.approx(0.030 - 0.020 + 1e-6)  # b's latest start
+    with pytest.raises(ConfigError, match="max forecasts"):
+        make(max_forecasts=-1)

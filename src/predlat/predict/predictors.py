@@ -66,6 +66,7 @@ _OPTIONS = {
     "calibrate_forecast",
     "model_lam",
     "oversub",
+    "huber",
 }
 
 
@@ -116,6 +117,7 @@ class LinearPredictor(BasePredictor):
         per_model: bool = False,
         model_lam: float = 0.98,
         oversub: bool = True,
+        huber: float = 0.0,
     ):
         super().__init__(profile, window=window, default_margin=default_margin, oversub=oversub)
         if extractor not in _EXTRACTORS:
@@ -134,7 +136,7 @@ class LinearPredictor(BasePredictor):
             raise ConfigError(f"tau must be positive, got {self.tau}")
         self.history = EwmaHistory(self.fmap, self.tau) if extractor == "ewma" else None
         self.regressor = _make_regressor(
-            regressor, self.design.dim, lam, delta, lr, sgd_method, alpha
+            regressor, self.design.dim, lam, delta, lr, sgd_method, alpha, huber
         )
         self.online = self.regressor.online
         self.calibrate_forecast = calibrate_forecast
@@ -267,11 +269,18 @@ def _calibrate_forecast(predictor: BasePredictor, records: Sequence[BatchRecord]
 
 
 def _make_regressor(
-    kind: str, dim: int, lam: float, delta: float, lr: float, sgd_method: str, alpha: float
+    kind: str,
+    dim: int,
+    lam: float,
+    delta: float,
+    lr: float,
+    sgd_method: str,
+    alpha: float,
+    huber: float,
 ) -> LinearRegressor:
     try:
         if kind == "rls":
-            return RLS(dim, lam=lam, delta=delta, alpha=alpha)
+            return RLS(dim, lam=lam, delta=delta, alpha=alpha, huber=huber)
         if kind == "sgd":
             return SGD(dim, lr=lr, method=sgd_method, alpha=alpha)
         return Ridge(dim, alpha=alpha)
@@ -320,7 +329,8 @@ def make_predictor(name: str, profile: Profile, **options: Any) -> BasePredictor
     calibrate_forecast (replay the training data in forecast mode to calibrate forecast
     quantiles; default True), model_lam (forgetting of the per-model sensitivity),
     oversub (add the CPU oversubscription channel to the co-load; default True, absent on
-    accelerators)."""
+    accelerators), huber (RLS: clip innovations past this many running medians of |innovation|; 0,
+    the default: off)."""
     unknown = set(options) - _OPTIONS
     if unknown:
         raise ConfigError(

@@ -17,7 +17,9 @@ requests (a prefix in dispatch order, at most `max_batch` rows) that the forecas
   candidate need only spare running high-priority batches), and
 - if it holds only low-priority work: ends before the latest start of any waiting
   high-priority request, and leaves `high_reserve` slots free while high-priority
-  requests keep arriving (there is no preemption: a slot must be there when one comes).
+  requests keep arriving (there is no preemption: a slot must be there when one comes),
+  unless a high-priority request arriving now could wait for a slot to free
+  (`predlat.scheduling.reserve`).
 
 Failing that it tries a smaller batch, then the next model; if nothing fits it waits for
 the next event. Two exceptions to waiting, where waiting cannot help: an idle device
@@ -43,6 +45,7 @@ from predlat.scheduling.forecasting import ForecasterLike
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.queues import ModelQueue
 from predlat.scheduling.request import Decision, Dispatch, Finished, Priority, Reject, Request
+from predlat.scheduling.reserve import HighReserve
 from predlat.scheduling.timeline import TimelineTracker
 from predlat.traces.records import BatchRecord
 
@@ -65,6 +68,10 @@ class SchedulerConfig:
     # A high-priority candidate need only keep running high-priority batches on time; it
     # may push running low-priority batches past their deadlines ("high first").
     high_may_delay_low: bool = True
+    # Forecasts one event may spend on models found infeasible before it yields: the
+    # rest are checked at once on a timer (`next_wakeup` asks for it at the same
+    # instant), so no single event holds the scheduler long. 0: no limit.
+    max_forecasts: int = 0
 
     def validate(self) -> None:
         if self.max_batch < 1:
@@ -73,6 +80,8 @@ class SchedulerConfig:
             raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
         if self.margin_s < 0:
             raise ConfigError(f"deadline margin must be non-negative, got {self.margin_s}")
+        if self.max_forecasts < 0:
+            raise ConfigError(f"max forecasts must be non-negative, got {self.max_forecasts}")
         if self.high_reserve < 0:
             raise ConfigError(f"high reserve must be non-negative, got {self.high_reserve}")
 
@@ -121,6 +130,9 @@ class _Round:
     now: float
     baseline: dict[int, ForecastEnd] | None = None
     low_until: float = math.inf  # low-only work must end by then (waiting high work)
+    # A held slot is lent on condition (see _low_slots): a refusal may not last, since
+    # the reserve lapses with time, so it must not block the model until the next event.
+    lent: bool = False
 
 
 class Scheduler:
@@ -155,11 +167,16 @@ class Scheduler:
         # so arrivals of other models do not pay for re-checking them.
         self._blocked: dict[str, int] = {}
         self._epoch = 0
-        self._last_high = -math.inf  # when the last high-priority request arrived
+        self._reserve = HighReserve(self.config.high_reserve, self.config.high_window_s)
         # The earliest moment a queue head stops being feasible alone (None: to be
         # recomputed). It changes only when a head does, so arrivals behind the heads and
         # events that change no queue reuse it (next_wakeup, and _expire's quick exit).
         self._latest_start: float | None = None
+        # A decision round that stopped at its forecast budget: when it did (a timer then
+        # resumes it), and the forecast count its event started from.
+        self._resume_at: float | None = None
+        self._round_forecasts = 0
+        self._resume_skip: set[str] = set()  # models a resumed round need not try again
         for m in models:
             self._solo(m, 1)  # fail now, not mid-run, if the profile lacks a model
         self._queued = 0
@@ -183,7 +200,7 @@ class Scheduler:
         self._seen.add(request.request_id)
         self.stats.arrivals += 1
         if request.priority is Priority.HIGH:
-            self._last_high = now
+            self._high_arrived(request, now)
         out: list[Decision] = []
         reason = self._admission_refusal(request, now)
         if reason is not None:
@@ -234,7 +251,8 @@ class Scheduler:
     def on_tick(self, now: float) -> list[Decision]:
         """A timer asked for by `next_wakeup` fired (early or late calls are harmless)."""
         out: list[Decision] = []
-        self._schedule(now, out)
+        resume = self._resume_at is not None and now >= self._resume_at
+        self._schedule(now, out, resume)
         return out
 
     def learn(self) -> None:
@@ -255,10 +273,13 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """When the scheduler wants `on_tick`: the moment the most urgent queued request
-        stops being feasible even alone (to reject it then, not at its deadline)."""
+        stops being feasible even alone (to reject it then, not at its deadline), or at
+        once if the last decision round stopped at its forecast budget."""
         if not self._queued:
             return None
         wake = self._earliest_latest_start()
+        if self._resume_at is not None and self._resume_at < wake:
+            return self._resume_at
         return None if wake == math.inf else wake + _WAKE_EPSILON
 
     def _earliest_latest_start(self) -> float:
@@ -302,6 +323,14 @@ class Scheduler:
 
     def idle(self) -> bool:
         return not self._running and not self._queued
+
+    def _high_arrived(self, request: Request, now: float) -> None:
+        if request.model in self._queues and request.size >= 1:
+            need = self._solo(request.model, request.size)
+            slack = request.deadline - now - self.config.margin_s - need
+            self._reserve.arrived(request.model, now, slack)
+        else:  # refused at admission; it still says high-priority work is coming
+            self._reserve.seen(now)
 
     # -- admission -----------------------------------------------------------------------
     def _admission_refusal(self, request: Request, now: float) -> str | None:
@@ -362,10 +391,14 @@ class Scheduler:
         out.append(Reject(request.request_id, reason))
 
     # -- dispatching ---------------------------------------------------------------------
-    def _schedule(self, now: float, out: list[Decision]) -> None:
+    def _schedule(self, now: float, out: list[Decision], resume: bool = False) -> None:
         if self._stale:  # completions an earlier round left unlearned
             self._learn_first(self._stale)
         self._stale = len(self._to_learn)  # this round's, once it has decided
+        self._resume_at = None
+        self._round_forecasts = self.stats.forecasts
+        if not resume:  # an arrival or completion: every model may have changed
+            self._resume_skip.clear()
         self._expire(now, out)
         limit = self.policy.running_limit(self.num_slots)
         while self._free and len(self._running) < limit and self._queued:
@@ -378,16 +411,21 @@ class Scheduler:
         queues = [q for q in self._queues.values() if len(q)]
         queues.sort(key=_urgency)
         scratch = _Round(now)
-        low_slots = self._low_slots(now)
+        low_slots = self._low_slots(scratch)
         for q in queues:
             head = q.head()
             if head is not None and head.priority is Priority.LOW and low_slots <= 0:
                 break  # the rest hold only low-priority work: the slots left are reserved
-            if self._blocked.get(q.model) != self._epoch:
+            if self._blocked.get(q.model) != self._epoch and q.model not in self._resume_skip:
+                if self._over_budget():
+                    self._resume_at = now
+                    return None
                 plan = self._plan(q, scratch)
                 if plan is not None:
                     return plan
-                if self._running:  # (an idle device never blocks: see _plan)
+                if self.config.max_forecasts:
+                    self._resume_skip.add(q.model)
+                if self._running and not scratch.lent:  # (an idle device never blocks)
                     self._blocked[q.model] = self._epoch
             high = q.peek(Priority.HIGH)
             if high is not None:  # high work waits: low-only work must be out of its way
@@ -395,13 +433,36 @@ class Scheduler:
                 scratch.low_until = min(scratch.low_until, latest)
         return None
 
-    def _low_slots(self, now: float) -> int:
-        """How many more batches of only low-priority work may start now."""
+    def _over_budget(self) -> bool:
+        """This event has spent its forecasts (an idle device always dispatches, so its
+        round is never cut short). The models it found infeasible are skipped by the
+        rounds that resume it, until an arrival or completion changes the state."""
+        budget = self.config.max_forecasts
+        if not budget or not self._running:
+            return False
+        return self.stats.forecasts - self._round_forecasts >= budget
+
+    def _low_slots(self, scratch: _Round) -> int:
+        """How many more batches of only low-priority work may start now. Held slots
+        are lent for as many running batches as are planned to end while a high-priority
+        request arriving now could still wait; failing that, one is lent to a batch that
+        itself ends by then (`scratch.low_until`)."""
+        now = scratch.now
         limit = self.policy.running_limit(self.num_slots)
-        reserve = 0
-        if now - self._last_high <= self.config.high_window_s:
-            reserve = min(self.config.high_reserve, limit - 1)
-        return min(limit, self.num_slots) - reserve - len(self._running)
+        free = min(limit, self.num_slots) - len(self._running)
+        held = self._reserve.held(now, limit)
+        if not held or free <= 0:
+            return free - held
+        until = self._reserve.wait_limit(now)
+        if until <= now:
+            return free - held
+        ending = sum(1 for run in self._running.values() if now < run.predicted_end <= until)
+        usable = free - max(0, held - ending)
+        if usable > 0:
+            return usable
+        scratch.low_until = min(scratch.low_until, until)
+        scratch.lent = True
+        return 1
 
     def _plan(self, q: ModelQueue, scratch: _Round) -> _Plan | None:
         """The largest feasible batch of `q`'s prefix, or None.
