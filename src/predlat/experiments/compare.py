@@ -65,6 +65,9 @@ from predlat.traces.collect import collect_trace, device_capacity
 from predlat.traces.records import BatchRecord
 from predlat.workload.arrivals import PROCESSES
 
+# Batches side by side on one accelerator by default: the paper's setting (K = 2).
+ACCELERATOR_SLOTS = 2
+
 
 @dataclass(frozen=True)
 class CompareConfig:
@@ -124,9 +127,12 @@ class CompareConfig:
             raise ConfigError(f"quantile must be in (0, 1) or 'mean', got {self.quantile}")
 
     def resolved(self, cores: int | None = None) -> CompareConfig:
-        """With the slot count settled: the spatial regime unless `slots` was given."""
+        """With the slot count settled: on a CPU the spatial regime (cores // threads
+        slots), on an accelerator ACCELERATOR_SLOTS, unless `slots` was given."""
         if self.slots is not None:
             return self
+        if describe_device(self.device).accelerator:
+            return replace(self, slots=ACCELERATOR_SLOTS)
         return replace(self, slots=max(1, (cores or usable_cores()) // self.threads))
 
     def policy(self, name: str) -> Policy:
