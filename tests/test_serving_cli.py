@@ -15,7 +15,7 @@ from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec, TensorSpec
 from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
 from predlat.scheduling.request import Priority
-from predlat.serving.app import priority_from_level, rejection_status
+from predlat.serving.answers import priority_from_level, rejection_status
 from predlat.serving.server import bind_socket, default_deadlines
 
 

@@ -149,7 +149,7 @@ def test_unmeetable_deadline_is_refused_at_once_with_503(stack):
     started = time.perf_counter()
     response = httpx.post(server.url + "/v2/models/tiny/infer", json=body)
     assert response.status_code == 503
-    assert "deadline cannot be met" in response.json()["error"]
+    assert "deadline" in response.json()["error"]  # refused at the door or by the scheduler
     assert time.perf_counter() - started < 1.0
 
 

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import threading
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -39,6 +37,25 @@ from predlat.models.spec import ModelSpec
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.request import Priority
 from predlat.serving import protocol
+from predlat.serving.admission import (
+    DELAY,
+    SHUTTING_DOWN,
+    Door,
+    DoorPolicy,
+    Forecast,
+    Refusal,
+    header_deadline,
+    is_deadline_rejection,
+    passed_before_submit,
+)
+from predlat.serving.answers import (
+    await_outcome,
+    outcome_parameters,
+    priority_from_level,
+    rejection_status,
+)
+from predlat.serving.body import read_body
+from predlat.serving.decode import DEFAULT_OFFLOAD_BYTES, OffLoopDecoder, parse_header_length
 from predlat.serving.metrics import ServingMetrics
 from predlat.serving.protocol import HEADER_LENGTH, InferRequest, ProtocolError
 from predlat.traces.records import BatchRecord
@@ -58,6 +75,7 @@ class RuntimeLike(Protocol):
         *,
         deadline_s: float,
         priority: Priority = Priority.LOW,
+        waited_s: float = 0.0,
     ) -> Future: ...
 
     def add_listener(self, on_outcome: Callable[[Any], None]) -> None: ...
@@ -87,6 +105,11 @@ class ServerConfig:
     fallback_deadline_s: float = 0.1
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_timeout_s: float = 30.0
+    door: DoorPolicy = field(default_factory=DoorPolicy)
+    # Worker processes decoding big JSON bodies (0: a thread) and the size that sends
+    # a body there.
+    decode_processes: int = 0
+    offload_bytes: int = DEFAULT_OFFLOAD_BYTES
 
     def deadline_for(self, model: str) -> float:
         return self.default_deadline_s.get(model, self.fallback_deadline_s)
@@ -100,26 +123,12 @@ class ServingState:
     accepting: bool = True
 
 
-def priority_from_level(level: int) -> Priority:
-    """Triton priority level -> predlat priority (1 is Triton's highest level)."""
-    return Priority.HIGH if level == 1 else Priority.LOW
-
-
-def rejection_status(reason: str | None) -> int:
-    """429 when the server is overloaded (a full queue: retry later), 503 otherwise
-    (the deadline cannot be met, or the server is shutting down)."""
-    text = (reason or "").lower()
-    return 429 if "queue" in text and "full" in text else 503
-
-
 def error_response(status: int, message: str) -> Response:
-    return Response(json.dumps({"error": message}), status_code=status, media_type=JSON_TYPE)
+    return json_response({"error": message}, status)
 
 
-def json_response(doc: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(doc, separators=(",", ":")), status_code=status, media_type=JSON_TYPE
-    )
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
 class InferenceService:
@@ -131,12 +140,17 @@ class InferenceService:
         specs: Sequence[ModelSpec],
         config: ServerConfig,
         metrics: ServingMetrics,
+        forecast: Forecast | None = None,
     ) -> None:
+        """`forecast`: model -> the fastest answer a new request can get (s), for the
+        door; None refuses only on the in-flight budget."""
         self.runtime = runtime
         self.specs = {s.name: s for s in specs}
         self.config = config
         self.metrics = metrics
         self.state = ServingState()
+        self.door = Door(config.door, forecast)
+        self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
         runtime.add_listener(metrics.observe_outcome)
         runtime.add_batch_listener(metrics.observe_batch)
 
@@ -188,43 +202,99 @@ class InferenceService:
 
     # -- inference -------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
-        began = time.perf_counter()
+        arrived = time.perf_counter()  # the deadline clock starts here, not at submit
         try:
-            response, runtime_s = await self._infer(request)
+            response, runtime_s = await self._infer(request, arrived)
         except ProtocolError as exc:
             response, runtime_s = error_response(exc.status, exc.message), None
         except Exception as exc:  # one bad request must never take the server down
             message = f"internal error: {type(exc).__name__}: {exc}"
             response, runtime_s = error_response(500, message), None
-        elapsed = time.perf_counter() - began
+        elapsed = time.perf_counter() - arrived
         self.metrics.observe_http("infer", response.status_code, elapsed)
         if runtime_s is not None:
             self.metrics.server_overhead.observe(max(0.0, elapsed - runtime_s))
         return response
 
-    async def _infer(self, request: Request) -> tuple[Response, float | None]:
+    def refuse(self, model: str, refusal: Refusal) -> Response:
+        self.metrics.observe_refusal(model, refusal.reason)
+        doc = {"error": refusal.message, "reason": refusal.reason}
+        return json_response(doc, refusal.status, refusal.headers())
+
+    async def _infer(self, request: Request, arrived: float) -> tuple[Response, float | None]:
         spec = self._model(request)
         if not self.state.accepting:
-            return error_response(503, "server is shutting down"), None
-        body = await self._read_body(request)
-        header_length = protocol.parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-        decoded = protocol.decode_infer_request(body, header_length, spec)
+            closing = Refusal(503, SHUTTING_DOWN, "server is shutting down")
+            return self.refuse(spec.name, closing), None
+        door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
+        refusal = self.door.check(spec.name, door_deadline)  # before the body is read
+        if refusal is not None:
+            return self.refuse(spec.name, refusal), None
+        self.door.inflight += 1
+        self.metrics.inflight.inc()
+        try:
+            body = await read_body(request, self.config.max_body_bytes)
+            length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            decoded = await self.decoder.decode(body, length, spec)
+            return await self._run(spec, decoded, arrived)
+        finally:
+            self.door.inflight -= 1
+            self.metrics.inflight.dec()
+
+    async def _run(
+        self, spec: ModelSpec, decoded: InferRequest, arrived: float
+    ) -> tuple[Response, float | None]:
         deadline_s = decoded.deadline_s or self.config.deadline_for(spec.name)
         priority = priority_from_level(decoded.priority_level)
+        waited_s = time.perf_counter() - arrived
+        if waited_s >= deadline_s:
+            return self.refuse(spec.name, passed_before_submit(waited_s, deadline_s)), None
+        action = self.config.door.action_for(spec.name, decoded.timeout_action)
         try:
-            future = self.runtime.submit(
-                spec.name, decoded.inputs, deadline_s=deadline_s, priority=priority
-            )
+            outcome = await self._submit(spec.name, decoded, deadline_s, priority, waited_s)
+            if action == DELAY and outcome.status == "rejected":
+                outcome = await self._delay(spec.name, decoded, outcome, deadline_s, arrived)
         except UnknownModelError as exc:
             return error_response(404, str(exc)), None
         except PredlatError as exc:
             return error_response(400, str(exc)), None
-        self.metrics.inflight.inc()
-        try:
-            outcome = await _await_outcome(future)
-        finally:
-            self.metrics.inflight.dec()
+        if outcome.status == "missed":
+            self.metrics.observe_late(spec.name)
         return self._answer(decoded, outcome, deadline_s, priority)
+
+    async def _delay(
+        self,
+        model: str,
+        decoded: InferRequest,
+        refused: RequestOutcome,
+        deadline_s: float,
+        arrived: float,
+    ) -> RequestOutcome:
+        """Triton's DELAY: work the scheduler refused as late runs anyway, behind on-time
+        work (low priority, relaxed deadline), and its answer counts as late."""
+        if not is_deadline_rejection(refused.reason):
+            return refused
+        self.metrics.observe_delayed(model)
+        relaxed = deadline_s * self.config.door.delay_factor
+        waited_s = time.perf_counter() - arrived
+        outcome = await self._submit(model, decoded, relaxed, Priority.LOW, waited_s)
+        late = outcome.end is not None and outcome.end - outcome.arrival > deadline_s
+        if outcome.status == "met" and late:
+            outcome.status = "missed"
+        return outcome
+
+    async def _submit(
+        self,
+        model: str,
+        decoded: InferRequest,
+        deadline_s: float,
+        priority: Priority,
+        waited_s: float,
+    ) -> RequestOutcome:
+        future = self.runtime.submit(
+            model, decoded.inputs, deadline_s=deadline_s, priority=priority, waited_s=waited_s
+        )
+        return await await_outcome(future)
 
     def _answer(
         self, decoded: InferRequest, outcome: RequestOutcome, deadline_s: float, priority: Priority
@@ -239,108 +309,12 @@ class InferenceService:
         if outcome.status not in ("met", "missed") or outcome.outputs is None:
             reason = outcome.reason or "the model produced no outputs"
             return error_response(500, f"inference failed: {reason}"), runtime_s
-        params = _outcome_parameters(outcome, deadline_s, priority)
+        params = outcome_parameters(outcome, deadline_s, priority)
         body, header_length = protocol.encode_infer_response(decoded, outcome.outputs, params)
         if header_length is None:
             return Response(body, media_type=JSON_TYPE), runtime_s
         headers = {HEADER_LENGTH: str(header_length)}
         return Response(body, media_type="application/octet-stream", headers=headers), runtime_s
-
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ProtocolError(f"Content-Length must be an integer, got '{declared}'")
-            if int(declared) > limit:
-                raise ProtocolError(_too_large(int(declared), limit), 413)
-            body = await request.body()
-        else:  # chunked: count as it streams in, stop at the limit
-            chunks, total = [], 0
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise ProtocolError(_too_large(total, limit, at_least=True), 413)
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        return _decompress(body, encoding, limit)
-
-
-def _too_large(size: int, limit: int, at_least: bool = False) -> str:
-    more = "at least " if at_least else ""
-    return f"request body of {more}{size} bytes is over the server's limit of {limit} bytes"
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Request compression as tritonclient offers it (gzip or deflate), bounded so a
-    small compressed body cannot expand past the body limit."""
-    if encoding in ("", "identity"):
-        return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
-    if wbits is None:
-        raise ProtocolError(f"unsupported Content-Encoding '{encoding}' (gzip, deflate)", 415)
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"malformed {encoding} body: {exc}") from None
-    if len(data) > limit:
-        raise ProtocolError(_too_large(len(data), limit, at_least=True) + " once decompressed", 413)
-    if not decompressor.eof:
-        raise ProtocolError(f"truncated {encoding} body")
-    return data
-
-
-async def _await_outcome(future: Future) -> Any:
-    """Wait for a runtime future without blocking the loop. Unlike asyncio.wrap_future,
-    a cancelled handler (client gone, forced shutdown) never cancels the runtime's
-    future: the runtime resolves every future exactly once, whoever still listens."""
-    if future.done():  # resolved already (an immediate refusal): no thread hop needed
-        return future.result()
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    waiter = loop.create_future()
-
-    def transfer(done: Future) -> None:
-        if waiter.done():
-            return
-        exc = done.exception()
-        if exc is None:
-            waiter.set_result(done.result())
-        else:
-            waiter.set_exception(exc)
-
-    def on_done(done: Future) -> None:
-        if threading.get_ident() == loop_thread:  # resolved on this loop: no hop
-            transfer(done)
-            return
-        with contextlib.suppress(RuntimeError):  # the loop already closed: nobody waits
-            loop.call_soon_threadsafe(transfer, done)
-
-    future.add_done_callback(on_done)
-    return await waiter
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1e3, 3)
-
-
-def _outcome_parameters(
-    outcome: RequestOutcome, deadline_s: float, priority: Priority
-) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "predlat_status": outcome.status,
-        "predlat_priority": priority.name.lower(),
-        "predlat_deadline_ms": _ms(deadline_s),
-    }
-    if outcome.start is not None and outcome.end is not None:
-        params["predlat_queue_ms"] = _ms(outcome.start - outcome.arrival)
-        params["predlat_compute_ms"] = _ms(outcome.end - outcome.start)
-        params["predlat_latency_ms"] = _ms(outcome.end - outcome.arrival)
-    if outcome.batch_size is not None:
-        params["predlat_batch_size"] = outcome.batch_size
-    return params
 
 
 # -- app factory ---------------------------------------------------------------------
@@ -378,6 +352,7 @@ def create_app(
     config: ServerConfig | None = None,
     metrics: ServingMetrics | None = None,
     framework: str = "starlette",
+    forecast: Forecast | None = None,
 ) -> Starlette:
     """The ASGI app. `app.state.service` is the InferenceService (state, metrics).
     A runtime not started yet (`runtime.started` False) is started on the server's event
@@ -391,7 +366,7 @@ def create_app(
             runtime_stats=stats if callable(stats) else None,
             queue_lengths=queues if callable(queues) else None,
         )
-    service = InferenceService(runtime, specs, config or ServerConfig(), metrics)
+    service = InferenceService(runtime, specs, config or ServerConfig(), metrics, forecast)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -399,11 +374,13 @@ def create_app(
         if getattr(runtime, "started", True) is False:
             hosted = cast(HostableRuntime, runtime)
             hosted.start(asyncio.get_running_loop())
+        await asyncio.to_thread(service.decoder.start)
         service.state.ready = True
         yield
         service.begin_shutdown()
         if hosted is not None:
             await hosted.stop_async(drain=True, timeout=service.config.drain_timeout_s)
+        service.decoder.close()
 
     handlers = {HTTPException: _http_error, ProtocolError: _http_error}
     if framework == "fastapi":

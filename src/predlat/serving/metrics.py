@@ -170,6 +170,24 @@ class ServingMetrics:
         self.inflight = Gauge(
             "predlat_inflight_requests", "Infer requests waiting for the runtime", registry=r
         )
+        self.refusals = Counter(
+            "predlat_refusals",
+            "Infer requests refused by the server before the scheduler, by reason",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.late_answers = Counter(
+            "predlat_late_answers",
+            "Infer requests answered after their deadline",
+            ["model"],
+            registry=r,
+        )
+        self.delayed = Counter(
+            "predlat_delayed_requests",
+            "Requests refused on time by the scheduler but run anyway (timeout_action DELAY)",
+            ["model"],
+            registry=r,
+        )
         r.register(_ScrapeTime(self))
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -214,6 +232,15 @@ class ServingMetrics:
     def observe_http(self, endpoint: str, code: int, seconds: float) -> None:
         self._child(self.http_responses, endpoint, str(code)).inc()
         self._child(self.http_duration, endpoint).observe(seconds)
+
+    def observe_refusal(self, model: str, reason: str) -> None:
+        self._child(self.refusals, model, reason).inc()
+
+    def observe_late(self, model: str) -> None:
+        self._child(self.late_answers, model).inc()
+
+    def observe_delayed(self, model: str) -> None:
+        self._child(self.delayed, model).inc()
 
     def busy_seconds(self) -> dict[int, float]:
         with self._lock:

@@ -1,0 +1,164 @@
+"""Fast decoding off the event loop, shedding at the door before the body is decoded,
+the deadline clock starting at arrival, and the REJECT / DELAY late-work policy."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from predlat.models.registry import resolve_model
+from predlat.models.spec import ModelSpec
+from predlat.serving import decode
+from predlat.serving.admission import DoorPolicy
+from predlat.serving.app import ServerConfig, create_app
+from predlat.serving.server import BackgroundServer
+from serving_fakes import FakeRuntime
+
+INFER = "/v2/models/tiny/infer"
+
+
+@pytest.fixture(scope="module")
+def spec() -> ModelSpec:
+    return resolve_model("tiny")
+
+
+@pytest.fixture
+def runtime(spec: ModelSpec) -> Iterator[FakeRuntime]:
+    fake = FakeRuntime([spec])
+    yield fake
+    fake.stop()
+
+
+def serve(runtime: FakeRuntime, spec: ModelSpec, **config: object) -> BackgroundServer:
+    forecast = config.pop("forecast", None)
+    app = create_app(runtime, [spec], ServerConfig({"tiny": 0.5}, **config), forecast=forecast)
+    return BackgroundServer(app)
+
+
+def body(rows: int = 1, **params: object) -> bytes:
+    x = np.zeros((rows, 16), np.float32)
+    doc: dict = {"inputs": [{"name": "x", "shape": [rows, 16], "datatype": "FP32"}]}
+    doc["inputs"][0]["data"] = x.ravel().tolist()
+    if params:
+        doc["parameters"] = params
+    return orjson.dumps(doc)
+
+
+def samples(client: httpx.Client, name: str) -> dict[tuple, float]:
+    out = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def test_big_body_decodes_off_the_loop_while_a_small_one_is_answered(runtime, spec, monkeypatch):
+    release, entered = threading.Event(), threading.Event()
+    real = decode.decode_infer_request
+
+    def slow_decode(data: bytes, length: int | None, model: ModelSpec):  # a stuck decode
+        entered.set()
+        assert release.wait(10)
+        return real(data, length, model)
+
+    monkeypatch.setattr(decode, "decode_infer_request", slow_decode)
+    with serve(runtime, spec, offload_bytes=10_000) as server, ThreadPoolExecutor(1) as pool:
+        big = pool.submit(httpx.post, server.url + INFER, content=body(rows=500), timeout=20)
+        assert entered.wait(10)
+        monkeypatch.setattr(decode, "decode_infer_request", real)  # small bodies: inline
+        small = httpx.post(server.url + INFER, content=body(), timeout=5)
+        assert small.status_code == 200 and not big.done()
+        release.set()
+        assert big.result().status_code == 200
+        assert runtime.waits[-1] > 0  # decode time counted against the deadline
+
+
+def test_big_json_body_decoded_in_a_worker_process(runtime, spec):
+    x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    doc = {"inputs": [{"name": "x", "shape": [2000, 16], "datatype": "FP32"}]}
+    doc["inputs"][0]["data"] = x.ravel().tolist()
+    with serve(runtime, spec, decode_processes=1, offload_bytes=1000) as server:
+        answer = httpx.post(server.url + INFER, content=orjson.dumps(doc), timeout=20)
+        assert answer.status_code == 200
+        bad = httpx.post(server.url + INFER, content=b"[" * 5000, timeout=20)
+        assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]
+
+
+def test_deeply_nested_body_is_400_not_500(runtime, spec):
+    deep = b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with serve(runtime, spec) as server:
+        answer = httpx.post(server.url + INFER, content=deep, timeout=10)
+    assert answer.status_code == 400
+    assert "malformed JSON" in answer.json()["error"]
+
+
+def test_full_inflight_budget_refuses_before_decoding_with_retry_after(runtime, spec):
+    runtime.hold.set()  # the first request stays in flight
+    with (
+        serve(runtime, spec, door=DoorPolicy(max_inflight=1)) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        first = pool.submit(client.post, INFER, content=body())
+        deadline = time.monotonic() + 5
+        while not runtime.submitted and time.monotonic() < deadline:
+            time.sleep(0.005)
+        refused = client.post(INFER, content=b"{not even json")  # never decoded
+        runtime.hold.clear()
+        assert first.result().status_code == 200
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["reason"] == "inflight_budget_full"
+        counted = samples(client, "predlat_refusals_total")
+        assert counted[(("model", "tiny"), ("reason", "inflight_budget_full"))] == 1
+
+
+def test_deadline_below_forecast_is_refused_from_headers_alone(runtime, spec):
+    with serve(runtime, spec, forecast=lambda model: 0.2) as server:
+        url = server.url + INFER
+        tight = httpx.post(url, content=b"garbage", headers={"predlat-deadline-ms": "50"})
+        roomy = httpx.post(url, content=body(), headers={"predlat-deadline-ms": "400"})
+    assert tight.status_code == 503
+    assert tight.json()["reason"] == "deadline_below_forecast"
+    assert "200.0 ms" in tight.json()["error"]
+    assert roomy.status_code == 200
+    assert not any(deadline < 0.4 for _, deadline, _ in runtime.submitted)
+
+
+def test_late_work_policy_reject_by_default_delay_on_request(runtime, spec):
+    def gate(model, inputs, deadline_s, priority):  # only relaxed deadlines are feasible
+        return None if deadline_s > 1.0 else "deadline cannot be met: 0.5 ms left"
+
+    runtime.gate = gate
+    with serve(runtime, spec) as server, httpx.Client(base_url=server.url) as client:
+        rejected = client.post(INFER, content=body())
+        delayed = client.post(INFER, content=body(timeout_action="DELAY"))
+        bad = client.post(INFER, content=body(timeout_action="LATER"))
+        delayed_count = samples(client, "predlat_delayed_requests_total")
+    assert rejected.status_code == 503 and "deadline cannot be met" in rejected.json()["error"]
+    assert delayed.status_code == 200
+    assert delayed_count[(("model", "tiny"),)] == 1
+    assert bad.status_code == 400 and "timeout_action" in bad.json()["error"]
+
+
+def test_model_policy_delay_and_late_answers_counted(runtime, spec):
+    runtime.gate = lambda m, i, deadline_s, p: None if deadline_s > 1.0 else "deadline: no"
+    policy = DoorPolicy(timeout_action={"tiny": "DELAY"}, delay_factor=4.0)
+    with serve(runtime, spec, door=policy) as server, httpx.Client(base_url=server.url) as c:
+        assert c.post(INFER, content=body()).status_code == 200
+        assert runtime.submitted[-1][1] == pytest.approx(2.0)  # 4 x the 0.5 s default
+        runtime.gate = None
+        runtime.hold.set()
+        threading.Timer(0.3, runtime.hold.clear).start()
+        late = c.post(INFER, content=body(deadline_ms=100))
+        assert late.status_code == 200
+        assert samples(c, "predlat_late_answers_total")[(("model", "tiny"),)] == 1
