@@ -90,7 +90,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on shutdown, how long to let requests in flight finish (default: 30)",
     )
     add_progress_option(parser)
+    add_door_options(parser)
     parser.set_defaults(func=run)
+
+
+def add_door_options(parser: argparse.ArgumentParser) -> None:
+    """Shedding at the door, late work and decoding."""
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=512,
+        help="infer requests between arrival and answer; more get 429 before their body "
+        "is read (0: unbounded; default: 512)",
+    )
+    parser.add_argument(
+        "--timeout-action",
+        choices=("REJECT", "DELAY"),
+        default="REJECT",
+        help="late work, as Triton's queue policy: REJECT never starts work forecast to "
+        "finish late; DELAY runs it anyway, behind on-time work (default: REJECT; a request "
+        "may choose with the 'timeout_action' parameter)",
+    )
+    parser.add_argument(
+        "--decode-processes",
+        type=int,
+        default=1,
+        help="worker processes decoding big JSON bodies off the event loop (0: a thread; "
+        "default: 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,10 +125,16 @@ def run(args: argparse.Namespace) -> int:
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
     require(args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}")
+    require(args.max_inflight >= 0, f"--max-inflight must be >= 0, got {args.max_inflight}")
+    require(
+        args.decode_processes >= 0,
+        f"--decode-processes must be >= 0, got {args.decode_processes}",
+    )
 
     # Imported here so `predlat --help` stays fast.
     from predlat.models import resolve_models
     from predlat.runtime import build_runtime
+    from predlat.serving.admission import DoorPolicy, profile_forecast
     from predlat.serving.app import ServerConfig, create_app
     from predlat.serving.server import bind_socket, default_deadlines, run_server
 
@@ -128,13 +161,16 @@ def run(args: argparse.Namespace) -> int:
             default_deadline_s=default_deadlines(profile, specs, per_model, everyone),
             max_body_bytes=int(args.max_body_mb * 2**20),
             drain_timeout_s=args.graceful_timeout_s,
+            door=DoorPolicy(max_inflight=args.max_inflight, default_action=args.timeout_action),
+            decode_processes=args.decode_processes,
         )
     except BaseException:
         sock.close()
         raise
     # The app starts the runtime on the server's event loop (no thread hop per request)
     # and drains it at shutdown.
-    app = create_app(runtime, specs, config)
+    forecast = profile_forecast(profile.solo_latency, runtime.queue_lengths)
+    app = create_app(runtime, specs, config, forecast=forecast)
     host, port = sock.getsockname()[:2]
     deadlines = ", ".join(f"{m} {d * 1e3:.0f} ms" for m, d in config.default_deadline_s.items())
     print(
