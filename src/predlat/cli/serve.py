@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from typing import Any
 
 from predlat.cli.common import (
     add_device_options,
@@ -12,6 +13,7 @@ from predlat.cli.common import (
     positive_float,
     require,
 )
+from predlat.errors import ConfigError
 
 POLICY_HELP = "serial, oblivious, coarse or predlat"
 
@@ -112,6 +114,13 @@ def add_door_options(parser: argparse.ArgumentParser) -> None:
         "may choose with the 'timeout_action' parameter)",
     )
     parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8001,
+        help="TCP port of the gRPC front end (Open Inference Protocol v2, as Triton; "
+        "-1: off; default: 8001)",
+    )
+    parser.add_argument(
         "--decode-processes",
         type=int,
         default=1,
@@ -178,11 +187,28 @@ def run(args: argparse.Namespace) -> int:
         f"({args.policy}, {args.slots} slots; default deadlines: {deadlines})",
         flush=True,
     )
+    grpc_server = start_grpc(app, args.host, args.grpc_port)
     try:
         stopped_by = run_server(app, sock, graceful_timeout_s=args.graceful_timeout_s)
     finally:  # a no-op after a normal shutdown; drains if the app could not (forced exit)
+        if grpc_server is not None:
+            grpc_server.stop(args.graceful_timeout_s)
         runtime.stop(drain=True, timeout=args.graceful_timeout_s)
         sock.close()
     why = f" on {signal.Signals(stopped_by).name}" if stopped_by else ""
     print(f"predlat serve: stopped{why}; queued work drained", flush=True)
     return 0
+
+
+def start_grpc(app: Any, host: str, port: int) -> Any:
+    """The gRPC front end beside HTTP on the same service, or None when port is -1."""
+    if port < 0:
+        return None
+    from predlat.serving.grpc_server import GrpcServer
+
+    try:
+        server = GrpcServer(app.state.service, host, port).start()
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot serve gRPC on {host}:{port}: {exc}") from None
+    print(f"predlat serve: gRPC on {server.address}", flush=True)
+    return server

@@ -127,6 +127,11 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
+def refusal_response(refusal: Refusal) -> Response:
+    doc = {"error": refusal.message, "reason": refusal.reason}
+    return json_response(doc, refusal.status, refusal.headers())
+
+
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type=JSON_TYPE, headers=headers)
 
@@ -218,8 +223,7 @@ class InferenceService:
 
     def refuse(self, model: str, refusal: Refusal) -> Response:
         self.metrics.observe_refusal(model, refusal.reason)
-        doc = {"error": refusal.message, "reason": refusal.reason}
-        return json_response(doc, refusal.status, refusal.headers())
+        return refusal_response(refusal)
 
     async def _infer(self, request: Request, arrived: float) -> tuple[Response, float | None]:
         spec = self._model(request)
@@ -244,23 +248,39 @@ class InferenceService:
     async def _run(
         self, spec: ModelSpec, decoded: InferRequest, arrived: float
     ) -> tuple[Response, float | None]:
-        deadline_s = decoded.deadline_s or self.config.deadline_for(spec.name)
+        result = await self.execute(spec, decoded, arrived)
+        if isinstance(result, Refusal):
+            return refusal_response(result), None
+        priority = priority_from_level(decoded.priority_level)
+        return self._answer(decoded, result, self.deadline_of(spec, decoded), priority)
+
+    def deadline_of(self, spec: ModelSpec, decoded: InferRequest) -> float:
+        return decoded.deadline_s or self.config.deadline_for(spec.name)
+
+    async def execute(
+        self, spec: ModelSpec, decoded: InferRequest, arrived: float
+    ) -> RequestOutcome | Refusal:
+        """Run a decoded request (any transport): its outcome, or why it was refused
+        before reaching the scheduler."""
+        deadline_s = self.deadline_of(spec, decoded)
         priority = priority_from_level(decoded.priority_level)
         waited_s = time.perf_counter() - arrived
         if waited_s >= deadline_s:
-            return self.refuse(spec.name, passed_before_submit(waited_s, deadline_s)), None
+            refusal = passed_before_submit(waited_s, deadline_s)
+            self.metrics.observe_refusal(spec.name, refusal.reason)
+            return refusal
         action = self.config.door.action_for(spec.name, decoded.timeout_action)
         try:
             outcome = await self._submit(spec.name, decoded, deadline_s, priority, waited_s)
             if action == DELAY and outcome.status == "rejected":
                 outcome = await self._delay(spec.name, decoded, outcome, deadline_s, arrived)
         except UnknownModelError as exc:
-            return error_response(404, str(exc)), None
+            return Refusal(404, "unknown_model", str(exc))
         except PredlatError as exc:
-            return error_response(400, str(exc)), None
+            return Refusal(400, "bad_request", str(exc))
         if outcome.status == "missed":
             self.metrics.observe_late(spec.name)
-        return self._answer(decoded, outcome, deadline_s, priority)
+        return outcome
 
     async def _delay(
         self,
