@@ -19,12 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
-import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -41,7 +38,6 @@ from predlat.serving.admission import (
     DELAY,
     SHUTTING_DOWN,
     Door,
-    DoorPolicy,
     Forecast,
     Refusal,
     header_deadline,
@@ -55,72 +51,19 @@ from predlat.serving.answers import (
     rejection_status,
 )
 from predlat.serving.body import read_body
-from predlat.serving.decode import DEFAULT_OFFLOAD_BYTES, OffLoopDecoder, parse_header_length
+from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
+    DEFAULT_MAX_BODY_BYTES,
+    HostableRuntime,
+    RuntimeLike,
+    ServerConfig,
+    ServingState,
+)
+from predlat.serving.decode import OffLoopDecoder, parse_header_length
 from predlat.serving.metrics import ServingMetrics
 from predlat.serving.protocol import HEADER_LENGTH, InferRequest, ProtocolError
-from predlat.traces.records import BatchRecord
 
 FRAMEWORKS = ("starlette", "fastapi")
-DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 JSON_TYPE = "application/json"
-
-
-class RuntimeLike(Protocol):
-    """What the server needs of a Runtime (predlat.runtime.runtime.Runtime)."""
-
-    def submit(
-        self,
-        model: str,
-        inputs: dict[str, np.ndarray] | None,
-        *,
-        deadline_s: float,
-        priority: Priority = Priority.LOW,
-        waited_s: float = 0.0,
-    ) -> Future: ...
-
-    def add_listener(self, on_outcome: Callable[[Any], None]) -> None: ...
-
-    def add_batch_listener(self, on_batch: Callable[[BatchRecord, float], None]) -> None: ...
-
-
-class HostableRuntime(RuntimeLike, Protocol):
-    """A runtime the app can start on its event loop and stop when serving ends."""
-
-    @property
-    def started(self) -> bool: ...
-
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None: ...
-
-    async def stop_async(self, drain: bool = True, timeout: float = 30.0) -> None: ...
-
-
-@dataclass
-class ServerConfig:
-    """Per-server settings. `default_deadline_s` maps model -> seconds (used when a request
-    names no deadline); models missing from it use `fallback_deadline_s`.
-    `drain_timeout_s`: at shutdown, how long a runtime the app started may take to finish
-    its queued and running work."""
-
-    default_deadline_s: Mapping[str, float] = field(default_factory=dict)
-    fallback_deadline_s: float = 0.1
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    drain_timeout_s: float = 30.0
-    door: DoorPolicy = field(default_factory=DoorPolicy)
-    # Worker processes decoding big JSON bodies (0: a thread) and the size that sends
-    # a body there.
-    decode_processes: int = 0
-    offload_bytes: int = DEFAULT_OFFLOAD_BYTES
-
-    def deadline_for(self, model: str) -> float:
-        return self.default_deadline_s.get(model, self.fallback_deadline_s)
-
-
-@dataclass
-class ServingState:
-    """Whether the server takes new work; flipped when shutdown begins."""
-
-    ready: bool = False
-    accepting: bool = True
 
 
 def error_response(status: int, message: str) -> Response:
