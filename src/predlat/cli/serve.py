@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from pathlib import Path
 from typing import Any
 
 from predlat.cli.common import (
@@ -60,7 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    parser.add_argument("--slots", type=int, default=2, help="execution slots (default: 2)")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="execution slots (default: 2, or the sum of a model repository's instance_group "
+        "counts)",
+    )
     parser.add_argument("--policy", default="predlat", help=f"{POLICY_HELP} (default: predlat)")
     add_device_options(parser, "intra-op threads per slot")
     parser.add_argument(
@@ -114,6 +121,12 @@ def add_door_options(parser: argparse.ArgumentParser) -> None:
         "may choose with the 'timeout_action' parameter)",
     )
     parser.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="serve a Triton model repository: DIR/<model>/config.pbtxt and "
+        "DIR/<model>/<version>/model.onnx (instead of --models)",
+    )
+    parser.add_argument(
         "--grpc-port",
         type=int,
         default=8001,
@@ -130,10 +143,14 @@ def add_door_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require(args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
+    require(args.slots is None or args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
     require(args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}")
+    require(
+        args.models is None or args.model_repository is None,
+        "give --models or --model-repository, not both",
+    )
     require(args.max_inflight >= 0, f"--max-inflight must be >= 0, got {args.max_inflight}")
     require(
         args.decode_processes >= 0,
@@ -147,13 +164,25 @@ def run(args: argparse.Namespace) -> int:
     from predlat.serving.app import ServerConfig, create_app
     from predlat.serving.server import bind_socket, default_deadlines, run_server
 
-    if args.models is None:
+    repository = None
+    if args.model_repository is not None:
+        from predlat.serving.repository import scan_repository
+
+        repository = scan_repository(Path(args.model_repository))
+        specs = [m.spec() for m in repository]
+        names: list = list(specs)
+    elif args.models is None:
         from predlat.models.zoo import ZOO_NAMES
 
         names = list(ZOO_NAMES)
+        specs = resolve_models(names)
     else:
         names = args.models
-    specs = resolve_models(names)
+        specs = resolve_models(names)
+    if args.slots is None:
+        args.slots = sum(m.settings.instance_count for m in repository) if repository else 2
+    batch_caps = [m.settings.max_batch_size for m in repository or []]
+    max_batch = max(batch_caps) if batch_caps and all(batch_caps) else 8
     everyone, per_model = args.default_deadline_ms
     sock = bind_socket(args.host, args.port)  # fail fast, before minutes of profiling
     try:
@@ -165,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
             provider=args.provider,
             max_queue=args.max_queue,
             progress=not args.no_progress,
+            max_batch=max_batch,
         )
         config = ServerConfig(
             default_deadline_s=default_deadlines(profile, specs, per_model, everyone),
@@ -172,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
             drain_timeout_s=args.graceful_timeout_s,
             door=DoorPolicy(max_inflight=args.max_inflight, default_action=args.timeout_action),
             decode_processes=args.decode_processes,
+            models={m.name: m.settings for m in repository or []},
+            repository=Path(args.model_repository) if repository else None,
+            versions={m.name: m.version for m in repository or []},
         )
     except BaseException:
         sock.close()

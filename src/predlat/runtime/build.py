@@ -24,7 +24,7 @@ MARGIN_S = 0.5e-3
 
 
 def build_runtime(
-    models: Sequence[str],
+    models: Sequence[str | ModelSpec],
     *,
     slots: int,
     policy: str,
@@ -39,7 +39,7 @@ def build_runtime(
     training: Sequence[BatchRecord] = (),
     serial_threads: int | None = None,
 ) -> tuple[Runtime, Profile]:
-    """A runtime (not started) serving `models` (zoo names or .onnx paths) on an ONNX
+    """A runtime (not started) serving `models` (zoo names, .onnx paths or specs) on an ONNX
     Runtime device with `slots` slots of `threads` intra-op threads, scheduled by
     `policy`. The profile comes from the machine cache (measured only if missing).
 
@@ -53,7 +53,10 @@ def build_runtime(
         raise ConfigError(f"slots must be at least 1, got {slots}")
     if not 0.0 < quantile < 1.0:
         raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
-    specs = resolve_models(models)
+    specs = [m for m in models if isinstance(m, ModelSpec)]  # named already (a repository)
+    specs += resolve_models([m for m in models if not isinstance(m, ModelSpec)])
+    if len({s.name for s in specs}) != len(specs):
+        raise ConfigError(f"model names given twice: {', '.join(s.name for s in specs)}")
     if chosen.one_at_a_time:
         slots = 1
         threads = serial_threads or best_serial_threads(specs, provider, progress)

@@ -77,8 +77,25 @@ class Door:
         self.policy = policy
         self.forecast = forecast
         self.inflight = 0
+        self.pending: dict[str, int] = {}  # per model
 
-    def check(self, model: str, deadline_s: float) -> Refusal | None:
+    def enter(self, model: str) -> None:
+        self.inflight += 1
+        self.pending[model] = self.pending.get(model, 0) + 1
+
+    def leave(self, model: str) -> None:
+        self.inflight -= 1
+        self.pending[model] -= 1
+
+    def check(self, model: str, deadline_s: float, max_queue: int = 0) -> Refusal | None:
+        """`max_queue`: the model's own cap on requests in flight (0: none)."""
+        if max_queue and self.pending.get(model, 0) >= max_queue:
+            return Refusal(
+                429,
+                "model_queue_full",
+                f"queue of model '{model}' is full ({max_queue} requests, max_queue_size)",
+                self.policy.retry_after_s,
+            )
         limit = self.policy.max_inflight
         if limit and self.inflight >= limit:
             return Refusal(

@@ -51,6 +51,7 @@ from predlat.serving.answers import (
     rejection_status,
 )
 from predlat.serving.body import read_body
+from predlat.serving.catalog import Catalog
 from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
     DEFAULT_MAX_BODY_BYTES,
     HostableRuntime,
@@ -98,6 +99,7 @@ class InferenceService:
         self.metrics = metrics
         self.state = ServingState()
         self.door = Door(config.door, forecast)
+        self.catalog = Catalog(specs, config.models, config.repository, config.versions)
         self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
         runtime.add_listener(metrics.observe_outcome)
         runtime.add_batch_listener(metrics.observe_batch)
@@ -126,11 +128,16 @@ class InferenceService:
         return json_response({"name": spec.name, "ready": ready}, 200 if ready else 503)
 
     async def repository_index(self, request: Request) -> Response:
-        """Triton's model repository index: every served model, all ready."""
-        state = "READY" if self.state.ready else "UNAVAILABLE"
-        return json_response(
-            [{"name": n, "version": protocol.MODEL_VERSION, "state": state} for n in self.specs]
-        )
+        """Triton's model repository index: every model, with its state."""
+        return json_response(self.catalog.index(self.state.ready))
+
+    async def repository_load(self, request: Request) -> Response:
+        self.catalog.load(request.path_params["model"])
+        return json_response({})
+
+    async def repository_unload(self, request: Request) -> Response:
+        self.catalog.unload(request.path_params["model"])
+        return json_response({})
 
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
@@ -138,15 +145,8 @@ class InferenceService:
 
     def _model(self, request: Request) -> ModelSpec:
         """The model a path names, or a 404 ProtocolError."""
-        name = request.path_params["model"]
-        spec = self.specs.get(name)
-        if spec is None:
-            served = ", ".join(self.specs) or "none"
-            raise ProtocolError(f"unknown model '{name}' (served: {served})", 404)
-        version = request.path_params.get("version")
-        if version is not None and version != protocol.MODEL_VERSION:
-            raise ProtocolError(f"model '{name}' has no version '{version}' (versions: 1)", 404)
-        return spec
+        params = request.path_params
+        return self.catalog.get(params["model"], params.get("version"))
 
     # -- inference -------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
@@ -174,10 +174,11 @@ class InferenceService:
             closing = Refusal(503, SHUTTING_DOWN, "server is shutting down")
             return self.refuse(spec.name, closing), None
         door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
-        refusal = self.door.check(spec.name, door_deadline)  # before the body is read
+        queue_cap = self.config.settings(spec.name).max_queue_size
+        refusal = self.door.check(spec.name, door_deadline, queue_cap)  # before the body
         if refusal is not None:
             return self.refuse(spec.name, refusal), None
-        self.door.inflight += 1
+        self.door.enter(spec.name)
         self.metrics.inflight.inc()
         try:
             body = await read_body(request, self.config.max_body_bytes)
@@ -185,7 +186,7 @@ class InferenceService:
             decoded = await self.decoder.decode(body, length, spec)
             return await self._run(spec, decoded, arrived)
         finally:
-            self.door.inflight -= 1
+            self.door.leave(spec.name)
             self.metrics.inflight.dec()
 
     async def _run(
@@ -194,25 +195,52 @@ class InferenceService:
         result = await self.execute(spec, decoded, arrived)
         if isinstance(result, Refusal):
             return refusal_response(result), None
-        priority = priority_from_level(decoded.priority_level)
+        priority = self.priority_of(spec, decoded)
         return self._answer(decoded, result, self.deadline_of(spec, decoded), priority)
 
     def deadline_of(self, spec: ModelSpec, decoded: InferRequest) -> float:
-        return decoded.deadline_s or self.config.deadline_for(spec.name)
+        return self.config.request_deadline(spec.name, decoded.deadline_s)
+
+    def priority_of(self, spec: ModelSpec, decoded: InferRequest) -> Priority:
+        level = decoded.priority_level or self.config.settings(spec.name).default_priority_level
+        return priority_from_level(level)
+
+    def check_limits(self, spec: ModelSpec, decoded: InferRequest) -> Refusal | None:
+        """The model's max_batch_size and priority_levels (a repository's config)."""
+        settings = self.config.settings(spec.name)
+        if settings.max_batch_size and decoded.rows > settings.max_batch_size:
+            return Refusal(
+                400,
+                "bad_request",
+                f"model '{spec.name}': batch of {decoded.rows} rows is over its "
+                f"max_batch_size {settings.max_batch_size}",
+            )
+        levels = settings.priority_levels
+        if levels and decoded.priority_level > levels:
+            return Refusal(
+                400,
+                "bad_request",
+                f"model '{spec.name}': priority {decoded.priority_level} is over its "
+                f"priority_levels ({levels})",
+            )
+        return None
 
     async def execute(
         self, spec: ModelSpec, decoded: InferRequest, arrived: float
     ) -> RequestOutcome | Refusal:
         """Run a decoded request (any transport): its outcome, or why it was refused
         before reaching the scheduler."""
+        refusal = self.check_limits(spec, decoded)
+        if refusal is not None:
+            return refusal
         deadline_s = self.deadline_of(spec, decoded)
-        priority = priority_from_level(decoded.priority_level)
+        priority = self.priority_of(spec, decoded)
         waited_s = time.perf_counter() - arrived
         if waited_s >= deadline_s:
             refusal = passed_before_submit(waited_s, deadline_s)
             self.metrics.observe_refusal(spec.name, refusal.reason)
             return refusal
-        action = self.config.door.action_for(spec.name, decoded.timeout_action)
+        action = self.config.action_for(spec.name, decoded.timeout_action)
         try:
             outcome = await self._submit(spec.name, decoded, deadline_s, priority, waited_s)
             if action == DELAY and outcome.status == "rejected":
@@ -292,7 +320,9 @@ def _routes(service: InferenceService) -> list[tuple[str, Callable, list[str]]]:
         ("/v2", s.server_metadata, ["GET"]),
         ("/v2/health/live", s.live, ["GET"]),
         ("/v2/health/ready", s.ready, ["GET"]),
-        ("/v2/repository/index", s.repository_index, ["POST"]),
+        ("/v2/repository/index", s.repository_index, ["GET", "POST"]),
+        ("/v2/repository/models/{model}/load", s.repository_load, ["POST"]),
+        ("/v2/repository/models/{model}/unload", s.repository_unload, ["POST"]),
         (model, s.model_metadata, ["GET"]),
         (version, s.model_metadata, ["GET"]),
         (f"{model}/ready", s.model_ready, ["GET"]),

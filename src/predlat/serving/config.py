@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from predlat.scheduling.request import Priority
 from predlat.serving.admission import DoorPolicy
 from predlat.serving.decode import DEFAULT_OFFLOAD_BYTES
+from predlat.serving.repository import ModelSettings
 from predlat.traces.records import BatchRecord
 
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
@@ -63,9 +65,38 @@ class ServerConfig:
     # a body there.
     decode_processes: int = 0
     offload_bytes: int = DEFAULT_OFFLOAD_BYTES
+    # Per-model settings (a Triton model repository's config.pbtxt files).
+    models: dict[str, ModelSettings] = field(default_factory=dict)
+    repository: Path | None = None  # the model repository they came from
+    versions: dict[str, str] = field(default_factory=dict)  # model -> version served
+
+    def settings(self, model: str) -> ModelSettings:
+        return self.models.get(model, _DEFAULTS)
 
     def deadline_for(self, model: str) -> float:
+        """A request's deadline when it names none: the model's default timeout, else
+        the server's default for the model."""
+        timeout = self.settings(model).default_timeout_s
+        if timeout:
+            return timeout
         return self.default_deadline_s.get(model, self.fallback_deadline_s)
+
+    def action_for(self, model: str, requested: str | None) -> str:
+        """REJECT or DELAY: the request's choice where the model allows overrides."""
+        settings = self.models.get(model)
+        if settings is None:
+            return self.door.action_for(model, requested)
+        if requested is not None and settings.allow_timeout_override:
+            return requested
+        return settings.timeout_action
+
+    def request_deadline(self, model: str, requested: float | None) -> float:
+        if requested is None or not self.settings(model).allow_timeout_override:
+            return self.deadline_for(model)
+        return requested
+
+
+_DEFAULTS = ModelSettings()
 
 
 @dataclass

@@ -104,10 +104,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.service = service
 
     def _spec(self, name: str, version: str = "") -> ModelSpec:
-        spec = self.service.specs.get(name)
-        if spec is None or version not in ("", protocol.MODEL_VERSION):
-            raise ProtocolError(f"unknown model '{name}' version '{version}'", 404)
-        return spec
+        return self.service.catalog.get(name, version)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
@@ -117,7 +114,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=state.ready and state.accepting)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        ready = request.name in self.service.specs and self.service.state.ready
+        catalog = self.service.catalog
+        ready = self.service.state.ready and request.name in catalog.specs
+        ready = ready and request.name not in catalog.unloaded
         return service_pb2.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
@@ -159,21 +158,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         entry = service_pb2.RepositoryIndexResponse.ModelIndex
-        ready = "READY" if self.service.state.ready else "UNAVAILABLE"
-        return service_pb2.RepositoryIndexResponse(
-            models=[
-                entry(name=n, version=protocol.MODEL_VERSION, state=ready)
-                for n in self.service.specs
-            ]
-        )
+        index = self.service.catalog.index(self.service.state.ready)
+        return service_pb2.RepositoryIndexResponse(models=[entry(**e) for e in index])
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._or_abort(context, self.service.catalog.load, request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._or_abort(context, self.service.catalog.unload, request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         arrived = time.perf_counter()
         service = self.service
         spec = await self._or_abort(context, self._spec, request.model_name, request.model_version)
         timeout = _param(request.parameters, "timeout")
-        door_deadline = timeout / 1e6 if timeout else service.config.deadline_for(spec.name)
-        refusal = service.door.check(spec.name, door_deadline)
+        door_deadline = service.config.request_deadline(
+            spec.name, timeout / 1e6 if timeout else None
+        )
+        queue_cap = service.config.settings(spec.name).max_queue_size
+        refusal = service.door.check(spec.name, door_deadline, queue_cap)
         if refusal is None and not service.state.accepting:
             refusal = Refusal(503, "shutting_down", "server is shutting down")
         if refusal is not None:
@@ -181,11 +186,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(_CODES.get(refusal.status, grpc.StatusCode.UNAVAILABLE),
                                 refusal.message)  # fmt: skip
         decoded = await self._or_abort(context, decode_grpc_request, request, spec)
-        service.door.inflight += 1  # shared with HTTP's loop: a racy count is harmless here
+        service.door.enter(spec.name)  # shared with HTTP's loop: a racy count is harmless
         try:
             result = await service.execute(spec, decoded, arrived)
         finally:
-            service.door.inflight -= 1
+            service.door.leave(spec.name)
         if isinstance(result, Refusal):
             await context.abort(_CODES.get(result.status, grpc.StatusCode.UNAVAILABLE),
                                 result.message)  # fmt: skip
