@@ -154,7 +154,10 @@ BAD_REQUESTS = [
     (b'{"inputs":' + b"[" * 200_000 + b"]" * 200_000 + b"}", "malformed JSON"),  # too deep
     (
         b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":'
-        + b"[" * 1000 + b"1" + b"]" * 1000 + b"}]}",
+        + b"[" * 1000
+        + b"1"
+        + b"]" * 1000
+        + b"}]}",
         "'data'",
     ),
     (json.dumps({"inputs": []}).encode(), "non-empty 'inputs'"),
