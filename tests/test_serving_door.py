@@ -3,10 +3,13 @@ the deadline clock starting at arrival, and the REJECT / DELAY late-work policy.
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -162,3 +165,34 @@ def test_model_policy_delay_and_late_answers_counted(runtime, spec):
         late = c.post(INFER, content=body(deadline_ms=100))
         assert late.status_code == 200
         assert samples(c, "predlat_late_answers_total")[(("model", "tiny"),)] == 1
+
+
+def test_triton_named_metrics(runtime, spec):
+    runtime.gate = lambda m, i, d, p: "deadline cannot be met" if p.name == "HIGH" else None
+    with serve(runtime, spec) as server, httpx.Client(base_url=server.url) as client:
+        for _ in range(3):
+            assert client.post(INFER, content=body(rows=2)).status_code == 200
+        assert client.post(INFER, content=body(priority=1)).status_code == 503
+        text = client.get("/metrics").text
+        tiny = (("model", "tiny"), ("version", "1"))
+        assert samples(client, "nv_inference_request_success")[tiny] == 3
+        assert samples(client, "nv_inference_count")[tiny] == 6  # rows
+        assert samples(client, "nv_inference_exec_count")[tiny] == 3
+        failure = samples(client, "nv_inference_request_failure")
+        assert failure[(("model", "tiny"), ("reason", "REJECTED"), ("version", "1"))] == 1
+        for name in ("request", "queue", "compute_input", "compute_infer", "compute_output"):
+            assert samples(client, f"nv_inference_{name}_duration_us")[tiny] > 0
+        assert samples(client, "nv_inference_pending_request_count")[tiny] == 0
+        assert "nv_inference_request_success_total" not in text  # Triton's exact names
+
+
+def test_grafana_dashboard_charts_only_metrics_the_server_exposes(runtime, spec):
+    path = Path(__file__).parents[1] / "deploy" / "grafana" / "predlat.json"
+    board = json.loads(path.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|total)$", "", m) for e in exprs for m in re.findall(
+        r"\b(?:nv_inference|predlat)_[a-z_]+", e)}  # fmt: skip
+    with serve(runtime, spec) as server, httpx.Client(base_url=server.url) as client:
+        client.post(INFER, content=body())
+        exposed = {f.name for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert used and used <= exposed, used - exposed

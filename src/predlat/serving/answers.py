@@ -9,8 +9,27 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+import orjson
+from starlette.responses import Response
+
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.request import Priority
+from predlat.serving.admission import Refusal
+
+JSON_TYPE = "application/json"
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+def refusal_response(refusal: Refusal) -> Response:
+    doc = {"error": refusal.message, "reason": refusal.reason}
+    return json_response(doc, refusal.status, refusal.headers())
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
 def priority_from_level(level: int) -> Priority:

@@ -20,9 +20,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, cast
+from typing import cast
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,9 +44,13 @@ from predlat.serving.admission import (
     passed_before_submit,
 )
 from predlat.serving.answers import (
+    JSON_TYPE,
     await_outcome,
+    error_response,
+    json_response,
     outcome_parameters,
     priority_from_level,
+    refusal_response,
     rejection_status,
 )
 from predlat.serving.body import read_body
@@ -64,20 +67,6 @@ from predlat.serving.metrics import ServingMetrics
 from predlat.serving.protocol import HEADER_LENGTH, InferRequest, ProtocolError
 
 FRAMEWORKS = ("starlette", "fastapi")
-JSON_TYPE = "application/json"
-
-
-def error_response(status: int, message: str) -> Response:
-    return json_response({"error": message}, status)
-
-
-def refusal_response(refusal: Refusal) -> Response:
-    doc = {"error": refusal.message, "reason": refusal.reason}
-    return json_response(doc, refusal.status, refusal.headers())
-
-
-def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
 class InferenceService:
@@ -99,6 +88,7 @@ class InferenceService:
         self.metrics = metrics
         self.state = ServingState()
         self.door = Door(config.door, forecast)
+        metrics.triton.pending = lambda: dict(self.door.pending)
         self.catalog = Catalog(specs, config.models, config.repository, config.versions)
         self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
         runtime.add_listener(metrics.observe_outcome)
@@ -184,19 +174,23 @@ class InferenceService:
             body = await read_body(request, self.config.max_body_bytes)
             length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
             decoded = await self.decoder.decode(body, length, spec)
-            return await self._run(spec, decoded, arrived)
+            return await self._run(spec, decoded, arrived, time.perf_counter() - arrived)
         finally:
             self.door.leave(spec.name)
             self.metrics.inflight.dec()
 
     async def _run(
-        self, spec: ModelSpec, decoded: InferRequest, arrived: float
+        self, spec: ModelSpec, decoded: InferRequest, arrived: float, input_s: float
     ) -> tuple[Response, float | None]:
         result = await self.execute(spec, decoded, arrived)
         if isinstance(result, Refusal):
             return refusal_response(result), None
         priority = self.priority_of(spec, decoded)
-        return self._answer(decoded, result, self.deadline_of(spec, decoded), priority)
+        encoding = time.perf_counter()
+        answer = self._answer(decoded, result, self.deadline_of(spec, decoded), priority)
+        done = time.perf_counter()
+        self.metrics.observe_request(spec.name, done - arrived, input_s, done - encoding)
+        return answer
 
     def deadline_of(self, spec: ModelSpec, decoded: InferRequest) -> float:
         return self.config.request_deadline(spec.name, decoded.deadline_s)
