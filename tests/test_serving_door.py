@@ -196,3 +196,23 @@ def test_grafana_dashboard_charts_only_metrics_the_server_exposes(runtime, spec)
         client.post(INFER, content=body())
         exposed = {f.name for f in text_string_to_metric_families(client.get("/metrics").text)}
     assert used and used <= exposed, used - exposed
+
+
+def test_decode_backlog_refuses_big_bodies_at_the_door(runtime, spec):
+    with serve(runtime, spec, offload_bytes=1000) as server:
+        decoder = server.app.state.service.decoder
+        decoder.seconds_per_byte = 1e-3  # 2 s for the 2 kB body below: past 500 ms
+        big = httpx.post(server.url + INFER, content=b"x" * 2000)  # never decoded
+        small = httpx.post(server.url + INFER, content=body())  # inline: no decode wait
+    assert big.status_code == 503 and big.json()["reason"] == "deadline_below_forecast"
+    assert "of it decoding" in big.json()["error"]
+    assert small.status_code == 200
+
+
+def test_decode_wait_forecast_grows_with_the_backlog():
+    decoder = decode.OffLoopDecoder(processes=2, offload_bytes=100)
+    decoder.seconds_per_byte = 1e-6
+    assert decoder.forecast_wait(50) == 0.0  # decoded inline
+    alone = decoder.forecast_wait(1000)
+    decoder.pending = 4
+    assert alone == pytest.approx(1e-3) and decoder.forecast_wait(1000) == pytest.approx(3e-3)

@@ -87,8 +87,11 @@ class Door:
         self.inflight -= 1
         self.pending[model] -= 1
 
-    def check(self, model: str, deadline_s: float, max_queue: int = 0) -> Refusal | None:
-        """`max_queue`: the model's own cap on requests in flight (0: none)."""
+    def check(
+        self, model: str, deadline_s: float, max_queue: int = 0, decode_s: float = 0.0
+    ) -> Refusal | None:
+        """`max_queue`: the model's own cap on requests in flight (0: none); `decode_s`:
+        the forecast wait for and in decoding the body (from its Content-Length)."""
         if max_queue and self.pending.get(model, 0) >= max_queue:
             return Refusal(
                 429,
@@ -104,13 +107,15 @@ class Door:
                 f"server busy: {self.inflight} requests in flight (budget {limit})",
                 self.policy.retry_after_s,
             )
-        fastest = self.forecast(model) if self.forecast is not None else None
-        if fastest is not None and deadline_s < fastest:
+        run_s = self.forecast(model) if self.forecast is not None else None
+        fastest = (run_s or 0.0) + decode_s
+        if (run_s is not None or decode_s > 0) and deadline_s < fastest:
+            decoding = f", {decode_s * 1e3:.1f} ms of it decoding" if decode_s > 0 else ""
             return Refusal(
                 503,
                 BELOW_FORECAST,
                 f"deadline {deadline_s * 1e3:.1f} ms is shorter than the fastest forecast "
-                f"answer for model '{model}' ({fastest * 1e3:.1f} ms)",
+                f"answer for model '{model}' ({fastest * 1e3:.1f} ms{decoding})",
             )
         return None
 

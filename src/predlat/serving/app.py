@@ -165,7 +165,8 @@ class InferenceService:
             return self.refuse(spec.name, closing), None
         door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
         queue_cap = self.config.settings(spec.name).max_queue_size
-        refusal = self.door.check(spec.name, door_deadline, queue_cap)  # before the body
+        decode_s = self.decoder.forecast_wait(_content_length(request))
+        refusal = self.door.check(spec.name, door_deadline, queue_cap, decode_s)  # no body yet
         if refusal is not None:
             return self.refuse(spec.name, refusal), None
         self.door.enter(spec.name)
@@ -303,6 +304,11 @@ class InferenceService:
 
 
 # -- app factory ---------------------------------------------------------------------
+
+
+def _content_length(request: Request) -> int:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else 0
 
 
 def _routes(service: InferenceService) -> list[tuple[str, Callable, list[str]]]:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 _ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 # JSON bytes past which a body is decoded in a worker process (~1 ms of orjson + numpy).
 DEFAULT_OFFLOAD_BYTES = 128 * 1024
+# Until measured: ~12 ms per MB of JSON tensor (orjson + numpy on a modern core).
+_INITIAL_SECONDS_PER_BYTE = 12e-9
+_EWMA_WEIGHT = 0.1
 
 
 class OffLoopDecoder:
@@ -47,6 +51,8 @@ class OffLoopDecoder:
         self.processes = processes
         self.offload_bytes = offload_bytes
         self._pool: ProcessPoolExecutor | None = None
+        self.pending = 0  # offloaded bodies waiting or being decoded
+        self.seconds_per_byte = _INITIAL_SECONDS_PER_BYTE  # EWMA of measured decodes
 
     def start(self) -> None:
         """Start and warm the workers (imports take ~1 s: not on the first request)."""
@@ -62,21 +68,49 @@ class OffLoopDecoder:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
+    def forecast_wait(self, body_bytes: int) -> float:
+        """Seconds a body of this size would spend waiting for and in decoding, from its
+        Content-Length alone: the door refuses work the decode backlog makes late."""
+        if body_bytes < self.offload_bytes:
+            return 0.0
+        lanes = max(1, self.processes)
+        return self.seconds_per_byte * body_bytes * (1.0 + self.pending / lanes)
+
     async def decode(self, body: bytes, header_length: int | None, spec: ModelSpec) -> InferRequest:
         json_bytes = len(body) if header_length is None else header_length
         if json_bytes < self.offload_bytes:
             return decode_infer_request(body, header_length, spec)
-        if self._pool is None:
-            return await asyncio.to_thread(decode_infer_request, body, header_length, spec)
-        loop = asyncio.get_running_loop()
+        self.pending += 1
         try:
-            return await loop.run_in_executor(
-                self._pool, decode_infer_request, body, header_length, spec
-            )
-        except BrokenProcessPool:  # a worker died (OOM kill): keep serving on a thread
-            log.warning("decode worker pool broke; decoding on a thread from now on")
-            self._pool = None
-            return await asyncio.to_thread(decode_infer_request, body, header_length, spec)
+            decoded, seconds = await self._offload(body, header_length, spec)
+        finally:
+            self.pending -= 1
+        rate = seconds / max(1, len(body))
+        self.seconds_per_byte += _EWMA_WEIGHT * (rate - self.seconds_per_byte)
+        return decoded
+
+    async def _offload(
+        self, body: bytes, header_length: int | None, spec: ModelSpec
+    ) -> tuple[InferRequest, float]:
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(
+                    self._pool, _timed_decode, body, header_length, spec
+                )
+            except BrokenProcessPool:  # a worker died (OOM kill): keep serving on a thread
+                log.warning("decode worker pool broke; decoding on a thread from now on")
+                self._pool = None
+        return await asyncio.to_thread(_timed_decode, body, header_length, spec)
+
+
+def _timed_decode(
+    body: bytes, header_length: int | None, spec: ModelSpec
+) -> tuple[InferRequest, float]:
+    """Decode and the seconds it took (the worker's own time, not its queue's)."""
+    began = time.perf_counter()
+    decoded = decode_infer_request(body, header_length, spec)
+    return decoded, time.perf_counter() - began
 
 
 def _warm() -> None:
