@@ -11,6 +11,7 @@ checks again with its own clock.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -264,7 +265,10 @@ async def _server_counts(client: httpx.AsyncClient) -> dict[str, float] | None:
         return None
     if response.status_code != 200:
         return None
-    return server_counts(response.text)
+    try:
+        return server_counts(response.text)
+    except ValueError:  # not Prometheus text: a server without predlat's metrics
+        return None
 
 
 def _ignore(sample: Sample) -> None:
@@ -280,15 +284,15 @@ async def _drive(
 ) -> tuple[list[Sample], float]:
     samples: list[Sample] = []
     tasks: list[asyncio.Task] = []
+    gc.freeze()  # a full collection over thousands of samples would stall the schedule
     t0 = time.perf_counter()
     for arrival in arrivals:
-        delay = arrival.time - (time.perf_counter() - t0)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await _until(t0 + arrival.time)
         sample = Sample(arrival.model, arrival.high_priority, arrival.time)
         samples.append(sample)
         request = payloads[arrival.model].take(arrival.high_priority)
         tasks.append(asyncio.create_task(_send(client, request, sample, t0, on_done)))
+    gc.unfreeze()
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=config.timeout_s + 1.0)
         for task in pending:  # the client's own timeout normally fires first
@@ -297,6 +301,17 @@ async def _drive(
             if sample.status_code == 0 and sample.error is None:
                 sample.error = "no answer before the run's end"
     return samples, time.perf_counter() - t0
+
+
+async def _until(due: float) -> None:
+    """Sleep to `due` (perf_counter). The loop's timers may fire a little early (they
+    round to milliseconds): then yield until due. No busy wait beyond that: the client
+    often shares the machine's cores with the server it measures."""
+    delay = due - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while time.perf_counter() < due:
+        await asyncio.sleep(0)
 
 
 def run(config: LoadConfig, progress: bool = True) -> dict[str, Any]:
