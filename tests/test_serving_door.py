@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from predlat.models.registry import resolve_model
 from predlat.models.spec import ModelSpec
 from predlat.serving import decode
-from predlat.serving.admission import DoorPolicy
+from predlat.serving.admission import DoorPolicy, late_for_decode
 from predlat.serving.app import ServerConfig, create_app
 from predlat.serving.server import BackgroundServer
 from serving_fakes import FakeRuntime
@@ -216,3 +216,22 @@ def test_decode_wait_forecast_grows_with_the_backlog():
     alone = decoder.forecast_wait(1000)
     decoder.pending = 4
     assert alone == pytest.approx(1e-3) and decoder.forecast_wait(1000) == pytest.approx(3e-3)
+
+
+def test_read_then_late_for_decode_is_refused_without_decoding(runtime, spec):
+    with serve(runtime, spec, offload_bytes=1000) as server:
+        server.app.state.service.decoder.seconds_per_byte = 1e-4  # 0.2 s for 2 kB
+        headers = {"predlat-deadline-ms": "150"}
+        chunked = iter([b"x" * 1000, b"x" * 1000])  # no Content-Length: the door lets it in
+        late = httpx.post(server.url + INFER, content=chunked, headers=headers)
+    assert late.status_code == 503
+    assert late.json()["reason"] == "deadline_passed_before_decode"
+    assert runtime.submitted == []
+
+
+def test_late_for_decode_needs_a_firm_deadline():
+    assert late_for_decode(None, 1.0, 5.0) is None  # the body may carry a longer one
+    assert late_for_decode(0.15, 0.05, 0.05) is None
+    refusal = late_for_decode(0.15, 0.12, 0.05)
+    assert refusal is not None and refusal.reason == "deadline_passed_before_decode"
+    assert "120.0 ms went reading" in refusal.message

@@ -66,6 +66,10 @@ def test_infer_round_trip_with_priority_and_timeout(served, spec):
     expected = session.run(None, {"x": x})[0]
     name = session.get_outputs()[0].name
     np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-5)
+    params = result.get_response().parameters
+    assert params["predlat_status"].string_param == "met"
+    assert params["predlat_deadline_ms"].double_param == pytest.approx(200.0)
+    assert params["predlat_batch_size"].int64_param == 3
     assert runtime.submitted[-1] == ("tiny", pytest.approx(0.2), Priority.HIGH)
     infer(client, x)
     assert runtime.submitted[-1] == ("tiny", pytest.approx(0.5), Priority.LOW)

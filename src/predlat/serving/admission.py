@@ -29,6 +29,7 @@ PRIORITY_HEADER = "predlat-priority"
 BUDGET_FULL = "inflight_budget_full"
 BELOW_FORECAST = "deadline_below_forecast"
 PASSED_BEFORE_SUBMIT = "deadline_passed_before_submit"
+LATE_FOR_DECODE = "deadline_passed_before_decode"
 SHUTTING_DOWN = "shutting_down"
 
 # Seconds a forecast takes for a model: queued requests -> fastest answer from now.
@@ -126,6 +127,19 @@ def passed_before_submit(waited_s: float, deadline_s: float) -> Refusal:
         PASSED_BEFORE_SUBMIT,
         f"deadline of {deadline_s * 1e3:.1f} ms passed while the request was read and "
         f"decoded ({waited_s * 1e3:.1f} ms)",
+    )
+
+
+def late_for_decode(deadline_s: float | None, waited_s: float, decode_s: float) -> Refusal | None:
+    """After the body is read, before decoding it: refuse when the deadline (one the body
+    cannot change: from the headers) leaves less than the forecast decode time."""
+    if deadline_s is None or deadline_s - waited_s >= decode_s:
+        return None
+    return Refusal(
+        503,
+        LATE_FOR_DECODE,
+        f"deadline of {deadline_s * 1e3:.1f} ms: {waited_s * 1e3:.1f} ms went reading the "
+        f"body, decoding it needs about {decode_s * 1e3:.1f} ms more",
     )
 
 

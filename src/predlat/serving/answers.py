@@ -10,11 +10,13 @@ from concurrent.futures import Future
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.request import Priority
 from predlat.serving.admission import Refusal
+from predlat.serving.protocol import ProtocolError
 
 JSON_TYPE = "application/json"
 
@@ -93,3 +95,11 @@ def outcome_parameters(
     if outcome.batch_size is not None:
         params["predlat_batch_size"] = outcome.batch_size
     return params
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ProtocolError):
+        return error_response(exc.status, exc.message)
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None) or "error"
+    return error_response(status, f"{detail}: {request.method} {request.url.path}")

@@ -41,19 +41,21 @@ from predlat.serving.admission import (
     Refusal,
     header_deadline,
     is_deadline_rejection,
+    late_for_decode,
     passed_before_submit,
 )
 from predlat.serving.answers import (
     JSON_TYPE,
     await_outcome,
     error_response,
+    http_error,
     json_response,
     outcome_parameters,
     priority_from_level,
     refusal_response,
     rejection_status,
 )
-from predlat.serving.body import read_body
+from predlat.serving.body import content_length, read_body
 from predlat.serving.catalog import Catalog
 from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
     DEFAULT_MAX_BODY_BYTES,
@@ -165,7 +167,7 @@ class InferenceService:
             return self.refuse(spec.name, closing), None
         door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
         queue_cap = self.config.settings(spec.name).max_queue_size
-        decode_s = self.decoder.forecast_wait(_content_length(request))
+        decode_s = self.decoder.forecast_wait(content_length(request))
         refusal = self.door.check(spec.name, door_deadline, queue_cap, decode_s)  # no body yet
         if refusal is not None:
             return self.refuse(spec.name, refusal), None
@@ -174,6 +176,13 @@ class InferenceService:
         try:
             body = await read_body(request, self.config.max_body_bytes)
             length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            waited_s, decode_s = (
+                time.perf_counter() - arrived,
+                self.decoder.forecast_wait(len(body)),
+            )
+            late = late_for_decode(header_deadline(request.headers), waited_s, decode_s)
+            if late is not None:
+                return self.refuse(spec.name, late), None
             decoded = await self.decoder.decode(body, length, spec)
             return await self._run(spec, decoded, arrived, time.perf_counter() - arrived)
         finally:
@@ -306,11 +315,6 @@ class InferenceService:
 # -- app factory ---------------------------------------------------------------------
 
 
-def _content_length(request: Request) -> int:
-    declared = request.headers.get("content-length", "")
-    return int(declared) if declared.isdigit() else 0
-
-
 def _routes(service: InferenceService) -> list[tuple[str, Callable, list[str]]]:
     s = service
     model, version = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
@@ -329,14 +333,6 @@ def _routes(service: InferenceService) -> list[tuple[str, Callable, list[str]]]:
         (f"{version}/ready", s.model_ready, ["GET"]),
         ("/metrics", s.metrics_text, ["GET"]),
     ]
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ProtocolError):
-        return error_response(exc.status, exc.message)
-    status = getattr(exc, "status_code", 500)
-    detail = getattr(exc, "detail", None) or "error"
-    return error_response(status, f"{detail}: {request.method} {request.url.path}")
 
 
 def create_app(
@@ -375,7 +371,7 @@ def create_app(
             await hosted.stop_async(drain=True, timeout=service.config.drain_timeout_s)
         service.decoder.close()
 
-    handlers = {HTTPException: _http_error, ProtocolError: _http_error}
+    handlers = {HTTPException: http_error, ProtocolError: http_error}
     if framework == "fastapi":
         from fastapi import FastAPI  # only when asked: FastAPI adds per-request cost
 

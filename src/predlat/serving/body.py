@@ -10,6 +10,12 @@ from starlette.requests import Request
 from predlat.serving.protocol import ProtocolError
 
 
+def content_length(request: Request) -> int:
+    """The declared body size, 0 when not declared (chunked) or malformed."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else 0
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:

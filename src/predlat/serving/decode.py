@@ -39,7 +39,7 @@ _ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 DEFAULT_OFFLOAD_BYTES = 128 * 1024
 # Until measured: ~12 ms per MB of JSON tensor (orjson + numpy on a modern core).
 _INITIAL_SECONDS_PER_BYTE = 12e-9
-_EWMA_WEIGHT = 0.1
+_EWMA_WEIGHT = 0.3  # adapts within a few bodies when the machine slows down
 
 
 class OffLoopDecoder:

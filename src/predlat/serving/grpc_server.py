@@ -23,7 +23,7 @@ from predlat import __version__
 from predlat.models.spec import NUMPY_TO_V2, ModelSpec
 from predlat.serving import protocol
 from predlat.serving.admission import Refusal
-from predlat.serving.answers import rejection_status
+from predlat.serving.answers import outcome_parameters, rejection_status
 from predlat.serving.app import InferenceService
 from predlat.serving.decode import _check_shape_and_type, _check_signature
 from predlat.serving.protocol import InferRequest, ProtocolError
@@ -199,13 +199,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(code, result.reason or "rejected")
         if result.status not in ("met", "missed") or result.outputs is None:
             await context.abort(grpc.StatusCode.INTERNAL, f"inference failed: {result.reason}")
-        return self._response(decoded, result.outputs)
+        params = outcome_parameters(
+            result, service.deadline_of(spec, decoded), service.priority_of(spec, decoded)
+        )
+        return self._response(decoded, result.outputs, params)
 
-    def _response(self, decoded: InferRequest, outputs: dict[str, np.ndarray]) -> Any:
+    def _response(
+        self, decoded: InferRequest, outputs: dict[str, np.ndarray], params: dict[str, Any]
+    ) -> Any:
         response = service_pb2.ModelInferResponse(
             model_name=decoded.model, model_version=protocol.MODEL_VERSION,
             id=decoded.request_id or "",
         )  # fmt: skip
+        for key, value in params.items():  # predlat_* as HTTP answers carry them
+            kind = {bool: "bool_param", int: "int64_param", float: "double_param"}
+            setattr(response.parameters[key], kind.get(type(value), "string_param"), value)
         for name, value in outputs.items():
             array = np.asarray(value)
             response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype], shape=array.shape)
