@@ -216,6 +216,10 @@ def test_decode_wait_forecast_grows_with_the_backlog():
     alone = decoder.forecast_wait(1000)
     decoder.pending = 4
     assert alone == pytest.approx(1e-3) and decoder.forecast_wait(1000) == pytest.approx(3e-3)
+    decoder.observe_read(1000, 0.01)  # 10 us per byte, EWMA from 0
+    assert decoder.read_seconds_per_byte > 0
+    reading = decoder.forecast_wait(1000, reading=True) - decoder.forecast_wait(1000)
+    assert reading == pytest.approx(1000 * decoder.read_seconds_per_byte)
 
 
 def test_read_then_late_for_decode_is_refused_without_decoding(runtime, spec):

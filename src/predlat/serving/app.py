@@ -167,7 +167,7 @@ class InferenceService:
             return self.refuse(spec.name, closing), None
         door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
         queue_cap = self.config.settings(spec.name).max_queue_size
-        decode_s = self.decoder.forecast_wait(content_length(request))
+        decode_s = self.decoder.forecast_wait(content_length(request), reading=True)
         refusal = self.door.check(spec.name, door_deadline, queue_cap, decode_s)  # no body yet
         if refusal is not None:
             return self.refuse(spec.name, refusal), None
@@ -175,6 +175,7 @@ class InferenceService:
         self.metrics.inflight.inc()
         try:
             body = await read_body(request, self.config.max_body_bytes)
+            self.decoder.observe_read(len(body), time.perf_counter() - arrived)
             length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
             waited_s, decode_s = (
                 time.perf_counter() - arrived,

@@ -53,6 +53,7 @@ class OffLoopDecoder:
         self._pool: ProcessPoolExecutor | None = None
         self.pending = 0  # offloaded bodies waiting or being decoded
         self.seconds_per_byte = _INITIAL_SECONDS_PER_BYTE  # EWMA of measured decodes
+        self.read_seconds_per_byte = 0.0  # EWMA of measured body reads
 
     def start(self) -> None:
         """Start and warm the workers (imports take ~1 s: not on the first request)."""
@@ -68,49 +69,52 @@ class OffLoopDecoder:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def forecast_wait(self, body_bytes: int) -> float:
-        """Seconds a body of this size would spend waiting for and in decoding, from its
-        Content-Length alone: the door refuses work the decode backlog makes late."""
+    def forecast_wait(self, body_bytes: int, reading: bool = False) -> float:
+        """Seconds a body of this size would spend waiting for and in decoding (and, with
+        `reading`, being read), from its Content-Length alone: the door refuses work the
+        decode backlog would make late."""
         if body_bytes < self.offload_bytes:
             return 0.0
         lanes = max(1, self.processes)
-        return self.seconds_per_byte * body_bytes * (1.0 + self.pending / lanes)
+        wait = self.seconds_per_byte * body_bytes * (1.0 + self.pending / lanes)
+        return wait + (self.read_seconds_per_byte * body_bytes if reading else 0.0)
+
+    def observe_read(self, body_bytes: int, seconds: float) -> None:
+        """How long reading a big body took (the network and the HTTP parser)."""
+        if body_bytes >= self.offload_bytes:
+            rate = seconds / body_bytes
+            self.read_seconds_per_byte += _EWMA_WEIGHT * (rate - self.read_seconds_per_byte)
 
     async def decode(self, body: bytes, header_length: int | None, spec: ModelSpec) -> InferRequest:
         json_bytes = len(body) if header_length is None else header_length
         if json_bytes < self.offload_bytes:
             return decode_infer_request(body, header_length, spec)
+        ahead = self.pending / max(1, self.processes)
         self.pending += 1
+        began = time.perf_counter()
         try:
-            decoded, seconds = await self._offload(body, header_length, spec)
+            decoded = await self._offload(body, header_length, spec)
         finally:
             self.pending -= 1
-        rate = seconds / max(1, len(body))
+        # The whole hand-off (copies to and from the worker included), less the queue
+        # it found ahead of it: what one more body costs.
+        rate = (time.perf_counter() - began) / (1.0 + ahead) / max(1, len(body))
         self.seconds_per_byte += _EWMA_WEIGHT * (rate - self.seconds_per_byte)
         return decoded
 
     async def _offload(
         self, body: bytes, header_length: int | None, spec: ModelSpec
-    ) -> tuple[InferRequest, float]:
+    ) -> InferRequest:
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             try:
                 return await loop.run_in_executor(
-                    self._pool, _timed_decode, body, header_length, spec
+                    self._pool, decode_infer_request, body, header_length, spec
                 )
             except BrokenProcessPool:  # a worker died (OOM kill): keep serving on a thread
                 log.warning("decode worker pool broke; decoding on a thread from now on")
                 self._pool = None
-        return await asyncio.to_thread(_timed_decode, body, header_length, spec)
-
-
-def _timed_decode(
-    body: bytes, header_length: int | None, spec: ModelSpec
-) -> tuple[InferRequest, float]:
-    """Decode and the seconds it took (the worker's own time, not its queue's)."""
-    began = time.perf_counter()
-    decoded = decode_infer_request(body, header_length, spec)
-    return decoded, time.perf_counter() - began
+        return await asyncio.to_thread(decode_infer_request, body, header_length, spec)
 
 
 def _warm() -> None:
