@@ -17,6 +17,7 @@ from predlat.scheduling.request import Priority  # noqa: E402
 from predlat.serving.admission import DoorPolicy  # noqa: E402
 from predlat.serving.app import ServerConfig, create_app  # noqa: E402
 from predlat.serving.grpc_server import GrpcServer  # noqa: E402
+from predlat.serving.server import BackgroundServer  # noqa: E402
 from serving_fakes import FakeRuntime  # noqa: E402
 
 InferenceServerException = grpcclient.InferenceServerException
@@ -88,3 +89,18 @@ def test_errors_are_grpc_status_codes(served):
     with pytest.raises(InferenceServerException) as info:
         infer(client, np.zeros((1, 16), np.float32))
     assert info.value.status() == "StatusCode.UNAVAILABLE"
+
+
+def test_attached_to_the_http_server_shares_its_loop_and_lifetime(spec):
+    runtime = FakeRuntime([spec])
+    app = create_app(runtime, [spec], ServerConfig({"tiny": 0.5}))
+    announced: list[str] = []
+    grpc_server = GrpcServer(app.state.service, announce=announced.append).attach()
+    with BackgroundServer(app):
+        client = grpcclient.InferenceServerClient(announced[0])
+        assert infer(client, np.zeros((2, 16), np.float32)).as_numpy("y").shape[0] == 2
+        assert client.is_server_ready()
+    assert grpc_server.port > 0 and announced == [grpc_server.address]
+    with pytest.raises(InferenceServerException):  # stopped with the HTTP server
+        grpcclient.InferenceServerClient(announced[0]).is_server_live()
+    runtime.stop()

@@ -14,7 +14,6 @@ from predlat.cli.common import (
     positive_float,
     require,
 )
-from predlat.errors import ConfigError
 
 POLICY_HELP = "serial, oblivious, coarse or predlat"
 
@@ -220,12 +219,10 @@ def run(args: argparse.Namespace) -> int:
         f"({args.policy}, {args.slots} slots; default deadlines: {deadlines})",
         flush=True,
     )
-    grpc_server = start_grpc(app, args.host, args.grpc_port)
+    attach_grpc(app, args.host, args.grpc_port)
     try:
         stopped_by = run_server(app, sock, graceful_timeout_s=args.graceful_timeout_s)
     finally:  # a no-op after a normal shutdown; drains if the app could not (forced exit)
-        if grpc_server is not None:
-            grpc_server.stop(args.graceful_timeout_s)
         runtime.stop(drain=True, timeout=args.graceful_timeout_s)
         sock.close()
     why = f" on {signal.Signals(stopped_by).name}" if stopped_by else ""
@@ -233,15 +230,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_grpc(app: Any, host: str, port: int) -> Any:
-    """The gRPC front end beside HTTP on the same service, or None when port is -1."""
+def attach_grpc(app: Any, host: str, port: int) -> None:
+    """The gRPC front end beside HTTP, on its event loop (nothing when port is -1)."""
     if port < 0:
-        return None
+        return
     from predlat.serving.grpc_server import GrpcServer
+    from predlat.serving.server import bind_socket
 
-    try:
-        server = GrpcServer(app.state.service, host, port).start()
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot serve gRPC on {host}:{port}: {exc}") from None
-    print(f"predlat serve: gRPC on {server.address}", flush=True)
-    return server
+    if port > 0:  # a taken port is a one-line error now, not a failed start-up later
+        bind_socket(host, port).close()
+
+    def announce(address: str) -> None:
+        print(f"predlat serve: gRPC on {address}", flush=True)
+
+    GrpcServer(app.state.service, host, port, announce).attach()

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -90,6 +90,7 @@ class InferenceService:
         self.metrics = metrics
         self.state = ServingState()
         self.door = Door(config.door, forecast)
+        self.companions: list[Any] = []  # front ends sharing this loop (start_here/stop_here)
         metrics.triton.pending = lambda: dict(self.door.pending)
         self.catalog = Catalog(specs, config.models, config.repository, config.versions)
         self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
@@ -365,9 +366,13 @@ def create_app(
             hosted = cast(HostableRuntime, runtime)
             hosted.start(asyncio.get_running_loop())
         await asyncio.to_thread(service.decoder.start)
+        for companion in service.companions:  # the gRPC front end, on this loop
+            await companion.start_here()
         service.state.ready = True
         yield
         service.begin_shutdown()
+        for companion in service.companions:
+            await companion.stop_here(service.config.drain_timeout_s)
         if hosted is not None:
             await hosted.stop_async(drain=True, timeout=service.config.drain_timeout_s)
         service.decoder.close()

@@ -3,9 +3,8 @@ so `tritonclient.grpc` works unchanged: health, metadata, model config, and infe
 Triton's `priority` and `timeout` parameters.
 
 The service definitions are the compiled protobufs tritonclient ships (`service_pb2`,
-`model_config_pb2`): no code generation. The gRPC server runs its own event loop on a
-thread; requests go through the same InferenceService (door, deadline clock, late-work
-policy, metrics) as HTTP, and the runtime is thread-safe.
+`model_config_pb2`): no code generation. Requests go through the same
+InferenceService (door, deadline clock, late-work policy, metrics) as HTTP.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -231,27 +231,35 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 class GrpcServer:
-    """The gRPC front end on its own thread and event loop."""
+    """The gRPC front end. In `predlat serve` it shares the HTTP server's event loop
+    (`attach`: started and stopped by the app's lifespan, no thread hop per request);
+    standalone (`start`, tests) it runs its own loop on a thread."""
 
-    def __init__(self, service: InferenceService, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
         self.service = service
-        self._loop = asyncio.new_event_loop()
         self._server: Any = None
         self._bind = f"{host}:{port}"
+        self._announce = announce
         self.port = 0
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="predlat-grpc")  # fmt: skip
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> str:
         return f"{self._bind.rsplit(':', 1)[0]}:{self.port}"
 
-    def start(self) -> GrpcServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+    def attach(self) -> GrpcServer:
+        """Serve on the HTTP app's loop, from its start-up to its shutdown."""
+        self.service.companions.append(self)
         return self
 
-    async def _start(self) -> None:
+    async def start_here(self) -> None:
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", self.service.config.max_body_bytes)]
         )
@@ -260,11 +268,29 @@ class GrpcServer:
         )
         self.port = self._server.add_insecure_port(self._bind)
         await self._server.start()
+        if self._announce is not None:
+            self._announce(self.address)
+
+    async def stop_here(self, grace_s: float) -> None:
+        """Refuse new calls, let those in flight finish (the runtime still runs)."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+
+    # -- standalone, on a thread of its own ----------------------------------------------
+    def start(self) -> GrpcServer:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="predlat-grpc")  # fmt: skip
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start_here(), self._loop).result(10)
+        return self
 
     def stop(self, grace_s: float = 5.0) -> None:
-        if self._server is not None:
-            future = asyncio.run_coroutine_threadsafe(self._server.stop(grace_s), self._loop)
-            future.result(grace_s + 5)
+        if self._loop is None or self._thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self.stop_here(grace_s), self._loop)
+        future.result(grace_s + 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
