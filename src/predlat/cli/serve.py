@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     forecast = profile_forecast(profile.solo_latency, runtime.queue_lengths)
     app = create_app(runtime, specs, config, forecast=forecast)
     host, port = sock.getsockname()[:2]
-    deadlines = ", ".join(f"{m} {d * 1e3:.0f} ms" for m, d in config.default_deadline_s.items())
+    deadlines = ", ".join(f"{s.name} {config.deadline_for(s.name) * 1e3:.0f} ms" for s in specs)
     print(
         f"predlat serve: {', '.join(s.name for s in specs)} on http://{host}:{port} "
         f"({args.policy}, {args.slots} slots; default deadlines: {deadlines})",

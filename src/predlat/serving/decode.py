@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import signal
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -60,7 +61,9 @@ class OffLoopDecoder:
         if self.processes <= 0 or self._pool is not None:
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe beside threads
-        self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+        self._pool = ProcessPoolExecutor(
+            self.processes, mp_context=context, initializer=_ignore_interrupts
+        )
         for done in [self._pool.submit(_warm) for _ in range(self.processes)]:
             done.result()
 
@@ -115,6 +118,11 @@ class OffLoopDecoder:
                 log.warning("decode worker pool broke; decoding on a thread from now on")
                 self._pool = None
         return await asyncio.to_thread(decode_infer_request, body, header_length, spec)
+
+
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group: the server shuts its workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _warm() -> None:
