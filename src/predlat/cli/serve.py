@@ -219,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
         f"({args.policy}, {args.slots} slots; default deadlines: {deadlines})",
         flush=True,
     )
-    attach_grpc(app, args.host, args.grpc_port)
     try:
+        attach_grpc(app, args.host, args.grpc_port)
         stopped_by = run_server(app, sock, graceful_timeout_s=args.graceful_timeout_s)
     finally:  # a no-op after a normal shutdown; drains if the app could not (forced exit)
         runtime.stop(drain=True, timeout=args.graceful_timeout_s)
