@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from predlat.models.registry import resolve_model
 from predlat.models.spec import ModelSpec
+from predlat.scheduling.request import Priority
 from predlat.serving import decode
-from predlat.serving.admission import DoorPolicy, late_for_decode
+from predlat.serving.admission import Door, DoorPolicy, late_for_decode, profile_forecast
 from predlat.serving.app import ServerConfig, create_app
 from predlat.serving.server import BackgroundServer
 from serving_fakes import FakeRuntime
@@ -239,3 +240,26 @@ def test_late_for_decode_needs_a_firm_deadline():
     refusal = late_for_decode(0.15, 0.12, 0.05)
     assert refusal is not None and refusal.reason == "deadline_passed_before_decode"
     assert "120.0 ms went reading" in refusal.message
+
+
+def test_budget_keeps_a_reserve_for_high_priority():
+    door = Door(DoorPolicy(max_inflight=10, high_reserve=0.2))
+    for _ in range(8):
+        door.enter("m")
+    low = door.check("m", 1.0)
+    assert low is not None and low.reason == "inflight_budget_full"
+    assert door.check("m", 1.0, priority=Priority.HIGH) is None
+    door.enter("m")
+    door.enter("m")
+    assert door.check("m", 1.0, priority=Priority.HIGH) is not None
+
+
+def test_profile_forecast_drains_the_queue_in_full_batches_over_the_slots():
+    solo = {1: 0.01, 8: 0.04}
+    queues = {"m": 0}
+    forecast = profile_forecast(lambda m, b: solo.get(b, 0.04), lambda: queues, 8, 2)
+    assert forecast("m") == pytest.approx(0.01)  # alone
+    queues["m"] = 23  # 24 waiting: 3 batches of 8 on 2 slots = 2 rounds
+    assert forecast("m") == pytest.approx(0.08)
+    broken = profile_forecast(lambda m, b: 1 / 0, lambda: queues)
+    assert broken("m") is None  # no opinion rather than a failed request

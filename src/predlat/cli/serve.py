@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     # The app starts the runtime on the server's event loop (no thread hop per request)
     # and drains it at shutdown.
-    forecast = profile_forecast(profile.solo_latency, runtime.queue_lengths)
+    forecast = profile_forecast(profile.solo_latency, runtime.queue_lengths, max_batch, args.slots)
     app = create_app(runtime, specs, config, forecast=forecast)
     host, port = sock.getsockname()[:2]
     deadlines = ", ".join(f"{s.name} {config.deadline_for(s.name) * 1e3:.0f} ms" for s in specs)

@@ -16,6 +16,7 @@ deadline, and the answer counts as late.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,9 +42,12 @@ class DoorPolicy:
     """`max_inflight`: requests between arrival and answer, all models (0: unbounded).
     `timeout_action`: per-model late-work policy (models missing: `default_action`);
     `allow_override`: models whose requests may choose theirs (`timeout_action` param).
-    `delay_factor`: a DELAYed request's relaxed deadline, in multiples of its own."""
+    `delay_factor`: a DELAYed request's relaxed deadline, in multiples of its own.
+    `high_reserve`: the fraction of the budget only high-priority requests may use (the
+    priority the door knows from the `predlat-priority` header)."""
 
     max_inflight: int = 512
+    high_reserve: float = 0.1
     retry_after_s: int = 1
     default_action: str = REJECT
     timeout_action: Mapping[str, str] = field(default_factory=dict)
@@ -89,10 +93,16 @@ class Door:
         self.pending[model] -= 1
 
     def check(
-        self, model: str, deadline_s: float, max_queue: int = 0, decode_s: float = 0.0
+        self,
+        model: str,
+        deadline_s: float,
+        max_queue: int = 0,
+        decode_s: float = 0.0,
+        priority: Priority | None = None,
     ) -> Refusal | None:
         """`max_queue`: the model's own cap on requests in flight (0: none); `decode_s`:
-        the forecast wait for and in decoding the body (from its Content-Length)."""
+        the forecast wait for and in decoding the body (from its Content-Length);
+        `priority`: when known before the body (None: treated as low)."""
         if max_queue and self.pending.get(model, 0) >= max_queue:
             return Refusal(
                 429,
@@ -101,6 +111,8 @@ class Door:
                 self.policy.retry_after_s,
             )
         limit = self.policy.max_inflight
+        if limit and priority != Priority.HIGH:  # keep the reserve for high priority
+            limit = max(1, int(limit * (1.0 - self.policy.high_reserve)))
         if limit and self.inflight >= limit:
             return Refusal(
                 429,
@@ -171,16 +183,21 @@ def is_deadline_rejection(reason: str | None) -> bool:
 
 
 def profile_forecast(
-    solo_latency: Callable[[str, int], float], queue_lengths: Callable[[], Mapping[str, int]]
+    solo_latency: Callable[[str, int], float],
+    queue_lengths: Callable[[], Mapping[str, int]],
+    max_batch: int = 8,
+    slots: int = 1,
 ) -> Forecast:
-    """The fastest answer for a new request: everything queued for its model plus it, run
-    alone as one batch (a lower bound: it ignores other models' batches and the ones
-    running)."""
+    """The fastest answer for a new request, optimistic on purpose (only the hopeless are
+    refused at the door; the scheduler judges the rest): everything queued for its model
+    plus it, in full batches spread over every slot, nothing else running."""
 
     def forecast(model: str) -> float | None:
         try:
-            queued = queue_lengths().get(model, 0)
-            return solo_latency(model, queued + 1)
+            waiting = queue_lengths().get(model, 0) + 1
+            batch = min(waiting, max_batch)
+            rounds = math.ceil(math.ceil(waiting / max_batch) / max(1, slots))
+            return rounds * solo_latency(model, batch)
         except Exception:  # a forecast must never fail a request: no opinion then
             return None
 

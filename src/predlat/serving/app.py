@@ -10,8 +10,10 @@ handler through `call_soon_threadsafe`.
 
 Priorities: Triton's `priority` parameter (1 = highest, larger = lower, 0 = the model's
 default) maps onto predlat's two levels as 1 -> HIGH, anything else (0, 2, 3, ...) -> LOW.
-Deadlines: `deadline_ms`, else Triton's `timeout` (microseconds), else the server's default
-for the model.
+Deadlines: `deadline_ms`, else Triton's `timeout` (microseconds), else the model's default,
+counted from the request's arrival at the server (reading and decoding count). The door
+(admission.py) refuses what cannot be served before the body is read; big JSON bodies are
+decoded off the loop (decode.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from predlat.serving.admission import (
     Forecast,
     Refusal,
     header_deadline,
+    header_priority,
     is_deadline_rejection,
     late_for_decode,
     passed_before_submit,
@@ -91,7 +94,8 @@ class InferenceService:
         self.state = ServingState()
         self.door = Door(config.door, forecast)
         self.companions: list[Any] = []  # front ends sharing this loop (start_here/stop_here)
-        metrics.triton.pending = lambda: dict(self.door.pending)
+        # Triton's pending count: requests awaiting execution (the scheduler's queues).
+        metrics.triton.pending = metrics.queue_lengths or (lambda: dict(self.door.pending))
         self.catalog = Catalog(specs, config.models, config.repository, config.versions)
         self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
         runtime.add_listener(metrics.observe_outcome)
@@ -169,7 +173,8 @@ class InferenceService:
         door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
         queue_cap = self.config.settings(spec.name).max_queue_size
         decode_s = self.decoder.forecast_wait(content_length(request), reading=True)
-        refusal = self.door.check(spec.name, door_deadline, queue_cap, decode_s)  # no body yet
+        priority = header_priority(request.headers)
+        refusal = self.door.check(spec.name, door_deadline, queue_cap, decode_s, priority)
         if refusal is not None:
             return self.refuse(spec.name, refusal), None
         self.door.enter(spec.name)
@@ -211,32 +216,12 @@ class InferenceService:
         level = decoded.priority_level or self.config.settings(spec.name).default_priority_level
         return priority_from_level(level)
 
-    def check_limits(self, spec: ModelSpec, decoded: InferRequest) -> Refusal | None:
-        """The model's max_batch_size and priority_levels (a repository's config)."""
-        settings = self.config.settings(spec.name)
-        if settings.max_batch_size and decoded.rows > settings.max_batch_size:
-            return Refusal(
-                400,
-                "bad_request",
-                f"model '{spec.name}': batch of {decoded.rows} rows is over its "
-                f"max_batch_size {settings.max_batch_size}",
-            )
-        levels = settings.priority_levels
-        if levels and decoded.priority_level > levels:
-            return Refusal(
-                400,
-                "bad_request",
-                f"model '{spec.name}': priority {decoded.priority_level} is over its "
-                f"priority_levels ({levels})",
-            )
-        return None
-
     async def execute(
         self, spec: ModelSpec, decoded: InferRequest, arrived: float
     ) -> RequestOutcome | Refusal:
         """Run a decoded request (any transport): its outcome, or why it was refused
         before reaching the scheduler."""
-        refusal = self.check_limits(spec, decoded)
+        refusal = self.config.limit_refusal(spec.name, decoded.rows, decoded.priority_level)
         if refusal is not None:
             return refusal
         deadline_s = self.deadline_of(spec, decoded)

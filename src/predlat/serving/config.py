@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from predlat.scheduling.request import Priority
-from predlat.serving.admission import DoorPolicy
+from predlat.serving.admission import DoorPolicy, Refusal
 from predlat.serving.decode import DEFAULT_OFFLOAD_BYTES
 from predlat.serving.repository import ModelSettings
 from predlat.traces.records import BatchRecord
@@ -94,6 +94,25 @@ class ServerConfig:
         if requested is None or not self.settings(model).allow_timeout_override:
             return self.deadline_for(model)
         return requested
+
+    def limit_refusal(self, model: str, rows: int, level: int) -> Refusal | None:
+        """The model's max_batch_size and priority_levels (a repository's config)."""
+        settings = self.settings(model)
+        if settings.max_batch_size and rows > settings.max_batch_size:
+            return Refusal(
+                400,
+                "bad_request",
+                f"model '{model}': batch of {rows} rows is over its max_batch_size "
+                f"{settings.max_batch_size}",
+            )
+        levels = settings.priority_levels
+        if levels and level > levels:
+            return Refusal(
+                400,
+                "bad_request",
+                f"model '{model}': priority {level} is over its priority_levels ({levels})",
+            )
+        return None
 
 
 _DEFAULTS = ModelSettings()

@@ -23,7 +23,11 @@ from predlat import __version__
 from predlat.models.spec import NUMPY_TO_V2, ModelSpec
 from predlat.serving import protocol
 from predlat.serving.admission import Refusal
-from predlat.serving.answers import outcome_parameters, rejection_status
+from predlat.serving.answers import (
+    outcome_parameters,
+    priority_from_level,
+    rejection_status,
+)
 from predlat.serving.app import InferenceService
 from predlat.serving.decode import _check_shape_and_type, _check_signature
 from predlat.serving.protocol import InferRequest, ProtocolError
@@ -178,7 +182,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             spec.name, timeout / 1e6 if timeout else None
         )
         queue_cap = service.config.settings(spec.name).max_queue_size
-        refusal = service.door.check(spec.name, door_deadline, queue_cap)
+        level = int(_param(request.parameters, "priority") or 0)
+        priority = priority_from_level(level) if level else None
+        refusal = service.door.check(spec.name, door_deadline, queue_cap, 0.0, priority)
         if refusal is None and not service.state.accepting:
             refusal = Refusal(503, "shutting_down", "server is shutting down")
         if refusal is not None:
