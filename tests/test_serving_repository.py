@@ -135,7 +135,7 @@ def test_settings_take_effect(tmp_path):
             runtime.hold.clear()
             assert first.result().status_code == 200
         assert full.status_code == 429 and full.json()["reason"] == "model_queue_full"
-        assert client.get("/v2/models/small/versions/3").status_code == 200
+        assert client.get("/v2/models/small/versions/3").json()["versions"] == ["3"]
         assert client.get("/v2/models/small/versions/1").status_code == 404
     runtime.stop()
 

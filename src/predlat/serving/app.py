@@ -117,7 +117,8 @@ class InferenceService:
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        return json_response(protocol.model_metadata(self._model(request)))
+        spec = self._model(request)
+        return json_response(protocol.model_metadata(spec, self.catalog.version(spec.name)))
 
     async def model_ready(self, request: Request) -> Response:
         spec = self._model(request)

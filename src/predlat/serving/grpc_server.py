@@ -131,7 +131,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         spec = await self._or_abort(context, self._spec, request.name, request.version)
-        doc = protocol.model_metadata(spec)
+        doc = protocol.model_metadata(spec, self.service.catalog.version(spec.name))
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
         return service_pb2.ModelMetadataResponse(
             name=doc["name"],

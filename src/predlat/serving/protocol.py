@@ -80,10 +80,10 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     }
 
 
-def model_metadata(spec: ModelSpec) -> dict[str, Any]:
+def model_metadata(spec: ModelSpec, version: str = MODEL_VERSION) -> dict[str, Any]:
     return {
         "name": spec.name,
-        "versions": [MODEL_VERSION],
+        "versions": [version],
         "platform": PLATFORM,
         "inputs": [_tensor_metadata(t) for t in spec.inputs],
         "outputs": [_tensor_metadata(t) for t in spec.outputs],
