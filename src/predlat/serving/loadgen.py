@@ -304,14 +304,12 @@ async def _drive(
 
 
 async def _until(due: float) -> None:
-    """Sleep to `due` (perf_counter). The loop's timers may fire a little early (they
-    round to milliseconds): then yield until due. No busy wait beyond that: the client
-    often shares the machine's cores with the server it measures."""
+    """Sleep to `due` (perf_counter) on the loop's timers. No busy wait for the last
+    fraction of a millisecond: the client often shares the machine's cores with the
+    server it measures, and a spinning client would slow that server down."""
     delay = due - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
-    while time.perf_counter() < due:
-        await asyncio.sleep(0)
 
 
 def run(config: LoadConfig, progress: bool = True) -> dict[str, Any]:
