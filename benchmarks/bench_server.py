@@ -17,7 +17,7 @@ The server runs in a process of its own (as `predlat serve` does). Phases, per f
    - the runtime's arrival-to-end time (`predlat_latency_ms`): HTTP, decoding, encoding
      and the hand-off back to the event loop only;
    and the server's own histogram of the latter (`predlat_server_overhead_seconds`).
-2. the same open loop with `predlat load`'s generator (httpx): what that tool reports,
+2. the same open loop with `predlat load`'s generator: what that tool reports,
    client costs included.
 3. closed loop at increasing concurrency with the lean client: answered requests/s, the
    sustained rate. Client and server share the machine's cores.
@@ -339,7 +339,7 @@ def report(r: dict[str, Any]) -> None:
     )
     print(f"  client send lag               {pair(lean['send_lag_ms'])}")
     print(
-        f"  via `predlat load` (httpx):   e2e {pair(tool['latency_ms'])}; e2e - device "
+        f"  via `predlat load`:           e2e {pair(tool['latency_ms'])}; e2e - device "
         f"{pair(tool['overhead_vs_compute_ms'])}; codes {tool['status_codes']}"
     )
     for c in r["closed_loop"]:

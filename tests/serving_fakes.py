@@ -35,6 +35,7 @@ class FakeRuntime:
         self.hold = threading.Event()  # set: requests wait before running
         self.fail_next = False
         self.submitted: list[tuple[str, float, Priority]] = []
+        self.waits: list[float] = []  # waited_s of each submit: time before the runtime
         self.outcomes: list[RequestOutcome] = []
         self.batches: list[BatchRecord] = []
         self._listeners: list[Callable[[RequestOutcome], None]] = []
@@ -63,14 +64,16 @@ class FakeRuntime:
         *,
         deadline_s: float,
         priority: Priority = Priority.LOW,
+        waited_s: float = 0.0,
     ) -> Future:
         if model not in self.specs:
             raise UnknownModelError(f"unknown model '{model}'")
         future: Future = Future()
-        arrival = self.now()
+        arrival = self.now() - waited_s
         rid = next(self._ids)
         with self._lock:
             self.submitted.append((model, deadline_s, priority))
+            self.waits.append(waited_s)
         base = RequestOutcome(
             rid, model, priority, "rejected", None, None, arrival, arrival + deadline_s
         )

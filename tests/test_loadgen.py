@@ -143,3 +143,39 @@ def test_load_command_writes_results(server, tmp_path, capsys):
 def test_load_command_rejects_bad_flags(capsys):
     assert main(["load", "--hp-frac", "1.5", "--no-progress"]) == 2
     assert "--hp-frac" in capsys.readouterr().err
+
+
+def test_csv_replay_and_server_counts_agree(server, runtime, tmp_path):
+    log = tmp_path / "log.csv"
+    rows = ["timestamp,model,high_priority"]
+    rows += [f"{1_700_000_000 + i * 0.01:.3f},tiny,{int(i % 4 == 0)}" for i in range(30)]
+    log.write_text("\n".join(rows) + "\n")
+    runtime.gate = lambda model, inputs, deadline, priority: (
+        "deadline cannot be met: 1 ms left" if priority == Priority.HIGH else None
+    )
+    results = run(LoadConfig(url=server.url, replay=str(log)), progress=False)
+    assert results["requests"] == 30 and results["wall_s"] < 3.0  # relative to the first
+    assert results["status_codes"] == {"200": 22, "503": 8}
+    counted = results["server"]
+    assert counted["predlat_requests{met}"] == 22
+    assert counted["predlat_requests{rejected}"] == 8  # answered + refused == sent
+    assert results["refusal_latency_ms"]["p99"] is not None
+
+
+def test_replay_of_models_not_served_is_a_user_error(server, tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("time,model\n0.0,resnet\n")
+    with pytest.raises(PredlatError, match="not served: resnet"):
+        run(LoadConfig(url=server.url, replay=str(log)), progress=False)
+
+
+def test_client_timeout_is_reported_not_hung(server, runtime):
+    runtime.hold.set()
+    try:
+        config = LoadConfig(url=server.url, rate=20, duration_s=0.2, timeout_s=0.3, seed=2)
+        results = run(config, progress=False)
+    finally:
+        runtime.hold.clear()
+    assert results["requests"] > 0
+    assert results["status_codes"] == {"0": results["requests"]}
+    assert all("TimeoutError" in e for e in results["errors"])

@@ -15,7 +15,7 @@ from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec, TensorSpec
 from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
 from predlat.scheduling.request import Priority
-from predlat.serving.app import priority_from_level, rejection_status
+from predlat.serving.answers import priority_from_level, rejection_status
 from predlat.serving.server import bind_socket, default_deadlines
 
 
@@ -82,3 +82,28 @@ def test_serve_command_user_errors_are_one_line(capsys):
     assert "--slots" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--default-deadline-ms", "tiny=-1"])
+
+
+def test_serve_door_grpc_and_repository_user_errors(capsys, tmp_path):
+    assert main(["serve", "--max-inflight", "-1"]) == 2
+    assert "--max-inflight" in capsys.readouterr().err
+    assert main(["serve", "--decode-processes", "-2"]) == 2
+    assert "--decode-processes" in capsys.readouterr().err
+    repo = tmp_path / "repo"
+    assert main(["serve", "--models", "tiny", "--model-repository", str(repo)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["serve", "--model-repository", str(repo), "--no-progress"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    (repo / "m" / "1").mkdir(parents=True)
+    (repo / "m" / "config.pbtxt").write_text("max_batch_size: -3")
+    (repo / "m" / "1" / "model.onnx").write_bytes(b"")
+    assert main(["serve", "--model-repository", str(repo), "--no-progress"]) == 2
+    assert "'max_batch_size' must be >= 0" in capsys.readouterr().err
+    taken = bind_socket("127.0.0.1", 0)
+    try:
+        port = str(taken.getsockname()[1])
+        code = main(["serve", "--models", "tiny", "--port", "0", "--grpc-port", port,
+                     "--no-progress"])  # fmt: skip
+        assert code == 2 and "cannot listen" in capsys.readouterr().err
+    finally:
+        taken.close()

@@ -10,11 +10,11 @@ import pytest
 
 from predlat.models.spec import ModelSpec, TensorSpec
 from predlat.serving import protocol
+from predlat.serving.decode import decode_infer_request, parse_header_length
 from predlat.serving.protocol import (
     InferRequest,
     ProtocolError,
     RequestedOutput,
-    decode_infer_request,
     decode_infer_response,
     encode_infer_request,
     encode_infer_response,
@@ -44,7 +44,7 @@ def inputs(rows: int = 2) -> dict[str, np.ndarray]:
 
 
 def decode(body: bytes, headers: dict[str, str]) -> InferRequest:
-    length = protocol.parse_header_length(headers.get(protocol.HEADER_LENGTH), len(body))
+    length = parse_header_length(headers.get(protocol.HEADER_LENGTH), len(body))
     return decode_infer_request(body, length, SPEC)
 
 
@@ -150,7 +150,16 @@ def test_deadline_and_priority_parameters():
 BAD_REQUESTS = [
     (b"{not json", "malformed JSON"),
     (b"[1, 2]", "JSON object"),
-    (b"\xff\xfe", "not UTF-8"),
+    (b"\xff\xfe", "not valid UTF-8"),
+    (b'{"inputs":' + b"[" * 200_000 + b"]" * 200_000 + b"}", "malformed JSON"),  # too deep
+    (
+        b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":'
+        + b"[" * 1000
+        + b"1"
+        + b"]" * 1000
+        + b"}]}",
+        "'data'",
+    ),
     (json.dumps({"inputs": []}).encode(), "non-empty 'inputs'"),
     (json.dumps(json_doc(inputs=[json_doc()["inputs"][0]])).encode(), "missing input(s) ids"),
     (
@@ -255,7 +264,7 @@ def test_binary_size_errors():
 @pytest.mark.parametrize("value", ["abc", "-1", "999999"])
 def test_bad_header_length(value: str):
     with pytest.raises(ProtocolError, match=protocol.HEADER_LENGTH):
-        protocol.parse_header_length(value, 100)
+        parse_header_length(value, 100)
 
 
 def _request(outputs: tuple[RequestedOutput, ...] | None, binary_output: bool) -> InferRequest:

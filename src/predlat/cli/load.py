@@ -61,6 +61,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="send and receive JSON tensors instead of the binary tensor extension",
     )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="replay arrivals from a CSV (or Parquet) with columns time (or timestamp, "
+        "seconds), model and optionally high_priority, instead of --rate/--arrivals",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=512,
+        help="keep-alive connections at most; a request waits for a free one (default: 512)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json")
     add_progress_option(parser)
     parser.set_defaults(func=run)
@@ -68,6 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require(0.0 <= args.hp_frac <= 1.0, f"--hp-frac must be in [0, 1], got {args.hp_frac}")
+    require(args.max_connections >= 1, "--max-connections must be at least 1")
+    require(args.replay is None or args.replay.is_file(), f"--replay {args.replay}: no such file")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder")
 
@@ -86,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         timeout_s=args.timeout_s,
         binary=not args.json_tensors,
+        max_connections=args.max_connections,
+        replay=str(args.replay) if args.replay is not None else None,
     )
     results = run_load(config, progress=not args.no_progress)
     print_report(results)
@@ -150,5 +168,14 @@ def print_report(results: dict[str, Any]) -> None:
     console.print(table)
     codes = ", ".join(f"{code}: {n}" for code, n in results["status_codes"].items())
     console.print(f"status codes: {codes}")
+    lag, refused = results["send_lag_ms"], results["refusal_latency_ms"]
+    console.print(
+        f"send lag p50 {_fmt(lag['p50'], 3)} ms, p99 {_fmt(lag['p99'], 3)} ms; refusals "
+        f"answered in p50 {_fmt(refused['p50'])} ms, p99 {_fmt(refused['p99'])} ms"
+    )
+    server = results.get("server")
+    if server:
+        counted = ", ".join(f"{k} {v:g}" for k, v in server.items())
+        console.print(f"server counted: {counted}")
     for error, count in results["errors"].items():
         console.print(f"  {count} x {error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
+from typing import Any
 
 from predlat.cli.common import (
     add_device_options,
@@ -59,7 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    parser.add_argument("--slots", type=int, default=2, help="execution slots (default: 2)")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="execution slots (default: 2, or the sum of a model repository's instance_group "
+        "counts)",
+    )
     parser.add_argument("--policy", default="predlat", help=f"{POLICY_HELP} (default: predlat)")
     add_device_options(parser, "intra-op threads per slot")
     parser.add_argument(
@@ -104,11 +111,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on shutdown, how long to let requests in flight finish (default: 30)",
     )
     add_progress_option(parser)
+    add_door_options(parser)
     parser.set_defaults(func=run)
 
 
+def add_door_options(parser: argparse.ArgumentParser) -> None:
+    """Shedding at the door, late work and decoding."""
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=512,
+        help="infer requests between arrival and answer; more get 429 before their body "
+        "is read (0: unbounded; default: 512)",
+    )
+    parser.add_argument(
+        "--timeout-action",
+        choices=("REJECT", "DELAY"),
+        default="REJECT",
+        help="late work, as Triton's queue policy: REJECT never starts work forecast to "
+        "finish late; DELAY runs it anyway, behind on-time work (default: REJECT; a request "
+        "may choose with the 'timeout_action' parameter)",
+    )
+    parser.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="serve a Triton model repository: DIR/<model>/config.pbtxt and "
+        "DIR/<model>/<version>/model.onnx (instead of --models)",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8001,
+        help="TCP port of the gRPC front end (Open Inference Protocol v2, as Triton; "
+        "-1: off; default: 8001)",
+    )
+    parser.add_argument(
+        "--decode-processes",
+        type=int,
+        default=1,
+        help="worker processes decoding big JSON bodies off the event loop (0: a thread; "
+        "default: 1)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    require(args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
+    require(args.slots is None or args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
     require(args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}")
@@ -116,21 +163,43 @@ def run(args: argparse.Namespace) -> int:
         args.predictor is None or args.predictor.is_file(),
         f"--predictor {args.predictor}: no such file",
     )
+    require(
+        args.models is None or args.model_repository is None,
+        "give --models or --model-repository, not both",
+    )
+    require(args.max_inflight >= 0, f"--max-inflight must be >= 0, got {args.max_inflight}")
+    require(
+        args.decode_processes >= 0,
+        f"--decode-processes must be >= 0, got {args.decode_processes}",
+    )
 
     # Imported here so `predlat --help` stays fast.
     from predlat.models import resolve_models
     from predlat.runtime import build_runtime
     from predlat.scheduling.policies import parse_quantile
+    from predlat.serving.admission import DoorPolicy, profile_forecast
     from predlat.serving.app import ServerConfig, create_app
     from predlat.serving.server import bind_socket, default_deadlines, run_server
 
-    if args.models is None:
+    repository = None
+    if args.model_repository is not None:
+        from predlat.serving.repository import scan_repository
+
+        repository = scan_repository(Path(args.model_repository))
+        specs = [m.spec() for m in repository]
+        names: list = list(specs)
+    elif args.models is None:
         from predlat.models.zoo import ZOO_NAMES
 
         names = list(ZOO_NAMES)
+        specs = resolve_models(names)
     else:
         names = args.models
-    specs = resolve_models(names)
+        specs = resolve_models(names)
+    if args.slots is None:
+        args.slots = sum(m.settings.instance_count for m in repository) if repository else 2
+    batch_caps = [m.settings.max_batch_size for m in repository or []]
+    max_batch = max(batch_caps) if batch_caps and all(batch_caps) else 8
     everyone, per_model = args.default_deadline_ms
     sock = bind_socket(args.host, args.port)  # fail fast, before minutes of profiling
     try:
@@ -144,26 +213,34 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             quantile=parse_quantile(args.quantile),
             predictor_file=args.predictor,
+            max_batch=max_batch,
         )
         config = ServerConfig(
             default_deadline_s=default_deadlines(profile, specs, per_model, everyone),
             max_body_bytes=int(args.max_body_mb * 2**20),
             drain_timeout_s=args.graceful_timeout_s,
+            door=DoorPolicy(max_inflight=args.max_inflight, default_action=args.timeout_action),
+            decode_processes=args.decode_processes,
+            models={m.name: m.settings for m in repository or []},
+            repository=Path(args.model_repository) if repository else None,
+            versions={m.name: m.version for m in repository or []},
         )
     except BaseException:
         sock.close()
         raise
     # The app starts the runtime on the server's event loop (no thread hop per request)
     # and drains it at shutdown.
-    app = create_app(runtime, specs, config)
+    forecast = profile_forecast(profile.solo_latency, runtime.queue_lengths, max_batch, args.slots)
+    app = create_app(runtime, specs, config, forecast=forecast)
     host, port = sock.getsockname()[:2]
-    deadlines = ", ".join(f"{m} {d * 1e3:.0f} ms" for m, d in config.default_deadline_s.items())
+    deadlines = ", ".join(f"{s.name} {config.deadline_for(s.name) * 1e3:.0f} ms" for s in specs)
     print(
         f"predlat serve: {', '.join(s.name for s in specs)} on http://{host}:{port} "
         f"({args.policy}, {args.slots} slots; default deadlines: {deadlines})",
         flush=True,
     )
     try:
+        attach_grpc(app, args.host, args.grpc_port)
         stopped_by = run_server(app, sock, graceful_timeout_s=args.graceful_timeout_s)
     finally:  # a no-op after a normal shutdown; drains if the app could not (forced exit)
         runtime.stop(drain=True, timeout=args.graceful_timeout_s)
@@ -171,3 +248,19 @@ def run(args: argparse.Namespace) -> int:
     why = f" on {signal.Signals(stopped_by).name}" if stopped_by else ""
     print(f"predlat serve: stopped{why}; queued work drained", flush=True)
     return 0
+
+
+def attach_grpc(app: Any, host: str, port: int) -> None:
+    """The gRPC front end beside HTTP, on its event loop (nothing when port is -1)."""
+    if port < 0:
+        return
+    from predlat.serving.grpc_server import GrpcServer
+    from predlat.serving.server import bind_socket
+
+    if port > 0:  # a taken port is a one-line error now, not a failed start-up later
+        bind_socket(host, port).close()
+
+    def announce(address: str) -> None:
+        print(f"predlat serve: gRPC on {address}", flush=True)
+
+    GrpcServer(app.state.service, host, port, announce).attach()

@@ -9,6 +9,7 @@ from pathlib import Path
 from predlat.devices.factory import DEFAULT_DEVICE, describe_device, make_device
 from predlat.errors import ConfigError
 from predlat.models.registry import resolve_models
+from predlat.models.spec import ModelSpec
 from predlat.predict.base import BasePredictor
 from predlat.predict.persist import load_predictor
 from predlat.profiling.profile import Profile
@@ -26,7 +27,7 @@ MARGIN_S = 0.5e-3
 
 
 def build_runtime(
-    models: Sequence[str],
+    models: Sequence[str | ModelSpec],
     *,
     slots: int,
     policy: str | Policy,
@@ -42,7 +43,7 @@ def build_runtime(
     predictor: BasePredictor | None = None,
     predictor_file: str | Path | None = None,
 ) -> tuple[Runtime, Profile]:
-    """A runtime (not started) serving `models` (zoo names or .onnx paths) on `device` (a
+    """A runtime (not started) serving `models` (zoo names, .onnx paths or specs) on `device` (a
     `make_device` name) with `slots` slots of `threads` intra-op threads, scheduled by
     `policy`. The profile comes from the machine cache (measured only if missing).
 
@@ -57,7 +58,10 @@ def build_runtime(
     chosen = get_policy(policy, quantile) if isinstance(policy, str) else policy
     if slots < 1:
         raise ConfigError(f"slots must be at least 1, got {slots}")
-    specs = resolve_models(models)
+    specs = [m for m in models if isinstance(m, ModelSpec)]  # named already (a repository)
+    specs += resolve_models([m for m in models if not isinstance(m, ModelSpec)])
+    if len({s.name for s in specs}) != len(specs):
+        raise ConfigError(f"model names given twice: {', '.join(s.name for s in specs)}")
     if chosen.one_at_a_time:
         slots = 1
         threads = policy_threads(chosen, device, threads)

@@ -269,10 +269,12 @@ class Runtime:
         *,
         deadline_s: float,
         priority: Priority = Priority.LOW,
+        waited_s: float = 0.0,
     ) -> Future:
-        """Queue one request (thread-safe). `deadline_s` is relative (seconds from now);
-        the request's rows are the first axis of its inputs (1 if None). The future
-        resolves to a RequestOutcome exactly once."""
+        """Queue one request (thread-safe). `deadline_s` is relative to its arrival,
+        `waited_s` seconds ago (a server counts reading and decoding the body against the
+        deadline); the request's rows are the first axis of its inputs (1 if None). The
+        future resolves to a RequestOutcome exactly once."""
         if model not in self._models:
             raise UnknownModelError(
                 f"model '{model}' is not served (serving: {', '.join(self.models)})"
@@ -282,9 +284,11 @@ class Runtime:
                 f"deadline must be a finite number of seconds, got {deadline_s}"
             )
         rows = request_rows(model, inputs, self.specs.get(model))
-        now = self.device.now()
+        arrival = self.device.now() - max(0.0, waited_s)
         future: Future = Future()
-        request = Request(next(self._ids), model, now, now + deadline_s, Priority(priority), rows)
+        request = Request(
+            next(self._ids), model, arrival, arrival + deadline_s, Priority(priority), rows
+        )
         with self._lock:
             self._pending[request.request_id] = _Pending(request, inputs, future)
             self._counts["submitted"] += 1

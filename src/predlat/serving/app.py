@@ -10,24 +10,20 @@ handler through `call_soon_threadsafe`.
 
 Priorities: Triton's `priority` parameter (1 = highest, larger = lower, 0 = the model's
 default) maps onto predlat's two levels as 1 -> HIGH, anything else (0, 2, 3, ...) -> LOW.
-Deadlines: `deadline_ms`, else Triton's `timeout` (microseconds), else the server's default
-for the model.
+Deadlines: `deadline_ms`, else Triton's `timeout` (microseconds), else the model's default,
+counted from the request's arrival at the server (reading and decoding count). The door
+(admission.py) refuses what cannot be served before the body is read; big JSON bodies are
+decoded off the loop (decode.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import threading
 import time
-import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -39,87 +35,43 @@ from predlat.models.spec import ModelSpec
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.request import Priority
 from predlat.serving import protocol
+from predlat.serving.admission import (
+    DELAY,
+    SHUTTING_DOWN,
+    Door,
+    Forecast,
+    Refusal,
+    header_deadline,
+    header_priority,
+    is_deadline_rejection,
+    late_for_decode,
+    passed_before_submit,
+)
+from predlat.serving.answers import (
+    JSON_TYPE,
+    await_outcome,
+    error_response,
+    http_error,
+    json_response,
+    outcome_parameters,
+    priority_from_level,
+    refusal_response,
+    rejection_status,
+)
+from predlat.serving.body import content_length, read_body
+from predlat.serving.catalog import Catalog
+from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
+    DEFAULT_MAX_BODY_BYTES,
+    HostableRuntime,
+    RuntimeLike,
+    ServerConfig,
+    ServingState,
+)
+from predlat.serving.decode import OffLoopDecoder, parse_header_length
 from predlat.serving.metrics import ServingMetrics
 from predlat.serving.protocol import HEADER_LENGTH, InferRequest, ProtocolError
-from predlat.traces.records import BatchRecord
 
 FRAMEWORKS = ("starlette", "fastapi")
-DEFAULT_MAX_BODY_BYTES = 64 * 2**20
-JSON_TYPE = "application/json"
-
-
-class RuntimeLike(Protocol):
-    """What the server needs of a Runtime (predlat.runtime.runtime.Runtime)."""
-
-    def submit(
-        self,
-        model: str,
-        inputs: dict[str, np.ndarray] | None,
-        *,
-        deadline_s: float,
-        priority: Priority = Priority.LOW,
-    ) -> Future: ...
-
-    def add_listener(self, on_outcome: Callable[[Any], None]) -> None: ...
-
-    def add_batch_listener(self, on_batch: Callable[[BatchRecord, float], None]) -> None: ...
-
-
-class HostableRuntime(RuntimeLike, Protocol):
-    """A runtime the app can start on its event loop and stop when serving ends."""
-
-    @property
-    def started(self) -> bool: ...
-
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None: ...
-
-    async def stop_async(self, drain: bool = True, timeout: float = 30.0) -> None: ...
-
-
-@dataclass
-class ServerConfig:
-    """Per-server settings. `default_deadline_s` maps model -> seconds (used when a request
-    names no deadline); models missing from it use `fallback_deadline_s`.
-    `drain_timeout_s`: at shutdown, how long a runtime the app started may take to finish
-    its queued and running work."""
-
-    default_deadline_s: Mapping[str, float] = field(default_factory=dict)
-    fallback_deadline_s: float = 0.1
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    drain_timeout_s: float = 30.0
-
-    def deadline_for(self, model: str) -> float:
-        return self.default_deadline_s.get(model, self.fallback_deadline_s)
-
-
-@dataclass
-class ServingState:
-    """Whether the server takes new work; flipped when shutdown begins."""
-
-    ready: bool = False
-    accepting: bool = True
-
-
-def priority_from_level(level: int) -> Priority:
-    """Triton priority level -> predlat priority (1 is Triton's highest level)."""
-    return Priority.HIGH if level == 1 else Priority.LOW
-
-
-def rejection_status(reason: str | None) -> int:
-    """429 when the server is overloaded (a full queue: retry later), 503 otherwise
-    (the deadline cannot be met, or the server is shutting down)."""
-    text = (reason or "").lower()
-    return 429 if "queue" in text and "full" in text else 503
-
-
-def error_response(status: int, message: str) -> Response:
-    return Response(json.dumps({"error": message}), status_code=status, media_type=JSON_TYPE)
-
-
-def json_response(doc: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(doc, separators=(",", ":")), status_code=status, media_type=JSON_TYPE
-    )
 
 
 class InferenceService:
@@ -131,12 +83,21 @@ class InferenceService:
         specs: Sequence[ModelSpec],
         config: ServerConfig,
         metrics: ServingMetrics,
+        forecast: Forecast | None = None,
     ) -> None:
+        """`forecast`: model -> the fastest answer a new request can get (s), for the
+        door; None refuses only on the in-flight budget."""
         self.runtime = runtime
         self.specs = {s.name: s for s in specs}
         self.config = config
         self.metrics = metrics
         self.state = ServingState()
+        self.door = Door(config.door, forecast)
+        self.companions: list[Any] = []  # front ends sharing this loop (start_here/stop_here)
+        # Triton's pending count: requests awaiting execution (the scheduler's queues).
+        metrics.triton.pending = metrics.queue_lengths or (lambda: dict(self.door.pending))
+        self.catalog = Catalog(specs, config.models, config.repository, config.versions)
+        self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
         runtime.add_listener(metrics.observe_outcome)
         runtime.add_batch_listener(metrics.observe_batch)
 
@@ -156,7 +117,8 @@ class InferenceService:
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        return json_response(protocol.model_metadata(self._model(request)))
+        spec = self._model(request)
+        return json_response(protocol.model_metadata(spec, self.catalog.version(spec.name)))
 
     async def model_ready(self, request: Request) -> Response:
         spec = self._model(request)
@@ -164,11 +126,16 @@ class InferenceService:
         return json_response({"name": spec.name, "ready": ready}, 200 if ready else 503)
 
     async def repository_index(self, request: Request) -> Response:
-        """Triton's model repository index: every served model, all ready."""
-        state = "READY" if self.state.ready else "UNAVAILABLE"
-        return json_response(
-            [{"name": n, "version": protocol.MODEL_VERSION, "state": state} for n in self.specs]
-        )
+        """Triton's model repository index: every model, with its state."""
+        return json_response(self.catalog.index(self.state.ready))
+
+    async def repository_load(self, request: Request) -> Response:
+        self.catalog.load(request.path_params["model"])
+        return json_response({})
+
+    async def repository_unload(self, request: Request) -> Response:
+        self.catalog.unload(request.path_params["model"])
+        return json_response({})
 
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
@@ -176,55 +143,141 @@ class InferenceService:
 
     def _model(self, request: Request) -> ModelSpec:
         """The model a path names, or a 404 ProtocolError."""
-        name = request.path_params["model"]
-        spec = self.specs.get(name)
-        if spec is None:
-            served = ", ".join(self.specs) or "none"
-            raise ProtocolError(f"unknown model '{name}' (served: {served})", 404)
-        version = request.path_params.get("version")
-        if version is not None and version != protocol.MODEL_VERSION:
-            raise ProtocolError(f"model '{name}' has no version '{version}' (versions: 1)", 404)
-        return spec
+        params = request.path_params
+        return self.catalog.get(params["model"], params.get("version"))
 
     # -- inference -------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
-        began = time.perf_counter()
+        arrived = time.perf_counter()  # the deadline clock starts here, not at submit
         try:
-            response, runtime_s = await self._infer(request)
+            response, runtime_s = await self._infer(request, arrived)
         except ProtocolError as exc:
             response, runtime_s = error_response(exc.status, exc.message), None
         except Exception as exc:  # one bad request must never take the server down
             message = f"internal error: {type(exc).__name__}: {exc}"
             response, runtime_s = error_response(500, message), None
-        elapsed = time.perf_counter() - began
+        elapsed = time.perf_counter() - arrived
         self.metrics.observe_http("infer", response.status_code, elapsed)
         if runtime_s is not None:
             self.metrics.server_overhead.observe(max(0.0, elapsed - runtime_s))
         return response
 
-    async def _infer(self, request: Request) -> tuple[Response, float | None]:
+    def refuse(self, model: str, refusal: Refusal) -> Response:
+        self.metrics.observe_refusal(model, refusal.reason)
+        return refusal_response(refusal)
+
+    async def _infer(self, request: Request, arrived: float) -> tuple[Response, float | None]:
         spec = self._model(request)
         if not self.state.accepting:
-            return error_response(503, "server is shutting down"), None
-        body = await self._read_body(request)
-        header_length = protocol.parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-        decoded = protocol.decode_infer_request(body, header_length, spec)
-        deadline_s = decoded.deadline_s or self.config.deadline_for(spec.name)
-        priority = priority_from_level(decoded.priority_level)
-        try:
-            future = self.runtime.submit(
-                spec.name, decoded.inputs, deadline_s=deadline_s, priority=priority
-            )
-        except UnknownModelError as exc:
-            return error_response(404, str(exc)), None
-        except PredlatError as exc:
-            return error_response(400, str(exc)), None
+            closing = Refusal(503, SHUTTING_DOWN, "server is shutting down")
+            return self.refuse(spec.name, closing), None
+        door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
+        queue_cap = self.config.settings(spec.name).max_queue_size
+        decode_s = self.decoder.forecast_wait(content_length(request), reading=True)
+        priority = header_priority(request.headers)
+        refusal = self.door.check(spec.name, door_deadline, queue_cap, decode_s, priority)
+        if refusal is not None:
+            return self.refuse(spec.name, refusal), None
+        self.door.enter(spec.name)
         self.metrics.inflight.inc()
         try:
-            outcome = await _await_outcome(future)
+            body = await read_body(request, self.config.max_body_bytes)
+            self.decoder.observe_read(len(body), time.perf_counter() - arrived)
+            length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            waited_s, decode_s = (
+                time.perf_counter() - arrived,
+                self.decoder.forecast_wait(len(body)),
+            )
+            late = late_for_decode(header_deadline(request.headers), waited_s, decode_s)
+            if late is not None:
+                return self.refuse(spec.name, late), None
+            decoded = await self.decoder.decode(body, length, spec)
+            return await self._run(spec, decoded, arrived, time.perf_counter() - arrived)
         finally:
+            self.door.leave(spec.name)
             self.metrics.inflight.dec()
-        return self._answer(decoded, outcome, deadline_s, priority)
+
+    async def _run(
+        self, spec: ModelSpec, decoded: InferRequest, arrived: float, input_s: float
+    ) -> tuple[Response, float | None]:
+        result = await self.execute(spec, decoded, arrived)
+        if isinstance(result, Refusal):
+            return refusal_response(result), None
+        priority = self.priority_of(spec, decoded)
+        encoding = time.perf_counter()
+        answer = self._answer(decoded, result, self.deadline_of(spec, decoded), priority)
+        done = time.perf_counter()
+        self.metrics.observe_request(spec.name, done - arrived, input_s, done - encoding)
+        return answer
+
+    def deadline_of(self, spec: ModelSpec, decoded: InferRequest) -> float:
+        return self.config.request_deadline(spec.name, decoded.deadline_s)
+
+    def priority_of(self, spec: ModelSpec, decoded: InferRequest) -> Priority:
+        level = decoded.priority_level or self.config.settings(spec.name).default_priority_level
+        return priority_from_level(level)
+
+    async def execute(
+        self, spec: ModelSpec, decoded: InferRequest, arrived: float
+    ) -> RequestOutcome | Refusal:
+        """Run a decoded request (any transport): its outcome, or why it was refused
+        before reaching the scheduler."""
+        refusal = self.config.limit_refusal(spec.name, decoded.rows, decoded.priority_level)
+        if refusal is not None:
+            return refusal
+        deadline_s = self.deadline_of(spec, decoded)
+        priority = self.priority_of(spec, decoded)
+        waited_s = time.perf_counter() - arrived
+        if waited_s >= deadline_s:
+            refusal = passed_before_submit(waited_s, deadline_s)
+            self.metrics.observe_refusal(spec.name, refusal.reason)
+            return refusal
+        action = self.config.action_for(spec.name, decoded.timeout_action)
+        try:
+            outcome = await self._submit(spec.name, decoded, deadline_s, priority, waited_s)
+            if action == DELAY and outcome.status == "rejected":
+                outcome = await self._delay(spec.name, decoded, outcome, deadline_s, arrived)
+        except UnknownModelError as exc:
+            return Refusal(404, "unknown_model", str(exc))
+        except PredlatError as exc:
+            return Refusal(400, "bad_request", str(exc))
+        if outcome.status == "missed":
+            self.metrics.observe_late(spec.name)
+        return outcome
+
+    async def _delay(
+        self,
+        model: str,
+        decoded: InferRequest,
+        refused: RequestOutcome,
+        deadline_s: float,
+        arrived: float,
+    ) -> RequestOutcome:
+        """Triton's DELAY: work the scheduler refused as late runs anyway, behind on-time
+        work (low priority, relaxed deadline), and its answer counts as late."""
+        if not is_deadline_rejection(refused.reason):
+            return refused
+        self.metrics.observe_delayed(model)
+        relaxed = deadline_s * self.config.door.delay_factor
+        waited_s = time.perf_counter() - arrived
+        outcome = await self._submit(model, decoded, relaxed, Priority.LOW, waited_s)
+        late = outcome.end is not None and outcome.end - outcome.arrival > deadline_s
+        if outcome.status == "met" and late:
+            outcome.status = "missed"
+        return outcome
+
+    async def _submit(
+        self,
+        model: str,
+        decoded: InferRequest,
+        deadline_s: float,
+        priority: Priority,
+        waited_s: float,
+    ) -> RequestOutcome:
+        future = self.runtime.submit(
+            model, decoded.inputs, deadline_s=deadline_s, priority=priority, waited_s=waited_s
+        )
+        return await await_outcome(future)
 
     def _answer(
         self, decoded: InferRequest, outcome: RequestOutcome, deadline_s: float, priority: Priority
@@ -239,108 +292,12 @@ class InferenceService:
         if outcome.status not in ("met", "missed") or outcome.outputs is None:
             reason = outcome.reason or "the model produced no outputs"
             return error_response(500, f"inference failed: {reason}"), runtime_s
-        params = _outcome_parameters(outcome, deadline_s, priority)
+        params = outcome_parameters(outcome, deadline_s, priority)
         body, header_length = protocol.encode_infer_response(decoded, outcome.outputs, params)
         if header_length is None:
             return Response(body, media_type=JSON_TYPE), runtime_s
         headers = {HEADER_LENGTH: str(header_length)}
         return Response(body, media_type="application/octet-stream", headers=headers), runtime_s
-
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ProtocolError(f"Content-Length must be an integer, got '{declared}'")
-            if int(declared) > limit:
-                raise ProtocolError(_too_large(int(declared), limit), 413)
-            body = await request.body()
-        else:  # chunked: count as it streams in, stop at the limit
-            chunks, total = [], 0
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise ProtocolError(_too_large(total, limit, at_least=True), 413)
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        return _decompress(body, encoding, limit)
-
-
-def _too_large(size: int, limit: int, at_least: bool = False) -> str:
-    more = "at least " if at_least else ""
-    return f"request body of {more}{size} bytes is over the server's limit of {limit} bytes"
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Request compression as tritonclient offers it (gzip or deflate), bounded so a
-    small compressed body cannot expand past the body limit."""
-    if encoding in ("", "identity"):
-        return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
-    if wbits is None:
-        raise ProtocolError(f"unsupported Content-Encoding '{encoding}' (gzip, deflate)", 415)
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"malformed {encoding} body: {exc}") from None
-    if len(data) > limit:
-        raise ProtocolError(_too_large(len(data), limit, at_least=True) + " once decompressed", 413)
-    if not decompressor.eof:
-        raise ProtocolError(f"truncated {encoding} body")
-    return data
-
-
-async def _await_outcome(future: Future) -> Any:
-    """Wait for a runtime future without blocking the loop. Unlike asyncio.wrap_future,
-    a cancelled handler (client gone, forced shutdown) never cancels the runtime's
-    future: the runtime resolves every future exactly once, whoever still listens."""
-    if future.done():  # resolved already (an immediate refusal): no thread hop needed
-        return future.result()
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    waiter = loop.create_future()
-
-    def transfer(done: Future) -> None:
-        if waiter.done():
-            return
-        exc = done.exception()
-        if exc is None:
-            waiter.set_result(done.result())
-        else:
-            waiter.set_exception(exc)
-
-    def on_done(done: Future) -> None:
-        if threading.get_ident() == loop_thread:  # resolved on this loop: no hop
-            transfer(done)
-            return
-        with contextlib.suppress(RuntimeError):  # the loop already closed: nobody waits
-            loop.call_soon_threadsafe(transfer, done)
-
-    future.add_done_callback(on_done)
-    return await waiter
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1e3, 3)
-
-
-def _outcome_parameters(
-    outcome: RequestOutcome, deadline_s: float, priority: Priority
-) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "predlat_status": outcome.status,
-        "predlat_priority": priority.name.lower(),
-        "predlat_deadline_ms": _ms(deadline_s),
-    }
-    if outcome.start is not None and outcome.end is not None:
-        params["predlat_queue_ms"] = _ms(outcome.start - outcome.arrival)
-        params["predlat_compute_ms"] = _ms(outcome.end - outcome.start)
-        params["predlat_latency_ms"] = _ms(outcome.end - outcome.arrival)
-    if outcome.batch_size is not None:
-        params["predlat_batch_size"] = outcome.batch_size
-    return params
 
 
 # -- app factory ---------------------------------------------------------------------
@@ -355,7 +312,9 @@ def _routes(service: InferenceService) -> list[tuple[str, Callable, list[str]]]:
         ("/v2", s.server_metadata, ["GET"]),
         ("/v2/health/live", s.live, ["GET"]),
         ("/v2/health/ready", s.ready, ["GET"]),
-        ("/v2/repository/index", s.repository_index, ["POST"]),
+        ("/v2/repository/index", s.repository_index, ["GET", "POST"]),
+        ("/v2/repository/models/{model}/load", s.repository_load, ["POST"]),
+        ("/v2/repository/models/{model}/unload", s.repository_unload, ["POST"]),
         (model, s.model_metadata, ["GET"]),
         (version, s.model_metadata, ["GET"]),
         (f"{model}/ready", s.model_ready, ["GET"]),
@@ -364,20 +323,13 @@ def _routes(service: InferenceService) -> list[tuple[str, Callable, list[str]]]:
     ]
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ProtocolError):
-        return error_response(exc.status, exc.message)
-    status = getattr(exc, "status_code", 500)
-    detail = getattr(exc, "detail", None) or "error"
-    return error_response(status, f"{detail}: {request.method} {request.url.path}")
-
-
 def create_app(
     runtime: RuntimeLike,
     specs: Sequence[ModelSpec],
     config: ServerConfig | None = None,
     metrics: ServingMetrics | None = None,
     framework: str = "starlette",
+    forecast: Forecast | None = None,
 ) -> Starlette:
     """The ASGI app. `app.state.service` is the InferenceService (state, metrics).
     A runtime not started yet (`runtime.started` False) is started on the server's event
@@ -391,7 +343,7 @@ def create_app(
             runtime_stats=stats if callable(stats) else None,
             queue_lengths=queues if callable(queues) else None,
         )
-    service = InferenceService(runtime, specs, config or ServerConfig(), metrics)
+    service = InferenceService(runtime, specs, config or ServerConfig(), metrics, forecast)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -399,13 +351,19 @@ def create_app(
         if getattr(runtime, "started", True) is False:
             hosted = cast(HostableRuntime, runtime)
             hosted.start(asyncio.get_running_loop())
+        await asyncio.to_thread(service.decoder.start)
+        for companion in service.companions:  # the gRPC front end, on this loop
+            await companion.start_here()
         service.state.ready = True
         yield
         service.begin_shutdown()
+        for companion in service.companions:
+            await companion.stop_here(service.config.drain_timeout_s)
         if hosted is not None:
             await hosted.stop_async(drain=True, timeout=service.config.drain_timeout_s)
+        service.decoder.close()
 
-    handlers = {HTTPException: _http_error, ProtocolError: _http_error}
+    handlers = {HTTPException: http_error, ProtocolError: http_error}
     if framework == "fastapi":
         from fastapi import FastAPI  # only when asked: FastAPI adds per-request cost
 

@@ -11,21 +11,24 @@ checks again with its own clock.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
+import gc
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 
 from predlat.errors import ConfigError, PredlatError
 from predlat.serving import protocol
-from predlat.workload.arrivals import Arrival, open_loop_workload
+from predlat.serving.admission import DEADLINE_HEADER, PRIORITY_HEADER
+from predlat.serving.http_client import RawHttpClient, RawResponse, encode_request
+from predlat.serving.load_report import server_counts, server_delta, summarize
+from predlat.workload.arrivals import Arrival, open_loop_workload, replay_workload
 
 INPUT_VARIANTS = 8  # distinct random inputs per model, reused round-robin
 _SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -45,6 +48,7 @@ class LoadConfig:
     timeout_s: float = 10.0  # per request; also how long the end waits for stragglers
     binary: bool = True  # binary tensor data extension, else JSON tensors
     max_connections: int = 512
+    replay: str | None = None  # a CSV/Parquet of (time, model[, high_priority]) to replay
 
     def validate(self) -> None:
         if not self.rate > 0:
@@ -57,8 +61,8 @@ class LoadConfig:
             raise ConfigError(f"max requests must be at least 1, got {self.max_requests}")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout must be positive, got {self.timeout_s}")
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"url must start with http:// or https://, got '{self.url}'")
+        if not self.url.startswith("http://"):
+            raise ConfigError(f"url must start with http://, got '{self.url}'")
 
 
 @dataclass
@@ -81,12 +85,12 @@ class Sample:
 
 @dataclass
 class _ModelPayloads:
-    """Pre-encoded request bodies: [priority][variant] -> (body, headers)."""
+    """Pre-encoded HTTP requests: [priority][variant] -> the request's bytes."""
 
-    bodies: dict[bool, list[tuple[bytes, dict[str, str]]]]
+    bodies: dict[bool, list[bytes]]
     next_index: int = 0
 
-    def take(self, high: bool) -> tuple[bytes, dict[str, str]]:
+    def take(self, high: bool) -> bytes:
         options = self.bodies[high]
         self.next_index += 1
         return options[self.next_index % len(options)]
@@ -146,17 +150,23 @@ async def _payloads(
 ) -> _ModelPayloads:
     metadata = await _get_json(client, "GET", f"/v2/models/{model}")
     variants = [random_inputs(metadata, rng) for _ in range(INPUT_VARIANTS)]
-    bodies: dict[bool, list[tuple[bytes, dict[str, str]]]] = {}
+    host = client.base_url.netloc.decode()
+    bodies: dict[bool, list[bytes]] = {}
     for high in (False, True):
         params: dict[str, Any] = {"priority": 1} if high else {}
         if config.deadline_ms is not None:
             params["deadline_ms"] = config.deadline_ms
-        bodies[high] = [
-            protocol.encode_infer_request(
+        bodies[high] = []
+        for v in variants:
+            body, headers = protocol.encode_infer_request(
                 v, binary=config.binary, parameters=params, binary_outputs=config.binary
             )
-            for v in variants
-        ]
+            if config.deadline_ms is not None:  # lets the server shed at the door
+                headers[DEADLINE_HEADER] = str(config.deadline_ms)
+            if high:
+                headers[PRIORITY_HEADER] = "1"
+            path = f"/v2/models/{model}/infer"
+            bodies[high].append(encode_request("POST", path, host, body, headers))
     return _ModelPayloads(bodies)
 
 
@@ -164,39 +174,36 @@ async def _payloads(
 
 
 async def _send(
-    client: httpx.AsyncClient,
-    payload: tuple[bytes, dict[str, str]],
+    client: RawHttpClient,
+    request: bytes,
     sample: Sample,
     t0: float,
     on_done: Callable[[Sample], None],
 ) -> None:
-    body, headers = payload
     sample.sent = time.perf_counter() - t0
     try:
-        response = await client.post(
-            f"/v2/models/{sample.model}/infer", content=body, headers=headers
-        )
+        response = await client.send(request)
         sample.done = time.perf_counter() - t0
-        sample.status_code = response.status_code
+        sample.status_code = response.status
         _read_answer(sample, response)
-    except httpx.HTTPError as exc:
+    except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
         sample.done = time.perf_counter() - t0
         sample.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     on_done(sample)
 
 
-def _read_answer(sample: Sample, response: httpx.Response) -> None:
-    content = response.content
-    if response.status_code != 200:
+def _read_answer(sample: Sample, response: RawResponse) -> None:
+    content = response.body
+    if response.status != 200:
         try:
-            sample.error = str(json.loads(content)["error"])
+            sample.error = str(orjson.loads(content)["error"])
         except (ValueError, KeyError, TypeError):
             sample.error = content[:200].decode(errors="replace")
         return
-    length = response.headers.get(protocol.HEADER_LENGTH)
+    length = response.headers.get(protocol.HEADER_LENGTH.lower())
     header = content if length is None else content[: int(length)]
     try:
-        params = json.loads(header).get("parameters", {})
+        params = orjson.loads(header).get("parameters", {})
     except ValueError:
         sample.error = "malformed response"
         return
@@ -211,26 +218,57 @@ async def run_load(
     """Drive the server with the configured workload; return the summary (results.json)."""
     config.validate()
     rng = np.random.default_rng(config.seed)
-    limits = httpx.Limits(
-        max_connections=config.max_connections, max_keepalive_connections=config.max_connections
-    )
-    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=_SOCKET_OPTIONS)
-    async with httpx.AsyncClient(
-        base_url=config.url, transport=transport, timeout=config.timeout_s
-    ) as client:
-        models = await _served_models(client, config.models)
-        payloads = {m: await _payloads(client, m, config, rng) for m in models}
+    async with httpx.AsyncClient(base_url=config.url, timeout=config.timeout_s) as setup:
+        models = await _served_models(setup, config.models)
+        payloads = {m: await _payloads(setup, m, config, rng) for m in models}
+        arrivals = _arrivals(config, models)
+        if on_start:
+            on_start(len(arrivals))
+        before = await _server_counts(setup)
+        client = RawHttpClient(config.url, config.max_connections, config.timeout_s)
+        try:
+            samples, wall = await _drive(client, arrivals, payloads, config, on_done or _ignore)
+        finally:
+            client.close()
+        after = await _server_counts(setup)
+    results = summarize(samples, config, models, wall)
+    if before is not None and after is not None:
+        results["server"] = server_delta(before, after)
+    return results
+
+
+def _arrivals(config: LoadConfig, models: Sequence[str]) -> list[Arrival]:
+    if config.replay is None:
         arrivals = open_loop_workload(
             {m: config.rate / len(models) for m in models},
             config.duration_s,
             config.seed,
             config.arrivals,
             config.hp_frac,
-        )[: config.max_requests]
-        if on_start:
-            on_start(len(arrivals))
-        samples, wall = await _drive(client, arrivals, payloads, config, on_done or _ignore)
-    return summarize(samples, config, models, wall)
+        )
+    else:
+        arrivals = replay_workload(Path(config.replay))
+        unknown = sorted({a.model for a in arrivals} - set(models))
+        if unknown:
+            raise PredlatError(f"replay names models not served: {', '.join(unknown)}")
+        if arrivals:  # timestamps may be absolute (a log): start at the first
+            first = arrivals[0].time
+            arrivals = [Arrival(a.time - first, a.model, a.high_priority) for a in arrivals]
+    return arrivals[: config.max_requests]
+
+
+async def _server_counts(client: httpx.AsyncClient) -> dict[str, float] | None:
+    """The server's own counters, or None when it has no predlat /metrics."""
+    try:
+        response = await client.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return server_counts(response.text)
+    except ValueError:  # not Prometheus text: a server without predlat's metrics
+        return None
 
 
 def _ignore(sample: Sample) -> None:
@@ -238,7 +276,7 @@ def _ignore(sample: Sample) -> None:
 
 
 async def _drive(
-    client: httpx.AsyncClient,
+    client: RawHttpClient,
     arrivals: Sequence[Arrival],
     payloads: dict[str, _ModelPayloads],
     config: LoadConfig,
@@ -246,15 +284,15 @@ async def _drive(
 ) -> tuple[list[Sample], float]:
     samples: list[Sample] = []
     tasks: list[asyncio.Task] = []
+    gc.freeze()  # a full collection over thousands of samples would stall the schedule
     t0 = time.perf_counter()
     for arrival in arrivals:
-        delay = arrival.time - (time.perf_counter() - t0)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await _until(t0 + arrival.time)
         sample = Sample(arrival.model, arrival.high_priority, arrival.time)
         samples.append(sample)
-        payload = payloads[arrival.model].take(arrival.high_priority)
-        tasks.append(asyncio.create_task(_send(client, payload, sample, t0, on_done)))
+        request = payloads[arrival.model].take(arrival.high_priority)
+        tasks.append(asyncio.create_task(_send(client, request, sample, t0, on_done)))
+    gc.unfreeze()
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=config.timeout_s + 1.0)
         for task in pending:  # the client's own timeout normally fires first
@@ -265,89 +303,19 @@ async def _drive(
     return samples, time.perf_counter() - t0
 
 
-# -- summary ----------------------------------------------------------------------------
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not len(values):
-        return {"p50": None, "p99": None, "mean": None, "max": None}
-    array = np.asarray(values, dtype=float) * 1e3
-    return {
-        "p50": round(float(np.percentile(array, 50)), 4),
-        "p99": round(float(np.percentile(array, 99)), 4),
-        "mean": round(float(array.mean()), 4),
-        "max": round(float(array.max()), 4),
-    }
-
-
-def _deadline_ms(sample: Sample, config: LoadConfig) -> float | None:
-    if config.deadline_ms is not None:
-        return config.deadline_ms
-    return sample.server.get("predlat_deadline_ms")
-
-
-def _group(samples: Sequence[Sample], config: LoadConfig) -> dict[str, Any]:
-    ok = [s for s in samples if s.status_code == 200]
-    statuses = Counter(s.server.get("predlat_status") for s in ok)
-    on_time = 0
-    for s in ok:
-        deadline = _deadline_ms(s, config)
-        on_time += deadline is not None and s.latency * 1e3 <= deadline
-    sent = len(samples)
-    return {
-        "sent": sent,
-        "ok": len(ok),
-        "met": statuses.get("met", 0),
-        "missed": statuses.get("missed", 0),
-        "refused_or_failed": sent - len(ok),
-        "deadline_satisfaction_server": round(statuses.get("met", 0) / sent, 4) if sent else None,
-        "deadline_satisfaction_client": round(on_time / sent, 4) if sent else None,
-        "latency_ms": _percentiles([s.latency for s in ok]),
-    }
-
-
-def summarize(
-    samples: Sequence[Sample], config: LoadConfig, models: Sequence[str], wall_s: float
-) -> dict[str, Any]:
-    ok = [s for s in samples if s.status_code == 200]
-    sent_times = [s.sent for s in samples if not math.isnan(s.sent)]
-    span = (max(sent_times) - min(sent_times)) if len(sent_times) > 1 else 0.0
-    with_times = [s for s in ok if "predlat_latency_ms" in s.server]
-    codes = Counter(str(s.status_code) for s in samples)
-    errors = Counter(s.error for s in samples if s.error)
-    return {
-        "config": asdict(config),
-        "models": list(models),
-        "requests": len(samples),
-        "wall_s": round(wall_s, 3),
-        "offered_rate_rps": round(len(sent_times) / span, 3) if span > 0 else None,
-        "achieved_rate_rps": round(len(ok) / wall_s, 3) if wall_s > 0 else None,
-        "latency_ms": _percentiles([s.latency for s in ok]),
-        "send_lag_ms": _percentiles(
-            [s.sent - s.scheduled for s in samples if not math.isnan(s.sent)]
-        ),
-        # End-to-end minus the runtime's own arrival-to-end time: HTTP, parsing, encoding.
-        "server_overhead_ms": _percentiles(
-            [s.latency - s.server["predlat_latency_ms"] / 1e3 for s in with_times]
-        ),
-        # End-to-end minus the batch's execution time (includes queueing for a slot).
-        "overhead_vs_compute_ms": _percentiles(
-            [s.latency - s.server["predlat_compute_ms"] / 1e3 for s in with_times]
-        ),
-        "by_priority": {
-            "high": _group([s for s in samples if s.high_priority], config),
-            "low": _group([s for s in samples if not s.high_priority], config),
-        },
-        "by_model": {m: _group([s for s in samples if s.model == m], config) for m in models},
-        "status_codes": dict(sorted(codes.items())),
-        "errors": dict(errors.most_common(10)),
-    }
+async def _until(due: float) -> None:
+    """Sleep to `due` (perf_counter) on the loop's timers. No busy wait for the last
+    fraction of a millisecond: the client often shares the machine's cores with the
+    server it measures, and a spinning client would slow that server down."""
+    delay = due - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def run(config: LoadConfig, progress: bool = True) -> dict[str, Any]:
     """Run the load from synchronous code, with a progress bar when asked."""
     if not progress:
-        return asyncio.run(run_load(config))
+        return _run_async(run_load(config))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress(
@@ -365,4 +333,13 @@ def run(config: LoadConfig, progress: bool = True) -> dict[str, Any]:
         def done(sample: Sample) -> None:
             bar.advance(task)
 
-        return asyncio.run(run_load(config, on_done=done, on_start=started))
+        return _run_async(run_load(config, on_done=done, on_start=started))
+
+
+def _run_async(coroutine: Any) -> Any:
+    """uvloop when installed: its loop keeps the send schedule with less lag."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)

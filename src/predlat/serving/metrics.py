@@ -19,6 +19,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from predlat.scheduling.outcome import RequestOutcome
+from predlat.serving.triton_metrics import TritonMetrics
 from predlat.traces.records import BatchRecord
 
 OUTCOMES = ("met", "missed", "rejected", "failed")
@@ -170,7 +171,27 @@ class ServingMetrics:
         self.inflight = Gauge(
             "predlat_inflight_requests", "Infer requests waiting for the runtime", registry=r
         )
+        self.refusals = Counter(
+            "predlat_refusals",
+            "Infer requests refused by the server before the scheduler, by reason",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.late_answers = Counter(
+            "predlat_late_answers",
+            "Infer requests answered after their deadline",
+            ["model"],
+            registry=r,
+        )
+        self.delayed = Counter(
+            "predlat_delayed_requests",
+            "Requests refused on time by the scheduler but run anyway (timeout_action DELAY)",
+            ["model"],
+            registry=r,
+        )
         r.register(_ScrapeTime(self))
+        self.triton = TritonMetrics()
+        r.register(self.triton)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, cached: the lookup costs more than the update, and
@@ -188,8 +209,14 @@ class ServingMetrics:
         self._child(self.requests, model, priority, outcome.status).inc()
         if outcome.end is not None:
             self._child(self.latency, model, priority).observe(outcome.end - outcome.arrival)
+        queue_s = infer_s = None
         if outcome.start is not None:
-            self._child(self.queue_time, model, priority).observe(outcome.start - outcome.arrival)
+            queue_s = outcome.start - outcome.arrival
+            self._child(self.queue_time, model, priority).observe(queue_s)
+            if outcome.end is not None:
+                infer_s = outcome.end - outcome.start
+        rows = _rows(outcome.outputs)
+        self.triton.observe_outcome(model, outcome.status, rows, queue_s, infer_s)
 
     def observe_batch(self, record: BatchRecord, predicted: float | None) -> None:
         """One finished batch and the latency predicted for it at dispatch (seconds)."""
@@ -197,6 +224,7 @@ class ServingMetrics:
         self._child(self.batch_size, model).observe(record.batch_size)
         self._child(self.batch_latency, model).observe(latency)
         self._child(self.slot_busy, str(record.slot)).inc(max(0.0, latency))
+        self.triton.add("nv_inference_exec_count", model)
         error = None
         if latency > 0 and predicted is not None:
             error = abs(predicted - latency) / latency
@@ -215,6 +243,24 @@ class ServingMetrics:
         self._child(self.http_responses, endpoint, str(code)).inc()
         self._child(self.http_duration, endpoint).observe(seconds)
 
+    def observe_refusal(self, model: str, reason: str) -> None:
+        self._child(self.refusals, model, reason).inc()
+        self.triton.observe_refusal(model)
+
+    def observe_request(self, model: str, total_s: float, input_s: float, output_s: float) -> None:
+        """Server-side times of one answered request: arrival to answer, decoding the
+        inputs, encoding the outputs (Triton's compute input / output)."""
+        t = self.triton
+        t.add("nv_inference_request_duration_us", model, total_s * 1e6)
+        t.add("nv_inference_compute_input_duration_us", model, input_s * 1e6)
+        t.add("nv_inference_compute_output_duration_us", model, output_s * 1e6)
+
+    def observe_late(self, model: str) -> None:
+        self._child(self.late_answers, model).inc()
+
+    def observe_delayed(self, model: str) -> None:
+        self._child(self.delayed, model).inc()
+
     def busy_seconds(self) -> dict[int, float]:
         with self._lock:
             return dict(self._busy)
@@ -222,6 +268,14 @@ class ServingMetrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _rows(outputs: Mapping[str, Any] | None) -> int:
+    if not outputs:
+        return 1
+    first = next(iter(outputs.values()))
+    shape = getattr(first, "shape", ())
+    return int(shape[0]) if shape else 1
 
 
 def _priority_label(priority: object) -> str:

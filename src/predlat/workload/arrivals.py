@@ -87,8 +87,8 @@ def open_loop_workload(
 
 
 def replay_workload(path: Path) -> list[Arrival]:
-    """Arrivals from a Parquet or CSV file with columns `time` (s), `model` and optionally
-    `high_priority` — e.g. a production request log."""
+    """Arrivals from a Parquet or CSV file with columns `time` (or `timestamp`, s), `model`
+    and optionally `high_priority` — e.g. a production request log."""
     path = Path(path)
     try:
         if path.suffix == ".parquet":
@@ -101,6 +101,8 @@ def replay_workload(path: Path) -> list[Arrival]:
             table = {k: [r[k] for r in rows] for k in (rows[0].keys() if rows else [])}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read workload {path}: {exc}") from None
+    if "time" not in table and "timestamp" in table:
+        table["time"] = table["timestamp"]
     if "time" not in table or "model" not in table:
         raise ConfigError(f"workload {path} needs columns 'time' and 'model'")
     high = table.get("high_priority", [False] * len(table["time"]))

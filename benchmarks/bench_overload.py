@@ -1,0 +1,104 @@
+"""Overload at the door: an open-loop client offering 1.5x what the server can serve on
+time, JSON and binary tensors alike, against `predlat serve` in a process of its own.
+
+    PYTHONPATH=src python3 benchmarks/bench_overload.py [--model resnet] [--deadline-ms 150]
+        [--duration 10] [--factor 1.5] [--probe-rate 100]
+
+1. capacity probe: offer --probe-rate req/s (binary) for a few seconds; the capacity is
+   the rate of answers that met their deadline.
+2. for binary, then JSON tensors: offer --factor x capacity for --duration s, every
+   request with the deadline, and print the issue's figures:
+   - p99 latency of requests answered 200 (target: <= the deadline);
+   - p99 time to a refusal (target: <= 5 ms);
+   - nothing lost: answered + refused == sent, and the server's /metrics agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+
+from predlat.serving.loadgen import LoadConfig, run
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "predlat", "serve", "--models", args.model, "--port", "0",
+               "--grpc-port", "-1", "--no-progress", "--default-deadline-ms",
+               str(args.deadline_ms), "--slots", str(args.slots)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline() if process.stdout else ""
+    match = re.search(r"http://[\d.]+:\d+", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    url = match.group(0)
+    until = time.monotonic() + 60
+    while time.monotonic() < until:
+        try:
+            if httpx.get(url + "/v2/health/ready").status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("server never became ready")
+
+
+def offer(url: str, args: argparse.Namespace, rate: float, seconds: float, binary: bool) -> dict:
+    config = LoadConfig(url=url, rate=rate, duration_s=seconds, models=(args.model,),
+                        deadline_ms=args.deadline_ms, binary=binary, seed=args.seed,
+                        timeout_s=max(5.0, 20 * args.deadline_ms / 1e3))  # fmt: skip
+    return run(config, progress=False)
+
+
+def report(name: str, r: dict, deadline_ms: float) -> None:
+    codes = r["status_codes"]
+    sent = r["requests"]
+    answered = int(codes.get("200", 0))
+    refused = sum(n for c, n in codes.items() if c not in ("0", "200"))
+    lost = int(codes.get("0", 0))
+    server = r.get("server", {})
+    counted = sum(v for k, v in server.items() if k.startswith("predlat_requests{"))
+    counted += sum(v for k, v in server.items() if k.startswith("predlat_refusals{"))
+    lat, ref = r["latency_ms"], r["refusal_latency_ms"]
+    print(f"{name}: offered {r['offered_rate_rps']} req/s, {sent} sent")
+    print(f"  answered 200: {answered}, p99 {lat['p99']} ms (deadline {deadline_ms} ms)")
+    print(f"  refused: {refused}, refusal p99 {ref['p99']} ms (target <= 5 ms)")
+    print(f"  lost (no answer): {lost}; answered + refused == sent: {answered + refused == sent}")
+    print(f"  server counted {counted:g} requests (runtime outcomes + door refusals): "
+          f"{'agrees' if counted == sent else 'DISAGREES'}; {server}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet")
+    parser.add_argument("--deadline-ms", type=float, default=150.0)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--factor", type=float, default=1.5)
+    parser.add_argument("--probe-rate", type=float, default=100.0)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    process, url = start_server(args)
+    try:
+        probe = offer(url, args, args.probe_rate, 3.0, binary=True)
+        met = probe["by_model"][args.model]["met"]
+        capacity = max(1.0, met / 3.0)
+        print(f"capacity on time: {capacity:.1f} req/s ({met} met of {probe['requests']} "
+              f"offered at {args.probe_rate:g} req/s for 3 s)")  # fmt: skip
+        for binary in (True, False):
+            r = offer(url, args, args.factor * capacity, args.duration, binary)
+            report("binary tensors" if binary else "JSON tensors", r, args.deadline_ms)
+    finally:
+        process.terminate()
+        process.wait(30)
+    print("(measured on a machine whose CPU was shared with other work: figures are noisy)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Waiting for a runtime's answer from the event loop, and the predlat parameters an
+answer carries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.request import Priority
+from predlat.serving.admission import Refusal
+from predlat.serving.protocol import ProtocolError
+
+JSON_TYPE = "application/json"
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+def refusal_response(refusal: Refusal) -> Response:
+    doc = {"error": refusal.message, "reason": refusal.reason}
+    return json_response(doc, refusal.status, refusal.headers())
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON_TYPE, headers=headers)
+
+
+def priority_from_level(level: int) -> Priority:
+    """Triton priority level -> predlat priority (1 is Triton's highest level)."""
+    return Priority.HIGH if level == 1 else Priority.LOW
+
+
+def rejection_status(reason: str | None) -> int:
+    """429 when the server is overloaded (a full queue: retry later), 503 otherwise
+    (the deadline cannot be met, or the server is shutting down)."""
+    text = (reason or "").lower()
+    return 429 if "queue" in text and "full" in text else 503
+
+
+async def await_outcome(future: Future) -> Any:
+    """Wait for a runtime future without blocking the loop. Unlike asyncio.wrap_future,
+    a cancelled handler (client gone, forced shutdown) never cancels the runtime's
+    future: the runtime resolves every future exactly once, whoever still listens."""
+    if future.done():  # resolved already (an immediate refusal): no thread hop needed
+        return future.result()
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    waiter = loop.create_future()
+
+    def transfer(done: Future) -> None:
+        if waiter.done():
+            return
+        exc = done.exception()
+        if exc is None:
+            waiter.set_result(done.result())
+        else:
+            waiter.set_exception(exc)
+
+    def on_done(done: Future) -> None:
+        if threading.get_ident() == loop_thread:  # resolved on this loop: no hop
+            transfer(done)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already closed: nobody waits
+            loop.call_soon_threadsafe(transfer, done)
+
+    future.add_done_callback(on_done)
+    return await waiter
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
+
+
+def outcome_parameters(
+    outcome: RequestOutcome, deadline_s: float, priority: Priority
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "predlat_status": outcome.status,
+        "predlat_priority": priority.name.lower(),
+        "predlat_deadline_ms": _ms(deadline_s),
+    }
+    if outcome.start is not None and outcome.end is not None:
+        params["predlat_queue_ms"] = _ms(outcome.start - outcome.arrival)
+        params["predlat_compute_ms"] = _ms(outcome.end - outcome.start)
+        params["predlat_latency_ms"] = _ms(outcome.end - outcome.arrival)
+    if outcome.batch_size is not None:
+        params["predlat_batch_size"] = outcome.batch_size
+    return params
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ProtocolError):
+        return error_response(exc.status, exc.message)
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None) or "error"
+    return error_response(status, f"{detail}: {request.method} {request.url.path}")
