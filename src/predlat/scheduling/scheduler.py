@@ -44,6 +44,7 @@ from predlat.profiling.profile import Profile
 from predlat.scheduling.forecasting import ForecasterLike
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.queues import ModelQueue
+from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Decision, Dispatch, Finished, Priority, Reject, Request
 from predlat.scheduling.reserve import HighReserve
 from predlat.scheduling.timeline import TimelineTracker
@@ -202,9 +203,9 @@ class Scheduler:
         if request.priority is Priority.HIGH:
             self._high_arrived(request, now)
         out: list[Decision] = []
-        reason = self._admission_refusal(request, now)
-        if reason is not None:
-            self._reject(request, reason, out)
+        refusal = self._admission_refusal(request, now)
+        if refusal is not None:
+            self._reject(request, *refusal, out)
         else:
             q = self._queues[request.model]
             q.push(request)
@@ -297,12 +298,14 @@ class Scheduler:
         self._latest_start = wake
         return wake
 
-    def reject_all(self, reason: str) -> list[Reject]:
+    def reject_all(
+        self, kind: RejectReason = RejectReason.SHUTTING_DOWN, detail: str = ""
+    ) -> list[Reject]:
         """Reject every queued request (shutdown); running batches are left to finish."""
         out: list[Decision] = []
         for q in self._queues.values():
             for request in q.pop_all():
-                self._reject(request, reason, out)
+                self._reject(request, kind, detail, out)
         self._queued = 0
         self._latest_start = None
         return [d for d in out if isinstance(d, Reject)]
@@ -333,18 +336,20 @@ class Scheduler:
             self._reserve.seen(now)
 
     # -- admission -----------------------------------------------------------------------
-    def _admission_refusal(self, request: Request, now: float) -> str | None:
+    def _admission_refusal(
+        self, request: Request, now: float
+    ) -> tuple[RejectReason, str] | None:
         if request.model not in self._queues:
-            return f"model '{request.model}' is not served here"
+            return RejectReason.MODEL_NOT_SERVED, f"'{request.model}' is not served here"
         if request.size < 1:
-            return f"a request needs at least one row, got {request.size}"
+            return RejectReason.BAD_SIZE, f"needs at least one row, got {request.size}"
         if self._queued >= self.config.max_queue:
-            return f"queue full ({self._queued} requests queued)"
+            return RejectReason.QUEUE_FULL, f"{self._queued} requests queued"
         need = self._solo(request.model, request.size)
         left = request.deadline - now - self.config.margin_s
         if need > left:
-            return (
-                f"deadline cannot be met: {left * 1e3:.2f} ms left, '{request.model}' needs "
+            return RejectReason.DEADLINE, (
+                f"{left * 1e3:.2f} ms left, '{request.model}' needs "
                 f"{need * 1e3:.2f} ms alone at batch {request.size}"
             )
         return None
@@ -378,17 +383,21 @@ class Scheduler:
                     left = head.deadline - now
                     self._reject(
                         head,
-                        f"deadline can no longer be met: waited {(now - head.arrival) * 1e3:.2f}"
-                        f" ms, {left * 1e3:.2f} ms left, needs {need * 1e3:.2f} ms alone",
+                        RejectReason.EXPIRED,
+                        f"waited {(now - head.arrival) * 1e3:.2f} ms,"
+                        f" {left * 1e3:.2f} ms left, needs {need * 1e3:.2f} ms alone",
                         out,
                     )
                     head = q.peek(priority)
         self._latest_start = wake
 
-    def _reject(self, request: Request, reason: str, out: list[Decision]) -> None:
+    def _reject(
+        self, request: Request, kind: RejectReason, detail: str, out: list[Decision]
+    ) -> None:
         self._seen.discard(request.request_id)
         self.stats.rejected += 1
-        out.append(Reject(request.request_id, reason))
+        reason = f"{kind.value}: {detail}" if detail else kind.value
+        out.append(Reject(request.request_id, reason, kind))
 
     # -- dispatching ---------------------------------------------------------------------
     def _schedule(self, now: float, out: list[Decision], resume: bool = False) -> None:
