@@ -146,7 +146,7 @@ def test_recent_load_fills_freed_slots(fine):
         [BatchRecord(i, SMALL[0], SMALL[1], i % 3, 0.0, 0.0, t_c) for i in range(3)]
     )
     forecasts = {}
-    for fill in ("none", "revert", "recent"):
+    for fill in ("none", "revert"):
         fc = Forecaster(fine, PROFILE, fill=fill, adapt_fill=False, learn=False)
         for r in recs:
             fc.on_dispatch(batch(r.batch_id, SMALL, 0.0))
@@ -154,15 +154,11 @@ def test_recent_load_fills_freed_slots(fine):
         for r in recs:
             fc.on_complete(r)
         forecasts[fill] = fc.forecast(t_c, [batch(11, SMALL, t_c)])
-    none, revert, recent = forecasts["none"], forecasts["revert"], forecasts["recent"]
+    none, revert = forecasts["none"], forecasts["revert"]
     # Without fill: the large batch is the only co-runner for the candidate's lifetime.
     assert none[11].mean == pytest.approx(t_c + 1.5 * solo(SMALL), rel=1e-3)
     # The recent co-runner count (2) is expected back: more co-location ahead.
     assert revert[11].mean > none[11].mean and revert[10].mean > none[10].mean
-    # "recent" only refills slots freed after now: the candidate ends first, so only the
-    # large batch gains.
-    assert recent[11].mean == pytest.approx(none[11].mean)
-    assert recent[10].mean > none[10].mean
 
 
 def test_coarse_forecast_keeps_each_batch_co_runners_at_start():

@@ -17,7 +17,7 @@ PROFILE = synthetic_profile(seed=0)
 LAW = SlowdownLaw(count=0.1, compute=0.3, memory=0.15)
 
 
-@pytest.mark.parametrize("name", ["fine-rls", "coarse", "ewma", "fine-rls-xm", "solo"])
+@pytest.mark.parametrize("name", ["fine-rls", "coarse", "ewma", "fine-sgd", "solo"])
 def test_round_trip_predicts_and_learns_identically(tmp_path: Path, name: str) -> None:
     records = law_records(PROFILE, LAW, 300, seed=1)
     fitted = make_predictor(name, PROFILE).fit(records[:200])

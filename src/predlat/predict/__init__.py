@@ -12,12 +12,14 @@ from predlat.predict.evaluate import (
 from predlat.predict.forecast import ForecastEnd, Forecaster, RunningBatch, replay
 from predlat.predict.predictors import (
     PREDICTOR_NAMES,
+    PREDICTORS,
     LinearPredictor,
     SoloPredictor,
     make_predictor,
 )
 
 __all__ = [
+    "PREDICTORS",
     "PREDICTOR_NAMES",
     "BasePredictor",
     "Calibrator",

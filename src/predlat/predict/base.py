@@ -46,7 +46,6 @@ class BasePredictor:
     name: str = "base"
     online: bool = False
     kind: str = "solo"
-    squares: bool = False  # whether the co-load carries the squared co-runner count
     tau: float = 0.0  # EWMA time constant (s), for kind "ewma"
 
     def __init__(

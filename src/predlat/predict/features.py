@@ -20,15 +20,13 @@ the runnable threads exceed the cores, the OS time-slices them and the slowdown 
 the excess: a kink that no linear function of the co-runner count represents over several
 concurrency levels, while a + beta . co_load stays linear in the co-load (the forecaster
 relies on that). On an accelerator, or with oversub=False, the channel is absent.
-The fine co-load may carry one more channel, the time average of (number of
-co-runners)^2, for devices whose slowdown grows faster than linearly when oversubscribed.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -39,7 +37,6 @@ from predlat.traces.records import BatchRecord, Overlap
 SELF_NAMES = ("bias", "compute_util", "memory_util", "log_solo")
 LOAD_NAMES = ("co_count", "co_compute", "co_memory")
 OVERSUB_NAME = "oversub"
-SQUARE_NAME = "co_count_sq"
 
 Vector = tuple[float, ...]
 
@@ -66,6 +63,10 @@ class Oversubscription:
     def at(self, n: int) -> float:
         """oversub of an integer count (a table look-up)."""
         return self.table[n] if 0 <= n < len(self.table) else self(n)
+
+    def excess(self, n: int) -> float:
+        """oversub(n) - oversub(0): what n co-runners add."""
+        return self.at(n) - self.zero
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Oversubscription):
@@ -184,107 +185,39 @@ def linear_load(record: BatchRecord, fmap: FeatureMap) -> Vector:
     return (n * inv, cu * inv, mu * inv)
 
 
-def fine_load(record: BatchRecord, fmap: FeatureMap, squares: bool = False) -> Vector:
+def fine_load(record: BatchRecord, fmap: FeatureMap) -> Vector:
     """(1/L) integral over the batch's lifetime of the summed co-runner features, then
-    of oversub(number of co-runners) (if the map has it) and of its square (if asked)."""
+    of oversub(number of co-runners) if the map has it."""
     ov = fmap.oversub
-    if ov is None and not squares:
+    if ov is None:
         return linear_load(record, fmap)
     length = record.latency
-    n_out = 3 + (ov is not None) + squares
     if length <= 0:
-        return (0.0,) * n_out
-    # One pass for the linear channels, collecting arrivals and departures; then a merge
-    # of the sorted arrivals and departures for the channels of the count.
-    co_vec = fmap.co_vec
-    n = cu = mu = 0.0
-    starts, ends = [], []
-    for o in record.timeline:
-        s, e = o.start, o.end
-        d = e - s
-        if d <= 0:
-            continue
-        f = co_vec(o.model, o.batch_size)
-        n += d
-        cu += f[1] * d
-        mu += f[2] * d
-        starts.append(s)
-        ends.append(e)
-    inv = 1.0 / length
-    zero = ov.zero if ov is not None else 0.0
-    sq = over = 0.0
-    m = len(starts)
-    if m:
-        starts.sort()
-        ends.sort()
-        table = ov.table if ov is not None else (0.0,)
-        top = len(table) - 1
-        beyond = ov if ov is not None else _no_oversub  # for counts past the table
-        i = j = count = 0
-        prev = starts[0]
-        while j < m:
-            if i < m and starts[i] <= ends[j]:
-                t = starts[i]
-                i += 1
-                delta = 1
-            else:
-                t = ends[j]
-                j += 1
-                delta = -1
-            if count:
-                dt = t - prev
-                over += ((table[count] if count <= top else beyond(count)) - zero) * dt
-                sq += count * count * dt
-            count += delta
-            prev = t
-    out = (n * inv, cu * inv, mu * inv)
-    if ov is not None:
-        # The time with no co-runner counts for oversub(0) (0 unless one batch alone
-        # already has more threads than there are cores).
-        out = (*out, (over + zero * length) * inv)
-    return (*out, sq * inv) if squares else out
+        return (0.0, 0.0, 0.0, 0.0)
+    n, cu, mu = linear_load(record, fmap)
+    over = count_integral(record.timeline, ov.excess)
+    # The time with no co-runner counts for oversub(0) (0 unless one batch alone
+    # already has more threads than there are cores).
+    return (n, cu, mu, (over + ov.zero * length) * (1.0 / length))
 
 
-def _no_oversub(count: float) -> float:
-    return 0.0
-
-
-def count_integrals(
-    timeline: Iterable[Overlap], oversub: Oversubscription | None = None
-) -> tuple[float, float]:
-    """Integrals over time of (number of co-runners present)^2 and of
-    oversub(number) - oversub(0), the count being piecewise constant between arrivals
-    and departures."""
-    events = []
-    for o in timeline:
-        if o.end > o.start:
-            events.append((o.start, 1))
-            events.append((o.end, -1))
-    if not events:
-        return 0.0, 0.0
-    events.sort()
-    sq = over = 0.0
-    count, prev = 0, events[0][0]
-    if oversub is None:
-        for t, delta in events:
-            sq += count * count * (t - prev)
-            count += delta
-            prev = t
-        return sq, 0.0
-    at, zero = oversub.at, oversub.zero
-    for t, delta in events:
+def count_integral(timeline: Iterable[Overlap], value: Callable[[int], float]) -> float:
+    """Integral over time of value(number of co-runners present) while any is present,
+    the count being piecewise constant between arrivals and departures."""
+    starts = sorted(o.start for o in timeline if o.end > o.start)
+    ends = sorted(o.end for o in timeline if o.end > o.start)
+    total, count, i, j = 0.0, 0, 0, 0
+    prev = starts[0] if starts else 0.0
+    while j < len(ends):
+        if i < len(starts) and starts[i] <= ends[j]:
+            t, delta, i = starts[i], 1, i + 1
+        else:
+            t, delta, j = ends[j], -1, j + 1
         if count:
-            dt = t - prev
-            sq += count * count * dt
-            over += (at(count) - zero) * dt
+            total += value(count) * (t - prev)
         count += delta
         prev = t
-    return sq, over
-
-
-def count_square_integral(timeline: Iterable[Overlap]) -> float:
-    """Integral of (number of co-runners present)^2 over time."""
-    return count_integrals(timeline)[0]
+    return total
 
 
 # -- ewma --------------------------------------------------------------------------------
@@ -576,45 +509,21 @@ class EwmaHistory:
 
 # -- design rows -------------------------------------------------------------------------
 class Design:
-    """Turns (self features, co-load) into a regression row, optionally with interaction
-    terms self x co-load (compute_util, memory_util, log solo) x (count, compute, memory).
-    The co-load is (count, compute, memory[, oversub][, count^2]).
+    """Turns (self features, co-load) into a regression row [*self, *co_load]. The row is
+    linear in the co-load for fixed self features, so the slowdown can be written
+    a + beta . co_load: the forecaster relies on that (see `parts`)."""
 
-    Every row is linear in the co-load for fixed self features, so the slowdown can be
-    written a + beta . co_load: the forecaster relies on that (see `parts`)."""
-
-    def __init__(self, n_load: int, interactions: bool, oversub: bool = False):
+    def __init__(self, n_load: int, oversub: bool = False):
         self.n_load = n_load
-        self.interactions = interactions
         self.oversub = oversub  # the co-load's fourth channel is the oversubscription
-        self.dim = 4 + n_load + (9 if interactions else 0)
+        self.dim = 4 + n_load
 
     def names(self) -> list[str]:
-        extra = [OVERSUB_NAME, SQUARE_NAME] if self.oversub else [SQUARE_NAME]
-        load = [*LOAD_NAMES, *extra][: self.n_load]
-        names = [*SELF_NAMES, *load]
-        if self.interactions:
-            names += [f"{s}*{g}" for s in SELF_NAMES[1:] for g in LOAD_NAMES]
-        return names
+        return [*SELF_NAMES, *LOAD_NAMES, OVERSUB_NAME][: self.dim]
 
     def row(self, s: Vector, g: Vector) -> list[float]:
-        r = [*s, *g]
-        if self.interactions:
-            g0, g1, g2 = g[0], g[1], g[2]
-            for si in s[1:4]:
-                r.append(si * g0)
-                r.append(si * g1)
-                r.append(si * g2)
-        return r
+        return [*s, *g]
 
     def parts(self, w: Sequence[float], s: Vector) -> tuple[float, Vector]:
         a = w[0] * s[0] + w[1] * s[1] + w[2] * s[2] + w[3] * s[3]
-        beta = list(w[4 : 4 + self.n_load])
-        if self.interactions:
-            k = 4 + self.n_load
-            for si in s[1:4]:
-                beta[0] += w[k] * si
-                beta[1] += w[k + 1] * si
-                beta[2] += w[k + 2] * si
-                k += 3
-        return a, tuple(beta)
+        return a, tuple(w[4 : 4 + self.n_load])

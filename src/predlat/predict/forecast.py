@@ -17,7 +17,6 @@ average co-runner's features:
                            what the known batches do not cover is filled in. This covers
                            both freed slots refilled by queued work at high load and new
                            arrivals into an idle device at low load.
-  fill="recent"            only slots freed after now are refilled, up to the recent count.
   fill="none"              nothing but the known batches.
 The amount filled in is scaled by a gain adapted online (adapt_fill) so that about half of
 the batches end after their forecast: a median forecast, which minimises the relative
@@ -52,7 +51,9 @@ from predlat.traces.records import BatchRecord
 # A batch running past its forecast end is forecast to need this fraction of its elapsed
 # time more (its remaining time is unknown, but it is surely not over yet).
 OVERRUN_FRACTION = 0.05
-FILL_MODES = ("revert", "recent", "none")
+FILL_MODES = ("revert", "none")
+# Smoothing of the recent co-runner statistics (count, features, mean latency).
+RECENT_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,11 @@ class _Run:
 class Forecaster:
     """Stateful forecaster of one device's batch end times (see module doc).
 
-    Options: fill ("revert" | "recent" | "none", see the module doc) with adapt_fill and
+    Options: fill ("revert" | "none", see the module doc) with adapt_fill and
     fill_step (online median tracking of the fill gain); learn (default True): feed
     completions to the predictor's learn_one; iterations / tol: fixed-point limits (tol
     relative to the forecast horizon); window, default_margin: calibration of the forecast
-    quantile from this device's recent forecast residuals; recent_alpha: smoothing of the
-    recent co-runner statistics (count, features, mean latency)."""
+    quantile from this device's recent forecast residuals."""
 
     def __init__(
         self,
@@ -103,7 +103,6 @@ class Forecaster:
         tol: float = 1e-3,
         window: int | None = None,
         default_margin: float | None = None,
-        recent_alpha: float = 0.05,
         adapt_fill: bool = True,
         fill_step: float = 0.01,
     ):
@@ -131,19 +130,17 @@ class Forecaster:
         )
         seed = getattr(predictor, "forecast_residuals", None) or base.residuals()
         self.calibrator.extend(seed)
-        self.recent_alpha = recent_alpha
         self._runs: dict[int, _Run] = {}
         self._runs_version = 0  # counts changes of the running set (see _running_columns)
         self._columns: tuple[list, ...] = ()
         self._columns_key: tuple[int, int] | None = None
         self._t: float | None = None
         self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
-        self._squares = bool(getattr(predictor, "squares", False))
         zero = self._ov.zero if self._ov is not None else 0.0
         self._load = [0.0, 0.0, 0.0]  # sum of (1, cu, mu) over running batches
-        # Integrals over time of count, cu, mu, count^2 of the running batches, and of
+        # Integrals over time of count, cu, mu of the running batches, and of
         # oversub(count - 1) while any runs (what each running batch sees of it).
-        self._cum = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self._cum = [0.0, 0.0, 0.0, 0.0]
         self._ewma = [0.0, 0.0, 0.0, zero]  # EWMA (tau) of the load and of oversub(count)
         self._co_count = 0.0  # recent average co-runner count seen by finished batches
         self._co_feat = (0.0, 0.0)  # recent average (cu, mu) per co-runner
@@ -233,7 +230,6 @@ class Forecaster:
         cum[0] += load[0] * dt
         cum[1] += load[1] * dt
         cum[2] += load[2] * dt
-        cum[3] += load[0] * load[0] * dt
         decay = math.exp(-dt / self.tau)
         for i in range(3):
             ewma[i] = load[i] + (ewma[i] - load[i]) * decay
@@ -241,7 +237,7 @@ class Forecaster:
         if ov is not None:
             count = int(load[0] + 0.5)
             if count:
-                cum[4] += ov.at(count - 1) * dt
+                cum[3] += ov.at(count - 1) * dt
             h = ov.at(count)
             ewma[3] = h + (ewma[3] - h) * decay
         self._t = t
@@ -251,7 +247,7 @@ class Forecaster:
             return
         n, cu, mu = linear_load(record, self.fmap)
         self._completions += 1
-        alpha = max(self.recent_alpha, 1.0 / self._completions)
+        alpha = max(RECENT_ALPHA, 1.0 / self._completions)
         self._co_count += alpha * (n - self._co_count)
         self._mean_latency += alpha * (record.latency - self._mean_latency)
         if n > 0:
@@ -365,12 +361,9 @@ class Forecaster:
 
     def _fine(self, now, runs, candidates, starts, solos, a_s, betas, feats) -> list[float]:
         n_run, n_all = len(runs), len(starts)
-        ov, squares = self._ov, self._squares
-        if ov is not None and len(betas[0]) < 4 + squares:
+        ov = self._ov
+        if ov is not None and len(betas[0]) < 4:
             ov = None  # a predictor without the channel
-        # Positions in beta of the oversubscription and squared-count channels.
-        i_ov = 3 if ov is not None else -1
-        i_sq = (4 if ov is not None else 3) if squares else -1
         # Past co-location integrals, from each running batch's own point of view (they
         # enter each batch's equation only through beta . past).
         cum, load = self._cum, self._load
@@ -378,8 +371,7 @@ class Forecaster:
         c0 = cum[0] + load[0] * dt
         c1 = cum[1] + load[1] * dt
         c2 = cum[2] + load[2] * dt
-        c3 = cum[3] + load[0] * load[0] * dt
-        c4 = cum[4]
+        c4 = cum[3]
         if ov is not None:
             # Oversub: c (threads / cores) above its knee in the co-runner count, 0 below.
             ov_c, knee, ov_at = ov.c, ov.knee, ov.at
@@ -398,7 +390,6 @@ class Forecaster:
         phi_cu, phi_mu = self._co_feat
         lo_sd, hi_sd = MIN_SLOWDOWN, MAX_SLOWDOWN
         others_now = n_all - 1
-        others_sq = others_now * others_now
         # oversub with k co-runners, k = 0 .. n_all - 1 (the counts the sweep meets)
         if ov is None:
             ov_k = [0.0] * n_all
@@ -414,10 +405,9 @@ class Forecaster:
         for i in range(n_all):
             beta, f, s = betas[i], feats[i], starts[i]
             b0, b1, b2 = beta[0], beta[1], beta[2]
-            b3 = beta[i_sq] if squares else 0.0
-            b4 = beta[i_ov] if ov is not None else 0.0
+            b4 = beta[3] if ov is not None else 0.0
             inst = b0 * others_now + b1 * (tot_cu - f[1]) + b2 * (tot_mu - f[2])
-            inst += b3 * others_sq + b4 * ov_now
+            inst += b4 * ov_now
             sd = a_s[i] + inst
             sd = lo_sd if sd < lo_sd else hi_sd if sd > hi_sd else sd
             floor = now + OVERRUN_FRACTION * (now - s)
@@ -433,8 +423,7 @@ class Forecaster:
                     b0 * max(0.0, p0 - el)
                     + b1 * max(0.0, c1 - cs[1] - f[1] * el)
                     + b2 * max(0.0, c2 - cs[2] - f[2] * el)
-                    + b3 * max(0.0, c3 - cs[3] - 2.0 * p0 + el)
-                    + b4 * (c4 - cs[4])
+                    + b4 * (c4 - cs[3])
                 )
                 life = floor - s
                 if life > 0.0:
@@ -442,7 +431,7 @@ class Forecaster:
                     sd_f = lo_sd if sd_f < lo_sd else hi_sd if sd_f > hi_sd else sd_f
                     over = s + solos[i] * sd_f <= floor
             # beta, beta . (this batch's own features), beta . past
-            coefs.append((b0, b1, b2, b3, b4, b0 + b1 * f[1] + b2 * f[2], pu))
+            coefs.append((b0, b1, b2, b4, b0 + b1 * f[1] + b2 * f[2], pu))
             floors.append(floor)
             fixed.append(over)
             end = s + solos[i] * sd
@@ -457,7 +446,7 @@ class Forecaster:
             order = sorted(range(n_all), key=ends.__getitem__)
             # Sweep the forecast timeline segment by segment (between consecutive ends).
             ln, lcu, lmu = float(n_all), tot_cu, tot_mu  # load of the batches still active
-            a0 = a1 = a2 = a3 = a4 = 0.0
+            a0 = a1 = a2 = a4 = 0.0
             t_prev = now
             e_prev = 1.0  # e^-x at t_prev
             for k, i in enumerate(order):
@@ -489,13 +478,6 @@ class Forecaster:
                         a0 += ln * seg + ir
                         a1 += lcu * seg + phi_cu * ir
                         a2 += lmu * seg + phi_mu * ir
-                        if squares:
-                            ir2 = (
-                                gap * gap * width
-                                + 2.0 * gap * excess * de
-                                + 0.5 * excess * excess * (hi_e * hi_e - lo_e * lo_e)
-                            ) * rev
-                            a3 += others * others * seg + 2.0 * others * ir + gain * gain * ir2
                         if ov is not None:
                             if others >= knee:  # above the kink: linear in the fill
                                 a4 += ov_k[others] * seg + ov_c * ir
@@ -516,21 +498,14 @@ class Forecaster:
                         a0 += ln * seg
                         a1 += lcu * seg
                         a2 += lmu * seg
-                        a3 += others * others * seg
                         a4 += ov_k[others] * seg
                     r = r_b * gain if r_b > 0.0 else 0.0
                     e_prev = e_b
                 else:
                     r = 0.0
-                    if fill and k and co_count > others:
-                        r = co_count - others
-                        if r > k:
-                            r = k
-                        r *= gain
-                    a0 += (ln + r) * seg
-                    a1 += (lcu + r * phi_cu) * seg
-                    a2 += (lmu + r * phi_mu) * seg
-                    a3 += (others + r) * (others + r) * seg
+                    a0 += ln * seg
+                    a1 += lcu * seg
+                    a2 += lmu * seg
                 # oversub at the segment's end (the expected count is others + r there)
                 if r == 0.0:
                     h = ov_k[others]
@@ -540,18 +515,7 @@ class Forecaster:
                         h = 0.0
                 if not revert:
                     a4 += h * seg
-                acc[i] = (
-                    a0,
-                    a1,
-                    a2,
-                    a3,
-                    a4,
-                    ln + r,
-                    lcu + r * phi_cu,
-                    lmu + r * phi_mu,
-                    (others + r) * (others + r),
-                    h,
-                )
+                acc[i] = (a0, a1, a2, a4, ln + r, lcu + r * phi_cu, lmu + r * phi_mu, h)
                 f = feats[i]
                 ln -= 1.0
                 lcu -= f[1]
@@ -566,17 +530,16 @@ class Forecaster:
                 if fixed[i]:
                     new_ends.append(ends[i])
                     continue
-                b0, b1, b2, b3, b4, bf, pu = coefs[i]
+                b0, b1, b2, b4, bf, pu = coefs[i]
                 solo, s, end_i = solos[i], starts[i], ends[i]
-                i0, i1, i2, i3, i4, s0, s1, s2, s3, s4 = acc[i]
-                v = b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3 + b4 * s4 - bf
+                i0, i1, i2, i4, s0, s1, s2, s4 = acc[i]
+                v = b0 * s0 + b1 * s1 + b2 * s2 + b4 * s4 - bf
                 lat_old = end_i - s
                 u = (
                     pu
                     + b0 * i0
                     + b1 * i1
                     + b2 * i2
-                    + b3 * i3
                     + b4 * i4
                     - bf * (end_i - now)
                     - v * lat_old
