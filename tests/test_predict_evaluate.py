@@ -23,9 +23,7 @@ LAW = SlowdownLaw()
 
 @pytest.fixture(scope="module")
 def trace():
-    return simulate_trace(
-        PROFILE, LAW, slots=3, load=0.8, num_batches=1200, seed=1, noise_cv=0.03
-    )
+    return simulate_trace(PROFILE, LAW, slots=3, load=0.8, num_batches=1200, seed=1, noise_cv=0.03)
 
 
 def test_one_prediction_per_record_in_both_modes(trace):

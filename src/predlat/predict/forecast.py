@@ -535,15 +535,7 @@ class Forecaster:
                 i0, i1, i2, i4, s0, s1, s2, s4 = acc[i]
                 v = b0 * s0 + b1 * s1 + b2 * s2 + b4 * s4 - bf
                 lat_old = end_i - s
-                u = (
-                    pu
-                    + b0 * i0
-                    + b1 * i1
-                    + b2 * i2
-                    + b4 * i4
-                    - bf * (end_i - now)
-                    - v * lat_old
-                )
+                u = pu + b0 * i0 + b1 * i1 + b2 * i2 + b4 * i4 - bf * (end_i - now) - v * lat_old
                 bq = solo * (a_s[i] + v)
                 disc = bq * bq + 4.0 * solo * u
                 if disc >= 0.0:
