@@ -42,9 +42,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from predlat.errors import ConfigError
-from predlat.predict.base import MAX_SLOWDOWN, MIN_SLOWDOWN, BasePredictor
+from predlat.predict.base import (
+    MAX_SLOWDOWN,
+    MIN_SLOWDOWN,
+    BasePredictor,
+    ForecastPrior,
+    SlowdownModel,
+)
 from predlat.predict.calibration import Calibrator
-from predlat.predict.features import linear_load
+from predlat.predict.features import FeatureMap, linear_load
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
 
@@ -110,9 +116,9 @@ class Forecaster:
             raise ConfigError(f"forecast quantile must be in (0, 1), got {quantile}")
         if fill not in FILL_MODES:
             raise ConfigError(f"fill must be one of {', '.join(FILL_MODES)}, got {fill!r}")
-        for attr in ("kind", "slowdown_parts", "fmap", "calibrator", "version"):
-            if not hasattr(predictor, attr):
-                raise ConfigError(f"predictor {predictor!r} cannot forecast (no {attr})")
+        if not isinstance(predictor, SlowdownModel):
+            raise ConfigError(f"predictor {predictor!r} cannot forecast (see SlowdownModel)")
+        own = predictor if isinstance(predictor, BasePredictor) else None
         self.predictor = predictor
         self.profile = profile
         self.q = quantile
@@ -121,15 +127,15 @@ class Forecaster:
         self.iterations = max(1, iterations)
         self.tol = tol
         self.kind = predictor.kind
-        self.fmap = predictor.fmap
-        self.tau = getattr(predictor, "tau", 0.0) or _median_solo(profile) * 4.0
-        base = predictor.calibrator
+        self.fmap = own.fmap if own else FeatureMap(profile)
+        self.tau = (own.tau if own else 0.0) or _median_solo(profile) * 4.0
+        base = own.calibrator if own else Calibrator()
+        prior = own.forecast_prior if own else ForecastPrior()
         self.calibrator = Calibrator(
             window=window or base.window,
             default_margin=base.default_margin if default_margin is None else default_margin,
         )
-        seed = getattr(predictor, "forecast_residuals", None) or base.residuals()
-        self.calibrator.extend(seed)
+        self.calibrator.extend(prior.residuals or base.residuals())
         self._runs: dict[int, _Run] = {}
         self._runs_version = 0  # counts changes of the running set (see _running_columns)
         self._columns: tuple[list, ...] = ()
@@ -149,8 +155,7 @@ class Forecaster:
         # How much of the expected future co-location to count: adapted online so that
         # about half the batches end after their forecast (a median forecast, which is
         # what minimises the mean relative error when the future is uncertain).
-        state = getattr(predictor, "forecast_state", {})
-        self.fill_gain = float(state.get("fill_gain", 1.0)) if state.get("fill") == fill else 1.0
+        self.fill_gain = prior.fill_gain if prior.fill == fill else 1.0
         self.adapt_fill = adapt_fill
         self.fill_step = fill_step
 
@@ -628,6 +633,25 @@ def replay_forecasters(
         else:
             fc.on_complete(rec)
     return out, forecasters
+
+
+def calibrate_forecast(
+    predictor: BasePredictor, records: Sequence[BatchRecord], **options
+) -> ForecastPrior:
+    """Replay `records` in forecast mode (without learning): the residuals and fill gain
+    new forecasters of `predictor` start from."""
+    pairs, forecasters = replay_forecasters(predictor, records, learn=False, **options)
+    residuals = [
+        rec.latency / (end.mean - rec.start) - 1.0
+        for rec, end in pairs
+        if end.mean > rec.start and rec.latency > 0
+    ]
+    prior = ForecastPrior(residuals[-predictor.calibrator.window :])
+    if forecasters:
+        gains = [fc.fill_gain for fc in forecasters.values()]
+        prior.fill = next(iter(forecasters.values())).fill or "none"
+        prior.fill_gain = sum(gains) / len(gains)
+    return prior
 
 
 def _median_solo(profile: Profile) -> float:

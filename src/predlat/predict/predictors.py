@@ -238,19 +238,9 @@ def predictor_class(name: str) -> type[BasePredictor]:
 
 def _calibrate_forecast(predictor: BasePredictor, records: Sequence[BatchRecord]) -> None:
     # Deferred import: forecast mode builds on the predictors, not the other way round.
-    from predlat.predict.forecast import replay_forecasters
+    from predlat.predict.forecast import calibrate_forecast
 
-    pairs, forecasters = replay_forecasters(predictor, records, learn=False)
-    residuals = [
-        rec.latency / (end.mean - rec.start) - 1.0
-        for rec, end in pairs
-        if end.mean > rec.start and rec.latency > 0
-    ]
-    predictor.forecast_residuals = residuals[-predictor.calibrator.window :]
-    if forecasters:
-        gains = [fc.fill_gain for fc in forecasters.values()]
-        fill = next(iter(forecasters.values())).fill or "none"
-        predictor.forecast_state = {"fill": fill, "fill_gain": sum(gains) / len(gains)}
+    predictor.forecast_prior = calibrate_forecast(predictor, records)
 
 
 def _default_tau(profile: Profile) -> float:

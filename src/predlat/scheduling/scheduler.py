@@ -48,7 +48,7 @@ from predlat.scheduling.queues import ModelQueue
 from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Decision, Dispatch, Finished, Priority, Reject, Request
 from predlat.scheduling.reserve import HighReserve
-from predlat.scheduling.timeline import TimelineTracker
+from predlat.predict.timeline import TimelineTracker
 from predlat.traces.records import BatchRecord
 
 # Timers fire this long after the instant a request stops being feasible, so that the
