@@ -213,7 +213,7 @@ class FineRlsPredictor(FinePredictor):
         return RLS(dim, lam=self.lam, delta=self.delta, alpha=self.alpha, huber=self.huber)
 
 
-PREDICTORS: dict[str, type[BasePredictor]] = {
+PREDICTORS: dict[str, type] = {
     cls.name: cls
     for cls in (
         SoloPredictor,
@@ -227,12 +227,20 @@ PREDICTORS: dict[str, type[BasePredictor]] = {
 PREDICTOR_NAMES: tuple[str, ...] = tuple(PREDICTORS)
 
 
-def predictor_class(name: str) -> type[BasePredictor]:
+def register_predictor(name: str, cls: type) -> None:
+    """Make `cls` (called as cls(profile, **options); a `SlowdownModel`) available by
+    `name` to make_predictor, LatencyModel and every command that takes a predictor."""
+    if name in PREDICTORS and PREDICTORS[name] is not cls:
+        raise ConfigError(f"predictor name {name!r} is taken by {PREDICTORS[name].__name__}")
+    PREDICTORS[name] = cls
+
+
+def predictor_class(name: str) -> type:
     try:
         return PREDICTORS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown predictor {name!r}; choose one of {', '.join(PREDICTOR_NAMES)}"
+            f"unknown predictor {name!r}; choose one of {', '.join(PREDICTORS)}"
         ) from None
 
 
@@ -251,7 +259,7 @@ def _default_tau(profile: Profile) -> float:
     return 4.0 * solos[len(solos) // 2] if solos else 0.05
 
 
-def make_predictor(name: str, profile: Profile, **options: Any) -> BasePredictor:
+def make_predictor(name: str, profile: Profile, **options: Any) -> Any:
     """Build a predictor by name (see PREDICTOR_NAMES). Every predictor takes window and
     default_margin (quantile calibration), calibrate_forecast (replay the training data
     in forecast mode to calibrate forecast quantiles; default True) and oversub (the CPU

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 from predlat.errors import ConfigError
 from predlat.predict.forecast import RunningBatch
+from predlat.predict.timeline import TimelineTracker
 from predlat.profiling.profile import Profile
 from predlat.scheduling.config import RunningInfo, SchedulerConfig, SchedulerStats
 from predlat.scheduling.forecasting import ForecasterLike
@@ -48,7 +49,6 @@ from predlat.scheduling.queues import ModelQueue
 from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Decision, Dispatch, Finished, Priority, Reject, Request
 from predlat.scheduling.reserve import HighReserve
-from predlat.predict.timeline import TimelineTracker
 from predlat.traces.records import BatchRecord
 
 # Timers fire this long after the instant a request stops being feasible, so that the
