@@ -6,15 +6,9 @@ import math
 
 import pytest
 
-from predlat.predict.features import (
-    Design,
-    EwmaHistory,
-    FeatureMap,
-    coarse_load,
-    count_integral,
-    ewma_loads,
-    fine_load,
-)
+from predlat.predict.colocation import DeviceLoad, coarse_load, ewma_loads
+from predlat.predict.ewma_history import EwmaHistory
+from predlat.predict.features import Design, FeatureMap, count_integral, fine_load
 from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
 from predlat.traces.records import BatchRecord, Overlap, attach_timelines
 
@@ -235,3 +229,27 @@ def test_ewma_of_oversub_has_known_value_streaming_and_exact():
 def test_design_names_with_the_oversub_channel():
     assert Design(4, oversub=True).names()[4:] == ["co_count", "co_compute", "co_memory", "oversub"]
     assert Design(3).names()[-1] == "co_memory"
+
+
+def test_device_load_views_follow_start_and_end_events(fmap):
+    state = DeviceLoad(1.0, fmap.oversub)
+    a, b = fmap.co_vec("a", 1), fmap.co_vec("b", 1)
+    state.advance(0.0)
+    state.start(a)
+    assert state.coarse() == [coarse_view_of(1.0, a, fmap)]
+    # Two candidates starting together: each sees the running batch and the other one.
+    both = state.coarse([a, b])
+    assert both[0][:3] == pytest.approx((2.0, a[1] + b[1], a[2] + b[2]))
+    assert both[1][:3] == pytest.approx((2.0, 2 * a[1], 2 * a[2]))
+    state.advance(2.0)
+    assert state.ewma_view()[0] == pytest.approx(1.0 - math.exp(-2.0))
+    assert state.ewma_view(3.0)[0] == pytest.approx(1.0 - math.exp(-3.0))
+    assert state.cum[:3] == pytest.approx([2.0, 2 * a[1], 2 * a[2]])
+    state.end(a)
+    assert state.load == [0.0, 0.0, 0.0] and state.count == 0
+
+
+def coarse_view_of(n, f, fmap):
+    from predlat.predict.colocation import coarse_view
+
+    return coarse_view(n, f[1], f[2], fmap.oversub)

@@ -9,7 +9,7 @@ import pytest
 
 from predlat.errors import ConfigError
 from predlat.predict import Forecaster, RunningBatch, make_predictor
-from predlat.predict.features import ewma_loads
+from predlat.predict.colocation import ewma_loads
 from predlat.predict.synthetic import SlowdownLaw, law_records, synthetic_profile
 from predlat.traces.records import BatchRecord, attach_timelines
 
@@ -93,6 +93,8 @@ def snapshot(fc: Forecaster) -> dict:
         not in ("predictor", "profile", "fmap", "calibrator", "_runs", "_columns", "_columns_key")
     }
     state["runs"] = {i: (r.batch, r.c_start, r.static, r.predicted) for i, r in fc._runs.items()}
+    load = state.pop("_state")
+    state["load"] = {k: copy.deepcopy(getattr(load, k)) for k in load.__slots__}
     state["residuals"] = fc.calibrator.residuals()
     return state
 
@@ -187,7 +189,7 @@ def test_ewma_forecast_tracks_the_load_exactly():
     fc.on_complete(recs[0] if recs[0].batch_id == 2 else recs[1])
     fc.on_complete(next(r for r in recs if r.batch_id == 1))
     expected = ewma_loads(recs, ewma.fmap, 0.01)[3]
-    assert fc._ewma_at(0.03) == pytest.approx(expected, rel=1e-9)
+    assert fc._state.ewma_view(0.03) == pytest.approx(expected, rel=1e-9)
 
 
 def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():

@@ -50,6 +50,7 @@ from predlat.predict.base import (
     SlowdownModel,
 )
 from predlat.predict.calibration import Calibrator
+from predlat.predict.colocation import DeviceLoad
 from predlat.predict.features import FeatureMap, linear_load
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
@@ -140,14 +141,8 @@ class Forecaster:
         self._runs_version = 0  # counts changes of the running set (see _running_columns)
         self._columns: tuple[list, ...] = ()
         self._columns_key: tuple[int, int] | None = None
-        self._t: float | None = None
         self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
-        zero = self._ov.zero if self._ov is not None else 0.0
-        self._load = [0.0, 0.0, 0.0]  # sum of (1, cu, mu) over running batches
-        # Integrals over time of count, cu, mu of the running batches, and of
-        # oversub(count - 1) while any runs (what each running batch sees of it).
-        self._cum = [0.0, 0.0, 0.0, 0.0]
-        self._ewma = [0.0, 0.0, 0.0, zero]  # EWMA (tau) of the load and of oversub(count)
+        self._state = DeviceLoad(self.tau, self._ov)  # the running set's co-location
         self._co_count = 0.0  # recent average co-runner count seen by finished batches
         self._co_feat = (0.0, 0.0)  # recent average (cu, mu) per co-runner
         self._completions = 0
@@ -169,26 +164,24 @@ class Forecaster:
         if predicted_latency is None:
             predicted_latency = self.forecast(batch.start, (batch,))[batch.batch_id].mean
             predicted_latency -= batch.start
-        self._advance(batch.start)
+        state = self._state
+        state.advance(batch.start)
         f = self.fmap.co_vec(batch.model, batch.batch_size)
         static = None
         if self.kind == "coarse":
-            static = self._coarse_load(self._load[0], self._load[1], self._load[2])
+            static = state.coarse()[0]
         elif self.kind == "ewma":
-            static = tuple(self._ewma) if self._ov is not None else tuple(self._ewma[:3])
+            static = state.ewma_view()
         self._runs_version += 1
         self._runs[batch.batch_id] = _Run(
             batch,
             f,
             self.fmap.solo(batch.model, batch.batch_size),
-            tuple(self._cum),
+            tuple(state.cum),
             static,
             predicted_latency,
         )
-        load = self._load
-        load[0] += 1.0
-        load[1] += f[1]
-        load[2] += f[2]
+        state.start(f)
 
     def on_complete(self, record: BatchRecord) -> None:
         """A batch finished; `record` carries its real timeline: `release`, then `learn`."""
@@ -198,18 +191,12 @@ class Forecaster:
         """The batch leaves the running set (all a forecast needs to stay right); returns
         the latency forecast at its dispatch, for `learn`. Cheap: a scheduler calls it
         before deciding and leaves the learning until after."""
-        self._advance(record.end)
+        self._state.advance(record.end)
         run = self._runs.pop(record.batch_id, None)
         if run is None:
             return None
         self._runs_version += 1
-        if self._runs:
-            load = self._load
-            load[0] -= 1.0
-            load[1] -= run.f[1]
-            load[2] -= run.f[2]
-        else:
-            self._load = [0.0, 0.0, 0.0]  # no drift from rounding
+        self._state.end(run.f)
         return run.predicted
 
     def learn(self, record: BatchRecord, predicted: float | None = None) -> None:
@@ -223,29 +210,6 @@ class Forecaster:
         self._observe_co_location(record)
         if self.learn_online:
             self.predictor.learn_one(record)
-
-    def _advance(self, t: float) -> None:
-        if self._t is None:
-            self._t = t
-            return
-        dt = t - self._t
-        if dt <= 0:
-            return
-        load, cum, ewma = self._load, self._cum, self._ewma
-        cum[0] += load[0] * dt
-        cum[1] += load[1] * dt
-        cum[2] += load[2] * dt
-        decay = math.exp(-dt / self.tau)
-        for i in range(3):
-            ewma[i] = load[i] + (ewma[i] - load[i]) * decay
-        ov = self._ov
-        if ov is not None:
-            count = int(load[0] + 0.5)
-            if count:
-                cum[3] += ov.at(count - 1) * dt
-            h = ov.at(count)
-            ewma[3] = h + (ewma[3] - h) * decay
-        self._t = t
 
     def _observe_co_location(self, record: BatchRecord) -> None:
         if record.latency <= 0:
@@ -327,16 +291,9 @@ class Forecaster:
         loads = [run.static for run in runs]
         if candidates:
             if kind == "coarse":
-                n0, c0, m0 = self._load
-                tot = (n0 + len(candidates), c0, m0)
-                base = [tot[0], tot[1], tot[2]]
-                for f in feats[len(runs) :]:
-                    base[1] += f[1]
-                    base[2] += f[2]
-                for f in feats[len(runs) :]:
-                    loads.append(self._coarse_load(base[0] - 1.0, base[1] - f[1], base[2] - f[2]))
+                loads.extend(self._state.coarse(feats[len(runs) :]))
             else:
-                loads.extend([self._ewma_at(now)] * len(candidates))
+                loads.extend([self._state.ewma_view(now)] * len(candidates))
         lats = []
         for solo, a, beta, g in zip(solos, a_s, betas, loads, strict=True):
             sd = a + beta[0] * g[0] + beta[1] * g[1] + beta[2] * g[2]
@@ -346,24 +303,6 @@ class Forecaster:
             lats.append(solo * sd)
         return lats
 
-    def _coarse_load(self, n: float, cu: float, mu: float) -> tuple[float, ...]:
-        """The coarse co-load of a batch starting beside n co-runners of summed (cu, mu)."""
-        if self._ov is None:
-            return (n, cu, mu)
-        return (n, cu, mu, self._ov.at(int(n + 0.5)))
-
-    def _ewma_at(self, now: float) -> tuple[float, ...]:
-        ewma, load = self._ewma, self._load
-        k = 3 if self._ov is None else 4
-        if self._t is None or now <= self._t:
-            return tuple(ewma[:k])
-        d = math.exp(-(now - self._t) / self.tau)
-        out = [load[i] + (ewma[i] - load[i]) * d for i in range(3)]
-        if k == 4:
-            h = self._ov.at(int(load[0] + 0.5))
-            out.append(h + (ewma[3] - h) * d)
-        return tuple(out)
-
     def _fine(self, now, runs, candidates, starts, solos, a_s, betas, feats) -> list[float]:
         n_run, n_all = len(runs), len(starts)
         ov = self._ov
@@ -371,8 +310,9 @@ class Forecaster:
             ov = None  # a predictor without the channel
         # Past co-location integrals, from each running batch's own point of view (they
         # enter each batch's equation only through beta . past).
-        cum, load = self._cum, self._load
-        dt = now - self._t if self._t is not None and now > self._t else 0.0
+        state = self._state
+        cum, load = state.cum, state.load
+        dt = now - state.t if state.t is not None and now > state.t else 0.0
         c0 = cum[0] + load[0] * dt
         c1 = cum[1] + load[1] * dt
         c2 = cum[2] + load[2] * dt

@@ -21,7 +21,9 @@ from typing import Any
 
 from predlat.errors import ConfigError
 from predlat.predict.base import BasePredictor, clip_slowdown
-from predlat.predict.features import Design, EwmaHistory, Vector, coarse_load, ewma_loads, fine_load
+from predlat.predict.colocation import coarse_load, ewma_loads
+from predlat.predict.ewma_history import EwmaHistory
+from predlat.predict.features import Design, Vector, fine_load
 from predlat.predict.regressors import RLS, SGD, LinearRegressor, Ridge
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
