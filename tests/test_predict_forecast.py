@@ -226,7 +226,7 @@ def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():
 
 
 def test_hinge_integral_of_the_relaxing_fill_matches_quadrature():
-    from predlat.predict.forecast import _hinge_exp_integral
+    from predlat.predict.fine_forecast import _hinge_exp_integral
 
     xs = [0.2 + 1.3 * (k + 0.5) / 200000 for k in range(200000)]
     for a, b in [(-0.5, 1.0), (0.4, -1.0), (0.3, 0.2), (-1.0, 0.5), (-0.2, -0.3)]:

@@ -9,7 +9,7 @@ from predlat.predict.evaluate import (
     evaluate_forecast,
     evaluate_posterior,
 )
-from predlat.predict.forecast import ForecastEnd, Forecaster, RunningBatch, replay
+from predlat.predict.forecast import ForecastEnd, Forecaster, RunningBatch
 from predlat.predict.model import LatencyForecast, LatencyModel
 from predlat.predict.predictors import (
     PREDICTOR_NAMES,
@@ -19,6 +19,7 @@ from predlat.predict.predictors import (
     make_predictor,
     register_predictor,
 )
+from predlat.predict.replay import replay
 
 __all__ = [
     "PREDICTORS",

@@ -3,42 +3,27 @@
 At a decision instant the future timeline is unknown. The forecaster knows what a
 dispatcher knows: the running batches, when each started and the co-location each has
 really seen so far (tracked from dispatch and completion events), and the recent load.
-It forecasts every batch's end as the fixed point of
-
-    L_b = solo_b * (a_b + beta_b . F_b),   F_b = (past_b + integral_now^{s_b + L_b} g_b(t) dt) / L_b
-
-where g_b(t) is the co-load b will see: the other batches until their own forecast ends
-(and, on a CPU, oversub of their number: nonlinear in the count but piecewise constant
-between forecast ends, so its integral is exact too),
-plus the co-location expected from work not dispatched yet, filled in with the recent
-average co-runner's features:
+Its co-location state is a `DeviceLoad` (predlat.predict.colocation), updated by those
+events. The solo, coarse and ewma views fix a batch's co-load at its start; the fine view
+forecasts all ends together (predlat.predict.fine_forecast), counting also the
+co-location expected from work not dispatched yet, filled in with the recent average
+co-runner's features:
   fill="revert" (default)  the expected co-runner count relaxes from now's count to the
                            recent average (the time constant is the recent mean latency);
-                           what the known batches do not cover is filled in. This covers
-                           both freed slots refilled by queued work at high load and new
-                           arrivals into an idle device at low load.
+                           this covers both freed slots refilled by queued work at high
+                           load and new arrivals into an idle device at low load.
   fill="none"              nothing but the known batches.
 The amount filled in is scaled by a gain adapted online (adapt_fill) so that about half of
 the batches end after their forecast: a median forecast, which minimises the relative
 error when the future is uncertain.
 
-The ends depend on each other (a batch's end depends on its co-runners' ends, which depend
-on it), so the forecaster iterates: each step solves every batch's equation exactly for its
-own end with the others' ends fixed (a quadratic in L_b); two to four steps converge. A
-running batch that is already past any end its equation allows is overrunning; it is
-forecast to need OVERRUN_FRACTION of its elapsed time more.
-
 Forecast quantiles come from split-conformal calibration of this device's own forecast
 residuals (forecast at dispatch vs actual), seeded from the predictor's training replay.
-
-Everything is plain Python floats: for a handful of batches numpy's per-call overhead
-would dominate.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from predlat.errors import ConfigError
@@ -52,12 +37,10 @@ from predlat.predict.base import (
 from predlat.predict.calibration import Calibrator
 from predlat.predict.colocation import DeviceLoad
 from predlat.predict.features import FeatureMap, linear_load
+from predlat.predict.fine_forecast import OVERRUN_FRACTION, Fill, fine_latencies
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
 
-# A batch running past its forecast end is forecast to need this fraction of its elapsed
-# time more (its remaining time is unknown, but it is surely not over yet).
-OVERRUN_FRACTION = 0.05
 FILL_MODES = ("revert", "none")
 # Smoothing of the recent co-runner statistics (count, features, mean latency).
 RECENT_ALPHA = 0.05
@@ -245,7 +228,7 @@ class Forecaster:
 
         kind = self.kind
         if kind == "fine":
-            lats = self._fine(now, runs, candidates, starts, solos, a_s, betas, feats)
+            lats = self._fine(now, runs, starts, solos, a_s, betas, feats)
         else:
             lats = self._static(now, runs, candidates, solos, a_s, betas, feats)
 
@@ -303,295 +286,28 @@ class Forecaster:
             lats.append(solo * sd)
         return lats
 
-    def _fine(self, now, runs, candidates, starts, solos, a_s, betas, feats) -> list[float]:
-        n_run, n_all = len(runs), len(starts)
-        ov = self._ov
-        if ov is not None and len(betas[0]) < 4:
-            ov = None  # a predictor without the channel
-        # Past co-location integrals, from each running batch's own point of view (they
-        # enter each batch's equation only through beta . past).
-        state = self._state
-        cum, load = state.cum, state.load
-        dt = now - state.t if state.t is not None and now > state.t else 0.0
-        c0 = cum[0] + load[0] * dt
-        c1 = cum[1] + load[1] * dt
-        c2 = cum[2] + load[2] * dt
-        c4 = cum[3]
-        if ov is not None:
-            # Oversub: c (threads / cores) above its knee in the co-runner count, 0 below.
-            ov_c, knee, ov_at = ov.c, ov.knee, ov.at
-            count_now = int(load[0] + 0.5)
-            if count_now:
-                c4 += ov_at(count_now - 1) * dt
-        else:
-            ov_c, knee, ov_at = 0.0, 0.0, None
-        tot_cu = 0.0
-        tot_mu = 0.0
-        for f in feats:
-            tot_cu += f[1]
-            tot_mu += f[2]
-        fill = self.fill if self._completions > 0 else ""
-        co_count, rev, gain = self._co_count, self._mean_latency, self.fill_gain
-        phi_cu, phi_mu = self._co_feat
-        lo_sd, hi_sd = MIN_SLOWDOWN, MAX_SLOWDOWN
-        others_now = n_all - 1
-        # oversub with k co-runners, k = 0 .. n_all - 1 (the counts the sweep meets)
-        if ov is None:
-            ov_k = [0.0] * n_all
-        else:
-            ov_k = ov.table if n_all <= len(ov.table) else [ov_at(k) for k in range(n_all)]
-        ov_now = ov_k[others_now]
-
-        # Per batch: beta, beta . past (a constant), beta . own features, the floor of its
-        # end; and the start of the iteration: the co-load of right now, assumed to last.
-        # A running batch that would be over even so is overrunning: its end stays at its
-        # floor.
-        coefs, floors, ends, fixed = [], [], [], []
-        for i in range(n_all):
-            beta, f, s = betas[i], feats[i], starts[i]
-            b0, b1, b2 = beta[0], beta[1], beta[2]
-            b4 = beta[3] if ov is not None else 0.0
-            inst = b0 * others_now + b1 * (tot_cu - f[1]) + b2 * (tot_mu - f[2])
-            inst += b4 * ov_now
-            sd = a_s[i] + inst
-            sd = lo_sd if sd < lo_sd else hi_sd if sd > hi_sd else sd
-            floor = now + OVERRUN_FRACTION * (now - s)
-            pu = 0.0
-            over = False
-            if i < n_run:
-                cs = runs[i].c_start
-                el = now - s
-                if el < 0:
-                    el = 0.0
-                p0 = c0 - cs[0]
-                pu = (
-                    b0 * max(0.0, p0 - el)
-                    + b1 * max(0.0, c1 - cs[1] - f[1] * el)
-                    + b2 * max(0.0, c2 - cs[2] - f[2] * el)
-                    + b4 * (c4 - cs[3])
-                )
-                life = floor - s
-                if life > 0.0:
-                    sd_f = a_s[i] + (pu + inst * (floor - now)) / life
-                    sd_f = lo_sd if sd_f < lo_sd else hi_sd if sd_f > hi_sd else sd_f
-                    over = s + solos[i] * sd_f <= floor
-            # beta, beta . (this batch's own features), beta . past
-            coefs.append((b0, b1, b2, b4, b0 + b1 * f[1] + b2 * f[2], pu))
-            floors.append(floor)
-            fixed.append(over)
-            end = s + solos[i] * sd
-            ends.append(floor if over or end < floor else end)
-
-        # Per batch, from the sweep: the integrals of the co-load channels from now to its
-        # end, and their rates in its last segment.
-        acc: list[tuple[float, ...]] = [()] * n_all
-        revert = fill == "revert"
-        excess = others_now - co_count
-        for _ in range(self.iterations):
-            order = sorted(range(n_all), key=ends.__getitem__)
-            # Sweep the forecast timeline segment by segment (between consecutive ends).
-            ln, lcu, lmu = float(n_all), tot_cu, tot_mu  # load of the batches still active
-            a0 = a1 = a2 = a4 = 0.0
-            t_prev = now
-            e_prev = 1.0  # e^-x at t_prev
-            for k, i in enumerate(order):
-                others = n_all - k - 1
-                end_i = ends[i]
-                seg = end_i - t_prev
-                if revert:
-                    # Expected co-runner count relaxes from now's to the recent average with
-                    # the recent mean latency as time constant: mean + excess e^-x, x = time
-                    # since now / rev. Batches known to run count as they are; the rest of
-                    # the expectation, r = max(0, gap + excess e^-x), is filled in.
-                    gap = co_count - others
-                    e_b = math.exp((now - end_i) / rev)
-                    r_a = gap + excess * e_prev
-                    r_b = gap + excess * e_b
-                    if r_a > 0.0 or r_b > 0.0:
-                        # r is monotone in time: positive over the segment or a part of it.
-                        if r_a >= 0.0 and r_b >= 0.0:
-                            hi_e, lo_e, width = e_prev, e_b, seg / rev
-                        else:
-                            e_x = -gap / excess  # where r crosses zero
-                            x_x = -math.log(e_x)
-                            if r_a > 0.0:
-                                hi_e, lo_e, width = e_prev, e_x, x_x - (t_prev - now) / rev
-                            else:
-                                hi_e, lo_e, width = e_x, e_b, (end_i - now) / rev - x_x
-                        de = hi_e - lo_e
-                        ir = (gap * width + excess * de) * rev * gain
-                        a0 += ln * seg + ir
-                        a1 += lcu * seg + phi_cu * ir
-                        a2 += lmu * seg + phi_mu * ir
-                        if ov is not None:
-                            if others >= knee:  # above the kink: linear in the fill
-                                a4 += ov_k[others] * seg + ov_c * ir
-                            else:  # crosses the kink where others + gain r = knee, if at all
-                                a4 += (
-                                    ov_c
-                                    * rev
-                                    * _hinge_exp_integral(
-                                        others - knee + gain * gap,
-                                        gain * excess,
-                                        (t_prev - now) / rev,
-                                        (end_i - now) / rev,
-                                        e_prev,
-                                        e_b,
-                                    )
-                                )
-                    else:
-                        a0 += ln * seg
-                        a1 += lcu * seg
-                        a2 += lmu * seg
-                        a4 += ov_k[others] * seg
-                    r = r_b * gain if r_b > 0.0 else 0.0
-                    e_prev = e_b
-                else:
-                    r = 0.0
-                    a0 += ln * seg
-                    a1 += lcu * seg
-                    a2 += lmu * seg
-                # oversub at the segment's end (the expected count is others + r there)
-                if r == 0.0:
-                    h = ov_k[others]
-                else:
-                    h = ov_c * (others + r - knee)
-                    if h < 0.0:
-                        h = 0.0
-                if not revert:
-                    a4 += h * seg
-                acc[i] = (a0, a1, a2, a4, ln + r, lcu + r * phi_cu, lmu + r * phi_mu, h)
-                f = feats[i]
-                ln -= 1.0
-                lcu -= f[1]
-                lmu -= f[2]
-                t_prev = end_i
-            # Solve each batch's own equation with the others' ends fixed: with
-            # beta . (past + integral to the end) = u + v lat near the current end,
-            # lat = solo (a + (u + v lat) / lat)  <=>  lat^2 - solo (a + v) lat - solo u = 0.
-            change = 0.0
-            new_ends = []
-            for i in range(n_all):
-                if fixed[i]:
-                    new_ends.append(ends[i])
-                    continue
-                b0, b1, b2, b4, bf, pu = coefs[i]
-                solo, s, end_i = solos[i], starts[i], ends[i]
-                i0, i1, i2, i4, s0, s1, s2, s4 = acc[i]
-                v = b0 * s0 + b1 * s1 + b2 * s2 + b4 * s4 - bf
-                lat_old = end_i - s
-                u = pu + b0 * i0 + b1 * i1 + b2 * i2 + b4 * i4 - bf * (end_i - now) - v * lat_old
-                bq = solo * (a_s[i] + v)
-                disc = bq * bq + 4.0 * solo * u
-                if disc >= 0.0:
-                    lat = 0.5 * (bq + math.sqrt(disc))
-                else:
-                    lat = solo * (a_s[i] + (u + v * lat_old) / lat_old) if lat_old > 0 else solo
-                if lat < solo * lo_sd:
-                    lat = solo * lo_sd
-                elif lat > solo * hi_sd:
-                    lat = solo * hi_sd
-                end = s + lat
-                floor = floors[i]
-                if end < floor:
-                    end = floor
-                d = end - end_i
-                if d < 0.0:
-                    d = -d
-                if d > change:
-                    change = d
-                new_ends.append(end)
-            ends = new_ends
-            if change <= self.tol * (ends[order[-1]] - now + 1e-12):
-                break
-        return [ends[i] - starts[i] for i in range(n_all)]
-
-
-def _hinge_exp_integral(a: float, b: float, x_a: float, x_b: float, e_a: float, e_b: float):
-    """Integral over x in [x_a, x_b] of max(0, a + b e^-x), given e_a = e^-x_a and
-    e_b = e^-x_b (the integrand is monotone, so positive on one sub-interval at most)."""
-    f_a = a + b * e_a
-    f_b = a + b * e_b
-    if f_a <= 0.0 and f_b <= 0.0:
-        return 0.0
-    if f_a >= 0.0 and f_b >= 0.0:
-        return a * (x_b - x_a) + b * (e_a - e_b)
-    e_x = -a / b  # where the integrand crosses zero
-    x_x = -math.log(e_x)
-    if f_a > 0.0:
-        return a * (x_x - x_a) + b * (e_a - e_x)
-    return a * (x_b - x_x) + b * (e_x - e_b)
-
-
-def replay(
-    predictor: BasePredictor,
-    records: Iterable[BatchRecord],
-    quantile: float = 0.95,
-    *,
-    profile: Profile | None = None,
-    learn: bool = True,
-    **options,
-) -> list[tuple[BatchRecord, ForecastEnd]]:
-    """Replay finished batches' dispatch and completion events in time order through one
-    forecaster per device; return each batch with the forecast made at its start.
-    Completions at the same instant come before dispatches (a freed slot is refilled)."""
-    return replay_forecasters(
-        predictor, records, quantile, profile=profile, learn=learn, **options
-    )[0]
-
-
-def replay_forecasters(
-    predictor: BasePredictor,
-    records: Iterable[BatchRecord],
-    quantile: float = 0.95,
-    *,
-    profile: Profile | None = None,
-    learn: bool = True,
-    **options,
-) -> tuple[list[tuple[BatchRecord, ForecastEnd]], dict[int, Forecaster]]:
-    """`replay`, also returning the forecasters (by device) in their final state."""
-    recs = [r for r in records if r.latency > 0]
-    events = []
-    for r in recs:
-        events.append((r.start, 1, r.batch_id, r))
-        events.append((r.end, 0, r.batch_id, r))
-    events.sort(key=lambda e: (e[0], e[1], e[2]))
-    forecasters: dict[int, Forecaster] = {}
-    out: list[tuple[BatchRecord, ForecastEnd]] = []
-    for t, kind, _, rec in events:
-        fc = forecasters.get(rec.device)
-        if fc is None:
-            fc = Forecaster(
-                predictor, profile or predictor.profile, quantile, learn=learn, **options
-            )
-            forecasters[rec.device] = fc
-        if kind == 1:
-            batch = RunningBatch(rec.batch_id, rec.model, rec.batch_size, t)
-            end = fc.forecast(t, (batch,))[rec.batch_id]
-            out.append((rec, end))
-            fc.on_dispatch(batch, end.mean - t)
-        else:
-            fc.on_complete(rec)
-    return out, forecasters
-
-
-def calibrate_forecast(
-    predictor: BasePredictor, records: Sequence[BatchRecord], **options
-) -> ForecastPrior:
-    """Replay `records` in forecast mode (without learning): the residuals and fill gain
-    new forecasters of `predictor` start from."""
-    pairs, forecasters = replay_forecasters(predictor, records, learn=False, **options)
-    residuals = [
-        rec.latency / (end.mean - rec.start) - 1.0
-        for rec, end in pairs
-        if end.mean > rec.start and rec.latency > 0
-    ]
-    prior = ForecastPrior(residuals[-predictor.calibrator.window :])
-    if forecasters:
-        gains = [fc.fill_gain for fc in forecasters.values()]
-        prior.fill = next(iter(forecasters.values())).fill or "none"
-        prior.fill_gain = sum(gains) / len(gains)
-    return prior
+    def _fine(self, now, runs, starts, solos, a_s, betas, feats) -> list[float]:
+        fill = Fill(
+            self.fill == "revert" and self._completions > 0,
+            self._co_count,
+            *self._co_feat,
+            self._mean_latency,
+            self.fill_gain,
+        )
+        c_starts = [run.c_start for run in runs]
+        return fine_latencies(
+            now,
+            self._state,
+            c_starts,
+            starts,
+            solos,
+            a_s,
+            betas,
+            feats,
+            fill,
+            self.iterations,
+            self.tol,
+        )
 
 
 def _median_solo(profile: Profile) -> float:

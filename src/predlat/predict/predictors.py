@@ -248,7 +248,7 @@ def predictor_class(name: str) -> type:
 
 def _calibrate_forecast(predictor: BasePredictor, records: Sequence[BatchRecord]) -> None:
     # Deferred import: forecast mode builds on the predictors, not the other way round.
-    from predlat.predict.forecast import calibrate_forecast
+    from predlat.predict.replay import calibrate_forecast
 
     predictor.forecast_prior = calibrate_forecast(predictor, records)
 
