@@ -44,7 +44,7 @@ class Oversubscription:
     a batch and its n co-runners exceed the cores. Piecewise linear in n, with its kink at
     n = knee = cores / threads - 1; `c` = threads / cores is the slope above it."""
 
-    __slots__ = ("c", "cores", "knee", "table", "threads", "zero")
+    __slots__ = ("c", "cores", "excess_table", "knee", "table", "threads", "zero")
 
     def __init__(self, threads: int, cores: int, max_table: int = 64):
         self.threads = threads
@@ -53,6 +53,7 @@ class Oversubscription:
         self.knee = cores / threads - 1.0
         self.table = tuple(self(n) for n in range(max_table + 1))  # integer counts
         self.zero = self.table[0]
+        self.excess_table = tuple(v - self.zero for v in self.table)
 
     def __call__(self, n: float) -> float:
         value = self.c * (1.0 + n) - 1.0
@@ -178,11 +179,28 @@ def fine_load(record: BatchRecord, fmap: FeatureMap) -> Vector:
     length = record.latency
     if length <= 0:
         return (0.0, 0.0, 0.0, 0.0)
-    n, cu, mu = linear_load(record, fmap)
-    over = count_integral(record.timeline, ov.excess)
+    # One pass for the linear channels, collecting arrivals and departures for the count.
+    co_vec = fmap.co_vec
+    n = cu = mu = 0.0
+    starts, ends = [], []
+    for o in record.timeline:
+        s, e = o.start, o.end
+        d = e - s
+        if d <= 0:
+            continue
+        f = co_vec(o.model, o.batch_size)
+        n += d
+        cu += f[1] * d
+        mu += f[2] * d
+        starts.append(s)
+        ends.append(e)
+    starts.sort()
+    ends.sort()
+    over = _count_integral(starts, ends, ov.excess_table, ov.excess)
+    inv = 1.0 / length
     # The time with no co-runner counts for oversub(0) (0 unless one batch alone
     # already has more threads than there are cores).
-    return (n, cu, mu, (over + ov.zero * length) * (1.0 / length))
+    return (n * inv, cu * inv, mu * inv, (over + ov.zero * length) * inv)
 
 
 def count_integral(timeline: Iterable[Overlap], value: Callable[[int], float]) -> float:
@@ -190,15 +208,24 @@ def count_integral(timeline: Iterable[Overlap], value: Callable[[int], float]) -
     the count being piecewise constant between arrivals and departures."""
     starts = sorted(o.start for o in timeline if o.end > o.start)
     ends = sorted(o.end for o in timeline if o.end > o.start)
-    total, count, i, j = 0.0, 0, 0, 0
+    return _count_integral(starts, ends, (), value)
+
+
+def _count_integral(
+    starts: list[float], ends: list[float], table: Sequence[float], value: Callable[[int], float]
+) -> float:
+    """count_integral over sorted arrivals and departures; value(count) is read from
+    `table` where it reaches (a look-up is cheaper than a call)."""
+    total, count, i, j, m = 0.0, 0, 0, 0, len(ends)
+    top = len(table) - 1
     prev = starts[0] if starts else 0.0
-    while j < len(ends):
-        if i < len(starts) and starts[i] <= ends[j]:
+    while j < m:
+        if i < m and starts[i] <= ends[j]:
             t, delta, i = starts[i], 1, i + 1
         else:
             t, delta, j = ends[j], -1, j + 1
         if count:
-            total += value(count) * (t - prev)
+            total += (table[count] if count <= top else value(count)) * (t - prev)
         count += delta
         prev = t
     return total

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from predlat.predict.base import MAX_SLOWDOWN, MIN_SLOWDOWN
 from predlat.predict.colocation import DeviceLoad
@@ -32,12 +32,12 @@ from predlat.predict.features import Oversubscription, Vector
 OVERRUN_FRACTION = 0.05
 
 
-@dataclass(frozen=True)
-class Fill:
+class Fill(NamedTuple):
     """The co-location expected from work not dispatched yet ("revert"): the expected
     co-runner count relaxes from now's count to the recent average `co_count`, with the
     recent mean latency as time constant; what the known batches do not cover is filled
-    in with the recent average co-runner (co_cu, co_mu), scaled by `gain`."""
+    in with the recent average co-runner (co_cu, co_mu), scaled by `gain`. (A tuple:
+    one is built per forecast.)"""
 
     revert: bool  # False: nothing but the known batches
     co_count: float
@@ -79,6 +79,9 @@ class _Sweep:
     """Integrates the co-load channels along the forecast timeline, segment by segment
     between consecutive ends: the batches still running, plus the fill."""
 
+    __slots__ = ("excess", "feats", "fill", "knee", "now", "others_now", "ov", "ov_c", "ov_k")
+    __slots__ += ("tot_cu", "tot_mu")
+
     def __init__(
         self, now: float, feats: Sequence[Vector], fill: Fill, ov: Oversubscription | None
     ):
@@ -106,7 +109,7 @@ class _Sweep:
         now, feats, fill, ov = self.now, self.feats, self.fill, self.ov
         n_all, ov_k, ov_c, knee = len(feats), self.ov_k, self.ov_c, self.knee
         co_count, rev, gain = fill.co_count, fill.mean_latency, fill.gain
-        phi_cu, phi_mu, excess = fill.co_cu, fill.co_mu, self.excess
+        phi_cu, phi_mu, excess, revert = fill.co_cu, fill.co_mu, self.excess, fill.revert
         acc: list[tuple[float, ...]] = [()] * n_all
         n, cu, mu = float(n_all), self.tot_cu, self.tot_mu  # batches still running
         i_n = i_cu = i_mu = i_ov = 0.0
@@ -117,7 +120,7 @@ class _Sweep:
             end_i = ends[i]
             seg = end_i - t_prev
             r = 0.0  # expected fill at the segment's end
-            if fill.revert:
+            if revert:
                 # Expected co-runner count: mean + excess e^-x, x = time since now / rev.
                 # Batches known to run count as they are; the rest of the expectation,
                 # r = max(0, gap + excess e^-x), is filled in.
@@ -166,7 +169,7 @@ class _Sweep:
                 h = ov_c * (others + r - knee)
                 if h < 0.0:
                     h = 0.0
-            if not fill.revert:
+            if not revert:
                 i_ov += h * seg
             acc[i] = (i_n, i_cu, i_mu, i_ov, n + r, cu + r * phi_cu, mu + r * phi_mu, h)
             f = feats[i]
@@ -194,6 +197,7 @@ def _start(now, state, c_starts, starts, solos, a_s, betas, sweep: _Sweep):
         c_ov += ov.at(state.count - 1) * dt
     others_now, tot_cu, tot_mu = sweep.others_now, sweep.tot_cu, sweep.tot_mu
     ov_now = sweep.ov_k[others_now]
+    lo_sd, hi_sd = MIN_SLOWDOWN, MAX_SLOWDOWN  # (inline clipping: a call costs more)
     coefs, floors, ends, fixed = [], [], [], []
     for i in range(len(starts)):
         beta, f, s = betas[i], sweep.feats[i], starts[i]
@@ -201,7 +205,8 @@ def _start(now, state, c_starts, starts, solos, a_s, betas, sweep: _Sweep):
         b_ov = beta[3] if ov is not None else 0.0
         inst = b_n * others_now + b_cu * (tot_cu - f[1]) + b_mu * (tot_mu - f[2])
         inst += b_ov * ov_now
-        sd = _clip(a_s[i] + inst)
+        sd = a_s[i] + inst
+        sd = lo_sd if sd < lo_sd else hi_sd if sd > hi_sd else sd
         floor = now + OVERRUN_FRACTION * (now - s)
         past = 0.0
         over = False
@@ -218,7 +223,8 @@ def _start(now, state, c_starts, starts, solos, a_s, betas, sweep: _Sweep):
             )
             life = floor - s
             if life > 0.0:
-                sd_f = _clip(a_s[i] + (past + inst * (floor - now)) / life)
+                sd_f = a_s[i] + (past + inst * (floor - now)) / life
+                sd_f = lo_sd if sd_f < lo_sd else hi_sd if sd_f > hi_sd else sd_f
                 over = s + solos[i] * sd_f <= floor
         coefs.append((b_n, b_cu, b_mu, b_ov, b_n + b_cu * f[1] + b_mu * f[2], past))
         floors.append(floor)
@@ -260,13 +266,11 @@ def _solve(now, coefs, acc, ends, fixed, floors, starts, solos, a_s) -> tuple[li
         end = s + lat
         if end < floors[i]:
             end = floors[i]
-        change = max(change, abs(end - end_i))
+        d = end - end_i if end > end_i else end_i - end
+        if d > change:
+            change = d
         new_ends.append(end)
     return new_ends, change
-
-
-def _clip(sd: float) -> float:
-    return MIN_SLOWDOWN if sd < MIN_SLOWDOWN else MAX_SLOWDOWN if sd > MAX_SLOWDOWN else sd
 
 
 def _hinge_exp_integral(a: float, b: float, x_a: float, x_b: float, e_a: float, e_b: float):
