@@ -25,6 +25,7 @@ from predlat.predict.colocation import coarse_load, ewma_loads
 from predlat.predict.ewma_history import EwmaHistory
 from predlat.predict.features import Design, Vector, fine_load
 from predlat.predict.regressors import RLS, SGD, LinearRegressor, Ridge
+from predlat.predict.replay import calibrate_forecast
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
 
@@ -247,9 +248,6 @@ def predictor_class(name: str) -> type:
 
 
 def _calibrate_forecast(predictor: BasePredictor, records: Sequence[BatchRecord]) -> None:
-    # Deferred import: forecast mode builds on the predictors, not the other way round.
-    from predlat.predict.replay import calibrate_forecast
-
     predictor.forecast_prior = calibrate_forecast(predictor, records)
 
 
