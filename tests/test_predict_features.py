@@ -6,15 +6,9 @@ import math
 
 import pytest
 
-from predlat.predict.features import (
-    Design,
-    EwmaHistory,
-    FeatureMap,
-    coarse_load,
-    count_square_integral,
-    ewma_loads,
-    fine_load,
-)
+from predlat.predict.colocation import DeviceLoad, coarse_load, ewma_loads
+from predlat.predict.ewma_history import EwmaHistory
+from predlat.predict.features import Design, FeatureMap, count_integral, fine_load
 from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
 from predlat.traces.records import BatchRecord, Overlap, attach_timelines
 
@@ -66,15 +60,12 @@ def batch_with_timeline() -> BatchRecord:
 
 
 def test_fine_load_is_time_weighted_with_arrivals_and_departures(fmap):
-    n, cu, mu, ov, sq = fine_load(batch_with_timeline(), fmap, squares=True)
+    n, cu, mu, ov = fine_load(batch_with_timeline(), fmap)
     assert n == pytest.approx((4 + 3 + 4) / 10)
     assert cu == pytest.approx((1.2 * 4 + 1.6 * 3 + 0.8 * 4) / 10)
     assert mu == pytest.approx((4 / 3 * 4 + 4 / 3 * 3 + 2 / 3 * 4) / 10)
-    # count: 1 on [0,2), 2 on [2,4), 1 on [4,5), 0 on [5,6), 1 on [6,10)
-    assert sq == pytest.approx((2 * 1 + 2 * 4 + 1 * 1 + 0 + 4 * 1) / 10)
     # 2 cores, 1 thread per batch: oversub(2 co-runners) = 0.5 on [2, 4), 0 elsewhere.
     assert ov == pytest.approx(0.5 * 2 / 10)
-    assert fine_load(batch_with_timeline(), fmap) == pytest.approx((n, cu, mu, ov))
 
 
 def test_coarse_sees_only_co_runners_present_at_start(fmap):
@@ -84,10 +75,16 @@ def test_coarse_sees_only_co_runners_present_at_start(fmap):
     assert fine_load(alone, fmap) == (0.0, 0.0, 0.0, 0.0)
 
 
-def test_count_square_integral_of_empty_and_nested_timelines():
-    assert count_square_integral(()) == 0.0
+def test_count_integral_of_empty_and_nested_timelines():
+    def square(n: int) -> float:
+        return n * n
+
+    assert count_integral((), square) == 0.0
     nested = (Overlap(1, "a", 1, 0.0, 4.0), Overlap(2, "a", 1, 1.0, 2.0))
-    assert count_square_integral(nested) == pytest.approx(1 + 4 + 2)
+    assert count_integral(nested, square) == pytest.approx(1 + 4 + 2)
+    # count: 1 on [0,2), 2 on [2,4), 1 on [4,5), 0 on [5,6), 1 on [6,10)
+    timeline = batch_with_timeline().timeline
+    assert count_integral(timeline, square) == pytest.approx(2 * 1 + 2 * 4 + 1 * 1 + 0 + 4 * 1)
 
 
 def test_ewma_decays_with_known_value(fmap):
@@ -135,9 +132,9 @@ def test_ewma_devices_do_not_mix(fmap):
     assert ewma_loads(recs, fmap, 1.0)[2] == (0.0, 0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("interactions,n_load", [(False, 3), (True, 3), (True, 4)])
-def test_design_parts_match_the_row(interactions, n_load):
-    design = Design(n_load, interactions)
+@pytest.mark.parametrize("n_load", [3, 4])
+def test_design_parts_match_the_row(n_load):
+    design = Design(n_load, oversub=n_load == 4)
     assert len(design.names()) == design.dim
     w = [0.1 * (i + 1) * (-1) ** i for i in range(design.dim)]
     s = (1.0, 0.3, 1.7, -0.4)
@@ -207,8 +204,6 @@ def test_oversub_is_the_exact_time_average_when_the_count_goes_0_2_1():
     assert fine_load(steady, fmap)[3] == 0.0
     assert coarse_load(rec, fmap)[3] == 0.0  # alone at its start
     assert len(fine_load(rec, FeatureMap(cpu_profile(), oversub=False))) == 3
-    # With the squared count as well, both channels come in that order.
-    assert fine_load(rec, fmap, squares=True)[3:] == pytest.approx((0.15, (4 * 3 + 4) / 10))
 
 
 def test_ewma_of_oversub_has_known_value_streaming_and_exact():
@@ -232,12 +227,29 @@ def test_ewma_of_oversub_has_known_value_streaming_and_exact():
 
 
 def test_design_names_with_the_oversub_channel():
-    assert Design(4, False, oversub=True).names()[-1] == "oversub"
-    assert Design(5, True, oversub=True).names()[4:9] == [
-        "co_count",
-        "co_compute",
-        "co_memory",
-        "oversub",
-        "co_count_sq",
-    ]
-    assert Design(4, True).names()[7] == "co_count_sq"
+    assert Design(4, oversub=True).names()[4:] == ["co_count", "co_compute", "co_memory", "oversub"]
+    assert Design(3).names()[-1] == "co_memory"
+
+
+def test_device_load_views_follow_start_and_end_events(fmap):
+    state = DeviceLoad(1.0, fmap.oversub)
+    a, b = fmap.co_vec("a", 1), fmap.co_vec("b", 1)
+    state.advance(0.0)
+    state.start(a)
+    assert state.coarse() == [coarse_view_of(1.0, a, fmap)]
+    # Two candidates starting together: each sees the running batch and the other one.
+    both = state.coarse([a, b])
+    assert both[0][:3] == pytest.approx((2.0, a[1] + b[1], a[2] + b[2]))
+    assert both[1][:3] == pytest.approx((2.0, 2 * a[1], 2 * a[2]))
+    state.advance(2.0)
+    assert state.ewma_view()[0] == pytest.approx(1.0 - math.exp(-2.0))
+    assert state.ewma_view(3.0)[0] == pytest.approx(1.0 - math.exp(-3.0))
+    assert state.cum[:3] == pytest.approx([2.0, 2 * a[1], 2 * a[2]])
+    state.end(a)
+    assert state.load == [0.0, 0.0, 0.0] and state.count == 0
+
+
+def coarse_view_of(n, f, fmap):
+    from predlat.predict.colocation import coarse_view
+
+    return coarse_view(n, f[1], f[2], fmap.oversub)

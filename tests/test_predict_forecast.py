@@ -9,7 +9,7 @@ import pytest
 
 from predlat.errors import ConfigError
 from predlat.predict import Forecaster, RunningBatch, make_predictor
-from predlat.predict.features import ewma_loads
+from predlat.predict.colocation import ewma_loads
 from predlat.predict.synthetic import SlowdownLaw, law_records, synthetic_profile
 from predlat.traces.records import BatchRecord, attach_timelines
 
@@ -93,6 +93,8 @@ def snapshot(fc: Forecaster) -> dict:
         not in ("predictor", "profile", "fmap", "calibrator", "_runs", "_columns", "_columns_key")
     }
     state["runs"] = {i: (r.batch, r.c_start, r.static, r.predicted) for i, r in fc._runs.items()}
+    load = state.pop("_state")
+    state["load"] = {k: copy.deepcopy(getattr(load, k)) for k in load.__slots__}
     state["residuals"] = fc.calibrator.residuals()
     return state
 
@@ -146,7 +148,7 @@ def test_recent_load_fills_freed_slots(fine):
         [BatchRecord(i, SMALL[0], SMALL[1], i % 3, 0.0, 0.0, t_c) for i in range(3)]
     )
     forecasts = {}
-    for fill in ("none", "revert", "recent"):
+    for fill in ("none", "revert"):
         fc = Forecaster(fine, PROFILE, fill=fill, adapt_fill=False, learn=False)
         for r in recs:
             fc.on_dispatch(batch(r.batch_id, SMALL, 0.0))
@@ -154,15 +156,11 @@ def test_recent_load_fills_freed_slots(fine):
         for r in recs:
             fc.on_complete(r)
         forecasts[fill] = fc.forecast(t_c, [batch(11, SMALL, t_c)])
-    none, revert, recent = forecasts["none"], forecasts["revert"], forecasts["recent"]
+    none, revert = forecasts["none"], forecasts["revert"]
     # Without fill: the large batch is the only co-runner for the candidate's lifetime.
     assert none[11].mean == pytest.approx(t_c + 1.5 * solo(SMALL), rel=1e-3)
     # The recent co-runner count (2) is expected back: more co-location ahead.
     assert revert[11].mean > none[11].mean and revert[10].mean > none[10].mean
-    # "recent" only refills slots freed after now: the candidate ends first, so only the
-    # large batch gains.
-    assert recent[11].mean == pytest.approx(none[11].mean)
-    assert recent[10].mean > none[10].mean
 
 
 def test_coarse_forecast_keeps_each_batch_co_runners_at_start():
@@ -191,7 +189,7 @@ def test_ewma_forecast_tracks_the_load_exactly():
     fc.on_complete(recs[0] if recs[0].batch_id == 2 else recs[1])
     fc.on_complete(next(r for r in recs if r.batch_id == 1))
     expected = ewma_loads(recs, ewma.fmap, 0.01)[3]
-    assert fc._ewma_at(0.03) == pytest.approx(expected, rel=1e-9)
+    assert fc._state.ewma_view(0.03) == pytest.approx(expected, rel=1e-9)
 
 
 def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():
@@ -228,7 +226,7 @@ def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():
 
 
 def test_hinge_integral_of_the_relaxing_fill_matches_quadrature():
-    from predlat.predict.forecast import _hinge_exp_integral
+    from predlat.predict.fine_forecast import _hinge_exp_integral
 
     xs = [0.2 + 1.3 * (k + 0.5) / 200000 for k in range(200000)]
     for a, b in [(-0.5, 1.0), (0.4, -1.0), (0.3, 0.2), (-1.0, 0.5), (-0.2, -0.3)]:

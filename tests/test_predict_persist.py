@@ -17,7 +17,7 @@ PROFILE = synthetic_profile(seed=0)
 LAW = SlowdownLaw(count=0.1, compute=0.3, memory=0.15)
 
 
-@pytest.mark.parametrize("name", ["fine-rls", "coarse", "ewma", "fine-rls-xm", "solo"])
+@pytest.mark.parametrize("name", ["fine-rls", "coarse", "ewma", "fine-sgd", "solo"])
 def test_round_trip_predicts_and_learns_identically(tmp_path: Path, name: str) -> None:
     records = law_records(PROFILE, LAW, 300, seed=1)
     fitted = make_predictor(name, PROFILE).fit(records[:200])
@@ -68,10 +68,14 @@ def test_not_a_predictor_file(tmp_path: Path) -> None:
         load_predictor(bad, PROFILE)
     foreign = tmp_path / "y.json"
     foreign.write_text(
-        '{"format": "predlat-predictor", "format_version": 1, "profile": {}, "state": {}}'
+        '{"format": "predlat-predictor", "format_version": 2, "profile": {}, "state": {}}'
     )
     with pytest.raises(PredictorFileError, match="another profile"):
         load_predictor(foreign, PROFILE)
+    old = tmp_path / "z.json"
+    old.write_text('{"format": "predlat-predictor", "format_version": 1, "state": {}}')
+    with pytest.raises(PredictorFileError, match="fit it again"):
+        load_predictor(old, PROFILE)
 
 
 def test_fit_command_writes_a_predictor_that_loads(tmp_path: Path, capsys) -> None:

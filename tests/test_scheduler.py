@@ -11,10 +11,12 @@ from predlat.scheduling import (
     FixedSlowdownForecaster,
     Priority,
     Reject,
+    RejectReason,
     Request,
     Scheduler,
     SchedulerConfig,
     get_policy,
+    http_status,
 )
 from predlat.sim.synthetic import SyntheticModel, synthetic_profile
 from predlat.traces.records import BatchRecord
@@ -263,6 +265,19 @@ def test_queue_full_is_rejected() -> None:
     sched.on_arrival(req(2), 0.0)
     (rej,) = sched.on_arrival(req(3), 0.0)
     assert isinstance(rej, Reject) and rej.reason.startswith("queue full")
+    assert rej.kind is RejectReason.QUEUE_FULL and http_status(rej.kind) == 429
+
+
+def test_rejection_kinds_map_to_status() -> None:
+    sched, _ = make(max_batch=1)
+    (unknown,) = sched.on_arrival(req(0, model="nope"), 0.0)
+    assert unknown.kind is RejectReason.MODEL_NOT_SERVED
+    sched.on_arrival(req(1), 0.0)
+    sched.on_arrival(req(2), 0.0)
+    (shut,) = sched.reject_all()
+    assert shut.kind is RejectReason.SHUTTING_DOWN and shut.reason == "shutting down"
+    assert {http_status(k) for k in RejectReason if k is not RejectReason.QUEUE_FULL} == {503}
+    assert http_status(None) == 503
 
 
 def test_low_work_stays_out_of_waiting_high_works_way() -> None:
@@ -349,7 +364,7 @@ def test_reject_all_empties_the_queues() -> None:
     sched.on_arrival(req(0), 0.0)
     sched.on_arrival(req(1), 0.0)
     sched.on_arrival(req(2, "b"), 0.0)
-    rejects = sched.reject_all("shutting down")
+    rejects = sched.reject_all()
     assert sorted(r.request_id for r in rejects) == [1, 2]
     assert sched.queued() == 0 and sched.next_wakeup() is None
 

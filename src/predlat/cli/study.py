@@ -136,13 +136,12 @@ def _run_on_traces(args: argparse.Namespace) -> int:
 
 def _check_predictors(names: list[str]) -> None:
     """Unknown names fail now, not after minutes of trace collection."""
-    from predlat.predict.predictors import parse_name
+    from predlat.predict.predictors import predictor_class
 
     if len(set(names)) != len(names):
         raise ConfigError("--predictors lists a predictor twice")
     for name in names:
-        if name != "solo":
-            parse_name(name)
+        predictor_class(name)
 
 
 def summary_text(results: StudyResults) -> str:

@@ -8,6 +8,7 @@ covers every (model, batch size), including models never seen in training.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from predlat.predict.calibration import Calibrator
@@ -35,6 +36,33 @@ class Predictor(Protocol):
     def learn_one(self, record: BatchRecord) -> None: ...
 
 
+@runtime_checkable
+class SlowdownModel(Protocol):
+    """What forecasting needs of a predictor: for a (model, batch size), slowdown =
+    a + beta . co_load in its co-location view `kind` ("solo", "coarse", "ewma" or "fine",
+    see predlat.predict.features); `version` changes whenever the model does (callers
+    cache the parts against it); `learn_one` takes a finished batch with its timeline.
+    A class of one's own with these plugs into `Forecaster` and `LatencyModel`."""
+
+    name: str
+    kind: str
+    version: int
+
+    def slowdown_parts(self, model: str, batch_size: int) -> tuple[float, tuple[float, ...]]: ...
+
+    def learn_one(self, record: BatchRecord) -> None: ...
+
+
+@dataclass
+class ForecastPrior:
+    """What replaying the training data in forecast mode taught (see
+    `predlat.predict.forecast.calibrate_forecast`): new forecasters start from it."""
+
+    residuals: list[float] = field(default_factory=list)  # relative forecast residuals
+    fill: str = ""  # the fill mode the gain was learnt with
+    fill_gain: float = 1.0
+
+
 class BasePredictor:
     """Shared state: the profile's feature map and a conformal calibrator of relative
     residuals (actual / predicted - 1) for latency quantiles.
@@ -46,7 +74,6 @@ class BasePredictor:
     name: str = "base"
     online: bool = False
     kind: str = "solo"
-    squares: bool = False  # whether the co-load carries the squared co-runner count
     tau: float = 0.0  # EWMA time constant (s), for kind "ewma"
 
     def __init__(
@@ -61,11 +88,7 @@ class BasePredictor:
         # oversub: whether the co-load carries the machine's oversubscription channel.
         self.fmap = FeatureMap(profile, oversub=oversub)
         self.calibrator = Calibrator(window=window, default_margin=default_margin)
-        # Relative residuals of forecast-mode predictions on the training data; new
-        # forecasters start their own calibration from these.
-        self.forecast_residuals: list[float] = []
-        # Forecast-mode state learnt on the training data (e.g. the fill gain).
-        self.forecast_state: dict[str, object] = {}
+        self.forecast_prior = ForecastPrior()
         # Counts changes of the model (fit, learn_one): callers cache what they derive
         # from it (slowdown parts) against it.
         self.version = 0
@@ -91,8 +114,7 @@ class BasePredictor:
         self.calibrator.reset()
         for rec in _usable(records):
             self.calibrator.add(rec.latency / self.predict(rec) - 1.0)
-        self.forecast_residuals = []
-        self.forecast_state = {}
+        self.forecast_prior = ForecastPrior()
         return self
 
     def learn_one(self, record: BatchRecord) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from predlat.predict.base import BasePredictor, Predictor
-from predlat.predict.forecast import replay
+from predlat.predict.replay import replay
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
 

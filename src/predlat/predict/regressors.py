@@ -72,30 +72,15 @@ class Ridge(LinearRegressor):
 
 
 class SGD(LinearRegressor):
-    """Online gradient descent on squared error.
-
-    method "nlms": normalised least mean squares, w += lr * e * x / (eps + |x|^2) -- stable
-    for any lr in (0, 2) whatever the feature scale. method "adam": Adam on the squared
-    error. `fit` starts from the least-squares solution (warm start) unless warm_start=False.
-    """
+    """Online normalised least mean squares: w += lr * e * x / (eps + |x|^2), stable for
+    any lr in (0, 2) whatever the feature scale. `fit` starts from the least-squares
+    solution (warm start) unless warm_start=False."""
 
     online = True
 
-    def __init__(
-        self,
-        dim: int,
-        lr: float = 0.2,
-        method: str = "nlms",
-        alpha: float = 1e-6,
-        warm_start: bool = True,
-    ):
+    def __init__(self, dim: int, lr: float = 0.2, alpha: float = 1e-6, warm_start: bool = True):
         super().__init__(dim)
-        if method not in ("nlms", "adam"):
-            raise ValueError(f"unknown SGD method {method!r} (nlms, adam)")
-        self.lr, self.method, self.alpha, self.warm_start = lr, method, alpha, warm_start
-        self._m = np.zeros(dim)
-        self._v = np.zeros(dim)
-        self._t = 0
+        self.lr, self.alpha, self.warm_start = lr, alpha, warm_start
 
     def fit(self, X, y) -> SGD:
         X = _as_2d(X)
@@ -111,17 +96,7 @@ class SGD(LinearRegressor):
     def learn_one(self, x: Sequence[float], y: float) -> None:
         xa = np.asarray(x, dtype=float)
         e = y - float(self.w @ xa)
-        if self.method == "nlms":
-            w = self.w + (self.lr * e / (1e-9 + float(xa @ xa))) * xa
-        else:
-            g = -e * xa
-            self._t += 1
-            self._m = 0.9 * self._m + 0.1 * g
-            self._v = 0.999 * self._v + 0.001 * g * g
-            m_hat = self._m / (1 - 0.9**self._t)
-            v_hat = self._v / (1 - 0.999**self._t)
-            w = self.w - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
-        self._set(w)
+        self._set(self.w + (self.lr * e / (1e-9 + float(xa @ xa))) * xa)
 
 
 class RLS(LinearRegressor):

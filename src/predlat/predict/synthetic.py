@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from predlat.predict.features import FeatureMap, Vector, count_integrals
+from predlat.predict.features import FeatureMap, Vector, count_integral
 from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
 from predlat.traces.records import BatchRecord, Overlap, attach_timelines
 
@@ -133,8 +133,10 @@ def law_records(
                 lo, hi = 0.0, 1.0
             spans.append((co_model, co_n, lo, hi))
         unit = [Overlap(-1, m, k, lo, hi) for m, k, lo, hi in spans]
-        sq, over = count_integrals(unit, fmap.oversub)
-        zero = fmap.oversub.zero if fmap.oversub is not None else 0.0
+        ov = fmap.oversub
+        sq = count_integral(unit, lambda n: n * n)
+        over = count_integral(unit, ov.excess) if ov is not None else 0.0
+        zero = ov.zero if ov is not None else 0.0
         g = [0.0, 0.0, 0.0, sq, over + zero]  # unit lifetime: integrals are averages
         for m, k, lo, hi in spans:
             f = fmap.co_vec(m, k)

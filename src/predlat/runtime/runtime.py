@@ -488,7 +488,7 @@ class Runtime:
             elif kind == _STOP:
                 self._draining = True
                 if not payload:
-                    decisions += sched.reject_all(SHUTTING_DOWN)
+                    decisions += sched.reject_all()
         now = self.device.now()
         decisions += sched.on_tick(now)
         self._execute(decisions)

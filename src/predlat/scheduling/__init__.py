@@ -3,6 +3,7 @@
 from predlat.scheduling.forecasting import FixedSlowdownForecaster, ForecasterLike
 from predlat.scheduling.outcome import STATUSES, RequestOutcome, summarize
 from predlat.scheduling.policies import POLICIES, POLICY_NAMES, Policy, get_policy
+from predlat.scheduling.reasons import RejectReason, http_status
 from predlat.scheduling.request import (
     Decision,
     Dispatch,
@@ -26,6 +27,7 @@ __all__ = [
     "Policy",
     "Priority",
     "Reject",
+    "RejectReason",
     "Request",
     "RequestOutcome",
     "RunningInfo",
@@ -33,6 +35,7 @@ __all__ = [
     "SchedulerConfig",
     "SchedulerStats",
     "get_policy",
+    "http_status",
     "requests_from_arrivals",
     "summarize",
 ]

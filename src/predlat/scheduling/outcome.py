@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Priority, Request
 from predlat.traces.records import BatchRecord
 
@@ -30,6 +31,7 @@ class RequestOutcome:
     end: float | None = None
     batch_id: int | None = None
     batch_size: int | None = None
+    rejected_for: RejectReason | None = None  # the kind of `reason`, when rejected
 
     @classmethod
     def ran(
@@ -60,8 +62,10 @@ class RequestOutcome:
         )
 
     @classmethod
-    def unrun(cls, request: Request, status: str, reason: str) -> RequestOutcome:
-        """A request that never ran (rejected, or failed before it could)."""
+    def unrun(
+        cls, request: Request, status: str, reason: str, kind: RejectReason | None = None
+    ) -> RequestOutcome:
+        """A request that never ran (rejected, for `kind`, or failed before it could)."""
         return cls(
             request.request_id,
             request.model,
@@ -71,6 +75,7 @@ class RequestOutcome:
             None,
             request.arrival,
             request.deadline,
+            rejected_for=kind,
         )
 
     @property

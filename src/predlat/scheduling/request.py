@@ -6,6 +6,7 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from predlat.scheduling.reasons import RejectReason
 from predlat.traces.records import BatchRecord
 from predlat.workload.arrivals import Arrival
 
@@ -49,10 +50,12 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class Reject:
-    """This request will not be run; `reason` says why, for the client."""
+    """This request will not be run; `kind` says why, `reason` in words for the client
+    (it starts with `kind.value`)."""
 
     request_id: int
     reason: str
+    kind: RejectReason
 
 
 @dataclass(frozen=True)

@@ -36,106 +36,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from predlat.errors import ConfigError
-from predlat.predict.forecast import ForecastEnd, RunningBatch
+from predlat.predict.forecast import RunningBatch
+from predlat.predict.timeline import TimelineTracker
 from predlat.profiling.profile import Profile
+from predlat.scheduling.config import RunningInfo, SchedulerConfig, SchedulerStats
 from predlat.scheduling.forecasting import ForecasterLike
+from predlat.scheduling.planning import Plan, Planner
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.queues import ModelQueue
+from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Decision, Dispatch, Finished, Priority, Reject, Request
 from predlat.scheduling.reserve import HighReserve
-from predlat.scheduling.timeline import TimelineTracker
 from predlat.traces.records import BatchRecord
 
 # Timers fire this long after the instant a request stops being feasible, so that the
 # check at wake-up sees it as infeasible despite rounding.
 _WAKE_EPSILON = 1e-6
 _PRIORITIES = tuple(Priority)  # iterating the enum itself is slow on the hot path
+_PREFIX = {kind: f"{kind.value}: " for kind in RejectReason}  # (.value is slow too)
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_batch: int = 8  # rows per batch (a single larger request still runs, alone)
-    max_queue: int = 1000  # queued requests over all models
-    margin_s: float = 0.0  # reserve taken off every deadline (dispatch lag, hand-offs)
-    # Slots low-priority-only batches leave free while high-priority requests keep
-    # arriving (one arrived within `high_window_s`): a high-priority request then finds a
-    # slot at once instead of queueing behind long low-priority batches (no preemption).
-    high_reserve: int = 1
-    high_window_s: float = 1.0
-    # A high-priority candidate need only keep running high-priority batches on time; it
-    # may push running low-priority batches past their deadlines ("high first").
-    high_may_delay_low: bool = True
-    # Forecasts one event may spend on models found infeasible before it yields: the
-    # rest are checked at once on a timer (`next_wakeup` asks for it at the same
-    # instant), so no single event holds the scheduler long. 0: no limit.
-    max_forecasts: int = 0
-
-    def validate(self) -> None:
-        if self.max_batch < 1:
-            raise ConfigError(f"max batch must be at least 1, got {self.max_batch}")
-        if self.max_queue < 1:
-            raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
-        if self.margin_s < 0:
-            raise ConfigError(f"deadline margin must be non-negative, got {self.margin_s}")
-        if self.max_forecasts < 0:
-            raise ConfigError(f"max forecasts must be non-negative, got {self.max_forecasts}")
-        if self.high_reserve < 0:
-            raise ConfigError(f"high reserve must be non-negative, got {self.high_reserve}")
-
-
-@dataclass
-class SchedulerStats:
-    arrivals: int = 0
-    dispatched: int = 0  # batches
-    finished: int = 0  # batches
-    rejected: int = 0  # requests
-    forecasts: int = 0  # forecaster calls (the main cost of a decision)
-
-
-@dataclass
-class RunningInfo:
-    """A batch the scheduler dispatched and has not yet seen finish."""
-
-    batch_id: int
-    slot: int
-    model: str
-    batch_size: int
-    requests: tuple[Request, ...]
-    deadline: float  # the earliest deadline among its requests
-    start: float  # dispatch time
-    predicted_end: float
-    predicted_mean_end: float
-    high: bool  # holds at least one high-priority request
-    late: bool = False  # forecast to miss its deadline whatever is added beside it
-
-
-@dataclass
-class _Plan:
-    queue: ModelQueue
-    requests: list[Request]
-    rows: int
-    forecast: ForecastEnd
-    ok: bool
-    high: bool  # holds at least one high-priority request
-    deadline: float  # the earliest deadline among its requests
-
-
-@dataclass
-class _Round:
-    """Per-decision scratch: the forecast without any candidate, computed at most once."""
-
-    now: float
-    baseline: dict[int, ForecastEnd] | None = None
-    low_until: float = math.inf  # low-only work must end by then (waiting high work)
-    # A held slot is lent on condition (see _low_slots): a refusal may not last, since
-    # the reserve lapses with time, so it must not block the model until the next event.
-    lent: bool = False
-
-
-class Scheduler:
+class Scheduler(Planner):
     def __init__(
         self,
         models: Sequence[str],
@@ -202,9 +125,9 @@ class Scheduler:
         if request.priority is Priority.HIGH:
             self._high_arrived(request, now)
         out: list[Decision] = []
-        reason = self._admission_refusal(request, now)
-        if reason is not None:
-            self._reject(request, reason, out)
+        refusal = self._admission_refusal(request, now)
+        if refusal is not None:
+            self._reject(request, *refusal, out)
         else:
             q = self._queues[request.model]
             q.push(request)
@@ -297,12 +220,14 @@ class Scheduler:
         self._latest_start = wake
         return wake
 
-    def reject_all(self, reason: str) -> list[Reject]:
+    def reject_all(
+        self, kind: RejectReason = RejectReason.SHUTTING_DOWN, detail: str = ""
+    ) -> list[Reject]:
         """Reject every queued request (shutdown); running batches are left to finish."""
         out: list[Decision] = []
         for q in self._queues.values():
             for request in q.pop_all():
-                self._reject(request, reason, out)
+                self._reject(request, kind, detail, out)
         self._queued = 0
         self._latest_start = None
         return [d for d in out if isinstance(d, Reject)]
@@ -333,18 +258,18 @@ class Scheduler:
             self._reserve.seen(now)
 
     # -- admission -----------------------------------------------------------------------
-    def _admission_refusal(self, request: Request, now: float) -> str | None:
+    def _admission_refusal(self, request: Request, now: float) -> tuple[RejectReason, str] | None:
         if request.model not in self._queues:
-            return f"model '{request.model}' is not served here"
+            return RejectReason.MODEL_NOT_SERVED, f"'{request.model}' is not served here"
         if request.size < 1:
-            return f"a request needs at least one row, got {request.size}"
+            return RejectReason.BAD_SIZE, f"needs at least one row, got {request.size}"
         if self._queued >= self.config.max_queue:
-            return f"queue full ({self._queued} requests queued)"
+            return RejectReason.QUEUE_FULL, f"{self._queued} requests queued"
         need = self._solo(request.model, request.size)
         left = request.deadline - now - self.config.margin_s
         if need > left:
-            return (
-                f"deadline cannot be met: {left * 1e3:.2f} ms left, '{request.model}' needs "
+            return RejectReason.DEADLINE, (
+                f"{left * 1e3:.2f} ms left, '{request.model}' needs "
                 f"{need * 1e3:.2f} ms alone at batch {request.size}"
             )
         return None
@@ -378,17 +303,21 @@ class Scheduler:
                     left = head.deadline - now
                     self._reject(
                         head,
-                        f"deadline can no longer be met: waited {(now - head.arrival) * 1e3:.2f}"
-                        f" ms, {left * 1e3:.2f} ms left, needs {need * 1e3:.2f} ms alone",
+                        RejectReason.EXPIRED,
+                        f"waited {(now - head.arrival) * 1e3:.2f} ms,"
+                        f" {left * 1e3:.2f} ms left, needs {need * 1e3:.2f} ms alone",
                         out,
                     )
                     head = q.peek(priority)
         self._latest_start = wake
 
-    def _reject(self, request: Request, reason: str, out: list[Decision]) -> None:
+    def _reject(
+        self, request: Request, kind: RejectReason, detail: str, out: list[Decision]
+    ) -> None:
         self._seen.discard(request.request_id)
         self.stats.rejected += 1
-        out.append(Reject(request.request_id, reason))
+        reason = _PREFIX[kind] + detail if detail else kind.value
+        out.append(Reject(request.request_id, reason, kind))
 
     # -- dispatching ---------------------------------------------------------------------
     def _schedule(self, now: float, out: list[Decision], resume: bool = False) -> None:
@@ -407,187 +336,7 @@ class Scheduler:
                 return
             out.append(self._dispatch(plan, now))
 
-    def _choose(self, now: float) -> _Plan | None:
-        queues = [q for q in self._queues.values() if len(q)]
-        queues.sort(key=_urgency)
-        scratch = _Round(now)
-        low_slots = self._low_slots(scratch)
-        for q in queues:
-            head = q.head()
-            if head is not None and head.priority is Priority.LOW and low_slots <= 0:
-                break  # the rest hold only low-priority work: the slots left are reserved
-            if self._blocked.get(q.model) != self._epoch and q.model not in self._resume_skip:
-                if self._over_budget():
-                    self._resume_at = now
-                    return None
-                plan = self._plan(q, scratch)
-                if plan is not None:
-                    return plan
-                if self.config.max_forecasts:
-                    self._resume_skip.add(q.model)
-                if self._running and not scratch.lent:  # (an idle device never blocks)
-                    self._blocked[q.model] = self._epoch
-            high = q.peek(Priority.HIGH)
-            if high is not None:  # high work waits: low-only work must be out of its way
-                latest = high.deadline - self.config.margin_s - self._solo(q.model, high.size)
-                scratch.low_until = min(scratch.low_until, latest)
-        return None
-
-    def _over_budget(self) -> bool:
-        """This event has spent its forecasts (an idle device always dispatches, so its
-        round is never cut short). The models it found infeasible are skipped by the
-        rounds that resume it, until an arrival or completion changes the state."""
-        budget = self.config.max_forecasts
-        if not budget or not self._running:
-            return False
-        return self.stats.forecasts - self._round_forecasts >= budget
-
-    def _low_slots(self, scratch: _Round) -> int:
-        """How many more batches of only low-priority work may start now. Held slots
-        are lent for as many running batches as are planned to end while a high-priority
-        request arriving now could still wait; failing that, one is lent to a batch that
-        itself ends by then (`scratch.low_until`)."""
-        now = scratch.now
-        limit = self.policy.running_limit(self.num_slots)
-        free = min(limit, self.num_slots) - len(self._running)
-        held = self._reserve.held(now, limit)
-        if not held or free <= 0:
-            return free - held
-        until = self._reserve.wait_limit(now)
-        if until <= now:
-            return free - held
-        ending = sum(1 for run in self._running.values() if now < run.predicted_end <= until)
-        usable = free - max(0, held - ending)
-        if usable > 0:
-            return usable
-        scratch.low_until = min(scratch.low_until, until)
-        scratch.lent = True
-        return 1
-
-    def _plan(self, q: ModelQueue, scratch: _Round) -> _Plan | None:
-        """The largest feasible batch of `q`'s prefix, or None.
-
-        Feasibility shrinks as the batch grows (later end, more interference), and a
-        forecast is the expensive step. So the size to try comes from the model's last
-        forecast slowdown (usually right: one forecast); failing that the head alone is
-        checked (if it does not fit, nothing of this model does), and then the size its
-        forecast slowdown says fits."""
-        requests = q.prefix(self.config.max_batch)
-        model, now = q.model, scratch.now
-        kmax = self._largest_fitting(model, requests, now, 1.0, math.inf)
-        if kmax == 0:
-            return None
-        tried = 0
-        hint = self._slowdown_hint.get(model)
-        if hint is not None and kmax > 1:
-            tried = self._largest_fitting(model, requests[:kmax], now, hint, scratch.low_until)
-            if tried > 1:
-                plan = self._evaluate(q, requests[:tried], scratch)
-                if plan.ok:
-                    return plan
-        one = self._evaluate(q, requests[:1], scratch)
-        if not one.ok:
-            # An idle device runs it anyway: no co-runner will leave to make room.
-            return one if not self._running else None
-        if kmax == 1:
-            return one
-        k = self._largest_fitting(
-            model, requests[:kmax], now, self._slowdown_hint[model], scratch.low_until
-        )
-        if tried > 1:
-            k = min(k, tried - 1)
-        if k > 1:
-            plan = self._evaluate(q, requests[:k], scratch)
-            if plan.ok:
-                return plan
-        return one
-
-    def _largest_fitting(
-        self, model: str, requests: list[Request], now: float, slowdown: float, low_until: float
-    ) -> int:
-        """How many of `requests` (a prefix) would meet their deadlines if run now and
-        slowed by `slowdown` (1: alone); low-only prefixes must also end by `low_until`."""
-        rows, deadline, k, high = 0, math.inf, 0, False
-        start = now + self.config.margin_s
-        solo, top = self._solo, Priority.HIGH
-        for request in requests:
-            rows += request.size
-            if request.deadline < deadline:
-                deadline = request.deadline
-            high = high or request.priority is top
-            end = start + solo(model, rows) * slowdown
-            if end > deadline or (not high and end > low_until):
-                break
-            k += 1
-        return k
-
-    def _evaluate(self, q: ModelQueue, requests: list[Request], scratch: _Round) -> _Plan:
-        now, margin, policy = scratch.now, self.config.margin_s, self.policy
-        rows, deadline, high, top = 0, math.inf, False, Priority.HIGH
-        for r in requests:
-            rows += r.size
-            if r.deadline < deadline:
-                deadline = r.deadline
-            high = high or r.priority is top
-        candidate = RunningBatch(self._next_batch_id, q.model, rows, now)
-        forecast = self.forecaster.forecast(now, (candidate,))
-        self.stats.forecasts += 1
-        mine = forecast[candidate.batch_id]
-        end = policy.end(mine, high)
-        self._slowdown_hint[q.model] = max(1.0, (end - now) / self._solo(q.model, rows))
-        ok = end + margin <= deadline
-        if not ok and mine.mean + margin <= deadline:
-            ok = self._waiting_cannot_help(forecast, candidate, end, deadline, now)
-        if ok and not high:
-            ok = end <= scratch.low_until
-        if ok:
-            ok = self._running_stay_on_time(forecast, scratch, high)
-        return _Plan(q, requests, rows, mine, ok, high, deadline)
-
-    def _waiting_cannot_help(
-        self,
-        forecast: dict[int, ForecastEnd],
-        candidate: RunningBatch,
-        end: float,
-        deadline: float,
-        now: float,
-    ) -> bool:
-        """The candidate meets its deadline on the mean forecast but not at the planning
-        quantile. Waiting is worth it only if, started when the first running batch
-        ends, it would make the deadline at the quantile; otherwise this is its best
-        chance, and it goes now on the mean rather than expire. Started later it is
-        taken to need as long as now: under load a freed slot is soon refilled, so the
-        co-load it would meet is about today's (assuming solo speed then kept urgent
-        work waiting for a better moment that did not come, measured on the real device
-        and in simulation)."""
-        first_end = min(
-            (f.mean for bid, f in forecast.items() if bid != candidate.batch_id),
-            default=now,
-        )
-        later = first_end + (end - now)
-        return later + self.config.margin_s > deadline
-
-    def _running_stay_on_time(
-        self, forecast: dict[int, ForecastEnd], scratch: _Round, high: bool
-    ) -> bool:
-        margin, policy = self.config.margin_s, self.policy
-        spare_low = high and self.config.high_may_delay_low
-        for run in self._running.values():
-            if run.late or (spare_low and not run.high):
-                continue
-            f = forecast.get(run.batch_id)
-            if f is None or policy.end(f, run.high) + margin <= run.deadline:
-                continue
-            if scratch.baseline is None:
-                scratch.baseline = self.forecaster.forecast(scratch.now)
-                self.stats.forecasts += 1
-            before = scratch.baseline.get(run.batch_id)
-            if before is None or policy.end(before, run.high) + margin <= run.deadline:
-                return False  # on time now, late beside the candidate
-            run.late = True  # late anyway: no longer held against candidates
-        return True
-
-    def _dispatch(self, plan: _Plan, now: float) -> Dispatch:
+    def _dispatch(self, plan: Plan, now: float) -> Dispatch:
         slot = self._free.pop(0)
         plan.queue.remove_prefix(plan.requests)
         self._latest_start = None
@@ -637,12 +386,6 @@ class Scheduler:
         if value is None:
             value = self._solo_cache[key] = self.profile.solo_latency(model, rows)
         return value
-
-
-def _urgency(q: ModelQueue) -> tuple[int, float, int]:
-    head = q.head()
-    assert head is not None
-    return (head.priority, head.deadline, head.request_id)
 
 
 __all__ = [

@@ -1,0 +1,62 @@
+"""The scheduler's configuration, counters and view of its running batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from predlat.errors import ConfigError
+from predlat.scheduling.request import Request
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 8  # rows per batch (a single larger request still runs, alone)
+    max_queue: int = 1000  # queued requests over all models
+    margin_s: float = 0.0  # reserve taken off every deadline (dispatch lag, hand-offs)
+    # Slots low-priority-only batches leave free while high-priority requests keep
+    # arriving (one arrived within `high_window_s`): a high-priority request then finds a
+    # slot at once instead of queueing behind long low-priority batches (no preemption).
+    high_reserve: int = 1
+    high_window_s: float = 1.0
+    # Forecasts one event may spend on models found infeasible before it yields: the
+    # rest are checked at once on a timer (`next_wakeup` asks for it at the same
+    # instant), so no single event holds the scheduler long. 0: no limit.
+    max_forecasts: int = 0
+
+    def validate(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError(f"max batch must be at least 1, got {self.max_batch}")
+        if self.max_queue < 1:
+            raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
+        if self.margin_s < 0:
+            raise ConfigError(f"deadline margin must be non-negative, got {self.margin_s}")
+        if self.max_forecasts < 0:
+            raise ConfigError(f"max forecasts must be non-negative, got {self.max_forecasts}")
+        if self.high_reserve < 0:
+            raise ConfigError(f"high reserve must be non-negative, got {self.high_reserve}")
+
+
+@dataclass
+class SchedulerStats:
+    arrivals: int = 0
+    dispatched: int = 0  # batches
+    finished: int = 0  # batches
+    rejected: int = 0  # requests
+    forecasts: int = 0  # forecaster calls (the main cost of a decision)
+
+
+@dataclass
+class RunningInfo:
+    """A batch the scheduler dispatched and has not yet seen finish."""
+
+    batch_id: int
+    slot: int
+    model: str
+    batch_size: int
+    requests: tuple[Request, ...]
+    deadline: float  # the earliest deadline among its requests
+    start: float  # dispatch time
+    predicted_end: float
+    predicted_mean_end: float
+    high: bool  # holds at least one high-priority request
+    late: bool = False  # forecast to miss its deadline whatever is added beside it
