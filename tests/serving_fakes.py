@@ -17,6 +17,7 @@ import onnxruntime as ort
 from predlat.errors import UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Priority
 from predlat.traces.records import BatchRecord
 
@@ -82,6 +83,8 @@ class FakeRuntime:
             reason = self.gate(model, inputs, deadline_s, priority)
         if reason is not None:
             base.reason = reason
+            # As the scheduler tags it: each kind's value starts its wording.
+            base.rejected_for = next((k for k in RejectReason if reason.startswith(k.value)), None)
             self._resolve(future, base)
         else:
             self._jobs.put((future, base, inputs))

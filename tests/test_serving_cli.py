@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from predlat.cli.serve import deadline_spec
 from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec, TensorSpec
 from predlat.profiling.profile import BatchProfile, LatencyStats, MachineInfo, Profile
+from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Priority
 from predlat.serving.answers import priority_from_level, rejection_status
 from predlat.serving.server import bind_socket, default_deadlines
@@ -51,10 +53,13 @@ def test_default_deadlines_given_shared_or_from_the_profile():
 def test_priority_and_rejection_mappings():
     assert priority_from_level(1) == Priority.HIGH
     assert [priority_from_level(level) for level in (0, 2, 7)] == [Priority.LOW] * 3
-    assert rejection_status("queue full (1000 requests queued)") == 429
-    assert rejection_status("deadline cannot be met: 1 ms left") == 503
-    assert rejection_status("shutting down") == 503
-    assert rejection_status(None) == 503
+    def rejected(kind):
+        return SimpleNamespace(rejected_for=kind)
+
+    assert rejection_status(rejected(RejectReason.QUEUE_FULL)) == 429
+    assert rejection_status(rejected(RejectReason.DEADLINE)) == 503
+    assert rejection_status(rejected(RejectReason.SHUTTING_DOWN)) == 503
+    assert rejection_status(rejected(None)) == 503
 
 
 def test_bind_socket_reports_a_taken_port():

@@ -155,7 +155,10 @@ def test_late_work_policy_reject_by_default_delay_on_request(runtime, spec):
 
 
 def test_model_policy_delay_and_late_answers_counted(runtime, spec):
-    runtime.gate = lambda m, i, deadline_s, p: None if deadline_s > 1.0 else "deadline: no"
+    def gate(model, inputs, deadline_s, priority):  # only relaxed deadlines are feasible
+        return None if deadline_s > 1.0 else "deadline cannot be met: no"
+
+    runtime.gate = gate
     policy = DoorPolicy(timeout_action={"tiny": "DELAY"}, delay_factor=4.0)
     with serve(runtime, spec, door=policy) as server, httpx.Client(base_url=server.url) as c:
         assert c.post(INFER, content=body()).status_code == 200

@@ -41,6 +41,7 @@ from predlat.runtime.tensors import (
     stack_inputs,
 )
 from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Dispatch, Finished, Priority, Reject, Request
 from predlat.scheduling.scheduler import Scheduler
 from predlat.traces.records import BatchRecord
@@ -51,7 +52,7 @@ OutcomeListener = Callable[[RequestOutcome], None]
 BatchListener = Callable[[BatchRecord, float], None]
 DispatchListener = Callable[[Dispatch], None]
 
-SHUTTING_DOWN = "shutting down"
+SHUTTING_DOWN = RejectReason.SHUTTING_DOWN.value
 _ARRIVAL, _DONE, _STOP, _WAKE = range(4)
 
 
@@ -206,7 +207,7 @@ class Runtime:
         with self._post_lock:
             self._host = None  # (a loop that never let the controller finish)
         for rid in list(self._pending):
-            self._resolve_unrun(rid, "rejected", SHUTTING_DOWN)
+            self._resolve_unrun(rid, "rejected", SHUTTING_DOWN, RejectReason.SHUTTING_DOWN)
         self._thread = None
         self._release()
 
@@ -239,7 +240,7 @@ class Runtime:
             self._posted.clear()
         self._cancel_timer()
         for rid in list(self._pending):
-            self._resolve_unrun(rid, "rejected", SHUTTING_DOWN)
+            self._resolve_unrun(rid, "rejected", SHUTTING_DOWN, RejectReason.SHUTTING_DOWN)
         await asyncio.to_thread(self._release)  # closing joins the slot threads
 
     def _release(self) -> None:
@@ -296,7 +297,9 @@ class Runtime:
         if accepting:
             self._post((_ARRIVAL, request))
         else:
-            self._resolve_unrun(request.request_id, "rejected", SHUTTING_DOWN)
+            self._resolve_unrun(
+                request.request_id, "rejected", SHUTTING_DOWN, RejectReason.SHUTTING_DOWN
+            )
         return future
 
     def add_listener(self, on_outcome: OutcomeListener) -> None:
@@ -507,7 +510,7 @@ class Runtime:
             if isinstance(d, Dispatch):
                 self._run(d)
             elif isinstance(d, Reject):
-                self._resolve_unrun(d.request_id, "rejected", d.reason)
+                self._resolve_unrun(d.request_id, "rejected", d.reason, d.kind)
             elif isinstance(d, Finished):
                 self._finished(d)
 
@@ -560,10 +563,12 @@ class Runtime:
             self._resolve(rid, RequestOutcome.ran(p.request, rec, f.ok, reason, outputs))
 
     # -- resolving -----------------------------------------------------------------------
-    def _resolve_unrun(self, rid: int, status: str, reason: str) -> None:
+    def _resolve_unrun(
+        self, rid: int, status: str, reason: str, kind: RejectReason | None = None
+    ) -> None:
         p = self._pending.get(rid)
         if p is not None:
-            self._resolve(rid, RequestOutcome.unrun(p.request, status, reason))
+            self._resolve(rid, RequestOutcome.unrun(p.request, status, reason, kind))
 
     def _resolve(self, rid: int, outcome: RequestOutcome) -> None:
         with self._lock:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Priority
 
 REJECT, DELAY = "REJECT", "DELAY"
@@ -175,11 +177,11 @@ def header_priority(headers: Mapping[str, str]) -> Priority | None:
     return Priority.HIGH if int(text) == 1 else Priority.LOW
 
 
-def is_deadline_rejection(reason: str | None) -> bool:
+def is_deadline_rejection(outcome: Any) -> bool:
     """Whether the scheduler refused because the deadline cannot be met (DELAY applies),
     not because of shutdown or a full queue."""
-    text = (reason or "").lower()
-    return "deadline" in text and "shut" not in text
+    kind = getattr(outcome, "rejected_for", None)
+    return kind in (RejectReason.DEADLINE, RejectReason.EXPIRED)
 
 
 def profile_forecast(

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.reasons import http_status
 from predlat.scheduling.request import Priority
 from predlat.serving.admission import Refusal
 from predlat.serving.protocol import ProtocolError
@@ -39,11 +40,10 @@ def priority_from_level(level: int) -> Priority:
     return Priority.HIGH if level == 1 else Priority.LOW
 
 
-def rejection_status(reason: str | None) -> int:
-    """429 when the server is overloaded (a full queue: retry later), 503 otherwise
-    (the deadline cannot be met, or the server is shutting down)."""
-    text = (reason or "").lower()
-    return 429 if "queue" in text and "full" in text else 503
+def rejection_status(outcome: Any) -> int:
+    """The HTTP status of a rejected outcome, from its typed reason (the scheduler's
+    mapping: 429 for a full queue, 503 otherwise)."""
+    return http_status(getattr(outcome, "rejected_for", None))
 
 
 async def await_outcome(future: Future) -> Any:

@@ -255,7 +255,7 @@ class InferenceService:
     ) -> RequestOutcome:
         """Triton's DELAY: work the scheduler refused as late runs anyway, behind on-time
         work (low priority, relaxed deadline), and its answer counts as late."""
-        if not is_deadline_rejection(refused.reason):
+        if not is_deadline_rejection(refused):
             return refused
         self.metrics.observe_delayed(model)
         relaxed = deadline_s * self.config.door.delay_factor
@@ -287,7 +287,7 @@ class InferenceService:
             runtime_s = outcome.end - outcome.arrival
         if outcome.status == "rejected":
             return error_response(
-                rejection_status(outcome.reason), outcome.reason or "rejected"
+                rejection_status(outcome), outcome.reason or "rejected"
             ), runtime_s
         if outcome.status not in ("met", "missed") or outcome.outputs is None:
             reason = outcome.reason or "the model produced no outputs"

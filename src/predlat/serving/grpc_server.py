@@ -201,7 +201,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(_CODES.get(result.status, grpc.StatusCode.UNAVAILABLE),
                                 result.message)  # fmt: skip
         if result.status == "rejected":
-            code = _CODES[rejection_status(result.reason)]
+            code = _CODES[rejection_status(result)]
             await context.abort(code, result.reason or "rejected")
         if result.status not in ("met", "missed") or result.outputs is None:
             await context.abort(grpc.StatusCode.INTERNAL, f"inference failed: {result.reason}")

@@ -189,7 +189,7 @@ class Simulation:
                 )
             elif isinstance(d, Reject):
                 r = loop.pending.pop(d.request_id).request
-                loop.outcomes[r.request_id] = RequestOutcome.unrun(r, "rejected", d.reason)
+                loop.outcomes[r.request_id] = RequestOutcome.unrun(r, "rejected", d.reason, d.kind)
             elif isinstance(d, Finished):
                 self._finished(loop, d)
         self.schedulers[dev].learn()  # off the decision path, as the runtime does
