@@ -1,0 +1,118 @@
+"""The front door: a runtime-shaped adapter over the Serve deployment's handle, so the
+same Open Inference Protocol v2 app (predlat.serving.app) serves one device or many.
+
+Each request becomes one handle call carrying its Route. A replica that dies mid-request
+raises here; the request is then retried on another replica (the router refuses it if
+the deadline no longer allows). Every future resolves exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from predlat.cluster.messages import Route
+from predlat.errors import UnknownModelError
+from predlat.models.spec import ModelSpec
+from predlat.runtime.tensors import request_rows
+from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.request import Priority, Request
+
+REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+MAX_ATTEMPTS = 5
+
+
+@dataclass
+class FrontDoorCounts:
+    submitted: int = 0
+    answered: int = 0  # resolved with whatever outcome
+    retried: int = 0  # handle calls repeated after a replica was lost
+
+
+class ClusterRuntime:
+    """What predlat.serving.app needs of a runtime (submit, listeners), backed by Serve."""
+
+    def __init__(self, handle: DeploymentHandle, specs: Mapping[str, ModelSpec]) -> None:
+        self._handle = handle.options(method_name="infer")
+        self.specs = dict(specs)
+        self.counts = FrontDoorCounts()
+        self._listeners: list[Callable[[RequestOutcome], None]] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.specs)
+
+    def submit(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray] | None,
+        *,
+        deadline_s: float,
+        priority: Priority = Priority.LOW,
+    ) -> Future:
+        if model not in self.specs:
+            raise UnknownModelError(
+                f"model '{model}' is not served (serving: {', '.join(self.specs)})"
+            )
+        rows = request_rows(model, inputs, self.specs[model])
+        route = Route(model, rows, Priority(priority), time.time() + deadline_s)
+        with self._lock:
+            self.counts.submitted += 1
+        return asyncio.run_coroutine_threadsafe(self._call(route, inputs), self._loop)
+
+    async def _call(self, route: Route, inputs: dict[str, np.ndarray] | None) -> RequestOutcome:
+        outcome = await self._attempts(route, inputs)
+        with self._lock:
+            self.counts.answered += 1
+        for listener in self._listeners:
+            listener(outcome)
+        return outcome
+
+    async def _attempts(self, route: Route, inputs: Any) -> RequestOutcome:
+        while True:
+            try:
+                return await self._handle.remote(route, inputs)
+            except REPLICA_LOST as exc:
+                lost = f"replica lost mid-request ({type(exc).__name__})"
+            except Exception as exc:  # a replica-side bug must still answer the client
+                return _unrun(route, "failed", f"{type(exc).__name__}: {exc}")
+            route.attempt += 1
+            with self._lock:
+                self.counts.retried += 1
+            if route.remaining_s() <= 0:
+                return _unrun(route, "rejected", f"{lost}; its deadline left no time to retry")
+            if route.attempt >= MAX_ATTEMPTS:
+                return _unrun(route, "rejected", f"{lost}; gave up after {route.attempt} tries")
+            route.refusal = None  # the router decides afresh whether the deadline allows
+
+    def add_listener(self, on_outcome: Callable[[RequestOutcome], None]) -> None:
+        self._listeners.append(on_outcome)
+
+    def add_batch_listener(self, on_batch: Callable[..., None]) -> None:
+        """Batches run on the replicas; the front door sees none."""
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+def _unrun(route: Route, status: str, reason: str) -> RequestOutcome:
+    now = time.time()
+    request = Request(-1, route.model, now, route.deadline_at, route.priority, route.rows)
+    return RequestOutcome.unrun(request, status, reason)
+
+
+__all__ = ["ClusterRuntime", "FrontDoorCounts"]

@@ -1,0 +1,88 @@
+"""One predlat runtime (scheduler, predictor, device) behind one Serve replica.
+
+Plain Python: `deployment.py` wraps it for Ray Serve. A request arrives with its Route
+(model, rows, priority, wall-clock deadline); the runtime schedules it on this replica's
+device by the deadline left, and the answer is the runtime's RequestOutcome. A request
+the router refused is answered 'rejected' with the router's reason without running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from predlat.cluster.messages import Route
+from predlat.cluster.state import ReplicaState
+from predlat.runtime import Runtime, build_runtime
+from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.request import Request
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """How each replica builds its runtime (the options of `predlat serve`)."""
+
+    models: tuple[str, ...]
+    slots: int = 1
+    policy: str = "predlat"
+    threads: int = 1
+    provider: str = "CPUExecutionProvider"
+    max_queue: int = 1000
+    max_batch: int = 8
+
+
+class PredlatReplica:
+    def __init__(self, config: ReplicaConfig, name: str = "replica") -> None:
+        self.config = config
+        self.runtime: Runtime
+        self.runtime, profile = build_runtime(
+            list(config.models),
+            slots=config.slots,
+            policy=config.policy,
+            threads=config.threads,
+            provider=config.provider,
+            max_queue=config.max_queue,
+            max_batch=config.max_batch,
+            progress=False,
+        )
+        self.state = ReplicaState.of(
+            name, profile, self.runtime.models, config.slots, config.max_batch
+        )
+        self.runtime.add_batch_listener(self.state.on_batch)
+        self.runtime.start()  # on its own control thread: Serve owns this event loop
+
+    async def infer(
+        self, route: Route, inputs: dict[str, np.ndarray] | None
+    ) -> RequestOutcome:
+        if route.refusal is not None:
+            return _refused(route, route.refusal)
+        remaining = route.remaining_s()
+        if remaining <= 0:
+            return _refused(route, "deadline passed before the request reached a replica")
+        self.state.arrived(route.model, route.priority, route.rows)
+        try:
+            future = self.runtime.submit(
+                route.model, inputs, deadline_s=remaining, priority=route.priority
+            )
+            return await asyncio.wrap_future(future)
+        finally:
+            self.state.answered(route.model, route.priority, route.rows)
+
+    def routing_stats(self) -> dict:
+        return self.state.publish(self.runtime.scheduler.running(), self.runtime.now())
+
+    def close(self) -> None:
+        self.runtime.stop(drain=True, timeout=10.0)
+
+
+def _refused(route: Route, reason: str) -> RequestOutcome:
+    now = time.time()
+    request = Request(-1, route.model, now, route.deadline_at, route.priority, route.rows)
+    return RequestOutcome.unrun(request, "rejected", reason)
+
+
+__all__ = ["PredlatReplica", "ReplicaConfig"]

@@ -1,0 +1,123 @@
+"""predlat on a local Ray Serve instance the test starts and stops itself (loopback only):
+the front door answers v2 HTTP through the predicting router, routing stats are
+published, and a replica killed under load loses no request and answers none twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from predlat.cluster.deployment import ClusterConfig, deploy  # noqa: E402
+from predlat.cluster.frontdoor import ClusterRuntime  # noqa: E402
+from predlat.cluster.replica import ReplicaConfig  # noqa: E402
+from predlat.cluster.router import DECISION_TIMES  # noqa: E402
+from predlat.models import resolve_models  # noqa: E402
+from predlat.scheduling.request import Priority  # noqa: E402
+from predlat.serving.app import ServerConfig, create_app  # noqa: E402
+from predlat.serving.server import BackgroundServer  # noqa: E402
+
+DEADLINE_S = 2.0  # generous: the machine is shared, these check plumbing, not speed
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[object, ClusterRuntime]]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PREDLAT_CACHE_DIR": os.environ["PREDLAT_CACHE_DIR"]}},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": 0, "location": "NoServer"})
+    specs = resolve_models(["tiny"])
+    handle = deploy(ReplicaConfig(("tiny",)), ClusterConfig(replicas=2, stats_period_s=0.05))
+    runtime = ClusterRuntime(handle, {s.name: s for s in specs})
+    try:
+        yield handle, runtime
+    finally:
+        runtime.close()
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _x(rows: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.ones((rows, 16), dtype=np.float32)}
+
+
+def test_http_front_door_answers_through_the_router(cluster) -> None:
+    handle, runtime = cluster
+    import httpx
+
+    specs = resolve_models(["tiny"])
+    app = create_app(runtime, specs, ServerConfig({"tiny": DEADLINE_S}))
+    body = {
+        "inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}],
+        "parameters": {"priority": 1},
+    }
+    with BackgroundServer(app) as server:
+        for _ in range(5):
+            r = httpx.post(f"{server.url}/v2/models/tiny/infer", json=body, timeout=10)
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["parameters"]["predlat_status"] in ("met", "missed")
+            assert doc["parameters"]["predlat_priority"] == "high"
+    assert DECISION_TIMES, "the predicting router made no decision"
+
+
+def test_replicas_publish_routing_stats(cluster) -> None:
+    handle, _ = cluster
+    stats = handle.record_routing_stats.remote().result(timeout_s=10)
+    assert stats["slots"] == 1
+    assert set(stats["solo_s"]) == {"tiny"}
+    for key in ("backlog_s", "running_batches", "predictor_version", "seq"):
+        assert key in stats
+
+
+def test_unmeetable_deadline_is_refused_with_a_reason(cluster) -> None:
+    _, runtime = cluster
+    time.sleep(0.2)  # let every replica publish stats once
+    outcome = runtime.submit("tiny", _x(), deadline_s=1e-7).result(timeout=10)
+    assert outcome.status == "rejected"
+    assert outcome.reason
+
+
+def test_killed_replica_loses_no_request_and_answers_none_twice(cluster) -> None:
+    handle, runtime = cluster
+    pids = {handle.pid.remote().result(timeout_s=10) for _ in range(20)}
+    assert len(pids) == 2, f"expected 2 replica processes, saw {pids}"
+    answered_before = runtime.counts.answered
+    rng = np.random.default_rng(0)
+    with ThreadPoolExecutor(8) as pool:
+        futures = []
+        for i in range(200):
+            prio = Priority.HIGH if rng.random() < 0.3 else Priority.LOW
+            futures.append(runtime.submit("tiny", _x(), deadline_s=DEADLINE_S, priority=prio))
+            if i == 50:
+                pool.submit(os.kill, sorted(pids)[0], signal.SIGKILL)
+            time.sleep(0.002)
+        outcomes = [f.result(timeout=30) for f in futures]
+    assert runtime.counts.answered - answered_before == len(outcomes)
+    for o in outcomes:
+        assert o.status in ("met", "missed", "rejected"), o
+        if o.status == "rejected":
+            assert o.reason
+    assert sum(o.status in ("met", "missed") for o in outcomes) > 0
+    # Serve restarts the replica and routing resumes using it.
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
+        seen = {handle.pid.remote().result(timeout_s=10) for _ in range(20)}
+        if len(seen) == 2 and sorted(pids)[0] not in seen:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the killed replica did not come back")
