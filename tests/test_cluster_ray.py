@@ -18,8 +18,8 @@ serve = pytest.importorskip("ray.serve")
 
 from predlat.cluster.deployment import ClusterConfig, deploy  # noqa: E402
 from predlat.cluster.frontdoor import ClusterRuntime  # noqa: E402
+from predlat.cluster.messages import DECISION_TIMES  # noqa: E402
 from predlat.cluster.replica import ReplicaConfig  # noqa: E402
-from predlat.cluster.router import DECISION_TIMES  # noqa: E402
 from predlat.models import resolve_models  # noqa: E402
 from predlat.scheduling.request import Priority  # noqa: E402
 from predlat.serving.app import ServerConfig, create_app  # noqa: E402
@@ -38,7 +38,7 @@ def cluster() -> Iterator[tuple[object, ClusterRuntime]]:
         log_to_driver=False,
         runtime_env={"env_vars": {"PREDLAT_CACHE_DIR": os.environ["PREDLAT_CACHE_DIR"]}},
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": 0, "location": "NoServer"})
+    serve.start(proxy_location="Disabled")  # the front door is predlat's own app
     specs = resolve_models(["tiny"])
     handle = deploy(ReplicaConfig(("tiny",)), ClusterConfig(replicas=2, stats_period_s=0.05))
     runtime = ClusterRuntime(handle, {s.name: s for s in specs})
@@ -55,7 +55,7 @@ def _x(rows: int = 1) -> dict[str, np.ndarray]:
 
 
 def test_http_front_door_answers_through_the_router(cluster) -> None:
-    handle, runtime = cluster
+    _, runtime = cluster
     import httpx
 
     specs = resolve_models(["tiny"])

@@ -25,7 +25,7 @@ from predlat.errors import UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.runtime.tensors import request_rows
 from predlat.scheduling.outcome import RequestOutcome
-from predlat.scheduling.request import Priority, Request
+from predlat.scheduling.request import Priority
 
 REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
 MAX_ATTEMPTS = 5
@@ -88,14 +88,14 @@ class ClusterRuntime:
             except REPLICA_LOST as exc:
                 lost = f"replica lost mid-request ({type(exc).__name__})"
             except Exception as exc:  # a replica-side bug must still answer the client
-                return _unrun(route, "failed", f"{type(exc).__name__}: {exc}")
+                return route.unrun("failed", f"{type(exc).__name__}: {exc}")
             route.attempt += 1
             with self._lock:
                 self.counts.retried += 1
             if route.remaining_s() <= 0:
-                return _unrun(route, "rejected", f"{lost}; its deadline left no time to retry")
+                return route.unrun("rejected", f"{lost}; its deadline left no time to retry")
             if route.attempt >= MAX_ATTEMPTS:
-                return _unrun(route, "rejected", f"{lost}; gave up after {route.attempt} tries")
+                return route.unrun("rejected", f"{lost}; gave up after {route.attempt} tries")
             route.refusal = None  # the router decides afresh whether the deadline allows
 
     def add_listener(self, on_outcome: Callable[[RequestOutcome], None]) -> None:
@@ -107,12 +107,6 @@ class ClusterRuntime:
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
-
-
-def _unrun(route: Route, status: str, reason: str) -> RequestOutcome:
-    now = time.time()
-    request = Request(-1, route.model, now, route.deadline_at, route.priority, route.rows)
-    return RequestOutcome.unrun(request, status, reason)
 
 
 __all__ = ["ClusterRuntime", "FrontDoorCounts"]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
 
-from predlat.scheduling.request import Priority
+from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.routing import RouteRequest
+
+# Seconds each routing decision took, newest last (read by benchmarks and tests in the
+# process that owns the handle, where the router runs).
+DECISION_TIMES: collections.deque[float] = collections.deque(maxlen=100_000)
 
 
 @dataclass
@@ -27,3 +33,9 @@ class Route:
 
     def request(self, now: float | None = None) -> RouteRequest:
         return RouteRequest(self.model, self.rows, self.priority, self.remaining_s(now))
+
+    def unrun(self, status: str, reason: str) -> RequestOutcome:
+        """The outcome of this request when no replica ran it."""
+        now = time.time()
+        request = Request(-1, self.model, now, self.deadline_at, self.priority, self.rows)
+        return RequestOutcome.unrun(request, status, reason)

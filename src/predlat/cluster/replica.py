@@ -9,8 +9,6 @@ the router refused is answered 'rejected' with the router's reason without runni
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +17,6 @@ from predlat.cluster.messages import Route
 from predlat.cluster.state import ReplicaState
 from predlat.runtime import Runtime, build_runtime
 from predlat.scheduling.outcome import RequestOutcome
-from predlat.scheduling.request import Request
 
 
 @dataclass(frozen=True)
@@ -59,10 +56,10 @@ class PredlatReplica:
         self, route: Route, inputs: dict[str, np.ndarray] | None
     ) -> RequestOutcome:
         if route.refusal is not None:
-            return _refused(route, route.refusal)
+            return route.unrun("rejected", route.refusal)
         remaining = route.remaining_s()
         if remaining <= 0:
-            return _refused(route, "deadline passed before the request reached a replica")
+            return route.unrun("rejected", "deadline passed before the request reached a replica")
         self.state.arrived(route.model, route.priority, route.rows)
         try:
             future = self.runtime.submit(
@@ -77,12 +74,6 @@ class PredlatReplica:
 
     def close(self) -> None:
         self.runtime.stop(drain=True, timeout=10.0)
-
-
-def _refused(route: Route, reason: str) -> RequestOutcome:
-    now = time.time()
-    request = Request(-1, route.model, now, route.deadline_at, route.priority, route.rows)
-    return RequestOutcome.unrun(request, "rejected", reason)
 
 
 __all__ = ["PredlatReplica", "ReplicaConfig"]

@@ -3,6 +3,9 @@ finish it soonest among those forecast to meet its deadline (the shared rule of
 predlat.scheduling.routing), reading each replica's published routing stats plus what
 this router sent it since those stats were taken.
 
+Serve sends the router class to the controller by value, so the router keeps shared
+records (decision times) in another module, which travels by reference.
+
 When no replica is forecast to meet the deadline, the router marks the request refused
 with the reason; the replica answers it 'rejected' at once without running it (Serve's
 router has no way to fail a request itself: it must name a replica).
@@ -10,25 +13,20 @@ router has no way to fail a request itself: it must name a replica).
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Any
 
 from ray.serve.request_router import (
-    FIFOMixin,
     PendingRequest,
     ReplicaID,
     RequestRouter,
     RunningReplica,
 )
 
+from predlat.cluster import messages
 from predlat.cluster.messages import Route
 from predlat.cluster.state import device_forecast
 from predlat.scheduling.routing import DeviceForecast, Routed, after_routing, rank
-
-# Seconds each routing decision took, newest last (read by benchmarks and tests in the
-# process that owns the handle, where the router runs).
-DECISION_TIMES: collections.deque[float] = collections.deque(maxlen=100_000)
 
 
 def find_route(pending: PendingRequest) -> Route | None:
@@ -38,7 +36,7 @@ def find_route(pending: PendingRequest) -> Route | None:
     return route if isinstance(route, Route) else None
 
 
-class PredlatRouter(FIFOMixin, RequestRouter):
+class PredlatRouter(RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
         self._routed: dict[ReplicaID, Routed] = {}
         self._seen_seq: dict[ReplicaID, int] = {}
@@ -54,7 +52,7 @@ class PredlatRouter(FIFOMixin, RequestRouter):
         try:
             return self._choose(candidate_replicas, pending_request)
         finally:
-            DECISION_TIMES.append(time.perf_counter() - began)
+            messages.DECISION_TIMES.append(time.perf_counter() - began)
 
     def _choose(
         self, candidates: list[RunningReplica], pending: PendingRequest | None
@@ -116,4 +114,4 @@ class PredlatRouter(FIFOMixin, RequestRouter):
         self._forecasts.pop(replica_id, None)
 
 
-__all__ = ["DECISION_TIMES", "PredlatRouter", "find_route"]
+__all__ = ["PredlatRouter", "find_route"]
