@@ -21,7 +21,9 @@ LIGHT = {1: 0.001, 2: 0.0015, 4: 0.0025, 8: 0.0045}
 
 
 def device(name: str, **kw) -> DeviceForecast:
-    return DeviceForecast(name=name, slots=kw.pop("slots", 1), solo_s={"heavy": HEAVY, "light": LIGHT}, **kw)
+    return DeviceForecast(
+        name=name, slots=kw.pop("slots", 1), solo_s={"heavy": HEAVY, "light": LIGHT}, **kw
+    )
 
 
 def req(model: str = "light", deadline: float = 0.02, prio=Priority.LOW, rows: int = 1):
@@ -111,3 +113,7 @@ def test_bad_requests_are_refused_clearly() -> None:
         rank([device("a")], req(rows=0))
     with pytest.raises(ConfigError, match="finite"):
         rank([device("a")], req(deadline=float("inf")))
+
+
+def test_a_passed_deadline_is_refused_as_such() -> None:
+    assert "already passed" in rank([device("a")], req(deadline=-0.001)).refusal

@@ -20,7 +20,12 @@ ROUTERS = ("predlat", "default")
 APP_NAME = "predlat"
 
 
-@serve.deployment(max_ongoing_requests=10_000, health_check_period_s=1.0)
+@serve.deployment(
+    max_ongoing_requests=10_000,  # predlat's scheduler queues and refuses, not Serve
+    health_check_period_s=1.0,
+    graceful_shutdown_timeout_s=5.0,
+    logging_config={"enable_access_log": False},  # a log line per request costs more
+)
 class PredlatDeployment:
     def __init__(self, config: ReplicaConfig) -> None:
         name = serve.get_replica_context().replica_id.unique_id

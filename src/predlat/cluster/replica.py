@@ -52,9 +52,7 @@ class PredlatReplica:
         self.runtime.add_batch_listener(self.state.on_batch)
         self.runtime.start()  # on its own control thread: Serve owns this event loop
 
-    async def infer(
-        self, route: Route, inputs: dict[str, np.ndarray] | None
-    ) -> RequestOutcome:
+    async def infer(self, route: Route, inputs: dict[str, np.ndarray] | None) -> RequestOutcome:
         if route.refusal is not None:
             return route.unrun("rejected", route.refusal)
         remaining = route.remaining_s()

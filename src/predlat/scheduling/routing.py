@@ -146,6 +146,8 @@ def rank(
         raise ConfigError(f"a request needs at least one row, got {request.rows}")
     if not math.isfinite(request.deadline_s):
         raise ConfigError(f"deadline must be finite, got {request.deadline_s}")
+    if request.deadline_s <= 0:
+        return RouteDecision((), f"the deadline of '{request.model}' has already passed")
     routed = routed or {}
     able = [d for d in devices if d.healthy and d.serves(request.model)]
     if not able:
