@@ -1,9 +1,11 @@
 """The front door: a runtime-shaped adapter over the Serve deployment's handle, so the
 same Open Inference Protocol v2 app (predlat.serving.app) serves one device or many.
 
-Each request becomes one handle call carrying its Route. A replica that dies mid-request
-raises here; the request is then retried on another replica (the router refuses it if
-the deadline no longer allows). Every future resolves exactly once.
+Each request becomes one handle call carrying its Route, awaited on the caller's event
+loop when it has one (the HTTP app's: no thread hop), else on the front door's own. A
+replica that dies mid-request raises here; the request is then retried on another
+replica (the router refuses it if the deadline no longer allows). Every future resolves
+exactly once.
 """
 
 from __future__ import annotations
@@ -71,15 +73,35 @@ class ClusterRuntime:
         route = Route(model, rows, Priority(priority), time.time() + deadline_s)
         with self._lock:
             self.counts.submitted += 1
-        return asyncio.run_coroutine_threadsafe(self._call(route, inputs), self._loop)
+        future: Future = Future()
+        try:  # called on an event loop (the HTTP app's): await the replica right there
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._start(route, inputs, future)
+        else:
+            self._loop.call_soon_threadsafe(self._start, route, inputs, future)
+        return future
 
-    async def _call(self, route: Route, inputs: dict[str, np.ndarray] | None) -> RequestOutcome:
-        outcome = await self._attempts(route, inputs)
+    def _start(self, route: Route, inputs: Any, future: Future) -> None:
+        task = asyncio.get_running_loop().create_task(self._attempts(route, inputs))
+        task.add_done_callback(lambda done: self._finish(route, done, future))
+
+    def _finish(self, route: Route, task: asyncio.Task, future: Future) -> None:
+        """Resolve the client's future exactly once, whatever became of the task."""
+        if task.cancelled():
+            outcome = route.unrun("rejected", "the front door shut down")
+        elif task.exception() is not None:
+            exc = task.exception()
+            outcome = route.unrun("failed", f"{type(exc).__name__}: {exc}")
+        else:
+            outcome = task.result()
         with self._lock:
             self.counts.answered += 1
+        future.set_result(outcome)
         for listener in self._listeners:
             listener(outcome)
-        return outcome
 
     async def _attempts(self, route: Route, inputs: Any) -> RequestOutcome:
         while True:

@@ -50,7 +50,6 @@ class PredlatReplica:
             name, profile, self.runtime.models, config.slots, config.max_batch
         )
         self.runtime.add_batch_listener(self.state.on_batch)
-        self.runtime.start()  # on its own control thread: Serve owns this event loop
 
     async def infer(self, route: Route, inputs: dict[str, np.ndarray] | None) -> RequestOutcome:
         if route.refusal is not None:
@@ -58,12 +57,16 @@ class PredlatReplica:
         remaining = route.remaining_s()
         if remaining <= 0:
             return route.unrun("rejected", "deadline passed before the request reached a replica")
+        if not self.runtime.started:  # host the controller on the loop requests arrive on
+            self.runtime.start(asyncio.get_running_loop())
         self.state.arrived(route.model, route.priority, route.rows)
         try:
             future = self.runtime.submit(
                 route.model, inputs, deadline_s=remaining, priority=route.priority
             )
-            return await asyncio.wrap_future(future)
+            # Shielded: a caller that gives up must not cancel the runtime's future, which
+            # the runtime resolves exactly once whoever still listens.
+            return await asyncio.shield(asyncio.wrap_future(future))
         finally:
             self.state.answered(route.model, route.priority, route.rows)
 
@@ -71,7 +74,8 @@ class PredlatReplica:
         return self.state.publish(self.runtime.scheduler.running(), self.runtime.now())
 
     def close(self) -> None:
-        self.runtime.stop(drain=True, timeout=10.0)
+        if self.runtime.started:
+            self.runtime.stop(drain=True, timeout=10.0)
 
 
 __all__ = ["PredlatReplica", "ReplicaConfig"]
