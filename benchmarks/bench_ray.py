@@ -62,7 +62,21 @@ class Cluster:
         replica = ReplicaConfig(tuple(models), slots=1, threads=1)
         self.handle = deploy(replica, ClusterConfig(replicas=replicas, router=router))
         self.runtime = ClusterRuntime(self.handle, self.specs)
-        time.sleep(0.5)  # every replica publishes its routing stats once
+        self.warm_up(replicas)
+
+    def warm_up(self, replicas: int) -> None:
+        """A few requests per model and replica (first calls pay for connections and
+        lazy starts), then time for every replica to publish fresh routing stats."""
+        feeds = inputs_for(list(self.specs))
+        for _ in range(3):
+            sent = [
+                self.runtime.submit(model, x, deadline_s=5.0)
+                for _ in range(replicas)
+                for model, x in feeds.items()
+            ]
+            for future in sent:
+                future.result(timeout=60)
+        time.sleep(0.5)
 
     def close(self) -> None:
         self.runtime.close()
@@ -244,11 +258,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--heavy", default="resnet")
     p.add_argument("--light", default="roberta")
-    p.add_argument("--heavy-deadline-ms", type=float, default=80.0)
-    p.add_argument("--light-deadline-ms", type=float, default=25.0)
+    p.add_argument("--heavy-deadline-ms", type=float, default=120.0)
+    p.add_argument("--light-deadline-ms", type=float, default=40.0)
     p.add_argument("--duration", type=float, default=4.0, help="seconds per load point")
-    p.add_argument("--start-rate", type=float, default=20.0)
-    p.add_argument("--step-factor", type=float, default=1.25)
+    p.add_argument("--start-rate", type=float, default=10.0)
+    p.add_argument("--step-factor", type=float, default=1.3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--router-rate", type=float, default=60.0)
     p.add_argument("--requests", type=int, default=200, help="sequential HTTP requests")

@@ -66,3 +66,15 @@ def test_published_state_reads_back_into_the_routing_rule() -> None:
     assert forecast.solo_s["b"][4] == pytest.approx(0.016)
     done = completion_s(forecast, RouteRequest("a", 1, Priority.LOW, 1.0), None)
     assert done == pytest.approx(0.010 + 0.002)
+
+
+def test_stale_stats_age_the_running_batches() -> None:
+    s = state()
+    s.arrived("b", Priority.LOW, 1)
+    stats = s.publish([running("b", 1, end=0.010)], now=0.0)
+    fresh = device_forecast(stats, now=stats["time"])
+    later = device_forecast(stats, now=stats["time"] + 0.004)
+    gone = device_forecast(stats, now=stats["time"] + 1.0)
+    assert fresh.running_s == pytest.approx(0.010)
+    assert later.running_s == pytest.approx(0.006, abs=1e-6)
+    assert gone.running_s == 0.0

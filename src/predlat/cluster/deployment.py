@@ -83,6 +83,9 @@ def deploy(replica: ReplicaConfig, cluster: ClusterConfig) -> DeploymentHandle:
         ray_actor_options={
             "num_cpus": cluster.cpus_per_replica,
             "num_gpus": cluster.gpus_per_replica,
+            # Requests run on the replica's own event loop, which also hosts the predlat
+            # runtime: one thread hop less per request each way than Serve's default.
+            "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}},
         },
     ).bind(replica)
     return serve.run(app, name=APP_NAME, route_prefix=None)

@@ -40,7 +40,6 @@ class PredlatRouter(RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
         self._routed: dict[ReplicaID, Routed] = {}
         self._seen_seq: dict[ReplicaID, int] = {}
-        self._forecasts: dict[ReplicaID, DeviceForecast] = {}
         self.refused = 0
 
     async def choose_replicas(
@@ -94,24 +93,23 @@ class PredlatRouter(RequestRouter):
         if self._seen_seq.get(rid) != stats["seq"]:
             self._seen_seq[rid] = stats["seq"]
             self._routed[rid] = Routed()
-            self._forecasts[rid] = device_forecast(stats, name=rid.unique_id)
-        return self._forecasts[rid]
+        return device_forecast(stats, name=rid.unique_id, now=time.time())
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any
     ) -> None:
         route = find_route(pending_request)
-        forecast = self._forecasts.get(replica_id)
-        if route is None or forecast is None or route.refusal is not None:
+        replica = self.curr_replicas.get(replica_id)
+        stats = replica.routing_stats if replica is not None else None
+        if route is None or not stats or "seq" not in stats or route.refusal is not None:
             return
-        work = after_routing(forecast, route.request())
+        work = after_routing(device_forecast(stats, name=replica_id.unique_id), route.request())
         self._routed.setdefault(replica_id, Routed()).add(work, route.priority)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._routed.pop(replica_id, None)
         self._seen_seq.pop(replica_id, None)
-        self._forecasts.pop(replica_id, None)
 
 
 __all__ = ["PredlatRouter", "find_route"]

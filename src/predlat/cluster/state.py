@@ -112,14 +112,22 @@ class ReplicaState:
         return work + (solo_latency(table, rest) if rest else 0.0)
 
 
-def device_forecast(stats: Mapping[str, Any], name: str | None = None) -> DeviceForecast:
-    """Read published routing stats back (what a router does with a replica's dict)."""
+def device_forecast(
+    stats: Mapping[str, Any], name: str | None = None, now: float | None = None
+) -> DeviceForecast:
+    """Read published routing stats back (what a router does with a replica's dict).
+    Given `now` (time.time()), running batches are aged by the time since publication:
+    each has run that much longer (queued work is left as it was: conservative)."""
+    running_s = float(stats["running_s"])
+    if now is not None:
+        age = max(0.0, now - float(stats["time"]))
+        running_s = max(0.0, running_s - age * int(stats["running_batches"]))
     solo = {m: {int(n): float(s) for n, s in t.items()} for m, t in stats["solo_s"].items()}
     return DeviceForecast(
         name=name or str(stats["name"]),
         slots=int(stats["slots"]),
         solo_s=solo,
-        running_s=float(stats["running_s"]),
+        running_s=running_s,
         backlog_s={m: float(v) for m, v in stats["backlog_s"].items()},
         high_backlog_s=float(stats["high_backlog_s"]),
         running_batches=int(stats["running_batches"]),
