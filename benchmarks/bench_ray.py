@@ -3,7 +3,7 @@ router's own cost, the front door's added latency, and a replica killed under lo
 
     pip install -e ".[ray]"
     python benchmarks/bench_ray.py [--duration 4] [--heavy resnet] [--light roberta]
-        [--out results.json]
+        [--phases 1,2,4,5] [--router-rate 60] [--out results.json]
 
 Everything runs on a local Ray instance this script starts (loopback only), each replica
 one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
@@ -266,6 +266,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--router-rate", type=float, default=60.0)
     p.add_argument("--requests", type=int, default=200, help="sequential HTTP requests")
+    p.add_argument("--phases", default="1,2,4,5", help="which phases to run (3 comes with 2)")
     p.add_argument("--out", default=None, help="write results.json here")
     args = p.parse_args()
 
@@ -275,30 +276,37 @@ def main() -> int:
     feeds = inputs_for([args.heavy, args.light])
     deadlines = {args.heavy: args.heavy_deadline_ms / 1e3, args.light: args.light_deadline_ms / 1e3}
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    phases = set(args.phases.split(","))
     try:
-        print("1. SLO capacity, 1 slot per replica", flush=True)
-        one, rows1 = capacity(args, 1, feeds, deadlines)
-        two, rows2 = capacity(args, 2, feeds, deadlines)
-        ratio = two / one if one else float("nan")
-        print(f"  capacity: 1 replica {one:.1f} req/s, 2 replicas {two:.1f} req/s: {ratio:.2f}x")
-        results["capacity"] = {"one": one, "two": two, "ratio": ratio, "points": rows1 + rows2}
-        print(f"2. routers at {args.router_rate} req/s, 2 replicas, skewed models", flush=True)
-        DECISION_TIMES.clear()
-        results["routers"] = routers(args, feeds, deadlines)
-        times = np.asarray(DECISION_TIMES) * 1e3
-        results["decision_ms"] = {
-            "n": len(times),
-            "p50": float(np.percentile(times, 50)),
-            "p99": float(np.percentile(times, 99)),
-        }
-        print(
-            f"3. routing decision: p50 {results['decision_ms']['p50']:.3f} ms, "
-            f"p99 {results['decision_ms']['p99']:.3f} ms over {len(times)} decisions"
-        )
-        print("4. added latency of the Ray front door (sequential HTTP)", flush=True)
-        results["added_latency"] = added_latency(args, feeds)
-        print("5. a replica killed under load", flush=True)
-        results["faults"] = faults(args, feeds, deadlines)
+        if "1" in phases:
+            print("1. SLO capacity, 1 slot per replica", flush=True)
+            one, rows1 = capacity(args, 1, feeds, deadlines)
+            two, rows2 = capacity(args, 2, feeds, deadlines)
+            ratio = two / one if one else float("nan")
+            print(
+                f"  capacity: 1 replica {one:.1f} req/s, 2 replicas {two:.1f} req/s: {ratio:.2f}x"
+            )
+            results["capacity"] = {"one": one, "two": two, "ratio": ratio, "points": rows1 + rows2}
+        if "2" in phases:
+            print(f"2. routers at {args.router_rate} req/s, 2 replicas, skewed models", flush=True)
+            DECISION_TIMES.clear()
+            results["routers"] = routers(args, feeds, deadlines)
+            times = np.asarray(DECISION_TIMES) * 1e3
+            results["decision_ms"] = {
+                "n": len(times),
+                "p50": float(np.percentile(times, 50)),
+                "p99": float(np.percentile(times, 99)),
+            }
+            print(
+                f"3. routing decision: p50 {results['decision_ms']['p50']:.3f} ms, "
+                f"p99 {results['decision_ms']['p99']:.3f} ms over {len(times)} decisions"
+            )
+        if "4" in phases:
+            print("4. added latency of the Ray front door (sequential HTTP)", flush=True)
+            results["added_latency"] = added_latency(args, feeds)
+        if "5" in phases:
+            print("5. a replica killed under load", flush=True)
+            results["faults"] = faults(args, feeds, deadlines)
     finally:
         serve.shutdown()
         ray.shutdown()

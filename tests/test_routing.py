@@ -11,6 +11,7 @@ from predlat.scheduling.routing import (
     DeviceForecast,
     Routed,
     RouteRequest,
+    aged,
     completion_s,
     rank,
     solo_latency,
@@ -117,3 +118,35 @@ def test_bad_requests_are_refused_clearly() -> None:
 
 def test_a_passed_deadline_is_refused_as_such() -> None:
     assert "already passed" in rank([device("a")], req(deadline=-0.001)).refusal
+
+
+def test_routed_work_is_forgotten_once_a_later_state_counts_it() -> None:
+    routed = Routed()
+    routed.add(0.01, Priority.HIGH, at=1.0)
+    routed.add(0.02, Priority.LOW, at=2.0)
+    routed.forget_before(1.5)
+    assert (routed.requests, routed.high_requests) == (1, 0)
+    assert routed.work_s == pytest.approx(0.02) and routed.high_work_s == 0.0
+    routed.forget_before(3.0)
+    assert routed.requests == 0 and routed.work_s == 0.0
+
+
+def test_aging_drains_running_work_then_high_then_low() -> None:
+    d = device(
+        "a",
+        slots=1,
+        running_s=0.004,
+        running_batches=1,
+        backlog_s={"heavy": 0.010, "light": 0.002},
+        high_backlog_s=0.002,
+        queued=4,
+        high_queued=1,
+    )
+    assert aged(d, 0.0) is d
+    a = aged(d, 0.005)  # 4 ms of running work, then 1 ms of the high backlog
+    assert a.running_s == 0.0 and a.running_batches == 0
+    assert a.high_backlog_s == pytest.approx(0.001)
+    assert sum(a.backlog_s.values()) == pytest.approx(0.011)
+    gone = aged(d, 1.0)
+    assert gone.backlog_s == {} and gone.queued == 0 and gone.high_queued == 0
+    assert completion_s(gone, req(), None) == pytest.approx(0.001)

@@ -84,15 +84,15 @@ class PredlatRouter(RequestRouter):
         return [[by_name[c.name]] for c in decision.ranked] + ([unknown] if unknown else [])
 
     def _forecast(self, replica: RunningReplica) -> DeviceForecast | None:
-        """The replica's published state; a new publication clears what was routed to
-        it before (the replica counts those requests itself now)."""
+        """The replica's published state, aged to now; what was routed to it before that
+        state was taken is in it, so it leaves this router's own count."""
         stats = replica.routing_stats
         if not stats or "seq" not in stats:
             return None
         rid = replica.replica_id
         if self._seen_seq.get(rid) != stats["seq"]:
             self._seen_seq[rid] = stats["seq"]
-            self._routed[rid] = Routed()
+            self._routed.setdefault(rid, Routed()).forget_before(float(stats["time"]))
         return device_forecast(stats, name=rid.unique_id, now=time.time())
 
     def on_request_routed(
@@ -104,7 +104,7 @@ class PredlatRouter(RequestRouter):
         if route is None or not stats or "seq" not in stats or route.refusal is not None:
             return
         work = after_routing(device_forecast(stats, name=replica_id.unique_id), route.request())
-        self._routed.setdefault(replica_id, Routed()).add(work, route.priority)
+        self._routed.setdefault(replica_id, Routed()).add(work, route.priority, time.time())
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

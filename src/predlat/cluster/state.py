@@ -17,7 +17,7 @@ from typing import Any
 
 from predlat.profiling.profile import Profile
 from predlat.scheduling.request import Priority
-from predlat.scheduling.routing import DeviceForecast, solo_latency
+from predlat.scheduling.routing import DeviceForecast, aged, solo_latency
 from predlat.scheduling.scheduler import RunningInfo
 from predlat.traces.records import BatchRecord
 
@@ -116,18 +116,14 @@ def device_forecast(
     stats: Mapping[str, Any], name: str | None = None, now: float | None = None
 ) -> DeviceForecast:
     """Read published routing stats back (what a router does with a replica's dict).
-    Given `now` (time.time()), running batches are aged by the time since publication:
-    each has run that much longer (queued work is left as it was: conservative)."""
-    running_s = float(stats["running_s"])
-    if now is not None:
-        age = max(0.0, now - float(stats["time"]))
-        running_s = max(0.0, running_s - age * int(stats["running_batches"]))
+    Given `now` (time.time()), the state is aged to it: the replica kept working since
+    it published (Serve relays stats with a delay of a period or more)."""
     solo = {m: {int(n): float(s) for n, s in t.items()} for m, t in stats["solo_s"].items()}
-    return DeviceForecast(
+    forecast = DeviceForecast(
         name=name or str(stats["name"]),
         slots=int(stats["slots"]),
         solo_s=solo,
-        running_s=running_s,
+        running_s=float(stats["running_s"]),
         backlog_s={m: float(v) for m, v in stats["backlog_s"].items()},
         high_backlog_s=float(stats["high_backlog_s"]),
         running_batches=int(stats["running_batches"]),
@@ -136,3 +132,4 @@ def device_forecast(
         slowdown=float(stats["slowdown"]),
         predictor_version=int(stats["predictor_version"]),
     )
+    return forecast if now is None else aged(forecast, now - float(stats["time"]))

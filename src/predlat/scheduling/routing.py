@@ -16,9 +16,10 @@ device's current slowdown (co-location, as its predictor forecasts it).
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from predlat.errors import ConfigError
 from predlat.scheduling.request import Priority
@@ -59,20 +60,38 @@ class RouteRequest:
 
 @dataclass
 class Routed:
-    """Forecast work sent to one device since its state was last refreshed, so decisions
-    between refreshes do not all pile onto the device that looked idlest."""
+    """Forecast work sent to one device that its published state does not show yet, so
+    decisions between refreshes do not all pile onto the device that looked idlest.
+    Each entry keeps when it was routed: a state published later already counts it."""
 
     work_s: float = 0.0
     high_work_s: float = 0.0
     requests: int = 0
     high_requests: int = 0
+    _entries: collections.deque[tuple[float, float, bool]] = field(
+        default_factory=collections.deque, repr=False
+    )
 
-    def add(self, work_s: float, priority: Priority) -> None:
+    def add(self, work_s: float, priority: Priority, at: float = 0.0) -> None:
+        high = priority == Priority.HIGH
+        self._entries.append((at, work_s, high))
         self.work_s += work_s
         self.requests += 1
-        if priority == Priority.HIGH:
+        if high:
             self.high_work_s += work_s
             self.high_requests += 1
+
+    def forget_before(self, t: float) -> None:
+        """Drop what was routed before `t` (a state published at `t` includes it)."""
+        while self._entries and self._entries[0][0] < t:
+            _, work_s, high = self._entries.popleft()
+            self.work_s -= work_s
+            self.requests -= 1
+            if high:
+                self.high_work_s -= work_s
+                self.high_requests -= 1
+        if not self._entries:  # no float drift left behind
+            self.work_s = self.high_work_s = 0.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,38 @@ def solo_latency(table: Mapping[int, float], rows: int) -> float:
     lo, hi = sizes[i - 1], sizes[i]
     slope = (table[hi] - table[lo]) / (hi - lo)
     return table[lo] + slope * (rows - lo)
+
+
+def aged(device: DeviceForecast, age_s: float) -> DeviceForecast:
+    """The device's state `age_s` after it was published: its slots kept working, on the
+    running batches first, then on the queue in the scheduler's order (high priority
+    first). Queued request counts shrink with the work they stand for."""
+    if age_s <= 0:
+        return device
+    spare = age_s * device.slots
+    ran = min(device.running_s, age_s * device.running_batches)
+    running_s = device.running_s - ran
+    spare -= ran
+    high = min(device.high_backlog_s, spare)
+    spare -= high
+    total = sum(device.backlog_s.values())
+    low_total = max(0.0, total - device.high_backlog_s)
+    low = min(low_total, spare)
+    keep_low = 1.0 - low / low_total if low_total > 0 else 0.0
+    keep_high = 1.0 - high / device.high_backlog_s if device.high_backlog_s > 0 else 0.0
+    left = total - high - low
+    scale = left / total if total > 0 else 0.0
+    high_queued = round(device.high_queued * keep_high)
+    low_queued = round((device.queued - device.high_queued) * keep_low)
+    return replace(
+        device,
+        running_s=running_s,
+        running_batches=device.running_batches if running_s > 0 else 0,
+        backlog_s={m: w * scale for m, w in device.backlog_s.items() if w * scale > 0},
+        high_backlog_s=device.high_backlog_s - high,
+        queued=high_queued + low_queued,
+        high_queued=high_queued,
+    )
 
 
 def service_s(device: DeviceForecast, model: str, rows: int) -> float:
@@ -183,6 +234,7 @@ __all__ = [
     "RouteRequest",
     "Routed",
     "after_routing",
+    "aged",
     "completion_s",
     "rank",
     "service_s",
