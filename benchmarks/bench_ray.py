@@ -38,7 +38,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from predlat.cluster.deployment import APP_NAME, ClusterConfig, deploy
+from predlat.cluster.deployment import ClusterConfig, deploy
 from predlat.cluster.frontdoor import ClusterRuntime
 from predlat.cluster.messages import DECISION_TIMES
 from predlat.cluster.replica import ReplicaConfig
@@ -55,12 +55,18 @@ HP_FRACTION = 0.3
 
 
 class Cluster:
-    """A deployment on the local Ray instance and its front door."""
+    """A deployment on the local Ray instance and its front door. Each gets an app name
+    of its own: a process keeps the router it first built for an app."""
+
+    made = 0
 
     def __init__(self, models: list[str], replicas: int, router: str = "predlat") -> None:
         self.specs = {s.name: s for s in resolve_models(models)}
         replica = ReplicaConfig(tuple(models), slots=1, threads=1)
-        self.handle = deploy(replica, ClusterConfig(replicas=replicas, router=router))
+        Cluster.made += 1
+        self.app = f"predlat-{Cluster.made}"
+        config = ClusterConfig(replicas=replicas, router=router, app_name=self.app)
+        self.handle = deploy(replica, config)
         self.runtime = ClusterRuntime(self.handle, self.specs)
         self.warm_up(replicas)
 
@@ -80,7 +86,7 @@ class Cluster:
 
     def close(self) -> None:
         self.runtime.close()
-        serve.delete(APP_NAME)
+        serve.delete(self.app)
 
 
 def inputs_for(models: list[str], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
@@ -164,12 +170,23 @@ def routers(args, feeds, deadlines) -> dict[str, dict[str, float]]:
             cluster.close()
         s = summarize(outs, took)
         out[router] = s
+        why = Counter(_reason_kind(o.reason) for o in outs if o.status == "rejected")
         print(
             f"  {router:8s} router: hp met {s['hp_met']:.3f}, all met {s['met_frac']:.3f}, "
-            f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f}",
+            f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f} {dict(why)}",
             flush=True,
         )
     return out
+
+
+def _reason_kind(reason: str | None) -> str:
+    """Who refused: the router (no replica forecast on time) or a replica's scheduler."""
+    text = reason or ""
+    if text.startswith("no device can meet"):
+        return "router"
+    if "passed" in text:
+        return "late on arrival"
+    return "replica"
 
 
 def http_latency(url: str, model: str, feeds, n: int) -> np.ndarray:

@@ -55,7 +55,9 @@ def test_finished_batches_move_the_slowdown_and_the_predictor_version() -> None:
     s.on_batch(BatchRecord(0, "a", 1, 0, 0.0, 0.0, 0.004), forecast_s=0.003)  # 2x solo
     stats = s.publish([], now=0.0)
     assert stats["predictor_version"] == 1
-    assert 1.0 < stats["slowdown"] < 2.0
+    assert stats["slowdown"] == {"a": pytest.approx(2.0)}  # the first batch sets it
+    s.on_batch(BatchRecord(1, "a", 1, 0, 0.0, 0.0, 0.002), forecast_s=0.003)  # solo
+    assert 1.0 < s.publish([], now=0.0)["slowdown"]["a"] < 2.0
 
 
 def test_published_state_reads_back_into_the_routing_rule() -> None:

@@ -41,7 +41,7 @@ def test_solo_latency_interpolates_and_extrapolates() -> None:
 
 def test_idle_device_finishes_in_its_service_time() -> None:
     assert completion_s(device("a"), req(), None) == pytest.approx(0.001)
-    slow = device("a", slowdown=2.0)
+    slow = device("a", slowdown={"heavy": 2.0})
     assert completion_s(slow, req("heavy"), None) == pytest.approx(0.020)
 
 

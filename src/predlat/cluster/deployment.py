@@ -55,6 +55,9 @@ class ClusterConfig:
     stats_period_s: float = 0.05  # how often replicas publish routing stats
     cpus_per_replica: float = 1.0  # a CPU slice per replica
     gpus_per_replica: float = 0.0  # 1 on a GPU machine: a replica per device
+    # A process keeps the first router it built for an app's deployment, even across
+    # redeployments with another router class: compare routers under distinct names.
+    app_name: str = APP_NAME
 
     def validate(self) -> None:
         if self.replicas < 1:
@@ -88,7 +91,7 @@ def deploy(replica: ReplicaConfig, cluster: ClusterConfig) -> DeploymentHandle:
             "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}},
         },
     ).bind(replica)
-    return serve.run(app, name=APP_NAME, route_prefix=None)
+    return serve.run(app, name=cluster.app_name, route_prefix=None)
 
 
 __all__ = ["ROUTERS", "ClusterConfig", "PredlatDeployment", "deploy"]

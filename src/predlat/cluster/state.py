@@ -4,11 +4,13 @@ how a router reads it back. Pure Python (no Ray), so it is tested without a clus
 The replica counts its own outstanding requests (submitted, not yet answered) per model
 and priority; the scheduler's running batches say which of them run now and when they
 are forecast to end. What is not running is queued: its work is forecast as full
-batches at the profile's solo latency, stretched by the slowdown recent batches showed.
+batches at the profile's solo latency, stretched by the slowdown the model's recent
+batches showed.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +23,9 @@ from predlat.scheduling.routing import DeviceForecast, aged, solo_latency
 from predlat.scheduling.scheduler import RunningInfo
 from predlat.traces.records import BatchRecord
 
-SLOWDOWN_WEIGHT = 0.2  # EWMA weight of the newest batch's observed slowdown
+# EWMA weight of the newest batch's observed log-slowdown: a geometric mean, so the
+# estimate follows the typical batch rather than the odd stalled one.
+SLOWDOWN_WEIGHT = 0.1
 
 
 @dataclass
@@ -34,7 +38,7 @@ class ReplicaState:
     max_batch: int
     solo_s: dict[str, dict[int, float]]
     outstanding: dict[tuple[str, Priority], int] = field(default_factory=dict)  # rows
-    slowdown: float = 1.0
+    log_slowdown: dict[str, float] = field(default_factory=dict)  # per model
     batches: int = 0
     seq: int = 0  # bumped at every publication, so a router knows its state is fresh
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -61,15 +65,18 @@ class ReplicaState:
             return
         solo = solo_latency(table, record.batch_size)
         observed = (record.end - record.start) / solo if solo > 0 else 1.0
+        sample = math.log(max(observed, 1.0))
         with self._lock:
-            self.slowdown += SLOWDOWN_WEIGHT * (max(observed, 1.0) - self.slowdown)
+            last = self.log_slowdown.get(record.model, sample)
+            self.log_slowdown[record.model] = last + SLOWDOWN_WEIGHT * (sample - last)
             self.batches += 1
 
     def publish(self, running: Sequence[RunningInfo], now: float) -> dict[str, Any]:
         """The routing stats dict (JSON-able) for Serve's `record_routing_stats`."""
         with self._lock:
             queued = dict(self.outstanding)
-            slowdown, batches = self.slowdown, self.batches
+            slowdown = {m: math.exp(v) for m, v in self.log_slowdown.items()}
+            batches = self.batches
             self.seq += 1
             seq = self.seq
         running_s = 0.0
@@ -83,7 +90,7 @@ class ReplicaState:
         for (model, priority), rows in queued.items():
             if rows <= 0 or model not in self.solo_s:
                 continue
-            work = self._work(model, rows) * slowdown
+            work = self._work(model, rows) * slowdown.get(model, 1.0)
             backlog[model] = backlog.get(model, 0.0) + work
             if priority == Priority.HIGH:
                 high_backlog += work
@@ -129,7 +136,7 @@ def device_forecast(
         running_batches=int(stats["running_batches"]),
         queued=int(stats["queued"]),
         high_queued=int(stats["high_queued"]),
-        slowdown=float(stats["slowdown"]),
+        slowdown={m: float(v) for m, v in stats["slowdown"].items()},
         predictor_version=int(stats["predictor_version"]),
     )
     return forecast if now is None else aged(forecast, now - float(stats["time"]))

@@ -40,7 +40,7 @@ class DeviceForecast:
     running_batches: int = 0
     queued: int = 0  # requests waiting
     high_queued: int = 0
-    slowdown: float = 1.0  # forecast latency / solo latency of recent batches
+    slowdown: Mapping[str, float] = field(default_factory=dict)  # per model, recent batches
     predictor_version: int = 0
     healthy: bool = True
 
@@ -166,7 +166,7 @@ def aged(device: DeviceForecast, age_s: float) -> DeviceForecast:
 
 def service_s(device: DeviceForecast, model: str, rows: int) -> float:
     """Forecast latency of `rows` of `model` on `device` given its current slowdown."""
-    return solo_latency(device.solo_s[model], rows) * max(device.slowdown, 1.0)
+    return solo_latency(device.solo_s[model], rows) * max(device.slowdown.get(model, 1.0), 1.0)
 
 
 def completion_s(device: DeviceForecast, request: RouteRequest, routed: Routed | None) -> float:
