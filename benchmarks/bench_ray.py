@@ -8,9 +8,10 @@ router's own cost, the front door's added latency, and a replica killed under lo
 Everything runs on a local Ray instance this script starts (loopback only), each replica
 one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
 
-1. capacity: open-loop Poisson load over both models at rising rates, on 1 replica then
-   2 (predlat router); SLO capacity = the highest rate meeting >= 99% of high-priority
-   and >= 95% of all deadlines (refusals count as misses). Prints the 2-vs-1 ratio.
+1. capacity: open-loop Poisson load over both models at rising rates (falling, if the
+   first fails), on 1 replica then 2 (predlat router); SLO capacity = the highest rate
+   meeting >= 99% of high-priority and >= 95% of all deadlines (refusals count as
+   misses), within the steps tried. Prints the 2-vs-1 ratio.
 2. routers: the same 2 replicas, heavy + light model with tight deadlines, at one rate,
    routed by predlat's router and by Serve's default (power of two choices).
 3. routing decision time (the predicting router's choose_replicas), p50 / p99.
@@ -149,9 +150,12 @@ def capacity(args, replicas: int, feeds, deadlines) -> tuple[float, list[dict]]:
                 f"{'ok' if ok else 'FAIL'}",
                 flush=True,
             )
-            if not ok:
+            if ok:
+                best, rate = rate, rate * args.step_factor
+            elif best > 0:  # passed below, failed here: the capacity is found
                 break
-            best, rate = rate, rate * args.step_factor
+            else:  # failed at the first rates: search downwards
+                rate /= args.step_factor
     finally:
         cluster.close()
     return best, rows
