@@ -14,6 +14,7 @@ from predlat.cli.common import (
     positive_float,
     require,
 )
+from predlat.errors import PredlatError
 
 POLICY_HELP = "serial, serial-1t, oblivious, coarse or predlat"
 
@@ -112,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_progress_option(parser)
     add_door_options(parser)
+    add_ray_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -154,7 +156,26 @@ def add_door_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale-out on Ray Serve (needs: pip install 'predlat[ray]')")
+    group.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve through replicas on Ray Serve, routed by predicted latency",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join, e.g. 'auto' or 'ray://head:10001' (default: start a local one)",
+    )
+    group.add_argument(
+        "--replicas", type=int, default=1, help="replicas, one runtime each (default: 1)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", False):
+        return _run_ray(args)
     require(args.slots is None or args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
@@ -248,6 +269,16 @@ def run(args: argparse.Namespace) -> int:
     why = f" on {signal.Signals(stopped_by).name}" if stopped_by else ""
     print(f"predlat serve: stopped{why}; queued work drained", flush=True)
     return 0
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise PredlatError("--ray needs Ray Serve: pip install 'predlat[ray]'") from None
+    from predlat.cluster.serve import run_ray
+
+    return run_ray(args)
 
 
 def attach_grpc(app: Any, host: str, port: int) -> None:

@@ -1,0 +1,341 @@
+"""predlat on Ray Serve: scale-out, the predicting router against Serve's default, the
+router's own cost, the front door's added latency, and a replica killed under load.
+
+    pip install -e ".[ray]"
+    python benchmarks/bench_ray.py [--duration 4] [--heavy resnet] [--light roberta]
+        [--phases 1,2,4,5] [--router-rate 60] [--out results.json]
+
+Everything runs on a local Ray instance this script starts (loopback only), each replica
+one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
+
+1. capacity: open-loop Poisson load over both models at rising rates (falling, if the
+   first fails), on 1 replica then 2 (predlat router); SLO capacity = the highest rate
+   meeting >= 99% of high-priority and >= 95% of all deadlines (refusals count as
+   misses), within the steps tried. Prints the 2-vs-1 ratio.
+2. routers: the same 2 replicas, heavy + light model with tight deadlines, at one rate,
+   routed by predlat's router and by Serve's default (power of two choices).
+3. routing decision time (the predicting router's choose_replicas), p50 / p99.
+4. added latency: sequential HTTP requests to the light model through `predlat serve`
+   (one runtime, no Ray) and through the Ray front door (1 replica): p50 / p99 of each.
+5. faults: load on 2 replicas, one replica process killed mid-run; every request must
+   end exactly once, answered or refused with a reason.
+
+Figures measured on a shared machine are contaminated by whatever else runs there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import numpy as np
+import ray
+from ray import serve
+
+from predlat.cluster.deployment import ClusterConfig, deploy
+from predlat.cluster.frontdoor import ClusterRuntime
+from predlat.cluster.messages import DECISION_TIMES
+from predlat.cluster.replica import ReplicaConfig
+from predlat.models import resolve_models
+from predlat.runtime import build_runtime
+from predlat.scheduling.outcome import RequestOutcome, summarize
+from predlat.scheduling.request import Priority
+from predlat.serving import protocol
+from predlat.serving.app import ServerConfig, create_app
+from predlat.serving.loadgen import random_inputs
+from predlat.serving.server import BackgroundServer
+
+HP_FRACTION = 0.3
+
+
+class Cluster:
+    """A deployment on the local Ray instance and its front door. Each gets an app name
+    of its own: a process keeps the router it first built for an app."""
+
+    made = 0
+
+    def __init__(self, models: list[str], replicas: int, router: str = "predlat") -> None:
+        self.specs = {s.name: s for s in resolve_models(models)}
+        replica = ReplicaConfig(tuple(models), slots=1, threads=1)
+        Cluster.made += 1
+        self.app = f"predlat-{Cluster.made}"
+        config = ClusterConfig(replicas=replicas, router=router, app_name=self.app)
+        self.handle = deploy(replica, config)
+        self.runtime = ClusterRuntime(self.handle, self.specs)
+        self.warm_up(replicas)
+
+    def warm_up(self, replicas: int) -> None:
+        """A few requests per model and replica (first calls pay for connections and
+        lazy starts), then time for every replica to publish fresh routing stats."""
+        feeds = inputs_for(list(self.specs))
+        for _ in range(3):
+            sent = [
+                self.runtime.submit(model, x, deadline_s=5.0)
+                for _ in range(replicas)
+                for model, x in feeds.items()
+            ]
+            for future in sent:
+                future.result(timeout=60)
+        time.sleep(0.5)
+
+    def close(self) -> None:
+        self.runtime.close()
+        serve.delete(self.app)
+
+
+def inputs_for(models: list[str], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return {s.name: random_inputs(protocol.model_metadata(s), rng) for s in resolve_models(models)}
+
+
+def open_loop(
+    runtime: ClusterRuntime,
+    rate: float,
+    duration: float,
+    mix: dict[str, float],
+    deadlines: dict[str, float],
+    feeds: dict[str, dict[str, np.ndarray]],
+    seed: int,
+    on_half: Any = None,
+) -> tuple[list[RequestOutcome], float]:
+    """Poisson arrivals at `rate`/s for `duration` s; returns every outcome."""
+    rng = np.random.default_rng(seed)
+    models, weights = list(mix), np.asarray(list(mix.values()))
+    weights = weights / weights.sum()
+    futures, t0 = [], time.perf_counter()
+    at, half_done = 0.0, False
+    while at < duration:
+        at += rng.exponential(1.0 / rate)
+        model = models[rng.choice(len(models), p=weights)]
+        prio = Priority.HIGH if rng.random() < HP_FRACTION else Priority.LOW
+        delay = t0 + at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        if on_half is not None and not half_done and at >= duration / 2:
+            half_done = True
+            on_half()
+        futures.append(
+            runtime.submit(model, feeds[model], deadline_s=deadlines[model], priority=prio)
+        )
+    outcomes = [f.result(timeout=120) for f in futures]
+    return outcomes, time.perf_counter() - t0
+
+
+def meets_slo(s: dict[str, float]) -> bool:
+    return s["hp_met"] >= 0.99 and s["met_frac"] >= 0.95
+
+
+def capacity(args, replicas: int, feeds, deadlines) -> tuple[float, list[dict]]:
+    mix = {args.heavy: 0.3, args.light: 0.7}
+    cluster = Cluster([args.heavy, args.light], replicas)
+    rows, best, rate = [], 0.0, args.start_rate
+    try:
+        for step in range(args.steps):
+            outs, took = open_loop(
+                cluster.runtime, rate, args.duration, mix, deadlines, feeds, step
+            )
+            s = summarize(outs, took)
+            rows.append({"replicas": replicas, "rate": rate, **s})
+            ok = meets_slo(s)
+            print(
+                f"  {replicas} replica(s) {rate:6.1f} req/s: hp met {s['hp_met']:.3f}, "
+                f"all met {s['met_frac']:.3f}, goodput {s['goodput_rps']:.1f}/s "
+                f"{'ok' if ok else 'FAIL'}",
+                flush=True,
+            )
+            if ok:
+                best, rate = rate, rate * args.step_factor
+            elif best > 0:  # passed below, failed here: the capacity is found
+                break
+            else:  # failed at the first rates: search downwards
+                rate /= args.step_factor
+    finally:
+        cluster.close()
+    return best, rows
+
+
+def routers(args, feeds, deadlines) -> dict[str, dict[str, float]]:
+    mix = {args.heavy: 0.3, args.light: 0.7}
+    out = {}
+    for router in ("predlat", "default"):
+        cluster = Cluster([args.heavy, args.light], 2, router)
+        try:
+            outs, took = open_loop(
+                cluster.runtime, args.router_rate, args.duration * 2, mix, deadlines, feeds, 7
+            )
+        finally:
+            cluster.close()
+        s = summarize(outs, took)
+        out[router] = s
+        why = Counter(_reason_kind(o.reason) for o in outs if o.status == "rejected")
+        print(
+            f"  {router:8s} router: hp met {s['hp_met']:.3f}, all met {s['met_frac']:.3f}, "
+            f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f} {dict(why)}",
+            flush=True,
+        )
+    return out
+
+
+def _reason_kind(reason: str | None) -> str:
+    """Who refused: the router (no replica forecast on time) or a replica's scheduler."""
+    text = reason or ""
+    if text.startswith("no device can meet"):
+        return "router"
+    if "passed" in text:
+        return "late on arrival"
+    return "replica"
+
+
+def http_latency(url: str, model: str, feeds, n: int) -> np.ndarray:
+    """Sequential requests (binary tensors, as tritonclient sends them); ms, warm-up dropped."""
+    body, headers = protocol.encode_infer_request(feeds[model], parameters={"deadline_ms": 1000})
+    times = []
+    with httpx.Client() as client:
+        for _ in range(n):
+            began = time.perf_counter()
+            r = client.post(
+                f"{url}/v2/models/{model}/infer", content=body, headers=headers, timeout=30
+            )
+            times.append(time.perf_counter() - began)
+            r.raise_for_status()
+    return np.asarray(times[n // 10 :]) * 1e3  # drop warm-up
+
+
+def added_latency(args, feeds) -> dict[str, float]:
+    spec = resolve_models([args.light])
+    runtime, _ = build_runtime([args.light], slots=1, policy="predlat", progress=False)
+    with BackgroundServer(create_app(runtime, spec, ServerConfig())) as server:
+        plain = http_latency(server.url, args.light, feeds, args.requests)
+    cluster = Cluster([args.light], 1)
+    try:
+        with BackgroundServer(create_app(cluster.runtime, spec, ServerConfig())) as server:
+            via_ray = http_latency(server.url, args.light, feeds, args.requests)
+    finally:
+        cluster.close()
+    res = {
+        "plain_p50_ms": float(np.percentile(plain, 50)),
+        "plain_p99_ms": float(np.percentile(plain, 99)),
+        "ray_p50_ms": float(np.percentile(via_ray, 50)),
+        "ray_p99_ms": float(np.percentile(via_ray, 99)),
+    }
+    res["added_p50_ms"] = res["ray_p50_ms"] - res["plain_p50_ms"]
+    print(
+        f"  plain predlat serve p50 {res['plain_p50_ms']:.2f} ms, via Ray {res['ray_p50_ms']:.2f}"
+        f" ms: added p50 {res['added_p50_ms']:.2f} ms (p99 {res['plain_p99_ms']:.2f} -> "
+        f"{res['ray_p99_ms']:.2f} ms)",
+        flush=True,
+    )
+    return res
+
+
+def faults(args, feeds, deadlines) -> dict[str, Any]:
+    cluster = Cluster([args.heavy, args.light], 2)
+    try:
+        pids = {cluster.handle.pid.remote().result(timeout_s=10) for _ in range(20)}
+        victim = sorted(pids)[0]
+        before = cluster.runtime.counts.answered
+        retried_before = cluster.runtime.counts.retried
+
+        def kill() -> None:
+            threading.Thread(target=os.kill, args=(victim, signal.SIGKILL)).start()
+
+        mix = {args.heavy: 0.3, args.light: 0.7}
+        outs, _ = open_loop(
+            cluster.runtime, args.router_rate, args.duration * 2, mix, deadlines, feeds, 11, kill
+        )
+        answered = cluster.runtime.counts.answered - before
+        retried = cluster.runtime.counts.retried - retried_before
+    finally:
+        cluster.close()
+    statuses = Counter(o.status for o in outs)
+    unexplained = sum(o.status in ("rejected", "failed") and not o.reason for o in outs)
+    reasons = Counter((o.reason or "").split(";")[0][:60] for o in outs if o.status == "rejected")
+    res = {
+        "submitted": len(outs),
+        "resolved": answered,
+        "statuses": dict(statuses),
+        "retried": retried,
+        "refusals_without_reason": unexplained,
+        "top_refusal_reasons": dict(reasons.most_common(3)),
+    }
+    exact = answered == len(outs) and unexplained == 0
+    print(
+        f"  killed pid {victim}: {len(outs)} submitted, {answered} resolved exactly once "
+        f"({dict(statuses)}), {retried} retried, {unexplained} refusals without a reason: "
+        f"{'every request accounted' if exact else 'ACCOUNTING MISMATCH'}",
+        flush=True,
+    )
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--heavy", default="resnet")
+    p.add_argument("--light", default="roberta")
+    p.add_argument("--heavy-deadline-ms", type=float, default=120.0)
+    p.add_argument("--light-deadline-ms", type=float, default=40.0)
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per load point")
+    p.add_argument("--start-rate", type=float, default=10.0)
+    p.add_argument("--step-factor", type=float, default=1.3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--router-rate", type=float, default=60.0)
+    p.add_argument("--requests", type=int, default=200, help="sequential HTTP requests")
+    p.add_argument("--phases", default="1,2,4,5", help="which phases to run (3 comes with 2)")
+    p.add_argument("--out", default=None, help="write results.json here")
+    args = p.parse_args()
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(proxy_location="Disabled")
+    feeds = inputs_for([args.heavy, args.light])
+    deadlines = {args.heavy: args.heavy_deadline_ms / 1e3, args.light: args.light_deadline_ms / 1e3}
+    results: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    phases = set(args.phases.split(","))
+    try:
+        if "1" in phases:
+            print("1. SLO capacity, 1 slot per replica", flush=True)
+            one, rows1 = capacity(args, 1, feeds, deadlines)
+            two, rows2 = capacity(args, 2, feeds, deadlines)
+            ratio = two / one if one else float("nan")
+            print(
+                f"  capacity: 1 replica {one:.1f} req/s, 2 replicas {two:.1f} req/s: {ratio:.2f}x"
+            )
+            results["capacity"] = {"one": one, "two": two, "ratio": ratio, "points": rows1 + rows2}
+        if "2" in phases:
+            print(f"2. routers at {args.router_rate} req/s, 2 replicas, skewed models", flush=True)
+            DECISION_TIMES.clear()
+            results["routers"] = routers(args, feeds, deadlines)
+            times = np.asarray(DECISION_TIMES) * 1e3
+            results["decision_ms"] = {
+                "n": len(times),
+                "p50": float(np.percentile(times, 50)),
+                "p99": float(np.percentile(times, 99)),
+            }
+            print(
+                f"3. routing decision: p50 {results['decision_ms']['p50']:.3f} ms, "
+                f"p99 {results['decision_ms']['p99']:.3f} ms over {len(times)} decisions"
+            )
+        if "4" in phases:
+            print("4. added latency of the Ray front door (sequential HTTP)", flush=True)
+            results["added_latency"] = added_latency(args, feeds)
+        if "5" in phases:
+            print("5. a replica killed under load", flush=True)
+            results["faults"] = faults(args, feeds, deadlines)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
