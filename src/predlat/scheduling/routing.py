@@ -1,0 +1,190 @@
+"""Routing one request among devices by its forecast completion time.
+
+Pure decision logic shared by every dispatcher that fronts several devices (the Ray
+Serve router, a simulated cluster): given each device's published forecast state and
+what was routed to it since, rank the devices by when *this* request (model, rows,
+priority, deadline) would finish there, put those that meet its deadline first, and
+refuse with a reason when none can. No clock, no I/O, no Ray.
+
+The completion forecast is deliberately simple: a device drains its forecast work
+(running batches' remaining time, then queued work) over its slots; high-priority
+requests wait only for running and high-priority queued work (the scheduler serves high
+first). The request itself then takes its solo latency at its rows, stretched by the
+device's current slowdown (co-location, as its predictor forecasts it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from predlat.errors import ConfigError
+from predlat.scheduling.request import Priority
+
+
+@dataclass(frozen=True)
+class DeviceForecast:
+    """What one device publishes about itself. Seconds are forecast work (latency as the
+    device's predictor expects it), not wall-clock time; `solo_s[model]` maps batch rows
+    to solo latency (s), from the device's profile."""
+
+    name: str
+    slots: int
+    solo_s: Mapping[str, Mapping[int, float]]
+    running_s: float = 0.0  # remaining forecast time of running batches, summed
+    backlog_s: Mapping[str, float] = field(default_factory=dict)  # queued work per model
+    high_backlog_s: float = 0.0  # the part of the backlog that is high priority
+    running_batches: int = 0
+    queued: int = 0  # requests waiting
+    high_queued: int = 0
+    slowdown: float = 1.0  # forecast latency / solo latency of recent batches
+    predictor_version: int = 0
+    healthy: bool = True
+
+    def serves(self, model: str) -> bool:
+        return model in self.solo_s
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """The request to place. `deadline_s`: seconds from now."""
+
+    model: str
+    rows: int
+    priority: Priority
+    deadline_s: float
+
+
+@dataclass
+class Routed:
+    """Forecast work sent to one device since its state was last refreshed, so decisions
+    between refreshes do not all pile onto the device that looked idlest."""
+
+    work_s: float = 0.0
+    high_work_s: float = 0.0
+    requests: int = 0
+    high_requests: int = 0
+
+    def add(self, work_s: float, priority: Priority) -> None:
+        self.work_s += work_s
+        self.requests += 1
+        if priority == Priority.HIGH:
+            self.high_work_s += work_s
+            self.high_requests += 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    completion_s: float  # forecast seconds from now until this request finishes there
+    meets: bool
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Devices in the order to try them (deadline-meeting ones first, then by forecast
+    completion), or empty with a `refusal` reason."""
+
+    ranked: tuple[Candidate, ...]
+    refusal: str | None = None
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.ranked[0] if self.ranked else None
+
+
+def solo_latency(table: Mapping[int, float], rows: int) -> float:
+    """Solo latency at `rows` from a table of profiled batch sizes: linear between
+    neighbours, linear extrapolation past the largest (through the two largest)."""
+    if not table:
+        raise ConfigError("a device published no solo latencies for this model")
+    sizes = sorted(table)
+    if rows in table:
+        return table[rows]
+    if rows <= sizes[0]:
+        return table[sizes[0]]
+    if len(sizes) == 1:  # one point: proportional to rows
+        return table[sizes[0]] * rows / sizes[0]
+    i = min(bisect.bisect_left(sizes, rows), len(sizes) - 1)
+    lo, hi = sizes[i - 1], sizes[i]
+    slope = (table[hi] - table[lo]) / (hi - lo)
+    return table[lo] + slope * (rows - lo)
+
+
+def service_s(device: DeviceForecast, model: str, rows: int) -> float:
+    """Forecast latency of `rows` of `model` on `device` given its current slowdown."""
+    return solo_latency(device.solo_s[model], rows) * max(device.slowdown, 1.0)
+
+
+def completion_s(device: DeviceForecast, request: RouteRequest, routed: Routed | None) -> float:
+    """Forecast seconds until `request` would finish on `device`."""
+    routed = routed or Routed()
+    if request.priority == Priority.HIGH:
+        ahead = device.running_s + device.high_backlog_s + routed.high_work_s
+        waiting = device.high_queued + routed.high_requests
+    else:
+        ahead = device.running_s + sum(device.backlog_s.values()) + routed.work_s
+        waiting = device.queued + routed.requests
+    # With a slot free even after everything ahead took one, the request starts now;
+    # otherwise the work ahead drains over the slots first.
+    free = device.running_batches + waiting < device.slots
+    wait = 0.0 if free else ahead / device.slots
+    return wait + service_s(device, request.model, request.rows)
+
+
+def rank(
+    devices: Sequence[DeviceForecast],
+    request: RouteRequest,
+    routed: Mapping[str, Routed] | None = None,
+) -> RouteDecision:
+    """The devices forecast to meet `request`'s deadline, soonest completion first (ties
+    by name, so the rule is deterministic). Refuses with a reason when no healthy device
+    serves the model or none is forecast to meet the deadline."""
+    if request.rows < 1:
+        raise ConfigError(f"a request needs at least one row, got {request.rows}")
+    if not math.isfinite(request.deadline_s):
+        raise ConfigError(f"deadline must be finite, got {request.deadline_s}")
+    if request.deadline_s <= 0:
+        return RouteDecision((), f"the deadline of '{request.model}' has already passed")
+    routed = routed or {}
+    able = [d for d in devices if d.healthy and d.serves(request.model)]
+    if not able:
+        if not any(d.serves(request.model) for d in devices):
+            return RouteDecision((), f"no device serves model '{request.model}'")
+        return RouteDecision((), f"no healthy device serves model '{request.model}'")
+    scored = [
+        Candidate(d.name, c, c <= request.deadline_s)
+        for d in able
+        for c in (completion_s(d, request, routed.get(d.name)),)
+    ]
+    scored.sort(key=lambda c: (not c.meets, c.completion_s, c.name))
+    if not scored[0].meets:
+        best = scored[0]
+        return RouteDecision(
+            (),
+            f"no device can meet the {request.deadline_s * 1e3:.1f} ms deadline of "
+            f"'{request.model}' (best forecast {best.completion_s * 1e3:.1f} ms on "
+            f"{best.name}, {len(scored)} device(s))",
+        )
+    return RouteDecision(tuple(c for c in scored if c.meets))
+
+
+def after_routing(device: DeviceForecast, request: RouteRequest) -> float:
+    """The forecast work `request` adds to `device` (for Routed bookkeeping)."""
+    return service_s(device, request.model, request.rows)
+
+
+__all__ = [
+    "Candidate",
+    "DeviceForecast",
+    "RouteDecision",
+    "RouteRequest",
+    "Routed",
+    "after_routing",
+    "completion_s",
+    "rank",
+    "service_s",
+    "solo_latency",
+]
