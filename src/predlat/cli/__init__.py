@@ -13,7 +13,16 @@ from predlat import __version__
 from predlat.errors import PredlatError
 
 # Order shown in `predlat --help`.
-COMMAND_MODULES = ("profile", "trace", "study", "compare", "serve", "load")
+COMMAND_MODULES = (
+    "profile",
+    "trace",
+    "study",
+    "compare",
+    "calibrate",
+    "simulate",
+    "serve",
+    "load",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
