@@ -184,6 +184,12 @@ class SimulatedDevice:
     def running(self) -> int:
         return len(self._jobs)
 
+    def remaining_work(self) -> dict[int, float]:
+        """Solo seconds of work each running batch (by batch id) still has to do, noise
+        included: the ground truth an oracle forecaster may read."""
+        self._progress(self.clock.now)
+        return {j.job.batch_id: j.work for j in self._jobs.values()}
+
     def next_event(self) -> float | None:
         """When the next running batch ends (None if idle)."""
         if not self._jobs:
