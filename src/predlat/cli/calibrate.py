@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--profile",
         type=Path,
         default=None,
-        help="the device's solo profile (default: profile.json beside the first trace)",
+        help="the device's solo profile (default: profile.json beside the first trace, or "
+        "in its parent folder, as `predlat study` lays them out)",
     )
     parser.add_argument("--out", type=Path, required=True, help="device.json to write")
     parser.add_argument("--name", default=None, help="device name (default: the file's stem)")
@@ -38,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from predlat.sim.calibrate_report import calibrate_files, render
     from predlat.sim.device_file import save_device
 
-    profile_path = args.profile or args.traces[0].parent / "profile.json"
+    folder = args.traces[0].parent
+    profile_path = args.profile or next(
+        (p for p in (folder / "profile.json", folder.parent / "profile.json") if p.is_file()),
+        folder / "profile.json",
+    )
     if not profile_path.is_file():
         raise ConfigError(f"no profile at {profile_path}: give --profile FILE")
     profile = Profile.load(profile_path)

@@ -12,7 +12,9 @@ and log(W_i / S_i) is that batch's log noise. Per candidate `cores` (none, or 1 
 most batches seen at once), p >= 0 is fitted by least squares on those log residuals
 (scipy, with the exact Jacobian); the cores with the smallest error wins. The noise's
 spread is the residuals' standard deviation per number of co-runners at start, fitted as
-sigma + per_corunner x k.
+sigma + per_corunner x k. A per-model solo scale is fitted with the pairs (the trace's
+solo speed over the profile's: a machine busier or idler than when it was profiled);
+the device's solo latencies are the profile's times that scale.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Calibration:
     cores_tried: dict[str, float]  # cores -> rms log residual
     sigma_by_corunners: dict[int, float]
     records: int
+    solo_scale: dict[str, float]  # trace solo speed / profile's, per model (fitted)
 
 
 def calibrate(
@@ -83,18 +86,22 @@ def calibrate(
     index: dict[tuple[str, str], int] = {}
     segs = _segments(recs, index)
     solo = np.array([profile.solo_latency(r.model, r.batch_size) for r in recs])
+    own = sorted({r.model for r in recs})
+    model_of = np.array([own.index(r.model) for r in recs])
     most = int(segs.running.max())
     tried: dict[str, float] = {}
-    best: tuple[float, int | None, np.ndarray] | None = None
+    best: tuple[float, int | None, np.ndarray, np.ndarray] | None = None
     for cores in [None, *range(1, most)]:
-        p, rms = _fit_pairs(segs, solo, len(recs), len(index), cores)
+        p, g, rms = _fit(segs, solo, model_of, len(own), len(index), cores)
         tried["none" if cores is None else str(cores)] = rms
         if best is None or rms < best[0] - 1e-9:
-            best = (rms, cores, p)
+            best = (rms, cores, p, g)
     assert best is not None
-    rms, cores, p = best
-    resid = _residuals(segs, solo, len(recs), p, cores)
+    rms, cores, p, g = best
+    resid = _residuals(segs, solo, len(recs), p, cores) - g[model_of]
     sigma0, per, by_k = _noise(recs, resid)
+    # g is the mean log of work / solo per model: log scale - sigma^2 / 2 (mean-one noise)
+    scale = {m: float(np.exp(g[i] + np.var(resid[model_of == i]) / 2)) for i, m in enumerate(own)}
     pairs = {pair: float(p[i]) for pair, i in index.items()}
     law = InterferenceLaw(
         base=float(np.mean(p)) if len(p) else 0.0,
@@ -105,9 +112,11 @@ def calibrate(
         cores=cores,
         pairs=pairs,
     )
-    costs = {m: _model_cost(profile, m) for m in sorted(profile.models)}
+    costs = {m: _model_cost(profile, m, scale.get(m, 1.0)) for m in sorted(profile.models)}
     spec = DeviceSpec(name, costs, law, slots or max(2, most))
-    return Calibration(spec, _pair_report(recs, index, p, resid), rms, tried, by_k, len(recs))
+    return Calibration(
+        spec, _pair_report(recs, index, p, resid), rms, tried, by_k, len(recs), scale
+    )
 
 
 def _segments(recs: Sequence[BatchRecord], index: dict[tuple[str, str], int]) -> _Segments:
@@ -157,26 +166,30 @@ def _residuals(segs, solo, n, p, cores) -> np.ndarray:
     return np.log(np.maximum(work, _EPS)) - np.log(solo)
 
 
-def _fit_pairs(segs, solo, n, k, cores) -> tuple[np.ndarray, float]:
-    if k == 0:
-        r = _residuals(segs, solo, n, np.zeros(0), cores)
-        return np.zeros(0), float(np.sqrt(np.mean(r * r)))
+def _fit(segs, solo, model_of, nm, k, cores) -> tuple[np.ndarray, np.ndarray, float]:
+    """Pair slowdowns p >= 0 and per-model log solo scales g: least squares on
+    log W_i(p) - log S_i - g[model_i]."""
+    n = len(solo)
     to_rec = sparse.csr_matrix(
         (np.ones(len(segs.dt)), (segs.record, np.arange(len(segs.dt)))), shape=(n, len(segs.dt))
     )
+    dg = -sparse.csr_matrix((np.ones(n), (np.arange(n), model_of)), shape=(n, nm))
 
-    def fun(p: np.ndarray) -> np.ndarray:
-        return _residuals(segs, solo, n, p, cores)
+    def fun(x: np.ndarray) -> np.ndarray:
+        return _residuals(segs, solo, n, x[:k], cores) - x[k:][model_of]
 
-    def jac(p: np.ndarray):
-        work, per_seg, denom = _work(segs, n, p, cores)
+    def jac(x: np.ndarray):
+        work, per_seg, denom = _work(segs, n, x[:k], cores)
         # d log W_i / d p_k = -sum_seg per_seg * count_sk / denom / W_i
-        weighted = segs.counts.multiply((per_seg / denom)[:, None])
-        return -(sparse.diags(1.0 / np.maximum(work, _EPS)) @ to_rec @ weighted)
+        weighted = segs.counts[:, :k].multiply((per_seg / denom)[:, None])
+        dp = -(sparse.diags(1.0 / np.maximum(work, _EPS)) @ to_rec @ weighted)
+        return sparse.hstack([dp, dg]).tocsr()
 
-    fit = least_squares(fun, np.full(k, 0.1), jac=jac, bounds=(0.0, np.inf), method="trf")
+    lower = np.concatenate([np.zeros(k), np.full(nm, -np.inf)])
+    x0 = np.concatenate([np.full(k, 0.1), np.zeros(nm)])
+    fit = least_squares(fun, x0, jac=jac, bounds=(lower, np.inf), method="trf")
     r = fit.fun
-    return fit.x, float(np.sqrt(np.mean(r * r)))
+    return fit.x[:k], fit.x[k:], float(np.sqrt(np.mean(r * r)))
 
 
 def _noise(recs: Sequence[BatchRecord], resid: np.ndarray) -> tuple[float, float, dict[int, float]]:
@@ -223,11 +236,11 @@ def _pair_report(recs, index, p, resid) -> list[PairFit]:
     return out
 
 
-def _model_cost(profile: Profile, model: str) -> ModelCost:
+def _model_cost(profile: Profile, model: str, scale: float = 1.0) -> ModelCost:
     sizes = profile.batch_sizes(model)
     feats = profile.features(model, sizes[0])
     return ModelCost(
-        {n: profile.solo_latency(model, n) for n in sizes},
+        {n: profile.solo_latency(model, n) * scale for n in sizes},
         min(1.0, max(0.0, float(feats.get("compute_util", 0.5)))),
         min(1.0, max(0.0, float(feats.get("memory_util", 0.5)))),
     )

@@ -51,6 +51,9 @@ def render(cal: Calibration, rows: Sequence[dict]) -> str:
         "at start; measured spread by co-runners at start: "
         + ", ".join(f"{k}: {v:.4f}" for k, v in cal.sigma_by_corunners.items()),
         "",
+        "Solo scale (the traces' solo speed over the profile's, fitted per model): "
+        + ", ".join(f"{m} {v:.3f}" for m, v in cal.solo_scale.items()),
+        "",
         "## Pair slowdowns",
         "",
         "Error: the law's slowdown over each batch's real life against the observed one "
