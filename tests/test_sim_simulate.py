@@ -71,3 +71,44 @@ def test_azure_functions_trace(tmp_path):
 def test_simulate_rejects_unknown_policy(tmp_path, capsys):
     assert main(["simulate", "--policies", "nope", "--out", str(tmp_path)]) == 2
     assert "policies" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("process", ["poisson", "bursty"])
+def test_synthetic_stream_exact_count_and_rate(process):
+    from predlat.sim.arrivals import synthetic_requests
+
+    reqs = list(
+        synthetic_requests(
+            {"a": 300.0, "b": 100.0}, 100_000, lambda m: 0.1, seed=0, process=process, hp_frac=0.25
+        )
+    )
+    assert len(reqs) == 100_000
+    times = [r.arrival for r in reqs]
+    assert times == sorted(times)
+    assert 100_000 / times[-1] == pytest.approx(400.0, rel=0.1)
+    assert sum(r.model == "a" for r in reqs) / 100_000 == pytest.approx(0.75, abs=0.02)
+    assert sum(r.priority.name == "HIGH" for r in reqs) / 100_000 == pytest.approx(0.25, abs=0.02)
+
+
+def test_simulate_cli_replays_a_csv(tmp_path):
+    path = tmp_path / "a.csv"
+    rows = "".join(f"{i * 0.01},{'small' if i % 2 else 'large'}\n" for i in range(300))
+    path.write_text("timestamp,model\n" + rows)
+    out = tmp_path / "out"
+    argv = [
+        "simulate",
+        "--arrivals",
+        str(path),
+        "--policies",
+        "predlat",
+        "--devices",
+        "2",
+        "--route",
+        "least-loaded",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    (entry,) = res["loads"].values()
+    assert entry["policies"]["predlat"]["requests"] == 300
