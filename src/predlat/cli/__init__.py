@@ -13,7 +13,17 @@ from predlat import __version__
 from predlat.errors import PredlatError
 
 # Order shown in `predlat --help`.
-COMMAND_MODULES = ("profile", "trace", "fit", "study", "compare", "serve", "load")
+COMMAND_MODULES = (
+    "profile",
+    "trace",
+    "fit",
+    "study",
+    "compare",
+    "calibrate",
+    "simulate",
+    "serve",
+    "load",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

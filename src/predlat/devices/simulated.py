@@ -8,16 +8,19 @@ Ground truth (documented so experiments can reason about it):
 
 - A batch of `model` at batch size n needs `solo(model, n)` seconds of work, times a
   mean-one log-normal noise factor exp(sigma * z - sigma^2 / 2) drawn from the device's
-  seeded generator when it is submitted.
+  seeded generator when it is submitted; sigma = noise_sigma + noise_per_corunner * (the
+  number of batches already running then), so co-location can widen the spread.
 - While a set R of batches runs, batch i progresses at rate 1 / s_i, where
 
       s_i = 1 + sum over j in R, j != i of (base + compute * c_i * c_j + memory * m_i * m_j)
 
   and (c, m) are the batch's compute and memory demands (e.g. the profile's
-  compute_util and memory_util). With `cores` set (a CPU: one thread per batch), every
-  rate is further divided by max(1, |R| / cores): more batches than cores time-share
-  them. Rates change only when a batch starts or ends, so ends are computed exactly,
-  event by event (processor sharing with per-resource contention).
+  compute_util and memory_util). A law with `pairs` (a calibrated device) replaces that
+  term, for the (model, co-runner model) pairs it names, by the pair's own slowdown.
+  With `cores` set (a CPU: one thread per batch), every rate is further divided by
+  max(1, |R| / cores): more batches than cores time-share them.
+  Rates change only when a batch starts or ends, so ends are computed exactly, event by
+  event (processor sharing with per-resource contention).
 - With probability `failure_rate` a batch fails at its end (error set, no outputs), so
   drivers' failure paths can be exercised.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from predlat.devices.base import (
@@ -52,9 +55,12 @@ class InterferenceLaw:
     noise_sigma: float = 0.03  # log-normal sigma of a batch's solo work
     failure_rate: float = 0.0
     cores: int | None = None  # time-share this many cores (None: no such limit)
+    # slowdown that a batch of model b adds to one of model a, by (a, b): calibrated
+    pairs: Mapping[tuple[str, str], float] | None = None
+    noise_per_corunner: float = 0.0  # sigma added per batch already running at submit
 
     def validate(self) -> None:
-        for name in ("base", "compute", "memory", "noise_sigma"):
+        for name in ("base", "compute", "memory", "noise_sigma", "noise_per_corunner"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"interference law: {name} must be non-negative")
         if not 0.0 <= self.failure_rate <= 1.0:
@@ -65,6 +71,16 @@ class InterferenceLaw:
     def pair(self, a: tuple[float, float], b: tuple[float, float]) -> float:
         """Slowdown that co-runner b adds to batch a."""
         return self.base + self.compute * a[0] * b[0] + self.memory * a[1] * b[1]
+
+    def pair_of(
+        self, a_model: str, a: tuple[float, float], b_model: str, b: tuple[float, float]
+    ) -> float:
+        """Slowdown that a co-runner of `b_model` adds to a batch of `a_model`."""
+        if self.pairs is not None:
+            value = self.pairs.get((a_model, b_model))
+            if value is not None:
+                return value
+        return self.pair(a, b)
 
 
 class VirtualClock:
@@ -127,7 +143,7 @@ class SimulatedDevice:
         now = self.clock.now
         self._progress(now)
         solo, compute, memory = self._cost(job.model, job.batch_size)
-        sigma = self.law.noise_sigma
+        sigma = self.law.noise_sigma + self.law.noise_per_corunner * len(self._jobs)
         noise = math.exp(self._rng.gauss(-0.5 * sigma * sigma, sigma)) if sigma else 1.0
         fails = self.law.failure_rate > 0 and self._rng.random() < self.law.failure_rate
         self._jobs[slot] = _Job(job, on_done, now, solo * noise, (compute, memory), fails)
@@ -167,6 +183,12 @@ class SimulatedDevice:
 
     def running(self) -> int:
         return len(self._jobs)
+
+    def remaining_work(self) -> dict[int, float]:
+        """Solo seconds of work each running batch (by batch id) still has to do, noise
+        included: the ground truth an oracle forecaster may read."""
+        self._progress(self.clock.now)
+        return {j.job.batch_id: j.work for j in self._jobs.values()}
 
     def next_event(self) -> float | None:
         """When the next running batch ends (None if idle)."""
@@ -210,7 +232,7 @@ class SimulatedDevice:
             s = 1.0
             for other in jobs:
                 if other is not j:
-                    s += self.law.pair(j.demand, other.demand)
+                    s += self.law.pair_of(j.job.model, j.demand, other.job.model, other.demand)
             j.rate = 1.0 / (s * share)
 
     def _result(self, slot: int, job: _Job, end: float) -> BatchResult:

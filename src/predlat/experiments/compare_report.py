@@ -57,6 +57,12 @@ def _plot(ax: plt.Axes, x: Sequence[float], series: dict[str, list], ylabel: str
 
 def write_plots(results: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {"capacity_plot": _capacity_plot(results, out / "slo_capacity.png")}
+    return {**paths, **write_load_plots(results, out)}
+
+
+def write_load_plots(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Deadline satisfaction and live forecast error over the loads run, per policy."""
+    paths: dict[str, Path] = {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, metric, title in (
         (axes[0], "hp_met", "high priority"),
@@ -115,7 +121,7 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         "## Ratios",
         _ratios(results),
         "## Results per sweep load",
-        *(_load_table(results, key) for key in sorted(results["loads"], key=float)),
+        *(load_table(results, key) for key in sorted(results["loads"], key=float)),
         "## Plots",
         f"![deadline satisfaction]({plots.get('deadlines_plot', 'deadlines.png')})",
         f"![live forecast error]({plots.get('forecast_plot', 'live_forecast_err.png')})",
@@ -223,7 +229,7 @@ def _ratios(results: dict[str, Any]) -> str:
     return "\n".join(lines) or "n/a"
 
 
-def _load_table(results: dict[str, Any], key: str) -> str:
+def load_table(results: dict[str, Any], key: str) -> str:
     entry = results["loads"][key]
     headers = [
         "policy",

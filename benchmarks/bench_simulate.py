@@ -1,0 +1,99 @@
+"""Simulation speed and memory: simulated requests per wall second with a 64-device
+cluster under the predlat policy (fine-rls predictor), memory against request count, and
+the 64-device 10-million-request wall time (run with --full, else extrapolated from the
+measured rate: the output says which). Prints a table and one JSON line.
+
+    python benchmarks/bench_simulate.py [--devices 64] [--requests 50000]
+        [--route round-robin] [--memory 2000,8000,32000] [--full]
+
+Figures on a shared machine depend on its load; rerun to see the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+from predlat.sim.arrivals import synthetic_requests
+from predlat.sim.cluster import build_cluster
+from predlat.sim.device_file import load_device
+from predlat.traces.collect import device_capacity
+
+
+def run(devices: int, requests: int, route: str, policy: str, load: float) -> tuple[int, float]:
+    spec = load_device("gpu")
+    sim = build_cluster([spec], devices, policy, route=route, train_batches=100)
+    models = sorted(spec.models)
+    cap = devices * device_capacity(spec.profile(), models, spec.slots)
+    reqs = synthetic_requests(
+        dict.fromkeys(models, load * cap / len(models)),
+        requests,
+        lambda m: 10 * spec.models[m].latency(1),
+        hp_frac=0.3,
+    )
+    stats, wall = sim.run_stream(reqs)
+    return stats.requests, wall
+
+
+def memory(devices: int, counts: list[int], route: str, policy: str) -> list[dict]:
+    """The process's peak resident memory after runs of growing request counts, in
+    order: if a run's memory grew with its requests, the peak would climb with them."""
+    rows = []
+    for n in sorted(counts):
+        run(devices, n, route, policy, 0.7)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        rows.append({"requests": n, "peak_rss_mib": peak})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--devices", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=50_000)
+    ap.add_argument("--route", default="round-robin")
+    ap.add_argument("--policy", default="predlat")
+    ap.add_argument("--load", type=float, default=0.7)
+    ap.add_argument("--memory", default="1000,10000,50000", help="request counts ('' skips)")
+    ap.add_argument("--memory-devices", type=int, default=8)
+    ap.add_argument("--full", action="store_true", help="run the 10-million-request case")
+    a = ap.parse_args()
+    n, wall = run(a.devices, a.requests, a.route, a.policy, a.load)
+    rate = n / wall
+    print(
+        f"{a.devices} devices, {a.policy}, route {a.route}, load {a.load:g}: "
+        f"{n} requests in {wall:.1f} s = {rate:,.0f} simulated requests / wall s"
+    )
+    mem = memory(a.memory_devices, [int(x) for x in a.memory.split(",") if x], a.route, a.policy)
+    for row in mem:
+        print(
+            f"memory, {a.memory_devices} devices, {row['requests']:>8} requests: "
+            f"process peak RSS {row['peak_rss_mib']:.1f} MiB"
+        )
+    if a.full:
+        t0 = time.perf_counter()
+        run(a.devices, 10_000_000, a.route, a.policy, a.load)
+        ten_m, how = time.perf_counter() - t0, "measured"
+    else:
+        ten_m, how = 10_000_000 / rate, "extrapolated"
+    print(f"64-device 10M-request wall time: {ten_m:,.0f} s ({how})")
+    print(
+        json.dumps(
+            {
+                "devices": a.devices,
+                "policy": a.policy,
+                "route": a.route,
+                "requests": n,
+                "wall_s": wall,
+                "simulated_requests_per_wall_s": rate,
+                "memory": mem,
+                "ten_million_wall_s": ten_m,
+                "ten_million": how,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""A simulated cluster: N simulated devices (each from its own device.json), each with its
+own scheduler and predictor, behind a front dispatcher, run as a stream.
+
+Routes: `round-robin`, `least-loaded` (fewest queued + running), and `predlat`, the rule
+the Ray Serve router uses (`predlat.scheduling.routing.rank`: the device whose forecast
+says the request finishes earliest within its deadline). When no device is forecast to
+meet the deadline, the request still goes to the soonest one and that device's scheduler
+decides (it may run it late or reject it), so every request ends on exactly one device.
+
+Requests are consumed from an iterator and outcomes folded into `StreamStats`: memory
+stays flat in the request count.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from predlat.devices.simulated import SimulatedDevice, VirtualClock
+from predlat.errors import ConfigError
+from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.policies import get_policy
+from predlat.scheduling.request import Finished, Priority, Request
+from predlat.scheduling.routing import DeviceForecast, RouteRequest, completion_s, rank
+from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
+from predlat.sim.device_file import DeviceSpec
+from predlat.sim.metrics import StreamStats
+from predlat.sim.oracle import ORACLE, OracleForecaster
+from predlat.sim.replay import random_colocation
+from predlat.sim.simulator import Simulation, _Loop, _Pending
+
+CLUSTER_ROUTES = ("round-robin", "least-loaded", "predlat")
+SIM_POLICIES = ("serial", "oblivious", "coarse", "predlat", "oracle")
+
+
+class ClusterSimulation(Simulation):
+    def __init__(
+        self,
+        devices: Sequence[SimulatedDevice],
+        schedulers: Sequence[Scheduler],
+        clock: VirtualClock,
+        route: str = "round-robin",
+    ) -> None:
+        if route not in CLUSTER_ROUTES:
+            raise ConfigError(f"unknown route '{route}' (choose {', '.join(CLUSTER_ROUTES)})")
+        super().__init__(devices, schedulers, clock)
+        self.route = route
+        self._solo = [
+            {
+                m: {n: s.profile.solo_latency(m, n) for n in s.profile.batch_sizes(m)}
+                for m in s.models
+            }
+            for s in self.schedulers
+        ]
+        self._stats = StreamStats()
+
+    # -- routing -------------------------------------------------------------------------
+    def _route(self, request: Request, n: int) -> int:
+        if self.route != "predlat" or len(self.devices) == 1:
+            return super()._route(request, n)
+        now = self.clock.now
+        forecasts = [self._forecast(d, now) for d in range(len(self.devices))]
+        ask = RouteRequest(
+            request.model, request.size, request.priority, max(request.deadline - now, 1e-12)
+        )
+        decision = rank(forecasts, ask)
+        if decision.best is not None:
+            return int(decision.best.name)
+        able = [f for f in forecasts if f.serves(request.model)] or forecasts
+        return int(min(able, key=lambda f: (completion_s(f, ask, None), int(f.name))).name)
+
+    def _forecast(self, d: int, now: float) -> DeviceForecast:
+        s = self.schedulers[d]
+        solo = self._solo[d]
+        running = s.running()
+        left = 0.0
+        slow: dict[str, list[float]] = {}
+        for r in running:
+            left += max(0.0, r.predicted_mean_end - now)
+            alone = solo[r.model].get(r.batch_size) or s._solo(r.model, r.batch_size)
+            slow.setdefault(r.model, []).append((r.predicted_mean_end - r.start) / alone)
+        big = s.config.max_batch
+        backlog = {
+            m: q * (solo[m].get(big) or s._solo(m, big)) / big
+            for m, q in s.queue_lengths().items()
+            if q
+        }
+        return DeviceForecast(
+            name=str(d),
+            slots=s.num_slots,
+            solo_s=solo,
+            running_s=left,
+            backlog_s=backlog,
+            running_batches=len(running),
+            queued=s.queued(),
+            slowdown={m: sum(v) / len(v) for m, v in slow.items()},  # per model, as replicas
+        )
+
+    # -- streaming run -------------------------------------------------------------------
+    def run_stream(
+        self,
+        requests: Iterable[Request],
+        keep: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> tuple[StreamStats, float]:
+        """Simulate `requests` (in arrival order) to their ends; returns the metrics and
+        the wall seconds taken."""
+        wall = time.perf_counter()
+        stats = self._stats = StreamStats(keep=keep)
+        loop = _Loop()
+        loop.outcomes = stats  # type: ignore[assignment]
+        it = iter(requests)
+        nxt = next(it, None)
+        if nxt is not None:
+            self.clock.now = max(self.clock.now, nxt.arrival)
+        rr = 0
+        last = -math.inf
+        while nxt is not None or loop.heap:
+            if nxt is not None and nxt.arrival <= self._peek(loop):
+                if nxt.arrival < last:
+                    raise ConfigError("requests must come in arrival order")
+                last = nxt.arrival
+                self.clock.now = max(self.clock.now, nxt.arrival)
+                dev = self._route(nxt, rr)
+                rr += 1
+                loop.pending[nxt.request_id] = _Pending(nxt)
+                self._apply(loop, dev, self.schedulers[dev].on_arrival(nxt, self.clock.now))
+                nxt = next(it, None)
+            elif loop.heap:
+                self._fire(loop, heapq.heappop(loop.heap))
+            loop.events += 1
+            if on_progress is not None and loop.events % 65536 == 0:
+                on_progress(stats.requests)
+        for d in self.devices:
+            d.close()
+        if loop.pending:
+            raise RuntimeError(f"{len(loop.pending)} requests never ended")
+        return stats, time.perf_counter() - wall
+
+    def _finished(self, loop: _Loop, done: Finished) -> None:
+        """As the base class, but into the streaming metrics (no per-batch lists)."""
+        self._stats.add_batch(done.record, done.predicted_latency)
+        reason = None if done.ok else "simulated engine failure"
+        for rid in done.request_ids:
+            r = loop.pending.pop(rid).request
+            loop.outcomes[rid] = RequestOutcome.ran(r, done.record, done.ok, reason)
+
+    def busy_slot_s(self) -> float:
+        return sum(d.busy_time for d in self.devices)
+
+    def slots(self) -> int:
+        return sum(d.num_slots for d in self.devices)
+
+
+def build_cluster(
+    specs: Sequence[DeviceSpec],
+    devices: int,
+    policy: str,
+    *,
+    route: str = "round-robin",
+    slots: int | None = None,
+    seed: int = 0,
+    quantile: float = 0.95,
+    config: SchedulerConfig | None = None,
+    train_batches: int = 300,
+) -> ClusterSimulation:
+    """`devices` simulated devices cycling over `specs`, one scheduler each under `policy`
+    (one of SIM_POLICIES); predictors that need data start from a short random
+    co-location trace of their own device type (as `predlat compare` trains on one)."""
+    if devices < 1:
+        raise ConfigError(f"devices must be at least 1, got {devices}")
+    if not specs:
+        raise ConfigError("give at least one device")
+    if policy not in SIM_POLICIES:
+        raise ConfigError(f"unknown policy '{policy}' (choose {', '.join(SIM_POLICIES)})")
+    chosen = ORACLE if policy == "oracle" else get_policy(policy)
+    clock = VirtualClock()
+    cache: dict[int, tuple] = {}
+    sims, scheds = [], []
+    for d in range(devices):
+        spec = specs[d % len(specs)]
+        k = slots or spec.slots
+        if id(spec) not in cache:
+            training = []
+            if chosen.predictor not in ("solo",) and train_batches > 0:
+                training = random_colocation(spec, k, train_batches, seed=seed + 1, gap_s=0.0)
+            cache[id(spec)] = (spec.profile(), spec.cost(), training)
+        profile, cost, training = cache[id(spec)]
+        device = SimulatedDevice(
+            cost, k, spec.law, seed=seed * 100_003 + d, clock=clock, name=f"{spec.name}#{d}"
+        )
+        for m in spec.models:
+            device.load(m)
+        if policy == "oracle":
+            fc = OracleForecaster(device, cost)
+        else:
+            fc = chosen.make_forecaster(profile, quantile, training)
+        sims.append(device)
+        scheds.append(Scheduler(sorted(spec.models), k, fc, profile, chosen, config))
+    return ClusterSimulation(sims, scheds, clock, route)
+
+
+__all__ = ["CLUSTER_ROUTES", "SIM_POLICIES", "ClusterSimulation", "Priority", "build_cluster"]

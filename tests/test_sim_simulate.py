@@ -1,0 +1,115 @@
+"""`predlat simulate`: the compare schema plus speed figures; CSV and Azure arrivals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from predlat.cli import main
+from predlat.errors import ConfigError
+from predlat.sim.arrivals import csv_requests
+from predlat.sim.device_file import load_device, save_device
+
+
+def test_simulate_cli_writes_compare_schema(tmp_path, capsys):
+    dev = save_device(load_device("gpu"), tmp_path / "d.json")
+    out = tmp_path / "out"
+    argv = [
+        "simulate",
+        "--device",
+        f"{dev},gpu",
+        "--devices",
+        "2",
+        "--requests",
+        "400",
+        "--policies",
+        "oblivious,oracle",
+        "--loads",
+        "0.5",
+        "--out",
+        str(out),
+        "--keep-requests",
+    ]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    entry = res["loads"]["0.5"]["policies"]["oracle"]
+    assert entry["requests"] == 400
+    assert entry["simulated_requests_per_wall_s"] > 0
+    assert res["simulated_requests"] == 800
+    assert {"capacity_rps", "deadlines_ms", "slo_capacity", "wall_s"} <= set(res)
+    assert entry["live_forecast_err"] is not None
+    assert (out / "report.md").read_text().startswith("# predlat simulate")
+    assert (out / "deadlines.png").exists()
+    assert len((out / "requests.csv").read_text().splitlines()) == 801
+
+
+def test_csv_arrivals(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("timestamp,model,priority,deadline_ms\n2.0,small,high,5\n1.5,large,,\n")
+    reqs = csv_requests(path, ["small", "large"], lambda m: 0.1)
+    assert [(r.model, r.arrival) for r in reqs] == [("large", 0.0), ("small", 0.5)]
+    assert reqs[1].deadline == pytest.approx(0.505)
+    assert reqs[1].priority.name == "HIGH"
+    path.write_text("timestamp,model\n1,nope\n")
+    with pytest.raises(ConfigError, match="nope"):
+        csv_requests(path, ["small"], lambda m: 0.1)
+
+
+def test_azure_functions_trace(tmp_path):
+    path = tmp_path / "az.csv"
+    path.write_text(
+        "HashOwner,HashApp,HashFunction,Trigger,1,2,3\no,a,f1,http,2,0,1\no,a,f2,timer,0,3,0\n"
+    )
+    reqs = csv_requests(path, ["large", "small"], lambda m: 0.1, seed=1)
+    assert len(reqs) == 6
+    assert sum(r.model == "large" for r in reqs) == 3
+    assert all(60 <= r.arrival < 120 for r in reqs if r.model == "small")
+    assert [r.arrival for r in reqs] == sorted(r.arrival for r in reqs)
+    assert len(csv_requests(path, ["large", "small"], lambda m: 0.1, limit=4)) == 4
+
+
+def test_simulate_rejects_unknown_policy(tmp_path, capsys):
+    assert main(["simulate", "--policies", "nope", "--out", str(tmp_path)]) == 2
+    assert "policies" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("process", ["poisson", "bursty"])
+def test_synthetic_stream_exact_count_and_rate(process):
+    from predlat.sim.arrivals import synthetic_requests
+
+    reqs = list(
+        synthetic_requests(
+            {"a": 300.0, "b": 100.0}, 100_000, lambda m: 0.1, seed=0, process=process, hp_frac=0.25
+        )
+    )
+    assert len(reqs) == 100_000
+    times = [r.arrival for r in reqs]
+    assert times == sorted(times)
+    assert 100_000 / times[-1] == pytest.approx(400.0, rel=0.1)
+    assert sum(r.model == "a" for r in reqs) / 100_000 == pytest.approx(0.75, abs=0.02)
+    assert sum(r.priority.name == "HIGH" for r in reqs) / 100_000 == pytest.approx(0.25, abs=0.02)
+
+
+def test_simulate_cli_replays_a_csv(tmp_path):
+    path = tmp_path / "a.csv"
+    rows = "".join(f"{i * 0.01},{'small' if i % 2 else 'large'}\n" for i in range(300))
+    path.write_text("timestamp,model\n" + rows)
+    out = tmp_path / "out"
+    argv = [
+        "simulate",
+        "--arrivals",
+        str(path),
+        "--policies",
+        "predlat",
+        "--devices",
+        "2",
+        "--route",
+        "least-loaded",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    (entry,) = res["loads"].values()
+    assert entry["policies"]["predlat"]["requests"] == 300
