@@ -8,7 +8,6 @@ separately launched jobs do, rather than queueing behind one shared pool.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -16,20 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from predlat.devices.base import (
-    BatchJob,
-    BatchResult,
-    DeviceInfo,
-    DoneCallback,
-    SlotBusyError,
-    error_message,
-    host_cores,
-    wait_for,
-)
+from predlat.devices.base import BatchJob, BatchResult, DeviceInfo, error_message, host_cores
+from predlat.devices.slots import SlotDevice, SlotWorker
 from predlat.errors import ConfigError, ModelLoadError
 from predlat.models.spec import ModelSpec
 
-_STOP = object()
 # Providers that compute on an accelerator (the only place that reads provider names).
 _ACCELERATOR_PROVIDERS = ("CUDA", "Tensorrt", "ROCM", "MIGraphX", "Dml", "CoreML", "QNN", "Nnapi")
 
@@ -53,30 +43,19 @@ class OrtDeviceConfig:
             )
 
 
-class _Slot:
+class _Slot(SlotWorker):
     """One worker thread that runs the batches given to its slot, one at a time."""
 
     def __init__(self, index: int, device: OrtDevice) -> None:
-        self.index = index
+        super().__init__(index, f"predlat-slot-{index}")
         self.device = device
-        self.busy = False
-        # SimpleQueue (C, no Condition): the cheapest hand-over that wakes a waiting thread
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=f"predlat-slot-{index}", daemon=True)
-        self.thread.start()
+        self.start()
 
-    def _loop(self) -> None:
-        while True:
-            item = self.jobs.get()
-            if item is _STOP:
-                return
-            job, on_done = item
-            result = self.device.execute(self.index, job)
-            self.busy = False
-            on_done(result)
+    def run(self, job: BatchJob) -> BatchResult:
+        return self.device.execute(self.index, job)
 
 
-class OrtDevice:
+class OrtDevice(SlotDevice):
     """ONNX Runtime on CPU (or CUDA / TensorRT with onnxruntime-gpu), K slots."""
 
     def __init__(self, config: OrtDeviceConfig | None = None) -> None:
@@ -98,18 +77,6 @@ class OrtDevice:
             self._sessions[(slot, spec.name)] = self._new_session(spec)
         self._specs[spec.name] = spec
 
-    def submit(self, slot: int, job: BatchJob, on_done: DoneCallback) -> None:
-        worker = self._slots[slot]
-        with self._lock:
-            if worker.busy:
-                raise SlotBusyError(f"slot {slot} is busy")
-            worker.busy = True
-        worker.jobs.put((job, on_done))
-
-    def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
-        """Run one batch on `slot` and wait for it (profiling, tests)."""
-        return wait_for(self, slot, job)
-
     def describe(self) -> DeviceInfo:
         provider = self.config.provider
         return DeviceInfo(
@@ -121,14 +88,8 @@ class OrtDevice:
             detail=provider,
         )
 
-    def now(self) -> float:
-        return time.perf_counter()
-
     def close(self) -> None:
-        for worker in self._slots:
-            worker.jobs.put(_STOP)
-        for worker in self._slots:
-            worker.thread.join(timeout=30)
+        self._stop_workers()
         # Release the sessions now (hundreds of MB with the zoo) rather than whenever the
         # device object is collected.
         with self._lock:

@@ -13,7 +13,6 @@ class runs on its slot threads, phases timed with perf_counter, so CI tests it.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import warnings
@@ -28,12 +27,10 @@ from predlat.devices.base import (
     BatchJob,
     BatchResult,
     DeviceInfo,
-    DoneCallback,
-    SlotBusyError,
     error_message,
     host_cores,
-    wait_for,
 )
+from predlat.devices.slots import SlotDevice, SlotWorker
 from predlat.errors import ConfigError, ModelLoadError
 from predlat.models.spec import ModelSpec
 
@@ -43,7 +40,6 @@ ModuleLoader = Callable[[ModelSpec], Any]
 GRAPH_BATCH_SIZES = tuple(range(1, 9))  # every size the scheduler picks by default
 WARMUP_RUNS = 3
 REANCHOR_S = 2.0
-_STOP = object()
 
 
 def make(slots: int, threads: int, variant: str | None = None, **opts: Any) -> TorchDevice:
@@ -79,15 +75,13 @@ class _State:
     graph: Any = None
 
 
-class _Slot:
+class _Slot(SlotWorker):
     """A worker thread running its slot's batches one at a time (and its CUDA stream)."""
 
     def __init__(self, index: int, device: TorchDevice) -> None:
-        self.index = index
+        super().__init__(index, f"predlat-torch-{index}")
         self.device = device
-        self.busy = False
         self.states: dict[tuple[str, int], _State] = {}
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         torch, cuda = device.torch, device.cuda
         self.stream = torch.cuda.Stream(device=device.target) if cuda else None
         self.pool = torch.cuda.graph_pool_handle() if cuda else None
@@ -97,20 +91,13 @@ class _Slot:
             self.anchor = torch.cuda.Event(enable_timing=True, blocking=True)
         self.anchor_host = -float("inf")
         self.anchored_at = -float("inf")
-        name = f"predlat-torch-{index}"
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self.thread.start()
+        self.start()
 
-    def _loop(self) -> None:
+    def init(self) -> None:
         self.device.init_worker()
-        while True:
-            item = self.jobs.get()
-            if item is _STOP:
-                return
-            job, on_done = item
-            result = self.device.execute(self, job)
-            self.busy = False
-            on_done(result)
+
+    def run(self, job: BatchJob) -> BatchResult:
+        return self.device.execute(self, job)
 
     def host_time(self, event: Any) -> float:
         """An event's time on the host clock (perf_counter seconds)."""
@@ -132,7 +119,7 @@ class _Slot:
         self.anchored_at = after
 
 
-class TorchDevice:
+class TorchDevice(SlotDevice):
     """PyTorch on a CUDA GPU (streams and graphs) or a CPU (threads), K slots."""
 
     def __init__(
@@ -189,19 +176,6 @@ class TorchDevice:
                 for n in self._graph_sizes:
                     slot.states[(spec.name, n)] = self._prepare(slot, spec, n, capture=True)
 
-    def submit(self, slot: int, job: BatchJob, on_done: DoneCallback) -> None:
-        if not 0 <= slot < self.num_slots:
-            raise ConfigError(f"slot {slot} does not exist (device has {self.num_slots})")
-        worker = self._slots[slot]
-        with self._lock:
-            if worker.busy:
-                raise SlotBusyError(f"slot {slot} is busy")
-            worker.busy = True
-        worker.jobs.put((job, on_done))
-
-    def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
-        return wait_for(self, slot, job)
-
     def describe(self) -> DeviceInfo:
         if self.cuda:
             detail = f"torch-cuda {self.torch.cuda.get_device_name(self.target)}"
@@ -209,14 +183,8 @@ class TorchDevice:
             detail = "torch-cpu"
         return DeviceInfo("torch", self.cuda, host_cores(), self.threads, self.num_slots, detail)
 
-    def now(self) -> float:
-        return time.perf_counter()
-
     def close(self) -> None:
-        for worker in self._slots:
-            worker.jobs.put(_STOP)
-        for worker in self._slots:
-            worker.thread.join(timeout=30)
+        self._stop_workers()
         with self._lock:
             for worker in self._slots:
                 worker.states.clear()

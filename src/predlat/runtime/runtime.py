@@ -15,77 +15,55 @@ is resolved exactly once.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import gc
-import itertools
 import logging
 import math
 import queue
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import numpy as np
 
-from predlat.devices.base import BatchJob, BatchResult, Device
+from predlat.devices.base import Device
 from predlat.errors import UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.profiling.profile import Profile
-from predlat.runtime.tensors import (
-    InvalidInputError,
-    request_rows,
-    split_outputs,
-    stack_inputs,
+from predlat.runtime.core import (
+    ARRIVAL,
+    SHUTTING_DOWN,
+    STOP,
+    WAKE,
+    BatchListener,
+    DispatchListener,
+    DriverCore,
+    Event,
+    OutcomeListener,
+    RuntimeStats,
 )
+from predlat.runtime.tensors import InvalidInputError, request_rows
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.reasons import RejectReason
-from predlat.scheduling.request import Dispatch, Finished, Priority, Reject, Request
+from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.scheduler import Scheduler
-from predlat.traces.records import BatchRecord
+
+__all__ = [
+    "BatchListener",
+    "DispatchListener",
+    "OutcomeListener",
+    "RequestOutcome",
+    "Runtime",
+    "RuntimeStats",
+]
 
 log = logging.getLogger(__name__)
 
-OutcomeListener = Callable[[RequestOutcome], None]
-BatchListener = Callable[[BatchRecord, float], None]
-DispatchListener = Callable[[Dispatch], None]
 
-SHUTTING_DOWN = RejectReason.SHUTTING_DOWN.value
-_ARRIVAL, _DONE, _STOP, _WAKE = range(4)
+class Runtime(DriverCore):
+    """The driver core hosted on the wall clock: on a control thread or an event loop."""
 
-
-@dataclass
-class RuntimeStats:
-    """A snapshot for metrics. Lags and errors cover the most recent batches."""
-
-    submitted: int
-    met: int
-    missed: int
-    rejected: int
-    failed: int
-    queued: int
-    running: int
-    batches: int
-    uptime_s: float
-    busy_slot_s: float
-    utilization: float  # busy slot-time / (slots x uptime)
-    dispatch_lag_p50_ms: float  # decision -> start on the device
-    dispatch_lag_p99_ms: float
-    dispatch_lag_max_ms: float
-    pred_mean_rel_err: float  # |forecast at dispatch - actual| / actual
-
-
-@dataclass
-class _Pending:
-    request: Request
-    inputs: dict[str, np.ndarray] | None
-    future: Future
-    dispatch: Dispatch | None = None
-
-
-class Runtime:
     def __init__(
         self,
         device: Device,
@@ -108,43 +86,24 @@ class Runtime:
         caller's data) out of the garbage collector's reach (gc.freeze), so a full
         collection later scans only what serving allocates: otherwise one can stall the
         control thread for tens of milliseconds."""
-        self.device = device
-        self.scheduler = scheduler
+        super().__init__(device, scheduler, history)
         self.profile = profile
         self.specs = dict(specs or {})
         self._models = set(scheduler.models)
         self._close_device = close_device
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._pending: dict[int, _Pending] = {}
-        self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._started = False
         # loop-hosted controller: events posted since its last round, and its timer
         self._host: asyncio.AbstractEventLoop | None = None
         self._host_thread: int | None = None  # the loop's thread, once known
         self._post_lock = threading.Lock()
-        self._posted: list[tuple[int, object]] = []
+        self._posted: list[Event] = []
         self._round_due = False
         self._learn_due = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._drained: asyncio.Future | None = None
-        self._accepting = False
-        self._stopped = threading.Event()
-        self._listeners: list[OutcomeListener] = []
-        self._batch_listeners: list[BatchListener] = []
-        self._dispatch_listeners: list[DispatchListener] = []
-        self._dispatches: dict[int, Dispatch] = {}
-        self._results: dict[int, BatchResult] = {}
-        self._draining = False
-        # statistics (written by the controller, read by anyone)
-        self._counts = dict.fromkeys(("submitted", "met", "missed", "rejected", "failed"), 0)
-        self._batches = 0
-        self._busy = 0.0
-        self._lags: collections.deque[float] = collections.deque(maxlen=history)
-        self._errors: collections.deque[float] = collections.deque(maxlen=history)
-        self._started_at = 0.0
         self._switch_interval_s = switch_interval_s
         self._freeze_gc = freeze_gc
         self._frozen = False
@@ -199,15 +158,14 @@ class Runtime:
                 return
             self._accepting = False
         if self._thread is not None:
-            self._inbox.put((_STOP, drain))
+            self._inbox.put((STOP, drain))
             self._thread.join(timeout)
             if self._thread.is_alive():
-                self._inbox.put((_STOP, False))
+                self._inbox.put((STOP, False))
                 self._thread.join(1.0)
         with self._post_lock:
             self._host = None  # (a loop that never let the controller finish)
-        for rid in list(self._pending):
-            self._resolve_unrun(rid, "rejected", SHUTTING_DOWN, RejectReason.SHUTTING_DOWN)
+        self._reject_pending()
         self._thread = None
         self._release()
 
@@ -226,11 +184,11 @@ class Runtime:
             self._accepting = False
         if self._drained is None:
             self._drained = host.create_future()
-            self._post((_STOP, drain))
+            self._post((STOP, drain))
         try:
             await asyncio.wait_for(asyncio.shield(self._drained), timeout)
         except TimeoutError:
-            self._post((_STOP, False))
+            self._post((STOP, False))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._drained), 1.0)
         with self._post_lock:
@@ -239,8 +197,7 @@ class Runtime:
             self._host = None
             self._posted.clear()
         self._cancel_timer()
-        for rid in list(self._pending):
-            self._resolve_unrun(rid, "rejected", SHUTTING_DOWN, RejectReason.SHUTTING_DOWN)
+        self._reject_pending()
         await asyncio.to_thread(self._release)  # closing joins the slot threads
 
     def _release(self) -> None:
@@ -286,74 +243,20 @@ class Runtime:
             )
         rows = request_rows(model, inputs, self.specs.get(model))
         arrival = self.device.now() - max(0.0, waited_s)
-        future: Future = Future()
         request = Request(
             next(self._ids), model, arrival, arrival + deadline_s, Priority(priority), rows
         )
-        with self._lock:
-            self._pending[request.request_id] = _Pending(request, inputs, future)
-            self._counts["submitted"] += 1
-            accepting = self._accepting
+        future, accepting = self._admit(request, inputs)
         if accepting:
-            self._post((_ARRIVAL, request))
+            self._post((ARRIVAL, request))
         else:
             self._resolve_unrun(
                 request.request_id, "rejected", SHUTTING_DOWN, RejectReason.SHUTTING_DOWN
             )
         return future
 
-    def add_listener(self, on_outcome: OutcomeListener) -> None:
-        """Called (on the controller's thread: the control thread, or the event loop
-        hosting the runtime) with every request's outcome."""
-        self._listeners.append(on_outcome)
-
-    def add_batch_listener(self, on_batch: BatchListener) -> None:
-        """Called (on the controller's thread) with every finished batch (with its timeline)
-        and the latency forecast when it was dispatched (s)."""
-        self._batch_listeners.append(on_batch)
-
-    def add_dispatch_listener(self, on_dispatch: DispatchListener) -> None:
-        """Called (on the controller's thread) with every dispatch decision carried out:
-        the forecast it was admitted with (planned and mean end), before it runs."""
-        self._dispatch_listeners.append(on_dispatch)
-
-    # -- metrics -------------------------------------------------------------------------
-    def queue_lengths(self) -> dict[str, int]:
-        """Queued requests per model (a racy snapshot, fine for metrics)."""
-        return self.scheduler.queue_lengths()
-
-    def running_batches(self) -> int:
-        return len(self._dispatches)
-
-    def utilization(self) -> float:
-        """Busy slot-time over slot-time since start (0..1)."""
-        up = max(self.device.now() - self._started_at, 1e-9)
-        return self._busy / (self.device.num_slots * up)
-
-    def stats(self) -> RuntimeStats:
-        lags = np.asarray(self._lags) if self._lags else np.asarray([np.nan])
-        errs = list(self._errors)
-        up = max(self.device.now() - self._started_at, 1e-9) if self._started_at else 0.0
-        return RuntimeStats(
-            **self._counts,
-            queued=self.scheduler.queued(),
-            running=len(self._dispatches),
-            batches=self._batches,
-            uptime_s=up,
-            busy_slot_s=self._busy,
-            utilization=self.utilization() if up else 0.0,
-            dispatch_lag_p50_ms=float(np.percentile(lags, 50) * 1e3),
-            dispatch_lag_p99_ms=float(np.percentile(lags, 99) * 1e3),
-            dispatch_lag_max_ms=float(np.max(lags) * 1e3),
-            pred_mean_rel_err=float(np.mean(errs)) if errs else float("nan"),
-        )
-
-    def dispatch_lags(self) -> list[float]:
-        """Recent dispatch lags (s): decision to start on the device."""
-        return list(self._lags)
-
     # -- posting events to the controller ------------------------------------------------
-    def _post(self, event: tuple[int, object]) -> None:
+    def _post(self, event: Event) -> None:
         """Hand an event to the controller, from any thread. On a loop, events posted
         until its next round are decided in that one round (like a burst on the thread)."""
         host = self._host
@@ -464,7 +367,7 @@ class Runtime:
             try:
                 events = [self._inbox.get(timeout=timeout)]
             except queue.Empty:
-                events = [(_WAKE, None)]
+                events = [(WAKE, None)]
             while True:  # take everything already posted: arrivals of a burst batch together
                 try:
                     events.append(self._inbox.get_nowait())
@@ -478,120 +381,9 @@ class Runtime:
             if self._draining and sched.idle():
                 return
 
-    def _decide(self, events: list[tuple[int, object]]) -> None:
-        """Feed events to the scheduler and carry out its decisions."""
-        sched = self.scheduler
-        decisions: list = []
-        for kind, payload in events:
-            now = self.device.now()
-            if kind == _ARRIVAL:
-                decisions += sched.on_arrival(payload, now, dispatch=False)
-            elif kind == _DONE:
-                decisions += self._completed(payload, now)
-            elif kind == _STOP:
-                self._draining = True
-                if not payload:
-                    decisions += sched.reject_all()
-        now = self.device.now()
-        decisions += sched.on_tick(now)
-        self._execute(decisions)
-
-    def _completed(self, result: BatchResult, now: float) -> list:
-        d = self._dispatches.pop(result.batch_id)
-        self._results[result.batch_id] = result
-        self._lags.append(max(0.0, result.start - d.decided_at))
-        self._busy += result.end - result.start
-        self._batches += 1
-        record = BatchRecord.from_result(result, d.decided_at)
-        return self.scheduler.on_complete(record, now, ok=result.error is None, dispatch=False)
-
-    def _execute(self, decisions: Sequence[object]) -> None:
-        for d in decisions:
-            if isinstance(d, Dispatch):
-                self._run(d)
-            elif isinstance(d, Reject):
-                self._resolve_unrun(d.request_id, "rejected", d.reason, d.kind)
-            elif isinstance(d, Finished):
-                self._finished(d)
-
-    def _run(self, d: Dispatch) -> None:
-        parts = []
-        for rid in d.request_ids:
-            p = self._pending[rid]
-            p.dispatch = d
-            parts.append(p)
-        self._dispatches[d.batch_id] = d
-        for listener in self._dispatch_listeners:
-            _call(listener, d)
-        try:
-            job = BatchJob(
-                d.batch_id,
-                d.model,
-                d.batch_size,
-                stack_inputs([(p.inputs, p.request.size) for p in parts]),
-            )
-            self.device.submit(d.slot, job, self._on_done)
-        except Exception as exc:  # a bad batch fails alone; the device stays usable
-            now = self.device.now()
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            self._post(
-                (
-                    _DONE,
-                    BatchResult(d.batch_id, d.model, d.batch_size, d.slot, now, now, error=message),
-                )
-            )
-
-    def _on_done(self, result: BatchResult) -> None:  # device worker thread
-        self._post((_DONE, result))
-
-    def _finished(self, f: Finished) -> None:
-        rec = f.record
-        result = self._results.pop(rec.batch_id)
-        if f.ok:
-            if rec.latency > 0:
-                self._errors.append(abs(f.predicted_latency - rec.latency) / rec.latency)
-            for listener in self._batch_listeners:
-                _call(listener, rec, f.predicted_latency)
-        rows = [self._pending[rid].request.size for rid in f.request_ids]
-        outputs = split_outputs(result.outputs, rows) if f.ok else [None] * len(rows)
-        for rid, out in zip(f.request_ids, outputs, strict=True):
-            p = self._pending.get(rid)
-            if p is None:
-                continue
-            reason = None if f.ok else result.error or "engine failed"
-            outputs = out if p.inputs is not None else None
-            self._resolve(rid, RequestOutcome.ran(p.request, rec, f.ok, reason, outputs))
-
-    # -- resolving -----------------------------------------------------------------------
-    def _resolve_unrun(
-        self, rid: int, status: str, reason: str, kind: RejectReason | None = None
-    ) -> None:
-        p = self._pending.get(rid)
-        if p is not None:
-            self._resolve(rid, RequestOutcome.unrun(p.request, status, reason, kind))
-
-    def _resolve(self, rid: int, outcome: RequestOutcome) -> None:
-        with self._lock:
-            p = self._pending.pop(rid, None)
-            if p is None:
-                return  # already resolved (exactly once)
-            self._counts[outcome.status] += 1
-        p.future.set_result(outcome)
-        for listener in self._listeners:
-            _call(listener, outcome)
-
-    # -- inputs --------------------------------------------------------------------------
-
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _call(listener: Callable, *args: object) -> None:
-    try:
-        listener(*args)
-    except Exception:  # a broken listener must not break serving
-        log.exception("listener %r failed", listener)

@@ -1,7 +1,7 @@
 """Collect a co-location trace on a real device under an open-loop workload.
 
 Requests of each model arrive as independent Poisson streams and wait in per-model
-queues. A dispatcher on a control thread runs up to K batches at once, one per slot, and
+queues. A dispatcher (random_dispatch) runs up to K batches at once, one per slot, and
 reacts to completions through the device's callback. Batch sizes are drawn at random so
 that a trace covers small and large batches beside every kind of co-runner, which is what
 predictors need to learn from; the trace is a measurement, not a serving policy.
@@ -10,8 +10,6 @@ predictors need to learn from; the trace is a measurement, not a serving policy.
 from __future__ import annotations
 
 import os
-import queue
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,18 +18,34 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from predlat.devices.base import BatchJob, BatchResult, Device
+from predlat.devices.base import Device
 from predlat.errors import ConfigError, PredlatError
 from predlat.models.spec import ModelSpec
 from predlat.profiling.profile import Profile
+from predlat.traces.cpu import CPU_SAMPLE_S, CpuMeter
+from predlat.traces.random_dispatch import CollectionRun, RandomDispatcher
 from predlat.traces.records import BatchRecord, attach_timelines
+from predlat.traces.summary import TraceSummary, summarize
 from predlat.workload.arrivals import open_loop_workload
 
 # Above this many requests the workload itself would not fit comfortably in memory, and
 # the dispatcher could not keep up anyway: the load or duration is a mistake.
 MAX_REQUESTS = 2_000_000
-_TICK_S = 0.1  # progress refresh period
-CPU_SAMPLE_S = 0.5  # period of the other-processes CPU samples kept with a trace
+_Dispatcher = RandomDispatcher  # (the name tests know it by)
+
+__all__ = [
+    "CPU_SAMPLE_S",
+    "MAX_REQUESTS",
+    "CollectConfig",
+    "Collection",
+    "CpuMeter",
+    "TraceSummary",
+    "collect",
+    "collect_trace",
+    "device_capacity",
+    "parallel_capacity",
+    "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -129,110 +143,6 @@ def device_capacity(
     return parallel_capacity(profile, concurrency) / mean_cost
 
 
-class CpuMeter:
-    """Share of the machine's CPU time that other processes used between two readings.
-
-    On a shared machine, other work is interference that no co-runner feature can
-    explain; traces record it so that reports can say how much there was. Linux only
-    (reads /proc); elsewhere `foreign_frac` is None.
-    """
-
-    def __init__(self) -> None:
-        self._start = self._last = self._read()
-
-    @staticmethod
-    def _read() -> tuple[int, int, int] | None:
-        try:
-            with open("/proc/stat") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-            with open("/proc/self/stat") as fh:
-                own = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, ValueError, IndexError):
-            return None
-        # user nice system idle iowait irq softirq steal ...
-        busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
-        total = busy + fields[3] + fields[4]
-        return busy, total, int(own[11]) + int(own[12])  # own utime + stime, all threads
-
-    def foreign_frac(self) -> float | None:
-        """Other processes' CPU time / all CPU time available, since construction."""
-        return self._frac(self._start, self._read())
-
-    def sample(self) -> float | None:
-        """The same since the previous `sample` (or construction)."""
-        now = self._read()
-        frac, self._last = self._frac(self._last, now), now
-        return frac
-
-    @staticmethod
-    def _frac(start: tuple[int, int, int] | None, end: tuple[int, int, int] | None) -> float | None:
-        if start is None or end is None:
-            return None
-        busy, total, own = (e - s for e, s in zip(end, start, strict=True))
-        return min(1.0, max(0.0, (busy - own) / total)) if total > 0 else None
-
-
-class _Dispatcher:
-    """Per-model queues and the greedy batching rule (state of one collection run).
-
-    Each model's queue has a random target batch size in 1..max_batch. A queue is ready
-    when it holds the target, or when its oldest request has waited the time the target
-    takes to arrive on average (target / rate), so batches of every size occur at any
-    load. Whenever a slot is free and a queue is ready, the queue whose head arrived
-    first is dispatched.
-    """
-
-    def __init__(self, rates: dict[str, float], max_batch: int, rng: np.random.Generator):
-        self.rates = rates
-        self.max_batch = max_batch
-        self.rng = rng
-        self.queues: dict[str, deque[float]] = {m: deque() for m in rates}
-        self.targets = {m: self._draw() for m in rates}
-
-    def _draw(self) -> int:
-        return int(self.rng.integers(1, self.max_batch + 1))
-
-    def window(self, model: str) -> float:
-        rate = self.rates[model]
-        return self.targets[model] / rate if rate > 0 else 0.0
-
-    def ready_at(self, model: str) -> float | None:
-        """When the queue becomes ready (None if empty)."""
-        q = self.queues[model]
-        if not q:
-            return None
-        if len(q) >= self.targets[model]:
-            return q[0]
-        return q[0] + self.window(model)
-
-    def pick(self, now: float) -> tuple[str, int] | None:
-        """The model and batch size to dispatch now, or None."""
-        best: tuple[float, str] | None = None
-        for model, q in self.queues.items():
-            at = self.ready_at(model)
-            if at is not None and at <= now and (best is None or q[0] < best[0]):
-                best = (q[0], model)
-        if best is None:
-            return None
-        model = best[1]
-        q = self.queues[model]
-        size = min(len(q), self.targets[model], self.max_batch)
-        for _ in range(size):
-            q.popleft()
-        self.targets[model] = self._draw()
-        return model, size
-
-    def next_ready(self) -> float | None:
-        times = [t for m in self.queues if (t := self.ready_at(m)) is not None]
-        return min(times) if times else None
-
-    def drop_all(self) -> int:
-        dropped = sum(len(q) for q in self.queues.values())
-        for q in self.queues.values():
-            q.clear()
-        return dropped
-
-
 def collect(
     device: Device,
     specs: Sequence[ModelSpec],
@@ -269,8 +179,10 @@ def collect(
         )
     rates = {m: rate for m in models}
     arrivals = open_loop_workload(rates, config.duration, config.seed)
-    dispatcher = _Dispatcher(rates, config.max_batch, np.random.default_rng(config.seed + 1))
-    run = _Run(device, config, dispatcher, [a.time for a in arrivals], [a.model for a in arrivals])
+    dispatcher = RandomDispatcher(rates, config.max_batch, np.random.default_rng(config.seed + 1))
+    run = CollectionRun(
+        device, config, dispatcher, [a.time for a in arrivals], [a.model for a in arrivals]
+    )
     console = console or Console(stderr=True)
     if progress:
         columns = (
@@ -334,159 +246,3 @@ def collect_trace(
     """The finished batches (with timelines) of an open-loop run; see `collect`."""
     config = CollectConfig(concurrency, load, duration, seed, max_batch)
     return collect(device, specs, profile, config, progress=progress).records
-
-
-class _Run:
-    """The control loop of one collection: admits arrivals, dispatches, records ends."""
-
-    def __init__(
-        self,
-        device: Device,
-        config: CollectConfig,
-        dispatcher: _Dispatcher,
-        times: list[float],
-        models: list[str],
-    ) -> None:
-        self.device = device
-        self.config = config
-        self.dispatcher = dispatcher
-        self.times = times
-        self.models = models
-        self.events: queue.SimpleQueue[BatchResult] = queue.SimpleQueue()
-        self.free = list(range(config.concurrency))
-        self.dispatch_at: dict[int, float] = {}
-        self.done: list[BatchRecord] = []
-        self.dropped = 0
-        self.failure: str | None = None
-        self.wall_s = 0.0
-        self.t0 = 0.0
-        self.next_id = 0
-        self.meter = CpuMeter()
-        self.cpu_samples: list[tuple[float, float]] = []  # (end of period, foreign share)
-
-    def loop(self, tick: Callable[[float], None] | None) -> None:
-        t0 = self.t0 = self.device.now()
-        i, closed, last_tick, last_sample = 0, False, -1.0, 0.0
-        self.meter.sample()
-        while True:
-            now = self.device.now() - t0
-            while not closed and i < len(self.times) and self.times[i] <= now:
-                self.dispatcher.queues[self.models[i]].append(self.times[i])
-                i += 1
-            if not closed and (now >= self.config.duration or self.failure):
-                closed = True  # arrivals are over: what is still queued never runs
-                self.dropped = self.dispatcher.drop_all()
-            if not closed:
-                self._dispatch(now)
-            if closed and len(self.free) == self.config.concurrency:
-                break
-            if tick and now - last_tick >= _TICK_S:
-                tick(now)
-                last_tick = now
-            if now - last_sample >= CPU_SAMPLE_S:
-                self._sample_cpu(now)
-                last_sample = now
-            wake = [now + _TICK_S]
-            if not closed:
-                wake.append(self.config.duration)
-                if i < len(self.times):
-                    wake.append(self.times[i])
-                if self.free and (ready := self.dispatcher.next_ready()) is not None:
-                    wake.append(ready)
-            self._wait(max(0.0, min(wake) - (self.device.now() - t0)))
-        self.wall_s = self.device.now() - t0
-        self._sample_cpu(self.wall_s)
-        if tick:
-            tick(self.wall_s)
-
-    def _sample_cpu(self, now: float) -> None:
-        frac = self.meter.sample()
-        if frac is not None:
-            self.cpu_samples.append((round(now, 3), round(frac, 4)))
-
-    def _dispatch(self, now: float) -> None:
-        while self.free:
-            choice = self.dispatcher.pick(now)
-            if choice is None:
-                return
-            model, size = choice
-            slot = self.free.pop(0)
-            batch_id = self.next_id
-            self.next_id += 1
-            self.dispatch_at[batch_id] = self.device.now() - self.t0
-            self.device.submit(slot, BatchJob(batch_id, model, size), self.events.put)
-
-    def _wait(self, timeout: float) -> None:
-        try:
-            result = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
-        except queue.Empty:
-            return
-        self._finish(result)
-        while True:  # several batches may have ended together
-            try:
-                self._finish(self.events.get_nowait())
-            except queue.Empty:
-                return
-
-    def _finish(self, result: BatchResult) -> None:
-        self.free.append(result.slot)
-        self.free.sort()
-        if result.error:
-            self.failure = (
-                self.failure or f"{result.model} batch {result.batch_size}: {result.error}"
-            )
-            return
-        self.done.append(
-            BatchRecord.from_result(result, self.dispatch_at.pop(result.batch_id), t0=self.t0)
-        )
-
-
-@dataclass(frozen=True)
-class TraceSummary:
-    batches: int
-    mean_batch_size: float
-    mean_concurrency: float  # batches running on average while the device is busy
-    overlapped_frac: float  # batches with at least one co-runner
-    mean_slowdown: float  # latency / profiled solo latency
-    busy_frac: float  # share of the trace's span with at least one batch running
-    per_model: dict[str, int]  # batches per model
-
-
-def summarize(records: Sequence[BatchRecord], profile: Profile | None = None) -> TraceSummary:
-    """A few numbers to sanity-check a trace."""
-    if not records:
-        return TraceSummary(0, 0.0, 0.0, 0.0, float("nan"), 0.0, {})
-    busy = _union_length([(r.start, r.end) for r in records])
-    total = sum(r.latency for r in records)
-    span = max(r.end for r in records) - min(r.start for r in records)
-    slowdowns = (
-        [r.latency / profile.solo_latency(r.model, r.batch_size) for r in records]
-        if profile is not None
-        else []
-    )
-    per_model: dict[str, int] = {}
-    for r in records:
-        per_model[r.model] = per_model.get(r.model, 0) + 1
-    return TraceSummary(
-        batches=len(records),
-        mean_batch_size=float(np.mean([r.batch_size for r in records])),
-        mean_concurrency=total / busy if busy > 0 else 0.0,
-        overlapped_frac=float(np.mean([bool(r.timeline) for r in records])),
-        mean_slowdown=float(np.mean(slowdowns)) if slowdowns else float("nan"),
-        busy_frac=busy / span if span > 0 else 0.0,
-        per_model=dict(sorted(per_model.items())),
-    )
-
-
-def _union_length(intervals: list[tuple[float, float]]) -> float:
-    total, cur_start, cur_end = 0.0, None, None
-    for start, end in sorted(intervals):
-        if cur_end is None or start > cur_end:
-            if cur_end is not None:
-                total += cur_end - cur_start
-            cur_start, cur_end = start, end
-        else:
-            cur_end = max(cur_end, end)
-    if cur_end is not None:
-        total += cur_end - cur_start
-    return total
