@@ -97,8 +97,7 @@ def main() -> None:
         gaps = asyncio.run(stalls(lambda d=decoder: d.decode(data, None, SPEC), args.repeats))
         decoder.close()
         stall_line(f"decoding on {label}", gaps)
-    print("(this machine's CPU was shared with other work while measuring: the baseline")
-    print(" shows how long the OS alone kept the loop waiting)")
+    print("(the baseline is how long the OS alone kept an idle loop waiting in this run)")
 
 
 def stall_line(label: str, gaps: list[float]) -> None:

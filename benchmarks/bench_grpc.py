@@ -94,7 +94,7 @@ def main() -> None:
     for i, name in enumerate(("end to end", "overhead (minus compute)", "outside the runtime")):
         p50, p99 = np.percentile(rows[:, i], [50, 99])
         print(f"  {name:<26} p50 {p50:7.3f} ms   p99 {p99:7.3f} ms")
-    print("  targets: overhead p50 < 1 ms, p99 < 5 ms (CPU shared with other work: noisy)")
+    print("  targets: overhead p50 < 1 ms, p99 < 5 ms")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,6 @@ def main() -> None:
     print(f"  offered rate {results['offered_rate_rps']:.0f} req/s (asked {args.rate:.0f})")
     print(f"  send lag p50 {lag['p50']:.3f} ms, p99 {lag['p99']:.3f} ms, max {lag['max']:.3f} ms")
     print(f"  answered {results['status_codes']}")
-    print("  (this machine's CPU was shared with other work while measuring)")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,6 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(30)
-    print("(measured on a machine whose CPU was shared with other work: figures are noisy)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
 Figures measured on a shared machine are contaminated by whatever else runs there.
 """
 
+# ruff: noqa: E402  (Ray must be imported after use_loopback() below)
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from predlat.cluster.local import use_loopback
+
+use_loopback()  # before Ray is imported: a local instance on 127.0.0.1
 import ray
 from ray import serve
 

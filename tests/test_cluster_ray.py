@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from predlat.cluster.local import use_loopback
+
+use_loopback()  # before Ray is imported: the test instance talks over 127.0.0.1
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 

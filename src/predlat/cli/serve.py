@@ -272,6 +272,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_ray(args: argparse.Namespace) -> int:
+    if args.address is None:  # a local instance: loopback only
+        from predlat.cluster.local import use_loopback
+
+        use_loopback()
     try:
         import ray  # noqa: F401
     except ImportError:
