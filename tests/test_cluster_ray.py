@@ -96,16 +96,28 @@ def test_unmeetable_deadline_is_refused_with_a_reason(cluster) -> None:
     assert outcome.reason
 
 
-def test_killed_replica_loses_no_request_and_answers_none_twice(cluster) -> None:
-    handle, runtime = cluster
-    pids = {handle.pid.remote().result(timeout_s=10) for _ in range(20)}
-    assert len(pids) == 2, f"expected 2 replica processes, saw {pids}"
-    victim = sorted(pids)[0]
+def _replica_pids(handle) -> set[int]:
+    return {handle.pid.remote().result(timeout_s=10) for _ in range(20)}
+
+
+def _wait_for_two_replicas(handle, gone: int | None = None) -> set[int]:
+    """Serve restarts a killed replica and routing resumes using it."""
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
+        seen = _replica_pids(handle)
+        if len(seen) == 2 and gone not in seen:
+            return seen
+        time.sleep(0.5)
+    pytest.fail("the killed replica did not come back")
+
+
+def _burst_and_kill(handle, runtime, victim: int) -> tuple[list, int]:
+    """A burst that queues work on both replicas, one replica killed once some answers
+    are back (so the rest are mid-flight); the outcomes and how many calls were retried."""
     answered_before, retried_before = runtime.counts.answered, runtime.counts.retried
     rng = np.random.default_rng(0)
     x = {"input_ids": rng.integers(0, 100, (1, 32)), "attention_mask": np.ones((1, 32))}
     x = {k: v.astype(np.int64) for k, v in x.items()}
-    # A burst queues work on both replicas, so the kill finds requests mid-flight.
     futures = [
         runtime.submit(
             "roberta",
@@ -113,28 +125,32 @@ def test_killed_replica_loses_no_request_and_answers_none_twice(cluster) -> None
             deadline_s=DEADLINE_S * (0.02 if i % 10 == 0 else 1.0),  # some too tight to retry
             priority=Priority.HIGH if i % 3 == 0 else Priority.LOW,
         )
-        for i in range(150)
+        for i in range(300)
     ]
     futures[1].result(timeout=30)  # the replicas are working through the burst now
     os.kill(victim, signal.SIGKILL)
     outcomes = [f.result(timeout=60) for f in futures]
-    answered = runtime.counts.answered - answered_before
-    retried = runtime.counts.retried - retried_before
-    assert answered == len(outcomes)  # each future resolved once, none lost
-    assert retried > 0, (
-        f"the kill caught no request mid-flight: {Counter(o.status for o in outcomes)}"
-    )
-    for o in outcomes:
-        assert o.status in ("met", "missed", "rejected"), o
-        if o.status == "rejected":
-            assert o.reason
-    assert sum(o.status in ("met", "missed") for o in outcomes) > 0
-    # Serve restarts the replica and routing resumes using it.
-    give_up = time.monotonic() + 30
-    while time.monotonic() < give_up:
-        seen = {handle.pid.remote().result(timeout_s=10) for _ in range(20)}
-        if len(seen) == 2 and victim not in seen:
+    assert runtime.counts.answered - answered_before == len(outcomes)  # once each, none lost
+    return outcomes, runtime.counts.retried - retried_before
+
+
+def test_killed_replica_loses_no_request_and_answers_none_twice(cluster) -> None:
+    handle, runtime = cluster
+    pids = _replica_pids(handle)
+    assert len(pids) == 2, f"expected 2 replica processes, saw {pids}"
+    # Whether a kill finds the victim mid-request depends on the router's choices and
+    # the OS: up to three bursts, each fully accounted, until one catches it.
+    retried, seen = 0, []
+    for _ in range(3):
+        victim = sorted(pids)[0]
+        outcomes, retried = _burst_and_kill(handle, runtime, victim)
+        seen.append(Counter(o.status for o in outcomes))
+        for o in outcomes:
+            assert o.status in ("met", "missed", "rejected"), o
+            if o.status == "rejected":
+                assert o.reason
+        assert sum(o.status in ("met", "missed") for o in outcomes) > 0
+        pids = _wait_for_two_replicas(handle, gone=victim)
+        if retried:
             break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the killed replica did not come back")
+    assert retried > 0, f"no kill caught a request mid-flight in three bursts: {seen}"
