@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from predlat.errors import ModelLoadError
-from predlat.models.spec import PT2, ModelSpec, TensorSpec, file_digest
+from predlat.models.spec import PT2, ModelSpec, TensorSpec, batch_dims, file_digest
 
 
 def _torch() -> Any:
@@ -46,20 +46,14 @@ def _numpy_dtype(torch: Any, dtype: Any, path: Path, what: str) -> np.dtype:
 def _tensor_spec(torch: Any, name: str, value: Any, path: Path, is_input: bool) -> TensorSpec:
     if not isinstance(value, torch.Tensor):
         raise ModelLoadError(path, f"{name} is not a tensor ({type(value).__name__})")
-    dims: list[int | None] = [d if isinstance(d, int) else None for d in value.shape]
-    if is_input:
-        if not dims:
-            raise ModelLoadError(path, f"input '{name}' is a scalar, no batch axis")
-        if dims[0] is not None:
-            raise ModelLoadError(
-                path,
-                f"input '{name}' has a fixed first axis ({dims[0]}); predlat needs a "
-                f"dynamic batch axis: export with dynamic_shapes={{{name!r}: "
-                "{0: torch.export.Dim('batch')}}",
-            )
-    elif dims:
-        dims[0] = None
-    return TensorSpec(name, _numpy_dtype(torch, value.dtype, path, name), tuple(dims))
+    dims = batch_dims(
+        [d if isinstance(d, int) else None for d in value.shape],
+        name,
+        path,
+        is_input,
+        fix=f": export with dynamic_shapes={{{name!r}: {{0: torch.export.Dim('batch')}}}}",
+    )
+    return TensorSpec(name, _numpy_dtype(torch, value.dtype, path, name), dims)
 
 
 def pt2_spec(path: Path, name: str | None = None) -> ModelSpec:

@@ -106,18 +106,28 @@ def _tensor_spec(value_info: onnx.ValueInfoProto, path: Path, check_batch: bool)
     dims: list[int | None] = []
     for dim in ttype.shape.dim:
         dims.append(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None)
-    if check_batch:
+    dims = batch_dims(dims, value_info.name, path, check_batch)
+    return TensorSpec(value_info.name, _ONNX_TO_NUMPY[ttype.elem_type], dims)
+
+
+def batch_dims(
+    dims: list[int | None], name: str, path: Path | str, is_input: bool, fix: str = ""
+) -> tuple[int | None, ...]:
+    """A tensor's dims with axis 0 as the batch axis: an input must have it dynamic (else
+    a ModelLoadError, ending with `fix` where the format has one); an output's axis 0 is
+    the batch's whatever the file says."""
+    if is_input:
         if not dims:
-            raise ModelLoadError(path, f"input '{value_info.name}' is a scalar, no batch axis")
+            raise ModelLoadError(path, f"input '{name}' is a scalar, no batch axis")
         if dims[0] is not None:
             raise ModelLoadError(
                 path,
-                f"input '{value_info.name}' has a fixed first axis ({dims[0]}); "
-                "predlat needs a dynamic batch axis",
+                f"input '{name}' has a fixed first axis ({dims[0]}); "
+                f"predlat needs a dynamic batch axis{fix}",
             )
     elif dims:
         dims[0] = None
-    return TensorSpec(value_info.name, _ONNX_TO_NUMPY[ttype.elem_type], tuple(dims))
+    return tuple(dims)
 
 
 def file_digest(path: Path) -> str:
