@@ -12,6 +12,7 @@ variant means is up to the backend. An ONNX Runtime provider name
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -44,7 +45,21 @@ def make_device(name: str, slots: int = 1, threads: int = 1, **opts: Any) -> Dev
 
 
 def describe_device(name: str, threads: int = 1, **opts: Any) -> DeviceInfo:
-    """What `make_device(name, slots=1, threads=threads)` would be (built and closed)."""
+    """What `make_device(name, slots=1, threads=threads)` would be (built and closed).
+    A named device's description does not change within a process, and building one
+    starts slot threads (on a GPU, a CUDA context): without options it is built once and
+    remembered, however many runs ask."""
+    if opts:
+        return _build_and_describe(name, threads, **opts)
+    return _described(name, threads)
+
+
+@functools.cache
+def _described(name: str, threads: int) -> DeviceInfo:
+    return _build_and_describe(name, threads)
+
+
+def _build_and_describe(name: str, threads: int, **opts: Any) -> DeviceInfo:
     device = make_device(name, 1, threads, **opts)
     try:
         return device.describe()
