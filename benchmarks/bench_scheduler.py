@@ -39,17 +39,7 @@ from predlat.scheduling import (
     Scheduler,
     SchedulerConfig,
 )
-from predlat.sim import SyntheticModel, build_simulation, synthetic_profile
-
-MS = 1e-3
-ZOO_LIKE = {  # solo ms at batch 1, ms per extra row, compute and memory demand
-    "resnet": SyntheticModel(7.9 * MS, 7.7 * MS, 0.69, 0.62),
-    "yolo": SyntheticModel(4.5 * MS, 4.3 * MS, 0.70, 0.55),
-    "roberta": SyntheticModel(2.2 * MS, 2.0 * MS, 0.54, 0.67),
-    "vit": SyntheticModel(11.1 * MS, 11.7 * MS, 0.67, 0.58),
-    "vgg": SyntheticModel(10.9 * MS, 9.8 * MS, 0.86, 0.27),
-    "convnext": SyntheticModel(5.0 * MS, 5.6 * MS, 0.43, 0.96),
-}
+from predlat.sim import ZOO_LIKE, build_simulation, synthetic_profile
 
 
 class TimedScheduler:

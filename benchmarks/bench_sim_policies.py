@@ -21,18 +21,9 @@ import sys
 
 from predlat.devices.simulated import InterferenceLaw
 from predlat.scheduling import Priority, SchedulerConfig, get_policy, requests_from_arrivals
-from predlat.sim import SyntheticModel, build_simulation, synthetic_profile
+from predlat.sim import ZOO_LIKE, build_simulation, synthetic_profile
 from predlat.workload.arrivals import open_loop_workload
 
-MS = 1e-3
-ZOO_LIKE = {  # solo ms at batch 1, ms per extra row, compute and memory demand
-    "resnet": SyntheticModel(7.9 * MS, 7.7 * MS, 0.69, 0.62),
-    "yolo": SyntheticModel(4.5 * MS, 4.3 * MS, 0.70, 0.55),
-    "roberta": SyntheticModel(2.2 * MS, 2.0 * MS, 0.54, 0.67),
-    "vit": SyntheticModel(11.1 * MS, 11.7 * MS, 0.67, 0.58),
-    "vgg": SyntheticModel(10.9 * MS, 9.8 * MS, 0.86, 0.27),
-    "convnext": SyntheticModel(5.0 * MS, 5.6 * MS, 0.43, 0.96),
-}
 PROFILE = synthetic_profile(ZOO_LIKE)
 NAMES = sorted(ZOO_LIKE)
 

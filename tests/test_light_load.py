@@ -5,16 +5,10 @@ from __future__ import annotations
 
 from predlat.devices.simulated import InterferenceLaw
 from predlat.scheduling import requests_from_arrivals
-from predlat.sim import SyntheticModel, build_simulation, synthetic_profile
+from predlat.sim import ZOO_LIKE, build_simulation, synthetic_profile
 from predlat.workload.arrivals import open_loop_workload
 
-MS = 1e-3
-MODELS = {  # solo ms at batch 1, ms per extra row, compute and memory demand
-    "resnet": SyntheticModel(7.9 * MS, 7.7 * MS, 0.69, 0.62),
-    "roberta": SyntheticModel(2.2 * MS, 2.0 * MS, 0.54, 0.67),
-    "vit": SyntheticModel(11.1 * MS, 11.7 * MS, 0.67, 0.58),
-    "convnext": SyntheticModel(5.0 * MS, 5.6 * MS, 0.43, 0.96),
-}
+MODELS = {m: ZOO_LIKE[m] for m in ("resnet", "roberta", "vit", "convnext")}
 PROFILE = synthetic_profile(MODELS)
 LAW = InterferenceLaw(base=0.05, compute=0.25, memory=0.35, noise_sigma=0.3)
 

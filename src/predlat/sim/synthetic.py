@@ -26,6 +26,20 @@ class SyntheticModel:
         return self.base_s + self.per_row_s * (batch_size - 1)
 
 
+MS = 1e-3
+# The CPU zoo's character on a simulated device (solo s at batch 1, s per extra row,
+# compute and memory demand, as the zoo profiled on a 2-core CPU): benchmarks and tests
+# that want a realistic mix without measuring a machine.
+ZOO_LIKE: dict[str, SyntheticModel] = {
+    "resnet": SyntheticModel(7.9 * MS, 7.7 * MS, 0.69, 0.62),
+    "yolo": SyntheticModel(4.5 * MS, 4.3 * MS, 0.70, 0.55),
+    "roberta": SyntheticModel(2.2 * MS, 2.0 * MS, 0.54, 0.67),
+    "vit": SyntheticModel(11.1 * MS, 11.7 * MS, 0.67, 0.58),
+    "vgg": SyntheticModel(10.9 * MS, 9.8 * MS, 0.86, 0.27),
+    "convnext": SyntheticModel(5.0 * MS, 5.6 * MS, 0.43, 0.96),
+}
+
+
 def synthetic_profile(
     models: Mapping[str, SyntheticModel],
     batch_sizes: Sequence[int] = (1, 2, 4, 8),
