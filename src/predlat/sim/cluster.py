@@ -36,6 +36,7 @@ SIM_POLICIES = ("serial", "oblivious", "coarse", "predlat", "oracle")
 
 
 class ClusterSimulation(Simulation):
+    routes = CLUSTER_ROUTES
     def __init__(
         self,
         devices: Sequence[SimulatedDevice],
@@ -43,10 +44,7 @@ class ClusterSimulation(Simulation):
         clock: VirtualClock,
         route: str = "round-robin",
     ) -> None:
-        if route not in CLUSTER_ROUTES:
-            raise ConfigError(f"unknown route '{route}' (choose {', '.join(CLUSTER_ROUTES)})")
-        super().__init__(devices, schedulers, clock)
-        self.route = route
+        super().__init__(devices, schedulers, clock, route)
         self._solo = [
             {
                 m: {n: s.profile.solo_latency(m, n) for n in s.profile.batch_sizes(m)}

@@ -81,6 +81,8 @@ _DEVICE, _TIMER = 0, 1
 
 
 class Simulation:
+    routes: tuple[str, ...] = ROUTES  # the front dispatcher's rules this class knows
+
     def __init__(
         self,
         devices: Sequence[SimulatedDevice],
@@ -90,8 +92,8 @@ class Simulation:
     ) -> None:
         if len(devices) != len(schedulers) or not devices:
             raise ConfigError("a simulation needs one scheduler per device, and a device")
-        if route not in ROUTES:
-            raise ConfigError(f"unknown route '{route}' (choose {', '.join(ROUTES)})")
+        if route not in self.routes:
+            raise ConfigError(f"unknown route '{route}' (choose {', '.join(self.routes)})")
         if any(d.clock is not clock for d in devices):
             raise ConfigError("every simulated device must share the simulation's clock")
         self.devices = list(devices)
