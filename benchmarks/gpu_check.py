@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         t = time.perf_counter()
         study_dir = work / "study"
-        config = _study_config(models, info, args)
+        config = _study_config(models, device, info, args)
         _log(f"study: {len(config.grid)} traces of {args.trace_s:g} s, K = 2, 3, 4")
         run_study(config, study_dir, progress=not args.no_progress)
         timings["study_s"] = time.perf_counter() - t
@@ -104,7 +104,9 @@ def _default_models(dry_run: bool) -> tuple[str, ...]:
     return DRY_RUN_MODELS if dry_run else FULL_SIZE
 
 
-def _study_config(models: tuple[str, ...], info: Any, args: argparse.Namespace) -> Any:
+def _study_config(
+    models: tuple[str, ...], device: str, info: Any, args: argparse.Namespace
+) -> Any:
     """The study's full grid (every model set x load x K = 2, 3, 4 on an accelerator)
     with short traces: a GPU runs thousands of batches in a few seconds."""
     config = study_config(
@@ -115,7 +117,7 @@ def _study_config(models: tuple[str, ...], info: Any, args: argparse.Namespace) 
     return replace(
         config,
         grid=grid,
-        device=args.device or ("torch-cpu" if quick else "torch-cuda"),
+        device=device,
         profile_repeats=5 if quick else 20,
         noise_repeats=5 if quick else 30,
         colocation_batches=12 if quick else 40,
