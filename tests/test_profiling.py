@@ -300,6 +300,32 @@ def test_load_or_profile_force_and_other_thread_counts(tmp_path: Path, counted: 
     assert len(list((tmp_path / "cache" / "profiles").glob("*.json"))) == 2
 
 
+class _BusyMeter:
+    """Other processes took half the CPU during the measurement."""
+
+    def foreign_frac(self) -> float:
+        return 0.5
+
+
+def test_a_profile_measured_under_load_is_used_but_not_cached(
+    tmp_path: Path, counted: dict, monkeypatch: pytest.MonkeyPatch, caplog
+):
+    spec = load_model_spec(build_matmul_model(tmp_path / "m.onnx", width=64, depth=2), name="m")
+    monkeypatch.setenv("PREDLAT_FOREIGN_CPU_LIMIT", "0.1")
+    monkeypatch.setattr(profiler_module, "CpuMeter", _BusyMeter)
+    busy = load_or_profile([spec], [1], 3, out_dir=tmp_path / "out", progress=False)
+    assert busy.batch_sizes("m") == [1]  # this run has its profile, and its file
+    assert Profile.load(tmp_path / "out" / "profile.json").batch_sizes("m") == [1]
+    assert not list((tmp_path / "cache" / "profiles").glob("*.json"))  # nothing cached
+    assert "50% of the CPU" in caplog.text and "not cached" in caplog.text
+    load_or_profile([spec], [1], 3, progress=False)
+    assert len(counted["measure"]) == 2  # measured again: there was nothing to reuse
+    monkeypatch.setenv("PREDLAT_FOREIGN_CPU_LIMIT", "0.6")  # the user accepts that load
+    load_or_profile([spec], [1], 3, progress=False)
+    load_or_profile([spec], [1], 3, progress=False)
+    assert len(counted["measure"]) == 3  # cached, then reused
+
+
 def test_corrupt_cache_is_ignored(tmp_path: Path, counted: dict):
     spec = load_model_spec(build_matmul_model(tmp_path / "m.onnx", width=64, depth=2), name="m")
     load_or_profile([spec], [1], 3, progress=False)

@@ -11,17 +11,17 @@ threads per slot, profile format);
 an entry is reused when its model file digest matches and it was measured with at least
 the requested number of repeats. Only missing or stale (model, batch size) pairs are
 measured and merged in. The machine's peaks are measured once per key and kept in the
-same file, so features of different models stay relative to the same peaks.
+same file, so features of different models stay relative to the same peaks. A
+measurement during which other processes took more than FOREIGN_CPU_LIMIT of the CPU
+is used by the command that made it but not cached (with a warning): every later
+command would otherwise inherit its inflated latencies.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,77 +34,29 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from predlat.devices.base import BatchJob, Device, DeviceInfo
+from predlat.devices.base import BatchJob, Device
 from predlat.devices.factory import DEFAULT_DEVICE, describe_device, make_device
 from predlat.errors import ConfigError, PredlatError
 from predlat.models.spec import ModelSpec
-from predlat.paths import cache_dir
+from predlat.profiling.cpu_meter import CpuMeter
 from predlat.profiling.graph_cost import GraphCost, graph_costs
-from predlat.profiling.peaks import cpu_model_name, measure_peaks
-from predlat.profiling.profile import (
-    BatchProfile,
-    LatencyStats,
-    MachineInfo,
-    Profile,
+from predlat.profiling.peaks import measure_peaks
+from predlat.profiling.profile import BatchProfile, LatencyStats, Profile
+from predlat.profiling.profile_cache import (
+    MachineId,
+    Todo,
+    cache_allowed,
+    merge_measured,
+    profile_cache_path,
+    read_cached_profile,
+    rescale_utils,
+    save_profile,
+    stale_pairs,
+    store_measured,
+    subset,
 )
 
-# Bump when what a cached profile means changes (cost model, measurement method):
-# every cached profile then becomes stale at once.
-PROFILE_FORMAT = 1
 WARMUP_RUNS = 3
-
-
-@dataclass(frozen=True)
-class MachineId:
-    """What makes two profiles comparable: the same CPU, cores, engine and threads.
-    `provider` is what computes, as the device describes it (`DeviceInfo.detail`: an ONNX
-    Runtime provider, so caches made before devices described themselves stay valid)."""
-
-    cpu: str
-    cores: int
-    provider: str
-    intra_op_threads: int
-    accelerator: bool = False  # follows from `provider`, so not part of the key
-
-    @classmethod
-    def current(cls, device: DeviceInfo) -> MachineId:
-        return cls(
-            cpu_model_name(),
-            device.cores,
-            device.detail,
-            device.threads_per_slot,
-            device.accelerator,
-        )
-
-    @classmethod
-    def of(cls, machine: MachineInfo) -> MachineId:
-        return cls(
-            machine.cpu,
-            machine.cores,
-            machine.provider,
-            machine.intra_op_threads,
-            machine.accelerator,
-        )
-
-    @property
-    def key(self) -> str:
-        """A file-name-safe key, readable and unique (a hash of every field)."""
-        text = f"{self.cpu}|{self.cores}|{self.provider}|{self.intra_op_threads}|{PROFILE_FORMAT}"
-        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-        cpu = re.sub(r"[^a-z0-9]+", "-", self.cpu.lower()).strip("-")[:40] or "cpu"
-        engine = self.provider.removesuffix("ExecutionProvider").lower()
-        engine = re.sub(r"[^a-z0-9]+", "-", engine).strip("-")[:40] or "device"
-        return f"{cpu}-{self.cores}c-{engine}-t{self.intra_op_threads}-{digest}"
-
-    def info(self, peaks: Mapping[str, float]) -> MachineInfo:
-        return MachineInfo(
-            self.provider,
-            self.cores,
-            self.intra_op_threads,
-            self.cpu,
-            dict(peaks),
-            self.accelerator,
-        )
 
 
 # -- public entry points ---------------------------------------------------------------
@@ -154,21 +106,23 @@ def load_or_profile(
     machine = MachineId.current(info)
     path = profile_cache_path(machine)
     cached = read_cached_profile(path, machine)
+    meter = CpuMeter()
     if cached is None or force:
         fresh = Profile(machine=machine.info(measure_peaks(intra_op_threads, info)))
         if cached is not None:  # forced: other models stay, relative to the new peaks
             fresh.models, fresh.digests = cached.models, cached.digests
-            _rescale_utils(fresh)
+            rescale_utils(fresh)
         cached = fresh
-    todo = _stale_pairs(cached, specs, sizes, repeats, force)
+    todo = stale_pairs(cached, specs, sizes, repeats, force)
     if todo:
         measured = _measure(todo, repeats, device, machine, cached.machine.peaks, progress)
         digests = {spec.name: spec.digest for spec in specs}
-        _merge(cached, measured, digests)
-        _store(path, machine, cached, measured, digests)
-    result = _subset(cached, specs, sizes)
+        merge_measured(cached, measured, digests)
+        if cache_allowed(meter, path):
+            store_measured(path, machine, cached, measured, digests)
+    result = subset(cached, specs, sizes)
     if out_dir is not None:
-        _save(result, Path(out_dir) / "profile.json")
+        save_profile(result, Path(out_dir) / "profile.json")
     return result
 
 
@@ -180,27 +134,11 @@ def cached_peaks(intra_op_threads: int = 1, device: str = DEFAULT_DEVICE) -> dic
     cached = read_cached_profile(path, machine)
     if cached is not None and cached.machine.peaks:
         return dict(cached.machine.peaks)
+    meter = CpuMeter()
     peaks = measure_peaks(intra_op_threads, info)
-    _save(Profile(machine=machine.info(peaks)), path)
+    if cache_allowed(meter, path):
+        save_profile(Profile(machine=machine.info(peaks)), path)
     return peaks
-
-
-def profile_cache_path(machine: MachineId) -> Path:
-    return cache_dir() / "profiles" / f"{machine.key}.json"
-
-
-def read_cached_profile(path: Path, machine: MachineId) -> Profile | None:
-    """The cached profile at `path`, or None when absent, unreadable or for another
-    machine (a cache is only ever a shortcut, never an error)."""
-    if not path.is_file():
-        return None
-    try:
-        profile = Profile.load(path)
-    except PredlatError:
-        return None
-    if MachineId.of(profile.machine) != machine or not profile.machine.peaks:
-        return None
-    return profile
 
 
 def batch_features(
@@ -246,11 +184,10 @@ def latency_stats(latencies: Sequence[float]) -> LatencyStats:
 
 
 # -- measurement -----------------------------------------------------------------------
-_Todo = list[tuple[ModelSpec, list[int]]]
 
 
 def _measure(
-    todo: _Todo,
+    todo: Todo,
     repeats: int,
     name: str,
     machine: MachineId,
@@ -328,67 +265,3 @@ def _check_request(
     if threads < 1:
         raise ConfigError(f"intra-op threads must be at least 1, got {threads}")
     return sorted(set(batch_sizes))
-
-
-def _stale_pairs(
-    cached: Profile, specs: Sequence[ModelSpec], sizes: list[int], repeats: int, force: bool
-) -> _Todo:
-    todo: _Todo = []
-    for spec in specs:
-        entries = cached.models.get(spec.name, {})
-        if force or cached.digests.get(spec.name) != spec.digest:
-            entries = {}
-        missing = [n for n in sizes if n not in entries or entries[n].latency.samples < repeats]
-        if missing:
-            todo.append((spec, missing))
-    return todo
-
-
-def _merge(
-    target: Profile, measured: dict[str, dict[int, BatchProfile]], digests: Mapping[str, str]
-) -> None:
-    for name, entries in measured.items():
-        keep = target.models.get(name, {}) if target.digests.get(name) == digests[name] else {}
-        target.models[name] = {**keep, **entries}
-        target.digests[name] = digests[name]
-
-
-def _store(
-    path: Path,
-    machine: MachineId,
-    profile: Profile,
-    measured: dict[str, dict[int, BatchProfile]],
-    digests: Mapping[str, str],
-) -> None:
-    # Another process may have stored other models meanwhile: merge into the newest file
-    # when its peaks are the ones these measurements are relative to.
-    latest = read_cached_profile(path, machine)
-    if latest is not None and latest.machine.peaks == profile.machine.peaks:
-        _merge(latest, measured, digests)
-        profile = latest
-    _save(profile, path)
-
-
-def _subset(profile: Profile, specs: Sequence[ModelSpec], sizes: list[int]) -> Profile:
-    return Profile(
-        machine=profile.machine,
-        models={spec.name: {n: profile.models[spec.name][n] for n in sizes} for spec in specs},
-        digests={spec.name: spec.digest for spec in specs},
-    )
-
-
-def _rescale_utils(profile: Profile) -> None:
-    """Keep utilizations relative to the profile's (new) peaks."""
-    peaks = profile.machine.peaks
-    for entries in profile.models.values():
-        for entry in entries.values():
-            f = entry.features
-            f["compute_util"] = f["gflops_per_s"] / peaks["gemm_gflops_per_s"]
-            f["memory_util"] = f["gbytes_per_s"] / peaks["mem_gbytes_per_s"]
-
-
-def _save(profile: Profile, path: Path) -> None:
-    try:
-        profile.save(path)
-    except OSError as exc:
-        raise PredlatError(f"cannot write profile {path}: {exc.strerror or exc}") from None

@@ -1,48 +1,10 @@
-"""The CPU time other processes take on a shared machine, sampled during a trace."""
+"""Sampling other processes' CPU share during a trace (the meter lives with the profiler,
+which needs it too and sits below traces)."""
 
 from __future__ import annotations
 
+from predlat.profiling.cpu_meter import CpuMeter
+
 CPU_SAMPLE_S = 0.5  # period of the other-processes CPU samples kept with a trace
 
-
-class CpuMeter:
-    """Share of the machine's CPU time that other processes used between two readings.
-
-    On a shared machine, other work is interference that no co-runner feature can
-    explain; traces record it so that reports can say how much there was. Linux only
-    (reads /proc); elsewhere `foreign_frac` is None.
-    """
-
-    def __init__(self) -> None:
-        self._start = self._last = self._read()
-
-    @staticmethod
-    def _read() -> tuple[int, int, int] | None:
-        try:
-            with open("/proc/stat") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-            with open("/proc/self/stat") as fh:
-                own = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, ValueError, IndexError):
-            return None
-        # user nice system idle iowait irq softirq steal ...
-        busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
-        total = busy + fields[3] + fields[4]
-        return busy, total, int(own[11]) + int(own[12])  # own utime + stime, all threads
-
-    def foreign_frac(self) -> float | None:
-        """Other processes' CPU time / all CPU time available, since construction."""
-        return self._frac(self._start, self._read())
-
-    def sample(self) -> float | None:
-        """The same since the previous `sample` (or construction)."""
-        now = self._read()
-        frac, self._last = self._frac(self._last, now), now
-        return frac
-
-    @staticmethod
-    def _frac(start: tuple[int, int, int] | None, end: tuple[int, int, int] | None) -> float | None:
-        if start is None or end is None:
-            return None
-        busy, total, own = (e - s for e, s in zip(end, start, strict=True))
-        return min(1.0, max(0.0, (busy - own) / total)) if total > 0 else None
+__all__ = ["CPU_SAMPLE_S", "CpuMeter"]
