@@ -37,6 +37,7 @@ SIM_POLICIES = ("serial", "oblivious", "coarse", "predlat", "oracle")
 
 class ClusterSimulation(Simulation):
     routes = CLUSTER_ROUTES
+
     def __init__(
         self,
         devices: Sequence[SimulatedDevice],

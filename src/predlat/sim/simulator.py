@@ -39,6 +39,7 @@ class SimResult:
     slots: int  # over all devices
     events: int
     wall_s: float
+    dispatches: list[Dispatch] = field(default_factory=list)  # aligned with `records`
 
     def summary(self) -> dict[str, float]:
         out = summarize(self.outcomes, self.duration, self.busy_slot_s, self.slots)
@@ -75,6 +76,7 @@ class _Loop:
     heap: list[tuple[float, int, int, int]] = field(default_factory=list)
     versions: dict[tuple[int, int], int] = field(default_factory=dict)
     events: int = 0
+    ended: list[Dispatch] | None = None  # each finished batch's dispatch, when kept
 
 
 _DEVICE, _TIMER = 0, 1
@@ -110,7 +112,7 @@ class Simulation:
         `on_progress(n)` is called with the number of requests that ended so far, now
         and then (for progress bars)."""
         wall = time.perf_counter()
-        loop = _Loop()
+        loop = _Loop(ended=[])
         ordered = sorted(requests, key=lambda r: (r.arrival, r.request_id))
         first = ordered[0].arrival if ordered else self.clock.now
         self.clock.now = max(self.clock.now, first)
@@ -146,6 +148,7 @@ class Simulation:
             slots=sum(d.num_slots for d in self.devices),
             events=loop.events,
             wall_s=time.perf_counter() - wall,
+            dispatches=loop.ended or [],
         )
 
     # -- events --------------------------------------------------------------------------
@@ -208,6 +211,8 @@ class Simulation:
 
     def _on_done(self, loop: _Loop, dev: int, result: BatchResult) -> None:
         d = loop.dispatches.pop((dev, result.batch_id))
+        if loop.ended is not None:  # the order `_finished` will see them in
+            loop.ended.append(d)
         record = BatchRecord.from_result(result, d.decided_at, device=dev)
         decisions = self.schedulers[dev].on_complete(
             record, self.clock.now, ok=result.error is None
