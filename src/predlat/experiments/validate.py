@@ -240,6 +240,9 @@ def differences(real: Mapping[str, Any], sim: Mapping[str, Any]) -> dict[str, An
         for p, r in entry["policies"].items():
             s = sim["loads"][key]["policies"][p]
             row: dict[str, Any] = {"load": float(key), "policy": p}
+            # what the simulator cannot see: other processes' CPU share, hand-off lags
+            row["real_foreign_cpu_frac"] = r.get("foreign_cpu_frac")
+            row["real_dispatch_lag_p99_ms"] = r.get("dispatch_lag_p99_ms")
             for m in _FRACTIONS:
                 row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
                 row[f"d_{m}_pp"] = _diff_pp(r.get(m), s.get(m))

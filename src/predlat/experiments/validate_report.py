@@ -87,6 +87,8 @@ def render(results: dict[str, Any], plot: str) -> str:
             _signed(r["d_p50_ms_pct"], "%"),
             f"{num(r['real_p99_ms'], 1)} / {num(r['sim_p99_ms'], 1)}",
             _signed(r["d_p99_ms_pct"], "%"),
+            pct(r["real_foreign_cpu_frac"], 0),
+            num(r["real_dispatch_lag_p99_ms"], 1),
         )
         for r in diff["by_load"]
     ]
@@ -120,9 +122,11 @@ def render(results: dict[str, Any], plot: str) -> str:
                 "d",
                 "p99 ms",
                 "d",
+                "real: foreign CPU",
+                "real: dispatch lag p99 ms",
             ],
             load_rows,
-            "llrrrrrrrr",
+            "llrrrrrrrrrr",
         ),
         f"![real vs simulated]({plot})",
         "## Method",
@@ -134,9 +138,10 @@ def render(results: dict[str, Any], plot: str) -> str:
         "policy, starting predictor and deadline margin. One-at-a-time policies with "
         "another thread count use the profile at that count on the calibrated device. "
         "Differences are simulated minus real: fractions in percentage points, latencies "
-        "and capacity in percent of real. Real runs share the machine with whatever else "
-        "runs on it (each run's foreign CPU share is in real/report.md); the simulator "
-        "does not model dispatch hand-offs (real/report.md has their lags). Full reports: "
+        "and capacity in percent of real. The simulator models neither other processes on "
+        "the machine nor the hand-off from the scheduler to a slot: the per-load table "
+        "shows, per real run, other processes' share of the CPU meanwhile and the "
+        "dispatch lag. Full reports: "
         "[real](real/report.md), [simulated](simulated/report.md).",
     ]
     return "\n\n".join(parts) + "\n"
