@@ -4,7 +4,12 @@ the 64-device 10-million-request wall time (run with --full, else extrapolated f
 measured rate: the output says which). Prints a table and one JSON line.
 
     python benchmarks/bench_simulate.py [--devices 64] [--requests 50000]
-        [--route round-robin] [--memory 2000,8000,32000] [--full]
+        [--route round-robin] [--memory 2000,8000,32000] [--full] [--profile]
+
+--profile runs the measured simulation under cProfile and prints each part's share of
+its own time (the predictor, the scheduler, the simulator and its devices, the rest):
+which code bounds the rate. Profiling slows every call, small ones most, so shares are
+indicative and the rate printed with it is not the unprofiled one.
 
 Figures on a shared machine depend on its load; rerun to see the spread.
 """
@@ -12,9 +17,12 @@ Figures on a shared machine depend on its load; rerun to see the spread.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import resource
 import time
+from collections import Counter
 
 from predlat.sim.arrivals import synthetic_requests
 from predlat.sim.cluster import build_cluster
@@ -35,6 +43,40 @@ def run(devices: int, requests: int, route: str, policy: str, load: float) -> tu
     )
     stats, wall = sim.run_stream(reqs)
     return stats.requests, wall
+
+
+# Parts of the code, by path: the first that matches a function's file names its part.
+PARTS = (
+    ("predictor", "predlat/predict/"),
+    ("scheduler", "predlat/scheduling/"),
+    ("simulator", "predlat/sim/"),
+    ("simulator", "predlat/devices/simulated"),
+    ("records", "predlat/traces/"),
+)
+
+
+def shares(profile: cProfile.Profile) -> dict[str, float]:
+    """Each part's share of the profiled time: a function's own time goes to its part;
+    builtins' to their callers' parts, in proportion to what each caller spent there."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+
+    def part(fn: tuple) -> str | None:
+        return next((name for name, path in PARTS if path in fn[0]), None)
+
+    out: Counter[str] = Counter()
+    for fn, (_, _, own, _, callers) in stats.items():
+        name = part(fn)
+        if name is not None:
+            out[name] += own
+            continue
+        spent = {c: v[2] for c, v in callers.items()}
+        total = sum(spent.values())
+        for c, v in spent.items() if total > 0 else ():
+            out[part(c) or "other"] += own * v / total
+        if total <= 0:
+            out["other"] += own
+    whole = sum(out.values()) or 1.0
+    return {k: v / whole for k, v in out.most_common()}
 
 
 def memory(devices: int, counts: list[int], route: str, policy: str) -> list[dict]:
@@ -58,8 +100,19 @@ def main() -> None:
     ap.add_argument("--memory", default="1000,10000,50000", help="request counts ('' skips)")
     ap.add_argument("--memory-devices", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="run the 10-million-request case")
+    ap.add_argument("--profile", action="store_true", help="time shares by part (cProfile)")
     a = ap.parse_args()
+    profile = cProfile.Profile() if a.profile else None
+    if profile is not None:
+        profile.enable()
     n, wall = run(a.devices, a.requests, a.route, a.policy, a.load)
+    part_shares = {}
+    if profile is not None:
+        profile.disable()
+        part_shares = shares(profile)
+        print(
+            "share of profiled time: " + ", ".join(f"{k} {v:.0%}" for k, v in part_shares.items())
+        )
     rate = n / wall
     print(
         f"{a.devices} devices, {a.policy}, route {a.route}, load {a.load:g}: "
@@ -90,6 +143,7 @@ def main() -> None:
                 "memory": mem,
                 "ten_million_wall_s": ten_m,
                 "ten_million": how,
+                "profiled_shares": part_shares,
             }
         )
     )

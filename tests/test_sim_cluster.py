@@ -11,6 +11,7 @@ from predlat.devices.simulated import InterferenceLaw, SimulatedDevice
 from predlat.sim.arrivals import synthetic_requests
 from predlat.sim.cluster import CLUSTER_ROUTES, build_cluster
 from predlat.sim.device_file import load_device
+from predlat.traces.collect import device_capacity
 
 
 def test_co_runner_leaving_mid_batch_speeds_the_other_up():
@@ -65,6 +66,18 @@ def test_every_request_ends_exactly_once(route):
     assert ids == list(range(3000))
     assert sum(stats.status.values()) == 3000
     assert sim.busy_slot_s() > 0
+
+
+def test_a_time_shared_device_ends_without_stale_events_firing():
+    # Every arm used to push a heap entry, and the streaming loop fired the heap's top
+    # without skipping stale ones once arrivals were over: on cpu4 that never ended.
+    spec = load_device("cpu4")
+    sim = build_cluster([spec], 1, "oblivious", train_batches=0)
+    deadline = {m: 10 * c.latency(1) for m, c in spec.models.items()}
+    rate = 0.9 * device_capacity(spec.profile(), sorted(spec.models), spec.slots) / 3
+    reqs = synthetic_requests(dict.fromkeys(spec.models, rate), 300, deadline.get, hp_frac=0.3)
+    stats, _ = sim.run_stream(reqs)
+    assert stats.requests == 300
 
 
 def test_deterministic_under_a_seed():

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "compare",
     "calibrate",
     "simulate",
+    "validate",
     "serve",
     "load",
 )

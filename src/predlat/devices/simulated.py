@@ -90,7 +90,7 @@ class VirtualClock:
         self.now = start
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     job: BatchJob
     on_done: DoneCallback
@@ -99,6 +99,7 @@ class _Job:
     demand: tuple[float, float]
     fails: bool
     rate: float = 1.0
+    kind: int = 0  # index of its (model, batch size) in the device's pair table
 
 
 class SimulatedDevice:
@@ -126,6 +127,12 @@ class SimulatedDevice:
         self._jobs: dict[int, _Job] = {}
         self._updated = self.clock.now  # when `work` of running jobs was last brought up to date
         self.busy_time = 0.0  # slot-seconds spent running batches
+        # The law's pair slowdowns, computed once per (model, batch size) pair seen:
+        # _pairs[a][b] is what a running batch of kind b adds to one of kind a.
+        self._kinds: dict[tuple[str, int], int] = {}
+        self._kind_info: list[tuple[str, tuple[float, float]]] = []
+        self._pairs: list[list[float]] = []
+        self._next: tuple[float, int] | None = None  # (end, slot) of the first to end
 
     # -- Device protocol -------------------------------------------------------------
     def load(self, spec: ModelSpec | str) -> None:
@@ -146,7 +153,9 @@ class SimulatedDevice:
         sigma = self.law.noise_sigma + self.law.noise_per_corunner * len(self._jobs)
         noise = math.exp(self._rng.gauss(-0.5 * sigma * sigma, sigma)) if sigma else 1.0
         fails = self.law.failure_rate > 0 and self._rng.random() < self.law.failure_rate
-        self._jobs[slot] = _Job(job, on_done, now, solo * noise, (compute, memory), fails)
+        demand = (compute, memory)
+        kind = self._kind(job.model, job.batch_size, demand)
+        self._jobs[slot] = _Job(job, on_done, now, solo * noise, demand, fails, kind=kind)
         self._rerate()
 
     def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
@@ -192,24 +201,21 @@ class SimulatedDevice:
 
     def next_event(self) -> float | None:
         """When the next running batch ends (None if idle)."""
-        if not self._jobs:
-            return None
-        return self._updated + min(j.work / j.rate for j in self._jobs.values())
+        return self._next[0] if self._next is not None else None
 
     def advance(self, until: float) -> int:
         """End, in time order, every batch that ends by `until`, moving the clock to each
         end before calling its callback (which may submit more work). Returns how many
         ended. The clock is not moved past the last end: the driver owns the clock."""
         ended = 0
-        while self._jobs:
-            slot = min(self._jobs, key=lambda s: (self._jobs[s].work / self._jobs[s].rate, s))
-            job = self._jobs[slot]
-            end = self._updated + job.work / job.rate
+        while self._next is not None:
+            end, slot = self._next
             if end > until:
                 break
-            self.clock.now = max(self.clock.now, end)
+            if end > self.clock.now:
+                self.clock.now = end
             self._progress(end)
-            del self._jobs[slot]
+            job = self._jobs.pop(slot)
             self._rerate()
             self.busy_time += end - job.start
             ended += 1
@@ -225,15 +231,38 @@ class SimulatedDevice:
         self._updated = max(self._updated, t)
 
     def _rerate(self) -> None:
-        jobs = list(self._jobs.values())
+        """Every running batch's rate, and which ends first (rates change only here, so
+        the first end stays the same until the next call)."""
+        jobs = self._jobs
         cores = self.law.cores
         share = max(1.0, len(jobs) / cores) if cores else 1.0
-        for j in jobs:
+        pairs = self._pairs
+        first, first_slot = math.inf, -1
+        for slot, j in jobs.items():
+            row = pairs[j.kind]
             s = 1.0
-            for other in jobs:
+            for other in jobs.values():
                 if other is not j:
-                    s += self.law.pair_of(j.job.model, j.demand, other.job.model, other.demand)
-            j.rate = 1.0 / (s * share)
+                    s += row[other.kind]
+            j.rate = rate = 1.0 / (s * share)
+            left = j.work / rate
+            if left < first or (left == first and slot < first_slot):
+                first, first_slot = left, slot
+        self._next = (self._updated + first, first_slot) if jobs else None
+
+    def _kind(self, model: str, batch_size: int, demand: tuple[float, float]) -> int:
+        """The index of (model, batch size) in the pair table, adding its row and
+        column the first time it is seen."""
+        key = (model, batch_size)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kinds[key] = len(self._kind_info)
+            self._kind_info.append((model, demand))
+            pair_of = self.law.pair_of
+            for row, (m, d) in zip(self._pairs, self._kind_info, strict=False):
+                row.append(pair_of(m, d, model, demand))
+            self._pairs.append([pair_of(model, demand, m, d) for m, d in self._kind_info])
+        return kind
 
     def _result(self, slot: int, job: _Job, end: float) -> BatchResult:
         b = job.job

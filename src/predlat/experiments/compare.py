@@ -307,7 +307,7 @@ def prepare(config: CompareConfig, show_profiling: bool = False) -> Setup:
         capacity_rps=device_capacity(profile, names, config.slots),
         deadlines=_deadlines(config, profile, names),
     )
-    setup.predictors, setup.history = _starting_predictors(config, specs, profile)
+    setup.predictors, setup.history, setup.records = _starting_predictors(config, specs, profile)
     return setup
 
 
@@ -362,7 +362,7 @@ def _starting_predictors(config: CompareConfig, specs, profile: Profile):
         "loads": list(config.train_loads) if history else [],
         "predictors": sources,
     }
-    return out, info
+    return out, info, history
 
 
 def _training_trace(config: CompareConfig, specs, profile: Profile) -> list[BatchRecord]:

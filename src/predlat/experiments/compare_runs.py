@@ -52,6 +52,7 @@ class Setup:
     # policies start from the solo prior of their own profile instead.
     predictors: dict[str, BasePredictor] = field(default_factory=dict)
     history: dict[str, object] = field(default_factory=dict)  # how they were warmed up
+    records: list[BatchRecord] = field(default_factory=list)  # the warm-up history itself
 
 
 def live_forecast(batches: Sequence[tuple[BatchRecord, Dispatch]]) -> dict[str, float]:

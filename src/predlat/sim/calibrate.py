@@ -236,6 +236,14 @@ def _pair_report(recs, index, p, resid) -> list[PairFit]:
     return out
 
 
+def rescaled(cal: Calibration, profile: Profile, slots: int | None = None) -> DeviceSpec:
+    """The calibrated device with its solo latencies taken from another profile of the
+    same machine (another thread count: a one-at-a-time policy's layout), times the
+    same fitted per-model solo scale; the law (pairs, cores, noise) is kept."""
+    costs = {m: _model_cost(profile, m, cal.solo_scale.get(m, 1.0)) for m in sorted(profile.models)}
+    return DeviceSpec(cal.spec.name, costs, cal.spec.law, slots or cal.spec.slots)
+
+
 def _model_cost(profile: Profile, model: str, scale: float = 1.0) -> ModelCost:
     sizes = profile.batch_sizes(model)
     feats = profile.features(model, sizes[0])

@@ -13,8 +13,6 @@ stays flat in the request count.
 
 from __future__ import annotations
 
-import heapq
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -29,7 +27,7 @@ from predlat.sim.device_file import DeviceSpec
 from predlat.sim.metrics import StreamStats
 from predlat.sim.oracle import ORACLE, OracleForecaster
 from predlat.sim.replay import random_colocation
-from predlat.sim.simulator import Simulation, _Loop, _Pending
+from predlat.sim.simulator import Simulation, _Loop
 
 CLUSTER_ROUTES = ("round-robin", "least-loaded", "predlat")
 SIM_POLICIES = ("serial", "oblivious", "coarse", "predlat", "oracle")
@@ -37,6 +35,7 @@ SIM_POLICIES = ("serial", "oblivious", "coarse", "predlat", "oracle")
 
 class ClusterSimulation(Simulation):
     routes = CLUSTER_ROUTES
+
     def __init__(
         self,
         devices: Sequence[SimulatedDevice],
@@ -107,34 +106,9 @@ class ClusterSimulation(Simulation):
         the wall seconds taken."""
         wall = time.perf_counter()
         stats = self._stats = StreamStats(keep=keep)
-        loop = _Loop()
+        loop = _Loop(len(self.devices))
         loop.outcomes = stats  # type: ignore[assignment]
-        it = iter(requests)
-        nxt = next(it, None)
-        if nxt is not None:
-            self.clock.now = max(self.clock.now, nxt.arrival)
-        rr = 0
-        last = -math.inf
-        while nxt is not None or loop.heap:
-            if nxt is not None and nxt.arrival <= self._peek(loop):
-                if nxt.arrival < last:
-                    raise ConfigError("requests must come in arrival order")
-                last = nxt.arrival
-                self.clock.now = max(self.clock.now, nxt.arrival)
-                dev = self._route(nxt, rr)
-                rr += 1
-                loop.pending[nxt.request_id] = _Pending(nxt)
-                self._apply(loop, dev, self.schedulers[dev].on_arrival(nxt, self.clock.now))
-                nxt = next(it, None)
-            elif loop.heap:
-                self._fire(loop, heapq.heappop(loop.heap))
-            loop.events += 1
-            if on_progress is not None and loop.events % 65536 == 0:
-                on_progress(stats.requests)
-        for d in self.devices:
-            d.close()
-        if loop.pending:
-            raise RuntimeError(f"{len(loop.pending)} requests never ended")
+        self._drive(loop, iter(requests), on_progress, 65536)
         return stats, time.perf_counter() - wall
 
     def _finished(self, loop: _Loop, done: Finished) -> None:

@@ -9,10 +9,9 @@ deterministic: same requests, devices and seeds give the same outcomes.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from predlat.devices.base import BatchJob, BatchResult
@@ -39,6 +38,7 @@ class SimResult:
     slots: int  # over all devices
     events: int
     wall_s: float
+    dispatches: list[Dispatch] = field(default_factory=list)  # aligned with `records`
 
     def summary(self) -> dict[str, float]:
         out = summarize(self.outcomes, self.duration, self.busy_slot_s, self.slots)
@@ -65,16 +65,27 @@ class _Pending:
 
 @dataclass
 class _Loop:
-    """Per-run state (kept off the Simulation so a Simulation object stays reusable)."""
+    """Per-run state (kept off the Simulation so a Simulation object stays reusable).
 
+    The heap holds (time, kind, device, version) entries; per kind and device only the
+    entry with the current version is valid (older ones are skipped when they surface),
+    and `armed` is its time, so re-arming at an unchanged time pushes nothing."""
+
+    devices: int = 1
     pending: dict[int, _Pending] = field(default_factory=dict)
     outcomes: dict[int, RequestOutcome] = field(default_factory=dict)
     records: list[BatchRecord] = field(default_factory=list)
     predicted: list[float] = field(default_factory=list)
     dispatches: dict[tuple[int, int], Dispatch] = field(default_factory=dict)
     heap: list[tuple[float, int, int, int]] = field(default_factory=list)
-    versions: dict[tuple[int, int], int] = field(default_factory=dict)
     events: int = 0
+    ended: list[Dispatch] | None = None  # each finished batch's dispatch, when kept
+    versions: list[list[int]] = field(init=False)  # [kind][device]
+    armed: list[list[float | None]] = field(init=False)  # [kind][device]
+
+    def __post_init__(self) -> None:
+        self.versions = [[0] * self.devices, [0] * self.devices]
+        self.armed = [[None] * self.devices, [None] * self.devices]
 
 
 _DEVICE, _TIMER = 0, 1
@@ -110,32 +121,12 @@ class Simulation:
         `on_progress(n)` is called with the number of requests that ended so far, now
         and then (for progress bars)."""
         wall = time.perf_counter()
-        loop = _Loop()
+        loop = _Loop(len(self.devices), ended=[])
         ordered = sorted(requests, key=lambda r: (r.arrival, r.request_id))
         first = ordered[0].arrival if ordered else self.clock.now
-        self.clock.now = max(self.clock.now, first)
-        rr = itertools.count()
-        i = 0
-        while i < len(ordered) or loop.heap:
-            t_next = self._peek(loop)
-            if i < len(ordered) and ordered[i].arrival <= t_next:
-                request = ordered[i]
-                i += 1
-                self.clock.now = max(self.clock.now, request.arrival)
-                dev = self._route(request, next(rr))
-                loop.pending[request.request_id] = _Pending(request)
-                self._apply(loop, dev, self.schedulers[dev].on_arrival(request, self.clock.now))
-            elif loop.heap:
-                self._fire(loop, heapq.heappop(loop.heap))
-            if on_progress is not None and loop.events % 4096 == 0:
-                on_progress(len(loop.outcomes))
-            loop.events += 1
-        for d in self.devices:
-            d.close()
+        self._drive(loop, iter(ordered), on_progress, 4096)
         if on_progress is not None:
             on_progress(len(loop.outcomes))
-        if loop.pending:  # a request neither ended nor queued: a scheduler bug
-            raise RuntimeError(f"{len(loop.pending)} requests never ended")
         last = max([first, *(r.end for r in loop.records), *(r.arrival for r in ordered)])
         return SimResult(
             outcomes=[loop.outcomes[k] for k in sorted(loop.outcomes)],
@@ -146,22 +137,64 @@ class Simulation:
             slots=sum(d.num_slots for d in self.devices),
             events=loop.events,
             wall_s=time.perf_counter() - wall,
+            dispatches=loop.ended or [],
         )
+
+    def _drive(
+        self,
+        loop: _Loop,
+        requests: Iterator[Request],
+        on_progress: Callable[[int], None] | None,
+        every: int,
+    ) -> None:
+        """The event loop: arrivals (in arrival order) interleaved with batch ends and
+        scheduler timers, until every request has ended and every device is idle."""
+        heap = loop.heap
+        clock = self.clock
+        nxt = next(requests, None)
+        if nxt is not None:
+            clock.now = max(clock.now, nxt.arrival)
+        n, last = 0, -math.inf
+        while nxt is not None or heap:
+            t_next = self._peek(loop)  # drops stale entries: heap[0] is valid after it
+            if nxt is not None and nxt.arrival <= t_next:
+                if nxt.arrival < last:
+                    raise ConfigError("requests must come in arrival order")
+                last = nxt.arrival
+                if last > clock.now:
+                    clock.now = last
+                dev = self._route(nxt, n)
+                n += 1
+                loop.pending[nxt.request_id] = _Pending(nxt)
+                self._apply(loop, dev, self.schedulers[dev].on_arrival(nxt, clock.now))
+                nxt = next(requests, None)
+            elif heap:
+                self._fire(loop, heapq.heappop(heap))
+            loop.events += 1
+            if on_progress is not None and loop.events % every == 0:
+                on_progress(len(loop.outcomes))
+        for d in self.devices:
+            d.close()
+        if loop.pending:  # a request neither ended nor queued: a scheduler bug
+            raise RuntimeError(f"{len(loop.pending)} requests never ended")
 
     # -- events --------------------------------------------------------------------------
     def _peek(self, loop: _Loop) -> float:
         """Time of the next valid device/timer event (stale heap entries dropped)."""
-        while loop.heap:
-            t, kind, dev, version = loop.heap[0]
-            if loop.versions.get((kind, dev)) == version:
+        heap, versions = loop.heap, loop.versions
+        while heap:
+            t, kind, dev, version = heap[0]
+            if versions[kind][dev] == version:
                 return t
-            heapq.heappop(loop.heap)
+            heapq.heappop(heap)
         return math.inf
 
     def _fire(self, loop: _Loop, entry: tuple[float, int, int, int]) -> None:
         t, kind, dev, _ = entry
-        loop.versions.pop((kind, dev), None)
-        self.clock.now = max(self.clock.now, t)
+        loop.versions[kind][dev] += 1  # consumed: nothing of this kind armed now
+        loop.armed[kind][dev] = None
+        if t > self.clock.now:
+            self.clock.now = t
         if kind == _DEVICE:
             self.devices[dev].advance(t)  # callbacks feed the scheduler
             self._arm(loop, dev)
@@ -208,6 +241,8 @@ class Simulation:
 
     def _on_done(self, loop: _Loop, dev: int, result: BatchResult) -> None:
         d = loop.dispatches.pop((dev, result.batch_id))
+        if loop.ended is not None:  # the order `_finished` will see them in
+            loop.ended.append(d)
         record = BatchRecord.from_result(result, d.decided_at, device=dev)
         decisions = self.schedulers[dev].on_complete(
             record, self.clock.now, ok=result.error is None
@@ -215,18 +250,23 @@ class Simulation:
         self._apply(loop, dev, decisions)
 
     def _arm(self, loop: _Loop, dev: int) -> None:
-        """(Re)schedule device `dev`'s next batch end and its scheduler's timer."""
-        for kind, t in (
-            (_DEVICE, self.devices[dev].next_event()),
-            (_TIMER, self.schedulers[dev].next_wakeup()),
-        ):
-            version = loop.versions.get((kind, dev), 0) + 1
-            if t is None:
-                loop.versions.pop((kind, dev), None)
-                continue
-            if kind == _TIMER:
-                t = max(t, self.clock.now)
-            loop.versions[(kind, dev)] = version
+        """(Re)schedule device `dev`'s next batch end and its scheduler's timer; an
+        unchanged time keeps its heap entry."""
+        t = self.devices[dev].next_event()
+        if loop.armed[_DEVICE][dev] != t:
+            self._push(loop, _DEVICE, dev, t)
+        t = self.schedulers[dev].next_wakeup()
+        if t is not None and t < self.clock.now:
+            t = self.clock.now
+        if loop.armed[_TIMER][dev] != t:
+            self._push(loop, _TIMER, dev, t)
+
+    @staticmethod
+    def _push(loop: _Loop, kind: int, dev: int, t: float | None) -> None:
+        version = loop.versions[kind][dev] + 1
+        loop.versions[kind][dev] = version
+        loop.armed[kind][dev] = t
+        if t is not None:
             heapq.heappush(loop.heap, (t, kind, dev, version))
 
 

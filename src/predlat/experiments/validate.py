@@ -1,0 +1,282 @@
+"""`predlat validate`: the simulator checked against the real device, on the same workload.
+
+Method
+- `predlat compare`'s setup runs once on the real device: profiles, deadlines, the
+  capacity unit, and the warm-up history (a mixed-load co-location trace) every
+  predictive policy's predictor is fitted on.
+- A simulated device is calibrated from that same warm-up history (`predlat calibrate`'s
+  fit: per-pair slowdowns, time-shared cores, noise). One-at-a-time policies that use
+  another thread count get the calibrated device with solo latencies from the profile
+  at their thread count (times the same fitted solo scale).
+- `predlat compare` then runs twice with the same config and setup: once on the real
+  device (its own runner), once with `SimRunner`, which replays each run's seeded
+  arrivals (the same requests, deadlines and priorities) through the same scheduler,
+  policy and starting predictor on the calibrated device, on a virtual clock.
+- The report compares, per policy and load, deadline satisfaction (high priority and
+  all), p50/p99 latency, and each policy's SLO capacity: simulated minus real, in
+  percentage points for fractions and in percent for latencies and capacity.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from predlat.errors import ConfigError
+from predlat.experiments.compare import CompareConfig, prepare, quick_config, run_compare
+from predlat.experiments.compare_runs import (
+    DeviceRunner,
+    Runner,
+    RunResult,
+    RunSpec,
+    Setup,
+    live_forecast,
+)
+from predlat.profiling.profile import Profile
+from predlat.profiling.profiler import load_or_profile
+from predlat.runtime.build import BATCH_SIZES, MARGIN_S, REPEATS, policy_threads
+from predlat.scheduling.outcome import summarize
+from predlat.scheduling.request import Priority, Request
+from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
+from predlat.sim.calibrate import Calibration, calibrate, rescaled
+from predlat.sim.device_file import DeviceSpec
+from predlat.sim.simulator import Simulation
+
+ProfileFor = Callable[[int], Profile]  # intra-op threads -> the solo profile at that count
+DeviceFor = Callable[[int], tuple[DeviceSpec, Profile]]  # ... -> device and profile
+ProgressFn = Callable[[str, float], None]
+
+# Share of the progress bar the real device's runs take (the simulated ones are quick).
+_REAL_SHARE = 0.95
+
+
+def quick_validate_config(**overrides: Any) -> CompareConfig:
+    """compare's quick config on two small zoo models, with shorter runs: about two
+    minutes on a small machine."""
+    base = quick_config(models=("roberta", "resnet"), duration_s=3.0, train_s=12.0)
+    return replace(base, **overrides)
+
+
+class SimRunner(DeviceRunner):
+    """One comparison run on a simulated device instead of the real one: the same
+    arrivals (DeviceRunner's), scheduler, policy, starting predictor and deadline
+    margin, on a virtual clock. `other_threads(t)` gives the device and the scheduler's
+    profile for a policy running t threads per slot (not the config's)."""
+
+    def __init__(
+        self,
+        config: CompareConfig,
+        setup: Setup,
+        spec: DeviceSpec,
+        other_threads: DeviceFor | None = None,
+    ) -> None:
+        super().__init__(config, setup)
+        self.spec = spec
+        self.other_threads = other_threads
+        self._devices: dict[int, tuple[DeviceSpec, Profile]] = {}
+
+    def device_for(self, threads: int) -> tuple[DeviceSpec, Profile]:
+        """The simulated device and the scheduler's profile at `threads` per slot."""
+        if threads == self.config.threads:
+            return self.spec, self.setup.profile
+        if threads not in self._devices:
+            if self.other_threads is None:
+                raise ConfigError(f"no simulated device for {threads} threads per slot")
+            self._devices[threads] = self.other_threads(threads)
+        return self._devices[threads]
+
+    def __call__(self, spec: RunSpec) -> RunResult:
+        c, policy = self.config, spec.policy
+        assert c.slots is not None
+        slots = 1 if policy.one_at_a_time else c.slots
+        device_spec, profile = self.device_for(policy_threads(policy, c.device, c.threads))
+        predictor = None
+        if not policy.one_at_a_time and policy.predictor in self.setup.predictors:
+            fitted = self.setup.predictors[policy.predictor]
+            predictor = copy.deepcopy(fitted, {id(fitted.profile): fitted.profile})
+        scheduler = Scheduler(
+            list(self.setup.models),
+            slots,
+            policy.make_forecaster(profile, predictor=predictor),
+            profile,
+            policy,
+            SchedulerConfig(
+                max_batch=c.max_batch,
+                max_queue=c.max_queue,
+                margin_s=MARGIN_S,
+                high_reserve=c.high_reserve,
+            ),
+        )
+        sim = _simulation(device_spec, slots, scheduler, seed=spec.seed)
+        result = sim.run(self.requests(spec.load, spec.seed))
+        metrics = summarize(result.outcomes, c.duration_s)
+        metrics["foreign_cpu_frac"] = math.nan  # nothing else runs on a virtual clock
+        metrics["utilization"] = result.busy_slot_s / (slots * max(result.duration, 1e-9))
+        metrics.update(live_forecast(list(zip(result.records, result.dispatches, strict=True))))
+        metrics["dispatch_lag_p50_ms"] = metrics["dispatch_lag_p99_ms"] = 0.0
+        metrics["submit_lag_p99_ms"] = 0.0
+        metrics["mean_batch_size"] = (
+            sum(r.batch_size for r in result.records) / len(result.records)
+            if result.records
+            else math.nan
+        )
+        return RunResult(policy.name, spec.load, metrics, result.outcomes)
+
+    def requests(self, load: float, seed: int) -> list[Request]:
+        """The run's arrivals as the runtime turns them into requests."""
+        deadlines = self.setup.deadlines
+        return [
+            Request(
+                i,
+                a.model,
+                a.time,
+                a.time + deadlines[a.model],
+                Priority.HIGH if a.high_priority else Priority.LOW,
+            )
+            for i, a in enumerate(self.arrivals(load, seed))
+        ]
+
+
+def _simulation(spec: DeviceSpec, slots: int, scheduler: Scheduler, seed: int) -> Simulation:
+    from predlat.devices.simulated import SimulatedDevice, VirtualClock
+
+    clock = VirtualClock()
+    device = SimulatedDevice(spec.cost(), slots, spec.law, seed=seed, clock=clock, name=spec.name)
+    for m in scheduler.models:
+        device.load(m)
+    return Simulation([device], [scheduler], clock)
+
+
+def run_validate(
+    config: CompareConfig,
+    progress: ProgressFn | None = None,
+    *,
+    setup: Setup | None = None,
+    real_runner: Runner | None = None,
+    profile_for: ProfileFor | None = None,
+) -> dict[str, Any]:
+    """The comparison on the real device and on the device calibrated from its warm-up
+    history; returns the results.json content (both runs in compare's schema, the
+    calibration and the differences). `setup`, `real_runner` and `profile_for` replace
+    the real device (tests)."""
+    config.validate()
+    config = config.resolved()
+    note = progress or (lambda what, frac: None)
+    if setup is None:
+        note("profiling and warm-up history", 0.0)
+        setup = prepare(config)
+    if not setup.records:
+        raise ConfigError("validation calibrates on the warm-up history: give it seconds")
+    cal = calibrate(setup.records, setup.profile, name="calibrated", slots=config.slots)
+    profile_for = profile_for or _profiles(config)
+
+    def other_threads(threads: int) -> tuple[DeviceSpec, Profile]:
+        profile = profile_for(threads)
+        return rescaled(cal, profile, slots=1), profile
+
+    sim_runner = SimRunner(config, setup, cal.spec, other_threads)
+    real = run_compare(
+        config,
+        lambda what, f: note(f"real: {what}", _REAL_SHARE * f),
+        setup=setup,
+        runner=real_runner or DeviceRunner(config, setup),
+    )
+    sim = run_compare(
+        config,
+        lambda what, f: note(f"simulated: {what}", _REAL_SHARE + (1 - _REAL_SHARE) * f),
+        setup=setup,
+        runner=sim_runner,
+    )
+    return {
+        "real": real,
+        "simulated": sim,
+        "calibration": calibration_summary(cal),
+        "device": cal.spec.to_json(),
+        "differences": differences(real, sim),
+        "_calibration": cal,  # for the report's fit section; removed before writing
+        "_records": setup.records,
+    }
+
+
+def _profiles(config: CompareConfig) -> ProfileFor:
+    from predlat.models.registry import resolve_models
+
+    def profile_for(threads: int) -> Profile:  # cached per machine by compare's prepare
+        specs = resolve_models(list(config.models))
+        return load_or_profile(
+            specs, BATCH_SIZES, REPEATS, intra_op_threads=threads, device=config.device
+        )
+
+    return profile_for
+
+
+def calibration_summary(cal: Calibration) -> dict[str, Any]:
+    law = cal.spec.law
+    return {
+        "batches": cal.records,
+        "cores": law.cores,
+        "noise_sigma": law.noise_sigma,
+        "noise_per_corunner": law.noise_per_corunner,
+        "rms_log_err": cal.rms_log_err,
+        "solo_scale": cal.solo_scale,
+        "pairs": {f"{p.model}|{p.co_runner}": p.slowdown for p in cal.pairs},
+    }
+
+
+# -- the comparison ------------------------------------------------------------------------
+_FRACTIONS = ("met_frac", "hp_met")
+_LATENCIES = ("p50_ms", "p99_ms")
+
+
+def differences(real: Mapping[str, Any], sim: Mapping[str, Any]) -> dict[str, Any]:
+    """Per load and policy, simulated minus real: fractions in percentage points,
+    latencies in percent of real; per policy the SLO capacity's difference in percent
+    and the largest absolute differences over loads."""
+    rows = []
+    for key, entry in real["loads"].items():
+        for p, r in entry["policies"].items():
+            s = sim["loads"][key]["policies"][p]
+            row: dict[str, Any] = {"load": float(key), "policy": p}
+            # what the simulator cannot see: other processes' CPU share, hand-off lags
+            row["real_foreign_cpu_frac"] = r.get("foreign_cpu_frac")
+            row["real_dispatch_lag_p99_ms"] = r.get("dispatch_lag_p99_ms")
+            for m in _FRACTIONS:
+                row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
+                row[f"d_{m}_pp"] = _diff_pp(r.get(m), s.get(m))
+            for m in _LATENCIES:
+                row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
+                row[f"d_{m}_pct"] = _diff_pct(r.get(m), s.get(m))
+            rows.append(row)
+    per_policy = {}
+    for p in real["config"]["policies"]:
+        mine = [r for r in rows if r["policy"] == p]
+        cap_r = real["slo_capacity"][p].get("rps")
+        cap_s = sim["slo_capacity"][p].get("rps")
+        per_policy[p] = {
+            "real_capacity_rps": cap_r,
+            "sim_capacity_rps": cap_s,
+            "d_capacity_pct": _diff_pct(cap_r, cap_s),
+            **{f"max_abs_d_{m}_pp": _max_abs(mine, f"d_{m}_pp") for m in _FRACTIONS},
+            **{f"max_abs_d_{m}_pct": _max_abs(mine, f"d_{m}_pct") for m in _LATENCIES},
+        }
+    return {"by_load": rows, "by_policy": per_policy}
+
+
+def _diff_pp(real: float | None, sim: float | None) -> float | None:
+    if real is None or sim is None:
+        return None
+    return 100.0 * (sim - real)
+
+
+def _diff_pct(real: float | None, sim: float | None) -> float | None:
+    if real is None or sim is None or not real > 0:
+        return None
+    return 100.0 * (sim - real) / real
+
+
+def _max_abs(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [abs(r[key]) for r in rows if r[key] is not None]
+    return max(values) if values else None

@@ -1,0 +1,122 @@
+"""Validation: compare's runs on a "real" device (here a simulated one with a known law)
+and on the device calibrated from its warm-up history agree; a wrong device does not."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from predlat.experiments.compare import CompareConfig
+from predlat.experiments.compare_runs import Setup
+from predlat.experiments.validate import SimRunner, differences, run_validate
+from predlat.experiments.validate_report import write_validate_outputs
+from predlat.predict.predictors import make_predictor
+from predlat.sim.device_file import DeviceSpec, load_device
+from predlat.sim.replay import random_colocation
+from predlat.traces.collect import device_capacity
+
+PAIRS = {("large", "medium"): 0.4, ("medium", "large"): 0.25, ("small", "small"): 0.15}
+CONFIG = CompareConfig(
+    policies=("serial", "oblivious", "predlat"),
+    loads=(0.4, 0.8, 1.2),
+    duration_s=8.0,
+    slots=2,
+    repeats=1,
+    bisect_steps=1,
+    deadline_factor=8.0,
+)
+
+
+def _known(pair_scale: float = 1.0) -> DeviceSpec:
+    spec = load_device("cpu4")  # three models, 10 to 200 ms
+    pairs = {k: v * pair_scale for k, v in PAIRS.items()}
+    law = replace(
+        spec.law,
+        pairs=pairs,
+        cores=None,
+        base=0.05 * pair_scale,
+        compute=0.0,
+        memory=0.0,
+        noise_sigma=0.02,
+        noise_per_corunner=0.01,
+    )
+    return replace(spec, law=law, slots=2)
+
+
+def _setup(spec: DeviceSpec) -> Setup:
+    profile = spec.profile(cv=0.0)
+    models = tuple(sorted(spec.models))
+    records = random_colocation(spec, 2, 500, seed=3, gap_s=0.02)
+    fitted = {n: make_predictor(n, profile).fit(records) for n in ("solo", "fine-rls")}
+    deadlines = {m: CONFIG.deadline_factor * profile.solo_latency(m, 1) for m in models}
+    return Setup(
+        models,
+        profile,
+        device_capacity(profile, models, 2),
+        deadlines,
+        fitted,
+        {"batches": len(records), "seconds": 0.0, "loads": [], "predictors": {}},
+        records,
+    )
+
+
+def _validate(real_device: DeviceSpec):
+    truth = _known()
+    setup = _setup(truth)  # the warm-up history comes from the true device
+
+    def same(threads: int):  # every thread count: the same device (no serial profile)
+        return real_device, setup.profile
+
+    real = SimRunner(CONFIG, setup, real_device, same)
+    return run_validate(
+        CONFIG, setup=setup, real_runner=real, profile_for=lambda threads: setup.profile
+    )
+
+
+def test_calibrated_device_matches_the_real_one_on_the_same_workload(tmp_path):
+    results = _validate(_known())
+    by_policy = results["differences"]["by_policy"]
+    assert set(by_policy) == {"serial", "oblivious", "predlat"}
+    for p, d in by_policy.items():
+        assert d["max_abs_d_p99_ms_pct"] <= 20.0, p
+        if p != "serial":  # one slot far past its capacity: misses swing with the noise
+            assert d["d_capacity_pct"] == pytest.approx(0.0, abs=10.0), p
+            assert d["max_abs_d_met_frac_pp"] <= 3.0, p
+            assert d["max_abs_d_hp_met_pp"] <= 3.0, p
+    paths = write_validate_outputs(results, tmp_path / "v")
+    text = paths["report"].read_text()
+    assert "## Per policy" in text and "oblivious" in text
+    assert paths["plot"].stat().st_size > 0 and paths["device"].is_file()
+    assert (tmp_path / "v" / "real" / "report.md").is_file()
+
+
+def test_a_device_that_is_not_the_calibrated_one_shows_up():
+    results = _validate(_known(pair_scale=3.0))  # "real" interferes three times as much
+    worst = results["differences"]["by_policy"]["oblivious"]
+    assert worst["max_abs_d_p99_ms_pct"] > 20.0
+
+
+def test_differences_are_simulated_minus_real():
+    def side(met: float, p99: float, cap: float) -> dict:
+        entry = {"met_frac": met, "hp_met": met, "p50_ms": 1.0, "p99_ms": p99}
+        return {
+            "config": {"policies": ["a"]},
+            "loads": {"0.5": {"policies": {"a": entry}}},
+            "slo_capacity": {"a": {"rps": cap}},
+        }
+
+    d = differences(side(0.90, 10.0, 100.0), side(0.95, 12.0, 90.0))
+    (row,) = d["by_load"]
+    assert row["d_met_frac_pp"] == pytest.approx(5.0)
+    assert row["d_p99_ms_pct"] == pytest.approx(20.0)
+    assert d["by_policy"]["a"]["d_capacity_pct"] == pytest.approx(-10.0)
+
+
+def test_validate_rejects_bad_flags_before_running_anything(tmp_path, capsys):
+    from predlat.cli import main
+
+    assert main(["validate", "--policies", "fastest", "--out", str(tmp_path)]) == 2
+    assert "unknown policy 'fastest'" in capsys.readouterr().err
+    assert main(["validate", "--train-duration", "0", "--out", str(tmp_path)]) == 2
+    assert "--train-duration" in capsys.readouterr().err
