@@ -70,7 +70,7 @@ class TimedScheduler:
             self.samples[kind].append((time.perf_counter_ns() - t0) / 1e3)
             self.forecasts[kind].append(self.inner.stats.forecasts - f0)
         if now is not None:
-            self.digest.add(kind, now, out)
+            self.digest.add(now, out)
         return out
 
     def on_arrival(self, request, now, dispatch=True):
@@ -93,9 +93,10 @@ class TimedScheduler:
 
 
 class DecisionDigest:
-    """SHA-256 of the decision stream (every event's time and its dispatches and
-    rejections), and apart of the forecasts the dispatches carry: two runs decided
-    alike if the first matches; the second shows whether any forecast moved at all."""
+    """SHA-256 of the decision stream (every dispatch and rejection with the time it was
+    decided; not which kind of event decided it), and apart of the forecasts the
+    dispatches carry: two runs decided alike if the first matches; the second shows
+    whether any forecast moved at all."""
 
     def __init__(self) -> None:
         self.decisions = hashlib.sha256()
@@ -103,17 +104,18 @@ class DecisionDigest:
         self.dispatches = 0
         self.rejects = 0
 
-    def add(self, kind: str, now: float, out: list) -> None:
-        lines = [f"{kind} {now!r}"]
+    def add(self, now: float, out: list) -> None:
         for d in out:
             if isinstance(d, Dispatch):
                 self.dispatches += 1
-                lines.append(f"D {d.batch_id} {d.slot} {d.model} {d.request_ids} {d.batch_size}")
+                line = f"{now!r} D {d.batch_id} {d.slot} {d.model} {d.request_ids} {d.batch_size}"
                 self.forecasts.update(f"{d.predicted_end!r} {d.predicted_mean_end!r}\n".encode())
             elif isinstance(d, Reject):
                 self.rejects += 1
-                lines.append(f"R {d.request_id} {d.kind.value}")
-        self.decisions.update(("\n".join(lines) + "\n").encode())
+                line = f"{now!r} R {d.request_id} {d.kind.value}"
+            else:
+                continue
+            self.decisions.update((line + "\n").encode())
 
     def report(self) -> str:
         return (
