@@ -400,6 +400,40 @@ def test_a_round_over_its_forecast_budget_resumes_at_once_on_a_timer() -> None:
     assert dispatches(capped.on_tick(0.0)) == []  # spent its one forecast on b
     assert capped.next_wakeup() == 0.0  # ... and asks to go on at once
     assert [d.request_ids for d in dispatches(capped.on_tick(0.0))] == [(2,)]
+    # With a running beside it now, b must be tried again (as the uncut round does).
+    assert capped.next_wakeup() == 0.0
+    assert dispatches(capped.on_tick(0.0)) == []
     assert capped.next_wakeup() == pytest.approx(0.030 - 0.020 + 1e-6)  # b's latest start
+    assert capped.stats.forecasts == unlimited.stats.forecasts
+    assert capped.next_wakeup() == unlimited.next_wakeup()
     with pytest.raises(ConfigError, match="max forecasts"):
         make(max_forecasts=-1)
+
+
+def test_learning_waits_until_a_round_cut_short_is_over() -> None:
+    # The resumed part must decide with the forecaster the first part had, as one
+    # uncut round would: what the completion teaches is learned only after it.
+    sched, fc = make(slots=3, slowdown=1.0, max_forecasts=1)
+    dispatches(sched.on_arrival(req(0, "a", deadline=1.0), 0.0))
+    (second,) = dispatches(sched.on_arrival(req(1, "a", deadline=1.0), 0.0))
+    sched.on_arrival(req(2, "b", deadline=0.030), 0.0, dispatch=False)
+    sched.on_arrival(req(3, "a", deadline=1.0), 0.0, dispatch=False)
+    assert dispatches(finish(sched, second, 0.005)) == []  # cut short after b
+    ticks = 0
+    while sched.next_wakeup() == 0.005:
+        sched.learn()
+        assert fc.completed == []
+        sched.on_tick(0.005)
+        ticks += 1
+    sched.learn()
+    assert ticks >= 1 and [r.batch_id for r in fc.completed] == [second.batch_id]
+    # An arrival ends a cut round: the next tick starts a new one, which learns first.
+    sched, fc = make(slots=3, slowdown=1.0, max_forecasts=1)
+    dispatches(sched.on_arrival(req(0, "a", deadline=1.0), 0.0))
+    (second,) = dispatches(sched.on_arrival(req(1, "a", deadline=1.0), 0.0))
+    sched.on_arrival(req(2, "b", deadline=0.030), 0.0, dispatch=False)
+    sched.on_arrival(req(3, "a", deadline=1.0), 0.0, dispatch=False)
+    finish(sched, second, 0.005)
+    sched.on_arrival(req(4, "b", deadline=0.5), 0.006, dispatch=False)
+    sched.on_tick(0.006)
+    assert [r.batch_id for r in fc.completed] == [second.batch_id]

@@ -47,7 +47,8 @@ class Planner:
             head = q.head()
             if head is not None and head.priority is Priority.LOW and low_slots <= 0:
                 break  # the rest hold only low-priority work: the slots left are reserved
-            if self._blocked.get(q.model) != self._epoch and q.model not in self._resume_skip:
+            model, epoch = q.model, self._epoch
+            if self._blocked.get(model) != epoch and self._resume_skip.get(model) != epoch:
                 if self._over_budget():
                     self._resume_at = now
                     return None
@@ -55,14 +56,21 @@ class Planner:
                 if plan is not None:
                     return plan
                 if self.config.max_forecasts:
-                    self._resume_skip.add(q.model)
+                    self._resume_skip[model] = epoch
                 if self._running and not scratch.lent:  # (an idle device never blocks)
-                    self._blocked[q.model] = self._epoch
+                    self._blocked[model] = epoch
             high = q.peek(Priority.HIGH)
             if high is not None:  # high work waits: low-only work must be out of its way
                 latest = high.deadline - self.config.margin_s - self._solo(q.model, high.size)
                 scratch.low_until = min(scratch.low_until, latest)
         return None
+
+    def _solo(self, model: str, rows: int) -> float:
+        key = (model, rows)
+        value = self._solo_cache.get(key)
+        if value is None:
+            value = self._solo_cache[key] = self.profile.solo_latency(model, rows)
+        return value
 
     def _over_budget(self) -> bool:
         """This event has spent its forecasts (an idle device always dispatches, so its
