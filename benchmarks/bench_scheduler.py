@@ -54,7 +54,6 @@ class TimedScheduler:
         self.warm_queue = warm_queue
         self.warm = False
         self.samples: dict[str, list[float]] = defaultdict(list)
-        self.learned_upto = 0  # batches finished when learn() last had work
         self.forecasts: dict[str, list[int]] = defaultdict(list)  # per event, by kind
         self.digest = DecisionDigest()
 
@@ -84,12 +83,14 @@ class TimedScheduler:
 
     def learn(self):
         # Not a decision: the driver calls it once the decisions are carried out. Timed
-        # only when a batch finished since the last call (there is something to learn).
-        finished = self.inner.stats.finished
-        if finished == self.learned_upto:
-            return self.inner.learn()
-        self.learned_upto = finished
-        return self._timed("learning", None, self.inner.learn)
+        # when it learned something (it waits while a round cut short is not over).
+        learned = self.inner.stats.learned
+        warm, t0 = self.warm, time.perf_counter_ns()
+        out = self.inner.learn()
+        if warm and self.inner.stats.learned > learned:
+            self.samples["learning"].append((time.perf_counter_ns() - t0) / 1e3)
+            self.forecasts["learning"].append(0)
+        return out
 
 
 class DecisionDigest:

@@ -171,7 +171,7 @@ class RLS(LinearRegressor):
         e = y - float(self.w @ xa)
         if self.huber:
             e = self._clip(e, y)
-        P = (P - np.outer(k, px)) / self.lam
+        P = (P - k[:, None] * px) / self.lam  # (np.outer, without its overhead)
         self._updates += 1
         if self._updates % self.check_every == 0:
             P = self._guard(P)

@@ -43,6 +43,7 @@ class SchedulerStats:
     finished: int = 0  # batches
     rejected: int = 0  # requests
     forecasts: int = 0  # forecaster calls (the main cost of a decision)
+    learned: int = 0  # finished batches the forecaster has learned from
 
 
 @dataclass

@@ -35,8 +35,17 @@ class Round:
     lent: bool = False
 
 
+class _OverBudget(Exception):
+    """The event has spent its forecasts: the round stops and resumes on a timer."""
+
+
 class Planner:
-    """The planning half of `Scheduler` (attributes are the scheduler's)."""
+    """The planning half of `Scheduler` (attributes are the scheduler's).
+
+    With a forecast budget, a round may stop before any forecast and resume where it
+    stopped: nothing has changed meanwhile (any other event starts a new round), so the
+    evaluations it already made are kept (`_memo`, by model and prefix length, and the
+    forecast without any candidate) and replayed as they came, forecast-free."""
 
     def _choose(self, now: float) -> Plan | None:
         queues = [q for q in self._queues.values() if len(q)]
@@ -49,10 +58,11 @@ class Planner:
                 break  # the rest hold only low-priority work: the slots left are reserved
             model, epoch = q.model, self._epoch
             if self._blocked.get(model) != epoch and self._resume_skip.get(model) != epoch:
-                if self._over_budget():
+                try:
+                    plan = self._plan(q, scratch)
+                except _OverBudget:
                     self._resume_at = now
                     return None
-                plan = self._plan(q, scratch)
                 if plan is not None:
                     return plan
                 if self.config.max_forecasts:
@@ -72,14 +82,12 @@ class Planner:
             value = self._solo_cache[key] = self.profile.solo_latency(model, rows)
         return value
 
-    def _over_budget(self) -> bool:
-        """This event has spent its forecasts (an idle device always dispatches, so its
-        round is never cut short). The models it found infeasible are skipped by the
-        rounds that resume it, until an arrival or completion changes the state."""
+    def _check_budget(self) -> None:
+        """Before a forecast: stop the round if this event has spent its forecasts (an
+        idle device always dispatches, so its round is never cut short)."""
         budget = self.config.max_forecasts
-        if not budget or not self._running:
-            return False
-        return self.stats.forecasts - self._round_forecasts >= budget
+        if budget and self._running and self.stats.forecasts - self._round_forecasts >= budget:
+            raise _OverBudget
 
     def _low_slots(self, scratch: Round) -> int:
         """How many more batches of only low-priority work may start now. Held slots
@@ -118,6 +126,8 @@ class Planner:
             return None
         tried = 0
         hint = self._slowdown_hint.get(model)
+        if self.config.max_forecasts:  # resumed, it starts from the hint it first had
+            hint = self._memo.setdefault(model, hint)
         if hint is not None and kmax > 1:
             tried = self._largest_fitting(model, requests[:kmax], now, hint, scratch.low_until)
             if tried > 1:
@@ -161,6 +171,18 @@ class Planner:
         return k
 
     def _evaluate(self, q: ModelQueue, requests: list[Request], scratch: Round) -> Plan:
+        if not self.config.max_forecasts:
+            return self._evaluate_now(q, requests, scratch)
+        key = (q.model, len(requests))
+        hit = self._memo.get(key)
+        if hit is None:
+            self._check_budget()
+            plan = self._evaluate_now(q, requests, scratch)
+            hit = self._memo[key] = (plan, self._slowdown_hint[q.model])
+        self._slowdown_hint[q.model] = hit[1]  # (as the evaluation left it)
+        return hit[0]
+
+    def _evaluate_now(self, q: ModelQueue, requests: list[Request], scratch: Round) -> Plan:
         now, margin, policy = scratch.now, self.config.margin_s, self.policy
         rows, deadline, high, top = 0, math.inf, False, Priority.HIGH
         for r in requests:
@@ -218,8 +240,12 @@ class Planner:
             if f is None or policy.end(f, run.high) + margin <= run.deadline:
                 continue
             if scratch.baseline is None:
+                scratch.baseline = self._memo.get(None)
+            if scratch.baseline is None:
                 scratch.baseline = self.forecaster.forecast(scratch.now)
                 self.stats.forecasts += 1
+                if self.config.max_forecasts:
+                    self._memo[None] = scratch.baseline
             before = scratch.baseline.get(run.batch_id)
             if before is None or policy.end(before, run.high) + margin <= run.deadline:
                 return False  # on time now, late beside the candidate

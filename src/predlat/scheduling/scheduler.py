@@ -95,13 +95,13 @@ class Scheduler(Planner):
         # recomputed). It changes only when a head does, so arrivals behind the heads and
         # events that change no queue reuse it (next_wakeup, and _expire's quick exit).
         self._latest_start: float | None = None
-        # A decision round that stopped at its forecast budget: when it did (a timer then
-        # resumes it; any other event first starts a round of its own), and the forecast
-        # count its event started from. Models it found infeasible, with the epoch then,
-        # are not tried again by the part that resumes it.
+        # A round stopped at its forecast budget: when (a timer resumes it; any other event
+        # starts a new round), the forecast count its event started from, and the models
+        # it found infeasible, with the epoch then (not tried again when it resumes).
         self._resume_at: float | None = None
         self._round_forecasts = 0
         self._resume_skip: dict[str, int] = {}
+        self._memo: dict[object, object] = {}  # (see Planner)
         for m in models:
             self._solo(m, 1)  # fail now, not mid-run, if the profile lacks a model
         self._queued = 0
@@ -198,6 +198,7 @@ class Scheduler(Planner):
         del self._to_learn[:n]
         self._stale = max(0, self._stale - n)
         learn = self.forecaster.learn
+        self.stats.learned += len(pending)
         for record, predicted in pending:
             learn(record, predicted)
 
@@ -333,6 +334,7 @@ class Scheduler(Planner):
                 self._learn_first(self._stale)
             self._stale = len(self._to_learn)  # this round's, once it has decided
             self._resume_skip.clear()
+            self._memo.clear()
         self._resume_at = None
         self._round_forecasts = self.stats.forecasts
         self._expire(now, out)
@@ -346,6 +348,7 @@ class Scheduler(Planner):
     def _dispatch(self, plan: Plan, now: float) -> Dispatch:
         slot = self._free.pop(0)
         plan.queue.remove_prefix(plan.requests)
+        self._memo.clear()
         self._latest_start = None
         self._epoch += 1
         self._queued -= len(plan.requests)
