@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from predlat.predict.forecast import ForecastEnd, RunningBatch
 from predlat.scheduling.queues import ModelQueue
@@ -43,9 +44,11 @@ class Planner:
     """The planning half of `Scheduler` (attributes are the scheduler's).
 
     With a forecast budget, a round may stop before any forecast and resume where it
-    stopped: nothing has changed meanwhile (any other event starts a new round), so the
-    evaluations it already made are kept (`_memo`, by model and prefix length, and the
-    forecast without any candidate) and replayed as they came, forecast-free."""
+    stopped: nothing has changed meanwhile (any other event starts a new round), so what
+    it already computed is kept (`_memo`: forecasts, plans and the hints each model's
+    planning started from) and replayed as it came, forecast-free."""
+
+    _memo: dict[tuple, Any]
 
     def _choose(self, now: float) -> Plan | None:
         queues = [q for q in self._queues.values() if len(q)]
@@ -127,7 +130,7 @@ class Planner:
         tried = 0
         hint = self._slowdown_hint.get(model)
         if self.config.max_forecasts:  # resumed, it starts from the hint it first had
-            hint = self._memo.setdefault(model, hint)
+            hint = self._memo.setdefault(("hint", model), hint)
         if hint is not None and kmax > 1:
             tried = self._largest_fitting(model, requests[:kmax], now, hint, scratch.low_until)
             if tried > 1:
@@ -173,14 +176,27 @@ class Planner:
     def _evaluate(self, q: ModelQueue, requests: list[Request], scratch: Round) -> Plan:
         if not self.config.max_forecasts:
             return self._evaluate_now(q, requests, scratch)
-        key = (q.model, len(requests))
+        key = ("plan", q.model, len(requests))
         hit = self._memo.get(key)
         if hit is None:
-            self._check_budget()
             plan = self._evaluate_now(q, requests, scratch)
             hit = self._memo[key] = (plan, self._slowdown_hint[q.model])
         self._slowdown_hint[q.model] = hit[1]  # (as the evaluation left it)
         return hit[0]
+
+    def _forecast(self, key: tuple, now: float, candidates: tuple[RunningBatch, ...] = ()):
+        """The forecaster's forecast, counted; with a budget, checked against it first
+        and kept for a resumed round (which finds it again under `key`)."""
+        if self.config.max_forecasts:
+            hit = self._memo.get(key)
+            if hit is not None:
+                return hit
+            self._check_budget()
+        forecast = self.forecaster.forecast(now, candidates)
+        self.stats.forecasts += 1
+        if self.config.max_forecasts:
+            self._memo[key] = forecast
+        return forecast
 
     def _evaluate_now(self, q: ModelQueue, requests: list[Request], scratch: Round) -> Plan:
         now, margin, policy = scratch.now, self.config.margin_s, self.policy
@@ -191,8 +207,7 @@ class Planner:
                 deadline = r.deadline
             high = high or r.priority is top
         candidate = RunningBatch(self._next_batch_id, q.model, rows, now)
-        forecast = self.forecaster.forecast(now, (candidate,))
-        self.stats.forecasts += 1
+        forecast = self._forecast(("forecast", q.model, len(requests)), now, (candidate,))
         mine = forecast[candidate.batch_id]
         end = policy.end(mine, high)
         self._slowdown_hint[q.model] = max(1.0, (end - now) / self._solo(q.model, rows))
@@ -240,12 +255,7 @@ class Planner:
             if f is None or policy.end(f, run.high) + margin <= run.deadline:
                 continue
             if scratch.baseline is None:
-                scratch.baseline = self._memo.get(None)
-            if scratch.baseline is None:
-                scratch.baseline = self.forecaster.forecast(scratch.now)
-                self.stats.forecasts += 1
-                if self.config.max_forecasts:
-                    self._memo[None] = scratch.baseline
+                scratch.baseline = self._forecast(("baseline",), scratch.now)
             before = scratch.baseline.get(run.batch_id)
             if before is None or policy.end(before, run.high) + margin <= run.deadline:
                 return False  # on time now, late beside the candidate

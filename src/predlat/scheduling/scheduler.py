@@ -101,7 +101,7 @@ class Scheduler(Planner):
         self._resume_at: float | None = None
         self._round_forecasts = 0
         self._resume_skip: dict[str, int] = {}
-        self._memo: dict[object, object] = {}  # (see Planner)
+        self._memo = {}  # (see Planner)
         for m in models:
             self._solo(m, 1)  # fail now, not mid-run, if the profile lacks a model
         self._queued = 0
