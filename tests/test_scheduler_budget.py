@@ -136,3 +136,17 @@ def test_a_budget_changes_when_forecasts_are_made_not_what_is_decided(seed: int)
     assert len(uncut) > 300 and any(isinstance(d, tuple) for _, d in uncut)
     for budget in (1, 2):
         assert _drive(budget, seed) == (uncut, spent)
+
+
+def test_a_round_cut_short_and_ended_by_another_event_lets_the_next_spend_more() -> None:
+    # On a real clock another event may come before the resuming timer, and a new
+    # round starts over: each time, the budget doubles, so planning always gets through.
+    sched, _ = make(slots=3, slowdown=1.0, max_forecasts=1)
+    dispatches(sched.on_arrival(req(0, "a", deadline=1.0), 0.0))
+    sched.on_arrival(req(1, "b", deadline=0.030), 0.0, dispatch=False)
+    sched.on_arrival(req(2, "a", deadline=1.0), 0.0, dispatch=False)
+    assert dispatches(sched.on_tick(0.0)) == [] and sched.next_wakeup() == 0.0
+    spent = sched.stats.forecasts
+    out = sched.on_arrival(req(3, "b", deadline=0.5), 0.001)  # before the timer
+    assert sched.stats.forecasts - spent == 2
+    assert [d.request_ids for d in dispatches(out)] == [(2,)]

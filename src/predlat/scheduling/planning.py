@@ -49,6 +49,10 @@ class Planner:
     planning started from) and replayed as it came, forecast-free."""
 
     _memo: dict[tuple, Any]
+    # Rounds cut short that another event ended before they resumed, in a row: each
+    # doubles the next round's budget, so that one always gets through a model's
+    # planning (no simulated clock lets that happen; a real one may, under load).
+    _cut_streak = 0
 
     def _choose(self, now: float) -> Plan | None:
         queues = [q for q in self._queues.values() if len(q)]
@@ -67,6 +71,7 @@ class Planner:
                     self._resume_at = now
                     return None
                 if plan is not None:
+                    self._cut_streak = 0
                     return plan
                 if self.config.max_forecasts:
                     self._resume_skip[model] = epoch
@@ -76,7 +81,14 @@ class Planner:
             if high is not None:  # high work waits: low-only work must be out of its way
                 latest = high.deadline - self.config.margin_s - self._solo(q.model, high.size)
                 scratch.low_until = min(scratch.low_until, latest)
+        self._cut_streak = 0
         return None
+
+    def _interrupt(self) -> None:
+        """An arrival or completion: a round cut short is over (the next starts anew)."""
+        if self._resume_at is not None:
+            self._resume_at = None
+            self._cut_streak = min(self._cut_streak + 1, 16)
 
     def _solo(self, model: str, rows: int) -> float:
         key = (model, rows)
@@ -88,7 +100,7 @@ class Planner:
     def _check_budget(self) -> None:
         """Before a forecast: stop the round if this event has spent its forecasts (an
         idle device always dispatches, so its round is never cut short)."""
-        budget = self.config.max_forecasts
+        budget = self.config.max_forecasts << self._cut_streak
         if budget and self._running and self.stats.forecasts - self._round_forecasts >= budget:
             raise _OverBudget
 

@@ -124,7 +124,7 @@ class Scheduler(Planner):
             raise ValueError(f"request id {request.request_id} is already pending")
         self._seen.add(request.request_id)
         self.stats.arrivals += 1
-        self._resume_at = None  # a round it cut short is over: the next one starts anew
+        self._interrupt()  # a round cut short is over: the next one starts anew
         if request.priority is Priority.HIGH:
             self._high_arrived(request, now)
         out: list[Decision] = []
@@ -153,7 +153,7 @@ class Scheduler(Planner):
             raise ValueError(f"batch {record.batch_id} is not running on this scheduler")
         self._release(run.slot)
         self._epoch += 1
-        self._resume_at = None  # (as for an arrival)
+        self._interrupt()  # (as for an arrival)
         full = self._timeline.finished(record)
         predicted = self.forecaster.release(full)
         # What it teaches is learned after this event's decisions (see `learn`); a failed
