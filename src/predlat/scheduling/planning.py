@@ -196,7 +196,9 @@ class Planner:
         self._slowdown_hint[q.model] = hit[1]  # (as the evaluation left it)
         return hit[0]
 
-    def _forecast(self, key: tuple, now: float, candidates: tuple[RunningBatch, ...] = ()):
+    def _forecast(
+        self, key: tuple, now: float, candidates: tuple[RunningBatch, ...] = ()
+    ) -> dict[int, ForecastEnd]:
         """The forecaster's forecast, counted; with a budget, checked against it first
         and kept for a resumed round (which finds it again under `key`)."""
         if self.config.max_forecasts:
