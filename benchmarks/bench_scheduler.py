@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import math
 import random
 import sys
@@ -33,8 +34,10 @@ import numpy as np
 from predlat.profiling.profile import Profile
 from predlat.scheduling import (
     POLICY_NAMES,
+    Dispatch,
     FixedSlowdownForecaster,
     Priority,
+    Reject,
     Request,
     Scheduler,
     SchedulerConfig,
@@ -51,13 +54,13 @@ class TimedScheduler:
         self.warm_queue = warm_queue
         self.warm = False
         self.samples: dict[str, list[float]] = defaultdict(list)
-        self.learned_upto = 0  # batches finished when learn() last had work
         self.forecasts: dict[str, list[int]] = defaultdict(list)  # per event, by kind
+        self.digest = DecisionDigest()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def _timed(self, kind: str, fn, *args):
+    def _timed(self, kind: str, now: float | None, fn, *args):
         self.warm = self.warm or self.inner.queued() >= self.warm_queue
         f0 = self.inner.stats.forecasts
         t0 = time.perf_counter_ns()
@@ -65,25 +68,62 @@ class TimedScheduler:
         if self.warm:
             self.samples[kind].append((time.perf_counter_ns() - t0) / 1e3)
             self.forecasts[kind].append(self.inner.stats.forecasts - f0)
+        if now is not None:
+            self.digest.add(now, out)
         return out
 
     def on_arrival(self, request, now, dispatch=True):
-        return self._timed("arrival", self.inner.on_arrival, request, now, dispatch)
+        return self._timed("arrival", now, self.inner.on_arrival, request, now, dispatch)
 
     def on_complete(self, record, now, ok=True, dispatch=True):
-        return self._timed("completion", self.inner.on_complete, record, now, ok, dispatch)
+        return self._timed("completion", now, self.inner.on_complete, record, now, ok, dispatch)
 
     def on_tick(self, now):
-        return self._timed("timer", self.inner.on_tick, now)
+        return self._timed("timer", now, self.inner.on_tick, now)
 
     def learn(self):
         # Not a decision: the driver calls it once the decisions are carried out. Timed
-        # only when a batch finished since the last call (there is something to learn).
-        finished = self.inner.stats.finished
-        if finished == self.learned_upto:
-            return self.inner.learn()
-        self.learned_upto = finished
-        return self._timed("learning", self.inner.learn)
+        # when it learned something (it waits while a round cut short is not over).
+        learned = self.inner.stats.learned
+        warm, t0 = self.warm, time.perf_counter_ns()
+        out = self.inner.learn()
+        if warm and self.inner.stats.learned > learned:
+            self.samples["learning"].append((time.perf_counter_ns() - t0) / 1e3)
+            self.forecasts["learning"].append(0)
+        return out
+
+
+class DecisionDigest:
+    """SHA-256 of the decision stream (every dispatch and rejection with the time it was
+    decided; not which kind of event decided it), and apart of the forecasts the
+    dispatches carry: two runs decided alike if the first matches; the second shows
+    whether any forecast moved at all."""
+
+    def __init__(self) -> None:
+        self.decisions = hashlib.sha256()
+        self.forecasts = hashlib.sha256()
+        self.dispatches = 0
+        self.rejects = 0
+
+    def add(self, now: float, out: list) -> None:
+        for d in out:
+            if isinstance(d, Dispatch):
+                self.dispatches += 1
+                line = f"{now!r} D {d.batch_id} {d.slot} {d.model} {d.request_ids} {d.batch_size}"
+                self.forecasts.update(f"{d.predicted_end!r} {d.predicted_mean_end!r}\n".encode())
+            elif isinstance(d, Reject):
+                self.rejects += 1
+                line = f"{now!r} R {d.request_id} {d.kind.value}"
+            else:
+                continue
+            self.decisions.update((line + "\n").encode())
+
+    def report(self) -> str:
+        return (
+            f"decision digest {self.decisions.hexdigest()[:16]} "
+            f"({self.dispatches} dispatches, {self.rejects} rejections); "
+            f"forecast digest {self.forecasts.hexdigest()[:16]}"
+        )
 
 
 def print_row(name: str, us: np.ndarray, note: str = "", forecasts: list[int] = ()) -> None:
@@ -128,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="a profile.json instead of synthetic costs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--load", type=float, default=3.0, help="arrival rate over the device's capacity"
+    )
+    parser.add_argument(
         "--max-forecasts",
         type=int,
         default=SchedulerConfig.max_forecasts,
@@ -158,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Capacity is roughly slots / mean solo latency; arrive at 3x that to stay full.
     mean_solo = float(np.mean([profile.solo_latency(m, 1) for m in models]))
-    rate = 3.0 * args.slots / mean_solo
+    rate = args.load * args.slots / mean_solo
     requests = workload(profile, args.events + 4 * args.queued, rate, args.seed)
     # As the runtime does at start: what is alive now (profile, predictor, the workload)
     # leaves the collector's reach, so its passes scan only what scheduling allocates.
@@ -189,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("arrival", "completion", "timer"):
         if samples.get(kind):
             print_row(kind, np.asarray(samples[kind]), forecasts=timed.forecasts[kind])
+    if not every:  # the queue never filled (a light --load): nothing was timed
+        print(timed.digest.report())
+        return 0
     v = np.asarray(every)
     p99 = float(np.percentile(v, 99))
     every_fc = [n for kind, ns in timed.forecasts.items() if kind != "learning" for n in ns]
@@ -215,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             "all+learning", joined, "learning counted into its completion", forecasts=every_fc
         )
     print(f"p99 over all events: {p99:.1f} us")
+    print(timed.digest.report())
     return 0
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from predlat.predict.calibration import Calibrator
-from predlat.predict.regressors import RLS, SGD, Ridge
+from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top
 
 
 def linear_data(n: int, w: np.ndarray, seed: int = 0, noise: float = 0.0):
@@ -138,3 +138,22 @@ def test_rls_clips_outliers_but_follows_a_shift():
     assert np.allclose(robust.w, W2, atol=0.05)
     with pytest.raises(ValueError, match="huber"):
         RLS(3, huber=-1.0)
+
+
+def test_rls_guard_clips_like_an_eigendecomposition():
+    # The guard finds the eigenvalues past its bound by powers of P; it must clip them
+    # as the eigendecomposition would (to rounding), or leave the case to it.
+    rng = np.random.default_rng(3)
+    model = RLS(8, delta=100.0)
+    fast = 0
+    for grown in (0, 1, 2, 2):
+        q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+        eig = np.concatenate([[250.0, 120.0][:grown], 10 ** rng.uniform(-4, 1.0, 8 - grown)])
+        P = (q * eig) @ q.T
+        vals, vecs = np.linalg.eigh(0.5 * (P + P.T))
+        expected = (vecs * np.clip(vals, 1e-12, 100.0)) @ vecs.T
+        assert np.allclose(model._guard(P), expected, rtol=0, atol=1e-12)
+        fast += _clip_top(0.5 * (P + P.T), P.tolist(), 100.0) is not None
+    assert fast == 4
+    broken = np.full((8, 8), np.nan)
+    assert np.array_equal(model._guard(broken), np.eye(8) * 100.0)

@@ -383,23 +383,3 @@ def test_bad_configuration_is_a_clear_error() -> None:
         get_policy("fastest")
     with pytest.raises(ConfigError, match="max batch"):
         make(max_batch=0)
-
-
-def test_a_round_over_its_forecast_budget_resumes_at_once_on_a_timer() -> None:
-    def setup(budget: int) -> Scheduler:
-        sched, _ = make(slots=3, slowdown=1.0, max_forecasts=budget)
-        dispatches(sched.on_arrival(req(0, "a", deadline=1.0), 0.0))
-        # b (30 ms deadline) cannot run beside a; a second a can: b is tried first (EDF).
-        sched.on_arrival(req(1, "b", deadline=0.030), 0.0, dispatch=False)
-        sched.on_arrival(req(2, "a", deadline=1.0), 0.0, dispatch=False)
-        return sched
-
-    unlimited = setup(0)
-    assert [d.request_ids for d in dispatches(unlimited.on_tick(0.0))] == [(2,)]
-    capped = setup(1)
-    assert dispatches(capped.on_tick(0.0)) == []  # spent its one forecast on b
-    assert capped.next_wakeup() == 0.0  # ... and asks to go on at once
-    assert [d.request_ids for d in dispatches(capped.on_tick(0.0))] == [(2,)]
-    assert capped.next_wakeup() == pytest.approx(0.030 - 0.020 + 1e-6)  # b's latest start
-    with pytest.raises(ConfigError, match="max forecasts"):
-        make(max_forecasts=-1)

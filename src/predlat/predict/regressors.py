@@ -171,7 +171,7 @@ class RLS(LinearRegressor):
         e = y - float(self.w @ xa)
         if self.huber:
             e = self._clip(e, y)
-        P = (P - np.outer(k, px)) / self.lam
+        P = (P - k[:, None] * px) / self.lam  # (np.outer, without its overhead)
         self._updates += 1
         if self._updates % self.check_every == 0:
             P = self._guard(P)
@@ -199,10 +199,87 @@ class RLS(LinearRegressor):
 
     def _guard(self, P: np.ndarray) -> np.ndarray:
         P = 0.5 * (P + P.T)
-        if not np.all(np.isfinite(P)):
+        rows = P.tolist()  # (plain floats: numpy calls made this rarely run cold, slowly)
+        if not math.isfinite(sum(map(sum, rows))):
             return np.eye(self.dim) * self.delta
+        clipped = _clip_top(P, rows, self.max_eig)
+        if clipped is not None:
+            return clipped
         eig, vec = np.linalg.eigh(P)
         if eig[-1] <= self.max_eig and eig[0] > 0:
             return P
         eig = np.clip(eig, 1e-12, self.max_eig)
         return (vec * eig) @ vec.T
+
+
+# The guard's usual case, without an eigendecomposition: one or two eigenvalues (the
+# unexcited directions) grew past the bound; each is found by repeated squaring.
+_SQUARINGS = 6  # P^64: a ratio of 0.5 between eigenvalues leaves 5e-20 of the second
+
+
+def _clip_top(P: np.ndarray, rows: list[list[float]], bound: float) -> np.ndarray | None:
+    """P with its eigenvalues above `bound` clipped to it (what the eigendecomposition
+    does), found largest first by powers of P and removed from it; none left once P's
+    trace less those found is within the bound (P is positive definite). None where a
+    power did not converge to one eigenvector or P is not positive definite."""
+    rest = sum(rows[i][i] for i in range(len(rows)))
+    out, deflated = P, P
+    for _ in range(len(rows) if rest > bound else 0):
+        top = _dominant(deflated)
+        if top is None:
+            return None
+        lam, v = top
+        if lam <= bound:
+            break
+        out = out - (lam - bound) * (v[:, None] * v)
+        rest -= lam
+        if rest <= bound:
+            break
+        deflated = deflated - lam * (v[:, None] * v)
+    else:
+        if rest > bound:
+            return None
+    return out if _positive_definite(out.tolist()) else None
+
+
+def _dominant(M: np.ndarray) -> tuple[float, np.ndarray] | None:
+    """The eigenvalue of M largest in magnitude and its unit eigenvector, or None if
+    M^64 does not single one out (two eigenvalues too close)."""
+    # Scaled so that its eigenvalues are at most 1 in magnitude and the largest at
+    # least 1 / (n n): its 64th power neither overflows nor underflows.
+    size = math.sqrt(float((M * M).sum()))
+    if not size > 0.0:
+        return None
+    Q = M / size
+    for _ in range(_SQUARINGS):
+        Q = Q @ Q
+    diag = Q.diagonal().tolist()
+    j = diag.index(max(diag))
+    v = Q[:, j]
+    norm = float(v @ v)
+    if not norm > 0.0:
+        return None
+    v = v / math.sqrt(norm)
+    w = M @ v
+    lam = float(v @ w)
+    r = w - lam * v
+    if not float(r @ r) <= 1e-28 * lam * lam:
+        return None
+    return lam, v
+
+
+def _positive_definite(rows: list[list[float]]) -> bool:
+    """Whether a symmetric matrix (rows) has a Cholesky factor."""
+    n = len(rows)
+    L: list[list[float]] = [[] for _ in range(n)]
+    for j in range(n):
+        lj = L[j]
+        d = rows[j][j] - sum(map(mul, lj, lj))
+        if not d > 0.0:
+            return False
+        d = math.sqrt(d)
+        for i in range(j + 1, n):
+            li = L[i]
+            li.append((rows[i][j] - sum(map(mul, li, lj))) / d)
+        lj.append(d)
+    return True

@@ -18,9 +18,9 @@ class SchedulerConfig:
     # slot at once instead of queueing behind long low-priority batches (no preemption).
     high_reserve: int = 1
     high_window_s: float = 1.0
-    # Forecasts one event may spend on models found infeasible before it yields: the
-    # rest are checked at once on a timer (`next_wakeup` asks for it at the same
-    # instant), so no single event holds the scheduler long. 0: no limit.
+    # Forecasts one event may make before it yields: the round goes on at once on a
+    # timer (`next_wakeup` asks for it at the same instant) and decides as it would
+    # have in one go, so no single event holds the scheduler long. 0: no limit.
     max_forecasts: int = 0
 
     def validate(self) -> None:
@@ -43,6 +43,7 @@ class SchedulerStats:
     finished: int = 0  # batches
     rejected: int = 0  # requests
     forecasts: int = 0  # forecaster calls (the main cost of a decision)
+    learned: int = 0  # finished batches the forecaster has learned from
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from predlat.predict.forecast import ForecastEnd, RunningBatch
 from predlat.scheduling.queues import ModelQueue
@@ -35,8 +36,23 @@ class Round:
     lent: bool = False
 
 
+class _OverBudget(Exception):
+    """The event has spent its forecasts: the round stops and resumes on a timer."""
+
+
 class Planner:
-    """The planning half of `Scheduler` (attributes are the scheduler's)."""
+    """The planning half of `Scheduler` (attributes are the scheduler's).
+
+    With a forecast budget, a round may stop before any forecast and resume where it
+    stopped: nothing has changed meanwhile (any other event starts a new round), so what
+    it already computed is kept (`_memo`: forecasts, plans and the hints each model's
+    planning started from) and replayed as it came, forecast-free."""
+
+    _memo: dict[tuple, Any]
+    # Rounds cut short that another event ended before they resumed, in a row: each
+    # doubles the next round's budget, so that one always gets through a model's
+    # planning (no simulated clock lets that happen; a real one may, under load).
+    _cut_streak = 0
 
     def _choose(self, now: float) -> Plan | None:
         queues = [q for q in self._queues.values() if len(q)]
@@ -47,31 +63,46 @@ class Planner:
             head = q.head()
             if head is not None and head.priority is Priority.LOW and low_slots <= 0:
                 break  # the rest hold only low-priority work: the slots left are reserved
-            if self._blocked.get(q.model) != self._epoch and q.model not in self._resume_skip:
-                if self._over_budget():
+            model, epoch = q.model, self._epoch
+            if self._blocked.get(model) != epoch and self._resume_skip.get(model) != epoch:
+                try:
+                    plan = self._plan(q, scratch)
+                except _OverBudget:
                     self._resume_at = now
                     return None
-                plan = self._plan(q, scratch)
                 if plan is not None:
+                    self._cut_streak = 0
                     return plan
                 if self.config.max_forecasts:
-                    self._resume_skip.add(q.model)
+                    self._resume_skip[model] = epoch
                 if self._running and not scratch.lent:  # (an idle device never blocks)
-                    self._blocked[q.model] = self._epoch
+                    self._blocked[model] = epoch
             high = q.peek(Priority.HIGH)
             if high is not None:  # high work waits: low-only work must be out of its way
                 latest = high.deadline - self.config.margin_s - self._solo(q.model, high.size)
                 scratch.low_until = min(scratch.low_until, latest)
+        self._cut_streak = 0
         return None
 
-    def _over_budget(self) -> bool:
-        """This event has spent its forecasts (an idle device always dispatches, so its
-        round is never cut short). The models it found infeasible are skipped by the
-        rounds that resume it, until an arrival or completion changes the state."""
-        budget = self.config.max_forecasts
-        if not budget or not self._running:
-            return False
-        return self.stats.forecasts - self._round_forecasts >= budget
+    def _interrupt(self) -> None:
+        """An arrival or completion: a round cut short is over (the next starts anew)."""
+        if self._resume_at is not None:
+            self._resume_at = None
+            self._cut_streak = min(self._cut_streak + 1, 16)
+
+    def _solo(self, model: str, rows: int) -> float:
+        key = (model, rows)
+        value = self._solo_cache.get(key)
+        if value is None:
+            value = self._solo_cache[key] = self.profile.solo_latency(model, rows)
+        return value
+
+    def _check_budget(self) -> None:
+        """Before a forecast: stop the round if this event has spent its forecasts (an
+        idle device always dispatches, so its round is never cut short)."""
+        budget = self.config.max_forecasts << self._cut_streak
+        if budget and self._running and self.stats.forecasts - self._round_forecasts >= budget:
+            raise _OverBudget
 
     def _low_slots(self, scratch: Round) -> int:
         """How many more batches of only low-priority work may start now. Held slots
@@ -110,6 +141,8 @@ class Planner:
             return None
         tried = 0
         hint = self._slowdown_hint.get(model)
+        if self.config.max_forecasts:  # resumed, it starts from the hint it first had
+            hint = self._memo.setdefault(("hint", model), hint)
         if hint is not None and kmax > 1:
             tried = self._largest_fitting(model, requests[:kmax], now, hint, scratch.low_until)
             if tried > 1:
@@ -153,6 +186,33 @@ class Planner:
         return k
 
     def _evaluate(self, q: ModelQueue, requests: list[Request], scratch: Round) -> Plan:
+        if not self.config.max_forecasts:
+            return self._evaluate_now(q, requests, scratch)
+        key = ("plan", q.model, len(requests))
+        hit = self._memo.get(key)
+        if hit is None:
+            plan = self._evaluate_now(q, requests, scratch)
+            hit = self._memo[key] = (plan, self._slowdown_hint[q.model])
+        self._slowdown_hint[q.model] = hit[1]  # (as the evaluation left it)
+        return hit[0]
+
+    def _forecast(
+        self, key: tuple, now: float, candidates: tuple[RunningBatch, ...] = ()
+    ) -> dict[int, ForecastEnd]:
+        """The forecaster's forecast, counted; with a budget, checked against it first
+        and kept for a resumed round (which finds it again under `key`)."""
+        if self.config.max_forecasts:
+            hit = self._memo.get(key)
+            if hit is not None:
+                return hit
+            self._check_budget()
+        forecast = self.forecaster.forecast(now, candidates)
+        self.stats.forecasts += 1
+        if self.config.max_forecasts:
+            self._memo[key] = forecast
+        return forecast
+
+    def _evaluate_now(self, q: ModelQueue, requests: list[Request], scratch: Round) -> Plan:
         now, margin, policy = scratch.now, self.config.margin_s, self.policy
         rows, deadline, high, top = 0, math.inf, False, Priority.HIGH
         for r in requests:
@@ -161,8 +221,7 @@ class Planner:
                 deadline = r.deadline
             high = high or r.priority is top
         candidate = RunningBatch(self._next_batch_id, q.model, rows, now)
-        forecast = self.forecaster.forecast(now, (candidate,))
-        self.stats.forecasts += 1
+        forecast = self._forecast(("forecast", q.model, len(requests)), now, (candidate,))
         mine = forecast[candidate.batch_id]
         end = policy.end(mine, high)
         self._slowdown_hint[q.model] = max(1.0, (end - now) / self._solo(q.model, rows))
@@ -210,8 +269,7 @@ class Planner:
             if f is None or policy.end(f, run.high) + margin <= run.deadline:
                 continue
             if scratch.baseline is None:
-                scratch.baseline = self.forecaster.forecast(scratch.now)
-                self.stats.forecasts += 1
+                scratch.baseline = self._forecast(("baseline",), scratch.now)
             before = scratch.baseline.get(run.batch_id)
             if before is None or policy.end(before, run.high) + margin <= run.deadline:
                 return False  # on time now, late beside the candidate

@@ -95,11 +95,13 @@ class Scheduler(Planner):
         # recomputed). It changes only when a head does, so arrivals behind the heads and
         # events that change no queue reuse it (next_wakeup, and _expire's quick exit).
         self._latest_start: float | None = None
-        # A decision round that stopped at its forecast budget: when it did (a timer then
-        # resumes it), and the forecast count its event started from.
+        # A round stopped at its forecast budget: when (a timer resumes it; any other event
+        # starts a new round), the forecast count its event started from, and the models
+        # it found infeasible, with the epoch then (not tried again when it resumes).
         self._resume_at: float | None = None
         self._round_forecasts = 0
-        self._resume_skip: set[str] = set()  # models a resumed round need not try again
+        self._resume_skip: dict[str, int] = {}
+        self._memo = {}  # (see Planner)
         for m in models:
             self._solo(m, 1)  # fail now, not mid-run, if the profile lacks a model
         self._queued = 0
@@ -122,6 +124,7 @@ class Scheduler(Planner):
             raise ValueError(f"request id {request.request_id} is already pending")
         self._seen.add(request.request_id)
         self.stats.arrivals += 1
+        self._interrupt()  # a round cut short is over: the next one starts anew
         if request.priority is Priority.HIGH:
             self._high_arrived(request, now)
         out: list[Decision] = []
@@ -150,6 +153,7 @@ class Scheduler(Planner):
             raise ValueError(f"batch {record.batch_id} is not running on this scheduler")
         self._release(run.slot)
         self._epoch += 1
+        self._interrupt()  # (as for an arrival)
         full = self._timeline.finished(record)
         predicted = self.forecaster.release(full)
         # What it teaches is learned after this event's decisions (see `learn`); a failed
@@ -183,14 +187,18 @@ class Scheduler(Planner):
         calibration). Learning is off the decision path: `on_complete` decides with the
         batch released but not yet learned from, and the driver calls this once it has
         carried out the decisions. A driver that never calls it loses nothing: the next
-        decision round first learns whatever an earlier round left."""
-        self._learn_first(len(self._to_learn))
+        decision round first learns whatever an earlier round left. A round cut short by
+        the forecast budget is not over: learning waits until it is, so that its resumed
+        part decides with the forecaster its first part had (as one uncut round would)."""
+        if self._resume_at is None:
+            self._learn_first(len(self._to_learn))
 
     def _learn_first(self, n: int) -> None:
         pending = self._to_learn[:n]
         del self._to_learn[:n]
         self._stale = max(0, self._stale - n)
         learn = self.forecaster.learn
+        self.stats.learned += len(pending)
         for record, predicted in pending:
             learn(record, predicted)
 
@@ -321,13 +329,14 @@ class Scheduler(Planner):
 
     # -- dispatching ---------------------------------------------------------------------
     def _schedule(self, now: float, out: list[Decision], resume: bool = False) -> None:
-        if self._stale:  # completions an earlier round left unlearned
-            self._learn_first(self._stale)
-        self._stale = len(self._to_learn)  # this round's, once it has decided
+        if not resume:  # a new round: every model may have changed
+            if self._stale:  # completions an earlier round left unlearned
+                self._learn_first(self._stale)
+            self._stale = len(self._to_learn)  # this round's, once it has decided
+            self._resume_skip.clear()
+            self._memo.clear()
         self._resume_at = None
         self._round_forecasts = self.stats.forecasts
-        if not resume:  # an arrival or completion: every model may have changed
-            self._resume_skip.clear()
         self._expire(now, out)
         limit = self.policy.running_limit(self.num_slots)
         while self._free and len(self._running) < limit and self._queued:
@@ -339,6 +348,7 @@ class Scheduler(Planner):
     def _dispatch(self, plan: Plan, now: float) -> Dispatch:
         slot = self._free.pop(0)
         plan.queue.remove_prefix(plan.requests)
+        self._memo.clear()
         self._latest_start = None
         self._epoch += 1
         self._queued -= len(plan.requests)
@@ -379,13 +389,6 @@ class Scheduler(Planner):
     def _release(self, slot: int) -> None:
         self._free.append(slot)
         self._free.sort()
-
-    def _solo(self, model: str, rows: int) -> float:
-        key = (model, rows)
-        value = self._solo_cache.get(key)
-        if value is None:
-            value = self._solo_cache[key] = self.profile.solo_latency(model, rows)
-        return value
 
 
 __all__ = [
