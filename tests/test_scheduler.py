@@ -36,6 +36,7 @@ def make(
     **config: float,
 ) -> tuple[Scheduler, FixedSlowdownForecaster]:
     fc = FixedSlowdownForecaster(PROFILE.solo_latency, slowdown, quantile_factor)
+    config.setdefault("max_forecasts", 0)  # these tests count a round's forecasts whole
     sched = Scheduler(["a", "b"], slots, fc, PROFILE, get_policy(policy), SchedulerConfig(**config))  # type: ignore[arg-type]
     return sched, fc
 
