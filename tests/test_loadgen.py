@@ -77,7 +77,8 @@ def test_refusals_are_counted_by_status_and_reason(server, runtime):
     assert results["status_codes"]["429"] == high["sent"]
     assert results["errors"] == {"queue full (9 requests queued)": high["sent"]}
     assert results["by_priority"]["low"]["deadline_satisfaction_client"] == 1.0
-    assert {d for _, d, _ in runtime.submitted[-5:]} == {0.25}
+    # the scheduler plans to end early by the response path's measured time
+    assert all(0.2 < d <= 0.25 for _, d, _ in runtime.submitted[-5:])
 
 
 def test_json_tensors_and_request_bound(server, runtime):

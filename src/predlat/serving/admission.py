@@ -161,7 +161,7 @@ class Door:
         full = self._full(model, max_queue, p)
         if full is not None:
             return full, None
-        raw, scale = self._forecast(model, Priority.LOW if p is None else p)
+        raw, scale, idle = self._forecast(model, Priority.LOW if p is None else p)
         fastest = ((raw or 0.0) + decode_s) * scale
         if (raw is not None or decode_s > 0) and deadline_s < fastest:
             decoding = f", {decode_s * 1e3:.1f} ms of it decoding" if decode_s > 0 else ""
@@ -174,7 +174,7 @@ class Door:
             ), None
         # Teach only with answers near the deadline (where the door's decisions lie) or
         # with nothing ahead (the first admissions after the door shut everyone out).
-        teach = raw is not None and (scale == 1.0 or fastest >= LEARN_FROM * deadline_s)
+        teach = raw is not None and (idle or fastest >= LEARN_FROM * deadline_s)
         return None, raw + decode_s if teach and raw is not None else None
 
     def _full(self, model: str, max_queue: int, priority: Priority | None) -> Refusal | None:
@@ -197,17 +197,18 @@ class Door:
             )
         return None
 
-    def _forecast(self, model: str, priority: Priority) -> tuple[float | None, float]:
-        """(the forecast seconds to the answer, the calibration scale to apply). Nothing
-        waiting ahead: unscaled, so a door that has learnt to refuse everyone still
-        lets some in, and learns again from them."""
+    def _forecast(self, model: str, priority: Priority) -> tuple[float | None, float, bool]:
+        """(the forecast seconds to the answer, the calibration scale to apply, whether
+        nothing waits ahead). Nothing ahead: unscaled, so a door that has learnt to
+        refuse everyone still lets some in, and learns again from them."""
         f = self.forecast
         if f is None:
-            return None, 1.0
+            return None, 1.0, False
         if isinstance(f, BacklogForecast):
             raw = f.raw(model, priority, self.waiting)
-            return raw, 1.0 if f.nothing_ahead(priority, self.waiting) else f.scale
-        return f(model, priority, self.waiting), 1.0
+            idle = f.nothing_ahead(priority, self.waiting)
+            return raw, 1.0 if idle else f.scale, idle
+        return f(model, priority, self.waiting), 1.0, False
 
 
 def passed_before_submit(waited_s: float, deadline_s: float) -> Refusal:
