@@ -4,12 +4,15 @@ time, JSON and binary tensors alike, against `predlat serve` in a process of its
     PYTHONPATH=src python3 benchmarks/bench_overload.py [--model resnet] [--deadline-ms 150]
         [--duration 10] [--factor 1.5] [--probe-rate 100]
 
-1. capacity probe: offer --probe-rate req/s (binary) for a few seconds; the capacity is
+1. warm-up: --warmup s at --probe-rate (discarded: the engine's first batches, and the
+   door learning how its forecasts compare with the answers);
+   capacity probe: offer --probe-rate req/s (binary) for a few seconds; the capacity is
    the rate of answers that met their deadline.
 2. for binary, then JSON tensors: offer --factor x capacity for --duration s, every
    request with the deadline, and print the issue's figures:
    - p99 latency of requests answered 200 (target: <= the deadline);
-   - p99 time to a refusal (target: <= 5 ms);
+   - p99 time to a refusal (target: <= 5 ms), and how many refusals the door made
+     (before the body) against those the scheduler made after queueing;
    - nothing lost: answered + refused == sent, and the server's /metrics agree.
 """
 
@@ -68,7 +71,9 @@ def report(name: str, r: dict, deadline_ms: float) -> None:
     lat, ref = r["latency_ms"], r["refusal_latency_ms"]
     print(f"{name}: offered {r['offered_rate_rps']} req/s, {sent} sent")
     print(f"  answered 200: {answered}, p99 {lat['p99']} ms (deadline {deadline_ms} ms)")
-    print(f"  refused: {refused}, refusal p99 {ref['p99']} ms (target <= 5 ms)")
+    at_door = sum(v for k, v in server.items() if k.startswith("predlat_refusals{"))
+    print(f"  refused: {refused}, refusal p99 {ref['p99']} ms (target <= 5 ms); "
+          f"{at_door:g} before the scheduler, {refused - at_door:g} by it")  # fmt: skip
     print(f"  lost (no answer): {lost}; answered + refused == sent: {answered + refused == sent}")
     print(f"  server counted {counted:g} requests (runtime outcomes + door refusals): "
           f"{'agrees' if counted == sent else 'DISAGREES'}; {server}")  # fmt: skip
@@ -81,11 +86,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--factor", type=float, default=1.5)
     parser.add_argument("--probe-rate", type=float, default=100.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     process, url = start_server(args)
     try:
+        if args.warmup > 0:
+            offer(url, args, args.probe_rate, args.warmup, binary=True)
         probe = offer(url, args, args.probe_rate, 3.0, binary=True)
         met = probe["by_model"][args.model]["met"]
         capacity = max(1.0, met / 3.0)
