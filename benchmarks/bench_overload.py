@@ -2,7 +2,7 @@
 time, JSON and binary tensors alike, against `predlat serve` in a process of its own.
 
     PYTHONPATH=src python3 benchmarks/bench_overload.py [--model resnet] [--deadline-ms 150]
-        [--duration 10] [--factor 1.5] [--probe-rate 100]
+        [--duration 10] [--factor 1.5] [--probe-rate 100] [--rate R]
 
 1. warm-up: --warmup s at --probe-rate (discarded: the engine's first batches, and the
    door learning how its forecasts compare with the answers);
@@ -14,6 +14,7 @@ time, JSON and binary tensors alike, against `predlat serve` in a process of its
    - p99 time to a refusal (target: <= 5 ms), and how many refusals the door made
      (before the body) against those the scheduler made after queueing;
    - nothing lost: answered + refused == sent, and the server's /metrics agree.
+--rate R skips the probe and offers R req/s (the same load to two versions compared).
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ def report(name: str, r: dict, deadline_ms: float) -> None:
           f"{'agrees' if counted == sent else 'DISAGREES'}; {server}")  # fmt: skip
 
 
+def probe_capacity(url: str, args: argparse.Namespace) -> float:
+    probe = offer(url, args, args.probe_rate, 3.0, binary=True)
+    met = probe["by_model"][args.model]["met"]
+    capacity = max(1.0, met / 3.0)
+    print(f"capacity on time: {capacity:.1f} req/s ({met} met of {probe['requests']} "
+          f"offered at {args.probe_rate:g} req/s for 3 s)")  # fmt: skip
+    return capacity
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet")
@@ -87,6 +97,7 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=1.5)
     parser.add_argument("--probe-rate", type=float, default=100.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=None, help="fixed rate, no probe")
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -94,13 +105,9 @@ def main() -> None:
     try:
         if args.warmup > 0:
             offer(url, args, args.probe_rate, args.warmup, binary=True)
-        probe = offer(url, args, args.probe_rate, 3.0, binary=True)
-        met = probe["by_model"][args.model]["met"]
-        capacity = max(1.0, met / 3.0)
-        print(f"capacity on time: {capacity:.1f} req/s ({met} met of {probe['requests']} "
-              f"offered at {args.probe_rate:g} req/s for 3 s)")  # fmt: skip
+        rate = args.rate or args.factor * probe_capacity(url, args)
         for binary in (True, False):
-            r = offer(url, args, args.factor * capacity, args.duration, binary)
+            r = offer(url, args, rate, args.duration, binary)
             report("binary tensors" if binary else "JSON tensors", r, args.deadline_ms)
     finally:
         process.terminate()
