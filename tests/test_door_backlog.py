@@ -4,6 +4,7 @@ late refused before its body is read, at once, with a reason, nothing lost."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from predlat.scheduling.config import RunningInfo
 from predlat.scheduling.request import Priority, Request
 from predlat.serving.admission import BELOW_FORECAST, Door, DoorPolicy, Ticket
 from predlat.serving.app import ServerConfig, create_app
-from predlat.serving.backlog import BacklogForecast, OnlineQuantile
+from predlat.serving.backlog import BacklogForecast, LoopLag, OnlineQuantile
 from predlat.serving.server import BackgroundServer
 from predlat.traces.records import BatchRecord
 from serving_fakes import FakeRuntime
@@ -182,3 +183,29 @@ def test_forecast_late_request_refused_before_its_body_quickly_and_nothing_lost(
     assert len(runtime.submitted) == 3  # the refused one never reached the runtime
     assert 'predlat_refusals_total{model="tiny",reason="deadline_below_forecast"} 1.0' in metrics
     assert app.state.service.door.inflight == 0
+
+
+def test_loop_lag_is_added_to_the_forecast_unscaled():
+    forecast = backlog()
+    for _ in range(64):
+        forecast.observe(0.01, 0.02)  # answers take twice the forecast
+    door = Door(DoorPolicy(max_inflight=0), forecast)
+    door.admit("m", 1.0)  # one ahead: the next is scaled
+    door.margin_s = lambda: 0.005
+    refused = door.admit("m", 0.02)
+    assert not isinstance(refused, Ticket)  # 2 x 15 ms + 5 ms
+    assert "35.0 ms" in refused.message
+
+
+def test_loop_lag_measures_how_late_timers_fire():
+    lag = LoopLag(period_s=0.002)
+
+    async def stall() -> None:
+        lag.start(asyncio.get_running_loop())
+        for _ in range(80):  # a tick every other pass, each ~4 ms late
+            time.sleep(0.006)  # the loop blocked
+            await asyncio.sleep(0)
+        lag.stop()
+
+    asyncio.run(stall())
+    assert len(lag.lag) >= 32 and lag.value > 0.002

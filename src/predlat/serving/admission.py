@@ -106,6 +106,8 @@ class Door:
         self.inflight = 0
         self.pending: dict[str, int] = {}  # per model
         self.waiting: dict[tuple[str, Priority], int] = {}  # per model and priority
+        # Seconds added to a BacklogForecast's forecasts: time outside the handler's clock.
+        self.margin_s: Callable[[], float] = lambda: 0.0
 
     def enter(self, model: str, priority: Priority | None = None) -> Ticket:
         key = (model, Priority.LOW if priority is None else priority)
@@ -163,6 +165,8 @@ class Door:
             return full, None
         raw, scale, idle = self._forecast(model, Priority.LOW if p is None else p)
         fastest = ((raw or 0.0) + decode_s) * scale
+        if raw is not None and isinstance(self.forecast, BacklogForecast):
+            fastest += self.margin_s()  # unseen by the answers it learns from: not scaled
         if (raw is not None or decode_s > 0) and deadline_s < fastest:
             decoding = f", {decode_s * 1e3:.1f} ms of it decoding" if decode_s > 0 else ""
             return Refusal(

@@ -15,9 +15,11 @@ forecast misses (the response path, co-location, the batch sizes the scheduler p
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import heapq
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +64,36 @@ class OnlineQuantile:
 
     def __len__(self) -> int:
         return len(self._samples)
+
+
+class LoopLag:
+    """How late the event loop runs a timer (p99 of recent ticks): about how long a
+    request's bytes wait before its handler starts, which the handler's clock cannot see.
+    The door adds it to its forecasts (a busy loop makes every answer that much later)."""
+
+    def __init__(self, period_s: float = 0.01) -> None:
+        self.period_s = period_s
+        self.lag = OnlineQuantile(0.99, initial=0.0)
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    @property
+    def value(self) -> float:
+        return self.lag.value
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = time.perf_counter() + self.period_s
+        self._handle = loop.call_later(self.period_s, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Loops time in whole milliseconds: a millisecond late is no lag.
+        self.lag.add(max(0.0, time.perf_counter() - self._due - 1e-3))
+        self.start(loop)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class BacklogForecast:
