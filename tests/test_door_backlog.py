@@ -183,6 +183,8 @@ def test_forecast_late_request_refused_before_its_body_quickly_and_nothing_lost(
     assert len(runtime.submitted) == 3  # the refused one never reached the runtime
     assert 'predlat_refusals_total{model="tiny",reason="deadline_below_forecast"} 1.0' in metrics
     assert app.state.service.door.inflight == 0
+    assert "predlat_door_forecast_scale 1.0" in metrics  # not calibrated yet (3 samples)
+    assert "predlat_event_loop_lag_seconds" in metrics
 
 
 def test_loop_lag_is_added_to_the_forecast_unscaled():
@@ -191,7 +193,7 @@ def test_loop_lag_is_added_to_the_forecast_unscaled():
         forecast.observe(0.01, 0.02)  # answers take twice the forecast
     door = Door(DoorPolicy(max_inflight=0), forecast)
     door.admit("m", 1.0)  # one ahead: the next is scaled
-    door.margin_s = lambda: 0.005
+    door.loop_lag.lag.value = 0.005
     refused = door.admit("m", 0.02)
     assert not isinstance(refused, Ticket)  # 2 x 15 ms + 5 ms
     assert "35.0 ms" in refused.message

@@ -26,7 +26,7 @@ from typing import Any
 
 from predlat.scheduling.reasons import RejectReason
 from predlat.scheduling.request import Priority
-from predlat.serving.backlog import BacklogForecast, Waiting
+from predlat.serving.backlog import BacklogForecast, LoopLag, Waiting
 
 REJECT, DELAY = "REJECT", "DELAY"
 TIMEOUT_ACTIONS = (REJECT, DELAY)
@@ -106,8 +106,9 @@ class Door:
         self.inflight = 0
         self.pending: dict[str, int] = {}  # per model
         self.waiting: dict[tuple[str, Priority], int] = {}  # per model and priority
-        # Seconds added to a BacklogForecast's forecasts: time outside the handler's clock.
-        self.margin_s: Callable[[], float] = lambda: 0.0
+        # Added to a BacklogForecast's forecasts: time outside the handler's clock (the
+        # server starts it on its loop).
+        self.loop_lag = LoopLag()
 
     def enter(self, model: str, priority: Priority | None = None) -> Ticket:
         key = (model, Priority.LOW if priority is None else priority)
@@ -125,6 +126,11 @@ class Door:
         learner = self.forecast
         if isinstance(learner, BacklogForecast) and ticket.forecast_s and answered_s is not None:
             learner.observe(ticket.forecast_s, answered_s)
+
+    @property
+    def scale(self) -> float:
+        """The calibration applied to forecasts (1 without a BacklogForecast)."""
+        return self.forecast.scale if isinstance(self.forecast, BacklogForecast) else 1.0
 
     def admit(
         self,
@@ -166,7 +172,7 @@ class Door:
         raw, scale, idle = self._forecast(model, Priority.LOW if p is None else p)
         fastest = ((raw or 0.0) + decode_s) * scale
         if raw is not None and isinstance(self.forecast, BacklogForecast):
-            fastest += self.margin_s()  # unseen by the answers it learns from: not scaled
+            fastest += self.loop_lag.value  # unseen by the answers it learns from: unscaled
         if (raw is not None or decode_s > 0) and deadline_s < fastest:
             decoding = f", {decode_s * 1e3:.1f} ms of it decoding" if decode_s > 0 else ""
             return Refusal(

@@ -59,7 +59,7 @@ from predlat.serving.answers import (
     refusal_response,
     rejection_status,
 )
-from predlat.serving.backlog import BacklogForecast, LoopLag, OnlineQuantile
+from predlat.serving.backlog import BacklogForecast, OnlineQuantile
 from predlat.serving.body import content_length, read_body
 from predlat.serving.catalog import Catalog
 from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
@@ -96,8 +96,7 @@ class InferenceService:
         self.metrics = metrics
         self.state = ServingState()
         self.door = Door(config.door, forecast)
-        self.loop_lag = LoopLag()
-        self.door.margin_s = lambda: self.loop_lag.value
+        metrics.watch_door(lambda: self.door.scale, lambda: self.door.loop_lag.value)
         # Seconds from a batch's end to its answer being ready (p99 of recent answers).
         self.response_path = OnlineQuantile(0.99, initial=0.0)
         self.companions: list[Any] = []  # front ends sharing this loop (start_here/stop_here)
@@ -366,13 +365,13 @@ def create_app(
             hosted = cast(HostableRuntime, runtime)
             hosted.start(asyncio.get_running_loop())
         await asyncio.to_thread(service.decoder.start)
-        service.loop_lag.start(asyncio.get_running_loop())
+        service.door.loop_lag.start(asyncio.get_running_loop())
         for companion in service.companions:  # the gRPC front end, on this loop
             await companion.start_here()
         service.state.ready = True
         yield
         service.begin_shutdown()
-        service.loop_lag.stop()
+        service.door.loop_lag.stop()
         for companion in service.companions:
             await companion.stop_here(service.config.drain_timeout_s)
         if hosted is not None:
