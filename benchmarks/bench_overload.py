@@ -2,15 +2,19 @@
 time, JSON and binary tensors alike, against `predlat serve` in a process of its own.
 
     PYTHONPATH=src python3 benchmarks/bench_overload.py [--model resnet] [--deadline-ms 150]
-        [--duration 10] [--factor 1.5] [--probe-rate 100]
+        [--duration 10] [--factor 1.5] [--probe-rate 100] [--rate R]
 
-1. capacity probe: offer --probe-rate req/s (binary) for a few seconds; the capacity is
+1. warm-up: --warmup s at --probe-rate (discarded: the engine's first batches, and the
+   door learning how its forecasts compare with the answers);
+   capacity probe: offer --probe-rate req/s (binary) for a few seconds; the capacity is
    the rate of answers that met their deadline.
 2. for binary, then JSON tensors: offer --factor x capacity for --duration s, every
    request with the deadline, and print the issue's figures:
    - p99 latency of requests answered 200 (target: <= the deadline);
-   - p99 time to a refusal (target: <= 5 ms);
+   - p99 time to a refusal (target: <= 5 ms), and how many refusals the door made
+     (before the body) against those the scheduler made after queueing;
    - nothing lost: answered + refused == sent, and the server's /metrics agree.
+--rate R skips the probe and offers R req/s (the same load to two versions compared).
 """
 
 from __future__ import annotations
@@ -68,10 +72,21 @@ def report(name: str, r: dict, deadline_ms: float) -> None:
     lat, ref = r["latency_ms"], r["refusal_latency_ms"]
     print(f"{name}: offered {r['offered_rate_rps']} req/s, {sent} sent")
     print(f"  answered 200: {answered}, p99 {lat['p99']} ms (deadline {deadline_ms} ms)")
-    print(f"  refused: {refused}, refusal p99 {ref['p99']} ms (target <= 5 ms)")
+    at_door = sum(v for k, v in server.items() if k.startswith("predlat_refusals{"))
+    print(f"  refused: {refused}, refusal p99 {ref['p99']} ms (target <= 5 ms); "
+          f"{at_door:g} before the scheduler, {refused - at_door:g} by it")  # fmt: skip
     print(f"  lost (no answer): {lost}; answered + refused == sent: {answered + refused == sent}")
     print(f"  server counted {counted:g} requests (runtime outcomes + door refusals): "
           f"{'agrees' if counted == sent else 'DISAGREES'}; {server}")  # fmt: skip
+
+
+def probe_capacity(url: str, args: argparse.Namespace) -> float:
+    probe = offer(url, args, args.probe_rate, 3.0, binary=True)
+    met = probe["by_model"][args.model]["met"]
+    capacity = max(1.0, met / 3.0)
+    print(f"capacity on time: {capacity:.1f} req/s ({met} met of {probe['requests']} "
+          f"offered at {args.probe_rate:g} req/s for 3 s)")  # fmt: skip
+    return capacity
 
 
 def main() -> None:
@@ -81,18 +96,18 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--factor", type=float, default=1.5)
     parser.add_argument("--probe-rate", type=float, default=100.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=None, help="fixed rate, no probe")
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     process, url = start_server(args)
     try:
-        probe = offer(url, args, args.probe_rate, 3.0, binary=True)
-        met = probe["by_model"][args.model]["met"]
-        capacity = max(1.0, met / 3.0)
-        print(f"capacity on time: {capacity:.1f} req/s ({met} met of {probe['requests']} "
-              f"offered at {args.probe_rate:g} req/s for 3 s)")  # fmt: skip
+        if args.warmup > 0:
+            offer(url, args, args.probe_rate, args.warmup, binary=True)
+        rate = args.rate or args.factor * probe_capacity(url, args)
         for binary in (True, False):
-            r = offer(url, args, args.factor * capacity, args.duration, binary)
+            r = offer(url, args, rate, args.duration, binary)
             report("binary tensors" if binary else "JSON tensors", r, args.deadline_ms)
     finally:
         process.terminate()

@@ -21,7 +21,7 @@ from predlat.models.registry import resolve_model
 from predlat.models.spec import ModelSpec
 from predlat.scheduling.request import Priority
 from predlat.serving import decode
-from predlat.serving.admission import Door, DoorPolicy, late_for_decode, profile_forecast
+from predlat.serving.admission import Door, DoorPolicy, late_for_decode
 from predlat.serving.app import ServerConfig, create_app
 from predlat.serving.server import BackgroundServer
 from serving_fakes import FakeRuntime
@@ -127,7 +127,7 @@ def test_full_inflight_budget_refuses_before_decoding_with_retry_after(runtime, 
 
 
 def test_deadline_below_forecast_is_refused_from_headers_alone(runtime, spec):
-    with serve(runtime, spec, forecast=lambda model: 0.2) as server:
+    with serve(runtime, spec, forecast=lambda model, priority, waiting: 0.2) as server:
         url = server.url + INFER
         tight = httpx.post(url, content=b"garbage", headers={"predlat-deadline-ms": "50"})
         roomy = httpx.post(url, content=body(), headers={"predlat-deadline-ms": "400"})
@@ -255,14 +255,3 @@ def test_budget_keeps_a_reserve_for_high_priority():
     door.enter("m")
     door.enter("m")
     assert door.check("m", 1.0, priority=Priority.HIGH) is not None
-
-
-def test_profile_forecast_drains_the_queue_in_full_batches_over_the_slots():
-    solo = {1: 0.01, 8: 0.04}
-    queues = {"m": 0}
-    forecast = profile_forecast(lambda m, b: solo.get(b, 0.04), lambda: queues, 8, 2)
-    assert forecast("m") == pytest.approx(0.01)  # alone
-    queues["m"] = 23  # 24 waiting: 3 batches of 8 on 2 slots = 2 rounds
-    assert forecast("m") == pytest.approx(0.08)
-    broken = profile_forecast(lambda m, b: 1 / 0, lambda: queues)
-    assert broken("m") is None  # no opinion rather than a failed request

@@ -198,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
     from predlat.models import resolve_models
     from predlat.runtime import build_runtime
     from predlat.scheduling.policies import parse_quantile
-    from predlat.serving.admission import DoorPolicy, profile_forecast
+    from predlat.serving.admission import DoorPolicy
     from predlat.serving.app import ServerConfig, create_app
+    from predlat.serving.backlog import BacklogForecast
     from predlat.serving.server import bind_socket, default_deadlines, run_server
 
     repository = None
@@ -251,7 +252,12 @@ def run(args: argparse.Namespace) -> int:
         raise
     # The app starts the runtime on the server's event loop (no thread hop per request)
     # and drains it at shutdown.
-    forecast = profile_forecast(profile.solo_latency, runtime.queue_lengths, max_batch, args.slots)
+    # The door forecasts from the scheduler's running batches (read on the loop that
+    # hosts the runtime) and learns slowdowns from finished batches.
+    forecast = BacklogForecast(
+        profile.solo_latency, runtime.scheduler.running, runtime.now, args.slots, max_batch
+    )
+    runtime.add_batch_listener(forecast.on_batch)
     app = create_app(runtime, specs, config, forecast=forecast)
     host, port = sock.getsockname()[:2]
     deadlines = ", ".join(f"{s.name} {config.deadline_for(s.name) * 1e3:.0f} ms" for s in specs)

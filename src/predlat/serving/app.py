@@ -41,6 +41,7 @@ from predlat.serving.admission import (
     Door,
     Forecast,
     Refusal,
+    answered_after,
     header_deadline,
     header_priority,
     is_deadline_rejection,
@@ -58,6 +59,7 @@ from predlat.serving.answers import (
     refusal_response,
     rejection_status,
 )
+from predlat.serving.backlog import BacklogForecast, OnlineQuantile
 from predlat.serving.body import content_length, read_body
 from predlat.serving.catalog import Catalog
 from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
@@ -72,6 +74,7 @@ from predlat.serving.metrics import ServingMetrics
 from predlat.serving.protocol import HEADER_LENGTH, InferRequest, ProtocolError
 
 FRAMEWORKS = ("starlette", "fastapi")
+RESPONSE_SHARE = 0.2  # the most of a deadline reserved for the response path
 
 
 class InferenceService:
@@ -83,16 +86,19 @@ class InferenceService:
         specs: Sequence[ModelSpec],
         config: ServerConfig,
         metrics: ServingMetrics,
-        forecast: Forecast | None = None,
+        forecast: BacklogForecast | Forecast | None = None,
     ) -> None:
-        """`forecast`: model -> the fastest answer a new request can get (s), for the
-        door; None refuses only on the in-flight budget."""
+        """`forecast`: the door's forecast of a new request's time to answer (a
+        BacklogForecast learns from the answers); None refuses only on the budget."""
         self.runtime = runtime
         self.specs = {s.name: s for s in specs}
         self.config = config
         self.metrics = metrics
         self.state = ServingState()
         self.door = Door(config.door, forecast)
+        metrics.watch_door(lambda: self.door.scale, lambda: self.door.loop_lag.value)
+        # Seconds from a batch's end to its answer being ready (p99 of recent answers).
+        self.response_path = OnlineQuantile(0.99, initial=0.0)
         self.companions: list[Any] = []  # front ends sharing this loop (start_here/stop_here)
         # Triton's pending count: requests awaiting execution (the scheduler's queues).
         metrics.triton.pending = metrics.queue_lengths or (lambda: dict(self.door.pending))
@@ -175,11 +181,11 @@ class InferenceService:
         queue_cap = self.config.settings(spec.name).max_queue_size
         decode_s = self.decoder.forecast_wait(content_length(request), reading=True)
         priority = header_priority(request.headers)
-        refusal = self.door.check(spec.name, door_deadline, queue_cap, decode_s, priority)
-        if refusal is not None:
-            return self.refuse(spec.name, refusal), None
-        self.door.enter(spec.name)
+        ticket = self.door.admit(spec.name, door_deadline, queue_cap, decode_s, priority)
+        if isinstance(ticket, Refusal):
+            return self.refuse(spec.name, ticket), None
         self.metrics.inflight.inc()
+        answered_s: float | None = None  # what the door learns from (see Door.leave)
         try:
             body = await read_body(request, self.config.max_body_bytes)
             self.decoder.observe_read(len(body), time.perf_counter() - arrived)
@@ -190,11 +196,14 @@ class InferenceService:
             )
             late = late_for_decode(header_deadline(request.headers), waited_s, decode_s)
             if late is not None:
+                answered_s = door_deadline  # it would have been late: at least that
                 return self.refuse(spec.name, late), None
             decoded = await self.decoder.decode(body, length, spec)
-            return await self._run(spec, decoded, arrived, time.perf_counter() - arrived)
+            answer = await self._run(spec, decoded, arrived, time.perf_counter() - arrived)
+            answered_s = answered_after(answer[0].status_code, arrived, door_deadline)
+            return answer
         finally:
-            self.door.leave(spec.name)
+            self.door.leave(ticket, answered_s)
             self.metrics.inflight.dec()
 
     async def _run(
@@ -207,6 +216,8 @@ class InferenceService:
         encoding = time.perf_counter()
         answer = self._answer(decoded, result, self.deadline_of(spec, decoded), priority)
         done = time.perf_counter()
+        if result.end is not None:
+            self.response_path.add(done - result.end)
         self.metrics.observe_request(spec.name, done - arrived, input_s, done - encoding)
         return answer
 
@@ -233,8 +244,10 @@ class InferenceService:
             self.metrics.observe_refusal(spec.name, refusal.reason)
             return refusal
         action = self.config.action_for(spec.name, decoded.timeout_action)
+        # The scheduler plans batch ends; the answer goes out after the response path.
+        planned_s = deadline_s - min(self.response_path.value, RESPONSE_SHARE * deadline_s)
         try:
-            outcome = await self._submit(spec.name, decoded, deadline_s, priority, waited_s)
+            outcome = await self._submit(spec.name, decoded, planned_s, priority, waited_s)
             if action == DELAY and outcome.status == "rejected":
                 outcome = await self._delay(spec.name, decoded, outcome, deadline_s, arrived)
         except UnknownModelError as exc:
@@ -329,7 +342,7 @@ def create_app(
     config: ServerConfig | None = None,
     metrics: ServingMetrics | None = None,
     framework: str = "starlette",
-    forecast: Forecast | None = None,
+    forecast: BacklogForecast | Forecast | None = None,
 ) -> Starlette:
     """The ASGI app. `app.state.service` is the InferenceService (state, metrics).
     A runtime not started yet (`runtime.started` False) is started on the server's event
@@ -352,11 +365,13 @@ def create_app(
             hosted = cast(HostableRuntime, runtime)
             hosted.start(asyncio.get_running_loop())
         await asyncio.to_thread(service.decoder.start)
+        service.door.loop_lag.start(asyncio.get_running_loop())
         for companion in service.companions:  # the gRPC front end, on this loop
             await companion.start_here()
         service.state.ready = True
         yield
         service.begin_shutdown()
+        service.door.loop_lag.stop()
         for companion in service.companions:
             await companion.stop_here(service.config.drain_timeout_s)
         if hosted is not None:

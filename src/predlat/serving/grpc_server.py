@@ -21,8 +21,9 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from predlat import __version__
 from predlat.models.spec import NUMPY_TO_V2, ModelSpec
+from predlat.scheduling.outcome import RequestOutcome
 from predlat.serving import protocol
-from predlat.serving.admission import Refusal
+from predlat.serving.admission import Refusal, answered_after
 from predlat.serving.answers import (
     outcome_parameters,
     priority_from_level,
@@ -184,19 +185,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         queue_cap = service.config.settings(spec.name).max_queue_size
         level = int(_param(request.parameters, "priority") or 0)
         priority = priority_from_level(level) if level else None
-        refusal = service.door.check(spec.name, door_deadline, queue_cap, 0.0, priority)
-        if refusal is None and not service.state.accepting:
-            refusal = Refusal(503, "shutting_down", "server is shutting down")
-        if refusal is not None:
-            service.metrics.observe_refusal(spec.name, refusal.reason)
-            await context.abort(_CODES.get(refusal.status, grpc.StatusCode.UNAVAILABLE),
-                                refusal.message)  # fmt: skip
-        decoded = await self._or_abort(context, decode_grpc_request, request, spec)
-        service.door.enter(spec.name)  # shared with HTTP's loop: a racy count is harmless
-        try:
+        ticket = service.door.admit(spec.name, door_deadline, queue_cap, 0.0, priority)
+        if not isinstance(ticket, Refusal) and not service.state.accepting:
+            service.door.leave(ticket)
+            ticket = Refusal(503, "shutting_down", "server is shutting down")
+        if isinstance(ticket, Refusal):
+            service.metrics.observe_refusal(spec.name, ticket.reason)
+            await context.abort(_CODES.get(ticket.status, grpc.StatusCode.UNAVAILABLE),
+                                ticket.message)  # fmt: skip
+        answered_s = None
+        try:  # the door counts it from here (shared with HTTP's loop)
+            decoded = await self._or_abort(context, decode_grpc_request, request, spec)
             result = await service.execute(spec, decoded, arrived)
+            answered_s = answered_after(_status_of(result), arrived, door_deadline)
         finally:
-            service.door.leave(spec.name)
+            service.door.leave(ticket, answered_s)
         if isinstance(result, Refusal):
             await context.abort(_CODES.get(result.status, grpc.StatusCode.UNAVAILABLE),
                                 result.message)  # fmt: skip
@@ -305,3 +308,12 @@ class GrpcServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _status_of(result: RequestOutcome | Refusal) -> int:
+    """The HTTP status the result would be answered with (what the door learns from)."""
+    if isinstance(result, Refusal):
+        return result.status
+    if result.status == "rejected":
+        return rejection_status(result)
+    return 200 if result.status in ("met", "missed") else 500

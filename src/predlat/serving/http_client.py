@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -119,6 +120,32 @@ class RawHttpClient:
         self._idle: deque[_Connection] = deque()
         self._open = 0
         self._freed: asyncio.Event | None = None
+
+    def send_now(self, request: bytes) -> asyncio.Future | None:
+        """Write one pre-encoded request at once on an idle connection, without a task
+        or a pass of the loop in between (an open loop keeps its schedule); a future of
+        its response (or TimeoutError / ConnectionError). None when no connection is
+        idle: `send` then waits for or opens one."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.closed:
+                continue
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            timer = loop.call_later(self.timeout_s, _expire, waiter)
+            conn.send(request, waiter)
+            waiter.add_done_callback(functools.partial(self._settle, conn, timer))
+            return waiter
+        return None
+
+    def _settle(self, conn: _Connection, timer: asyncio.TimerHandle, done: asyncio.Future) -> None:
+        timer.cancel()
+        if done.cancelled() or done.exception() is not None:
+            conn.close()  # an answer may still come: never reuse this connection
+            if self._freed is not None:
+                self._freed.set()
+            return
+        self._release(conn)
 
     async def send(self, request: bytes) -> RawResponse:
         """Send one pre-encoded request; its response, or TimeoutError / ConnectionError."""

@@ -189,6 +189,16 @@ class ServingMetrics:
             ["model"],
             registry=r,
         )
+        self.door_scale = Gauge(
+            "predlat_door_forecast_scale",
+            "The door's calibration: p99 of (time to answer / raw forecast) of requests let in",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "predlat_event_loop_lag_seconds",
+            "p99 lateness of the serving event loop's timers (added to the door's forecasts)",
+            registry=r,
+        )
         r.register(_ScrapeTime(self))
         self.triton = TritonMetrics()
         r.register(self.triton)
@@ -239,6 +249,11 @@ class ServingMetrics:
         self._child(self.predictor_error_ewma, model).set(value)
 
     # -- fed by the app --------------------------------------------------------------
+    def watch_door(self, scale: Callable[[], float], loop_lag: Callable[[], float]) -> None:
+        """Read the door's calibration and the loop's lag at every scrape."""
+        self.door_scale.set_function(scale)
+        self.loop_lag.set_function(loop_lag)
+
     def observe_http(self, endpoint: str, code: int, seconds: float) -> None:
         self._child(self.http_responses, endpoint, str(code)).inc()
         self._child(self.http_duration, endpoint).observe(seconds)

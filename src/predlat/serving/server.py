@@ -127,6 +127,7 @@ def _uvicorn_config(
         app,
         log_level=log_level,
         access_log=False,  # a log line per request costs more than the whole request path
+        proxy_headers=False,  # nothing reads the client's address: skip a middleware layer
         lifespan="on",
         timeout_graceful_shutdown=int(graceful_timeout_s),
         loop=loop,
