@@ -171,13 +171,3 @@ def test_place_offers_late_devices_last_and_refuses_only_below_the_lower_bound()
     assert refused.ranked == () and "10.0 ms deadline" in refused.refusal
     assert "already passed" in place([a], req(deadline=0.0)).refusal
 
-
-def test_place_packs_low_priority_and_spreads_high_priority() -> None:
-    busy = device("a", running_s=0.003, running_batches=1)
-    idle = device("b")
-    low = place([busy, idle], req(deadline=0.02))
-    assert [c.name for c in low.ranked] == ["a", "b"]  # best fit: b stays free
-    high = place([busy, idle], req(deadline=0.02, prio=Priority.HIGH))
-    assert [c.name for c in high.ranked] == ["b", "a"]
-    tight = place([busy, idle], req(deadline=0.006))  # a leaves under half to spare
-    assert [c.name for c in tight.ranked] == ["b", "a"]

@@ -24,10 +24,6 @@ from dataclasses import dataclass, field, replace
 from predlat.errors import ConfigError
 from predlat.scheduling.request import Priority
 
-# Low-priority requests are packed onto busy devices only while forecast to finish within
-# this fraction of their deadline (`place`): the rest is margin for forecast error.
-PACK_HEADROOM = 0.5
-
 
 @dataclass(frozen=True)
 class DeviceForecast:
@@ -221,24 +217,11 @@ def place(
         return refused
     scored = _scored(devices, request, routed or {})
     if scored[0].meets:
-        return RouteDecision(_packed(scored, request))
+        return RouteDecision(tuple(scored))
     able = [d for d in devices if d.healthy and d.serves(request.model)]
     if any(lower_bound_s(d, request) <= request.deadline_s for d in able):
         return RouteDecision(tuple(scored))
     return RouteDecision((), _late_reason(request, scored))
-
-
-def _packed(scored: list[Candidate], request: RouteRequest) -> tuple[Candidate, ...]:
-    """Low priority goes to the busiest device that still finishes it with half its
-    deadline to spare (best fit), so the least busy ones stay free for high-priority
-    requests, which cannot preempt a long batch; high priority goes soonest first."""
-    if request.priority == Priority.HIGH:
-        return tuple(scored)
-    roomy = [c for c in scored if c.completion_s <= PACK_HEADROOM * request.deadline_s]
-    if len(roomy) < 2:
-        return tuple(scored)
-    roomy.sort(key=lambda c: (-c.completion_s, c.name))
-    return tuple(roomy) + tuple(c for c in scored if c not in roomy)
 
 
 def lower_bound_s(device: DeviceForecast, request: RouteRequest) -> float:
