@@ -170,4 +170,3 @@ def test_place_offers_late_devices_last_and_refuses_only_below_the_lower_bound()
     refused = place(stuck, req(deadline=0.01))
     assert refused.ranked == () and "10.0 ms deadline" in refused.refusal
     assert "already passed" in place([a], req(deadline=0.0)).refusal
-
