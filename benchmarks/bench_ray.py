@@ -3,7 +3,7 @@ router's own cost, the front door's added latency, and a replica killed under lo
 
     pip install -e ".[ray]"
     python benchmarks/bench_ray.py [--duration 4] [--heavy resnet] [--light roberta]
-        [--phases 1,2,4,5] [--router-rate 60] [--out results.json]
+        [--phases 1,2,4,5] [--router-rate 60] [--router-repeats 1] [--out results.json]
 
 Everything runs on a local Ray instance this script starts (loopback only), each replica
 one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
@@ -13,7 +13,8 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
    meeting >= 99% of high-priority and >= 95% of all deadlines (refusals count as
    misses), within the steps tried. Prints the 2-vs-1 ratio.
 2. routers: the same 2 replicas, heavy + light model with tight deadlines, at one rate,
-   routed by predlat's router and by Serve's default (power of two choices).
+   routed by predlat's router and by Serve's default (power of two choices); with
+   --router-repeats N, N such pairs on different seeds, alternating, and their means.
 3. routing decision time (the predicting router's choose_replicas), p50 / p99.
 4. added latency: sequential HTTP requests to the light model through `predlat serve`
    (one runtime, no Ray) and through the Ray front door (1 replica): p50 / p99 of each.
@@ -166,26 +167,44 @@ def capacity(args, replicas: int, feeds, deadlines) -> tuple[float, list[dict]]:
     return best, rows
 
 
-def routers(args, feeds, deadlines) -> dict[str, dict[str, float]]:
+def routers(args, feeds, deadlines) -> dict[str, Any]:
+    """Both routers on the same seeded workload, alternating, `--router-repeats` times
+    (a shared machine's noise swamps one pair); the summaries of each run and the means."""
     mix = {args.heavy: 0.3, args.light: 0.7}
-    out = {}
-    for router in ("predlat", "default"):
-        cluster = Cluster([args.heavy, args.light], 2, router)
-        try:
-            outs, took = open_loop(
-                cluster.runtime, args.router_rate, args.duration * 2, mix, deadlines, feeds, 7
+    runs: dict[str, list[dict[str, float]]] = {"predlat": [], "default": []}
+    for rep in range(args.router_repeats):
+        for router in runs:
+            cluster = Cluster([args.heavy, args.light], 2, router)
+            try:
+                outs, took = open_loop(
+                    cluster.runtime,
+                    args.router_rate,
+                    args.duration * 2,
+                    mix,
+                    deadlines,
+                    feeds,
+                    7 + rep,
+                )
+            finally:
+                cluster.close()
+            s = summarize(outs, took)
+            runs[router].append(s)
+            why = Counter(_reason_kind(o.reason) for o in outs if o.status == "rejected")
+            print(
+                f"  {router:8s} router: hp met {s['hp_met']:.3f}, all met {s['met_frac']:.3f}, "
+                f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f} {dict(why)}",
+                flush=True,
             )
-        finally:
-            cluster.close()
-        s = summarize(outs, took)
-        out[router] = s
-        why = Counter(_reason_kind(o.reason) for o in outs if o.status == "rejected")
-        print(
-            f"  {router:8s} router: hp met {s['hp_met']:.3f}, all met {s['met_frac']:.3f}, "
-            f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f} {dict(why)}",
-            flush=True,
-        )
-    return out
+    keys = ("hp_met", "met_frac", "goodput_rps", "rejected_frac")
+    mean = {r: {k: float(np.mean([s[k] for s in ss])) for k in keys} for r, ss in runs.items()}
+    if args.router_repeats > 1:
+        for router, m in mean.items():
+            print(
+                f"  {router:8s} mean of {args.router_repeats}: hp met {m['hp_met']:.3f}, "
+                f"all met {m['met_frac']:.3f}, goodput {m['goodput_rps']:.1f}/s",
+                flush=True,
+            )
+    return {"runs": runs, "mean": mean}
 
 
 def _reason_kind(reason: str | None) -> str:
@@ -291,10 +310,13 @@ def main() -> int:
     p.add_argument("--step-factor", type=float, default=1.3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--router-rate", type=float, default=60.0)
+    p.add_argument("--router-repeats", type=int, default=1, help="router pairs (phase 2)")
     p.add_argument("--requests", type=int, default=200, help="sequential HTTP requests")
     p.add_argument("--phases", default="1,2,4,5", help="which phases to run (3 comes with 2)")
     p.add_argument("--out", default=None, help="write results.json here")
     args = p.parse_args()
+    if args.router_repeats < 1:
+        p.error(f"--router-repeats must be at least 1, got {args.router_repeats}")
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -13,6 +13,8 @@ from predlat.scheduling.routing import (
     RouteRequest,
     aged,
     completion_s,
+    lower_bound_s,
+    place,
     rank,
     solo_latency,
 )
@@ -150,3 +152,21 @@ def test_aging_drains_running_work_then_high_then_low() -> None:
     gone = aged(d, 1.0)
     assert gone.backlog_s == {} and gone.queued == 0 and gone.high_queued == 0
     assert completion_s(gone, req(), None) == pytest.approx(0.001)
+
+
+def test_place_offers_late_devices_last_and_refuses_only_below_the_lower_bound() -> None:
+    # Queued low work makes both look late, but the scheduler may run a tight request
+    # before later-deadline work: the devices decide, soonest first.
+    queued = {"heavy": 0.2}
+    a = device("a", running_s=0.002, running_batches=1, backlog_s=queued, queued=8)
+    b = device("b", running_s=0.001, running_batches=1, backlog_s=queued, queued=8)
+    assert rank([a, b], req(deadline=0.01)).refusal is not None
+    decision = place([a, b], req(deadline=0.01))
+    assert decision.refusal is None
+    assert [(c.name, c.meets) for c in decision.ranked] == [("b", False), ("a", False)]
+    assert lower_bound_s(b, req()) == pytest.approx(0.002)
+    # Running batches cannot be preempted: past them, no device can make it.
+    stuck = [device(n, running_s=0.05, running_batches=1) for n in "ab"]
+    refused = place(stuck, req(deadline=0.01))
+    assert refused.ranked == () and "10.0 ms deadline" in refused.refusal
+    assert "already passed" in place([a], req(deadline=0.0)).refusal

@@ -1,12 +1,14 @@
 """A Ray Serve request router that predicts: each request goes to the replica forecast to
 finish it soonest among those forecast to meet its deadline (the shared rule of
-predlat.scheduling.routing), reading each replica's published routing stats plus what
-this router sent it since those stats were taken.
+predlat.scheduling.routing), from each replica's published routing stats and, fresher,
+the requests this router sent it that have not come back (predlat.cluster.inflight).
 
 Serve sends the router class to the controller by value, so the router keeps shared
 records (decision times) in another module, which travels by reference.
 
-When no replica is forecast to meet the deadline, the router marks the request refused
+Replicas not forecast to meet the deadline are still offered, last: each replica's own
+scheduler admits what it can still make. Only when no replica could make it even at the
+lower bound (`predlat.scheduling.routing.place`) does the router mark the request refused
 with the reason; the replica answers it 'rejected' at once without running it (Serve's
 router has no way to fail a request itself: it must name a replica).
 """
@@ -24,9 +26,10 @@ from ray.serve.request_router import (
 )
 
 from predlat.cluster import messages
+from predlat.cluster.inflight import InFlight, Sent
 from predlat.cluster.messages import Route
 from predlat.cluster.state import device_forecast
-from predlat.scheduling.routing import DeviceForecast, Routed, after_routing, rank
+from predlat.scheduling.routing import DeviceForecast, place
 
 
 def find_route(pending: PendingRequest) -> Route | None:
@@ -38,8 +41,8 @@ def find_route(pending: PendingRequest) -> Route | None:
 
 class PredlatRouter(RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
-        self._routed: dict[ReplicaID, Routed] = {}
-        self._seen_seq: dict[ReplicaID, int] = {}
+        self._inflight: dict[ReplicaID, InFlight] = {}
+        self._where: dict[str, ReplicaID] = {}  # request id -> the replica it went to
         self.refused = 0
 
     async def choose_replicas(
@@ -61,11 +64,12 @@ class PredlatRouter(RequestRouter):
             pending.routing_context.should_backoff = True
         if route is None or not candidates:
             return [candidates]
+        now = time.time()
         by_name: dict[str, RunningReplica] = {}
         devices: list[DeviceForecast] = []
         unknown: list[RunningReplica] = []
         for replica in candidates:
-            forecast = self._forecast(replica)
+            forecast = self._forecast(replica, now)
             if forecast is None:
                 unknown.append(replica)  # no stats yet (just started): try it last
                 continue
@@ -73,43 +77,60 @@ class PredlatRouter(RequestRouter):
             devices.append(forecast)
         if not devices:
             return [candidates]
-        routed = {d.name: self._routed.get(by_name[d.name].replica_id, Routed()) for d in devices}
-        decision = rank(devices, route.request(), routed)
+        decision = place(devices, route.request(now))
         if decision.refusal is not None:
             if unknown:  # a fresh replica may still make it: let it decide
                 return [unknown]
             route.refusal = decision.refusal
             self.refused += 1
             return [candidates]
-        return [[by_name[c.name]] for c in decision.ranked] + ([unknown] if unknown else [])
+        ranked = [by_name[c.name] for c in decision.ranked]
+        # Counted at once on the first choice (Serve confirms it once the replica
+        # accepts, in on_request_routed), so that decisions in between see it.
+        self._sent(pending, route, ranked[0].replica_id, now)
+        return [[r] for r in ranked] + ([unknown] if unknown else [])
 
-    def _forecast(self, replica: RunningReplica) -> DeviceForecast | None:
-        """The replica's published state, aged to now; what was routed to it before that
-        state was taken is in it, so it leaves this router's own count."""
+    def _forecast(self, replica: RunningReplica, now: float) -> DeviceForecast | None:
+        """The replica's published state aged to now, and what this router sent it that
+        has not come back, whichever is busier."""
         stats = replica.routing_stats
         if not stats or "seq" not in stats:
             return None
-        rid = replica.replica_id
-        if self._seen_seq.get(rid) != stats["seq"]:
-            self._seen_seq[rid] = stats["seq"]
-            self._routed.setdefault(rid, Routed()).forget_before(float(stats["time"]))
-        return device_forecast(stats, name=rid.unique_id, now=time.time())
+        device = device_forecast(stats, name=replica.replica_id.unique_id, now=now)
+        ledger = self._inflight.get(replica.replica_id)
+        if ledger is None:
+            return device
+        return ledger.forecast(device, int(stats.get("max_batch", 1)), now)
+
+    def _sent(self, pending: PendingRequest, route: Route, to: ReplicaID, now: float) -> None:
+        request_id = pending.metadata.internal_request_id
+        was = self._where.get(request_id)
+        if was == to:
+            return
+        if was is not None:  # Serve tried another replica than the first choice
+            self._inflight[was].sent.pop(request_id, None)
+        self._where[request_id] = to
+        sent = Sent(route.model, route.rows, route.priority, now)
+        self._inflight.setdefault(to, InFlight()).add(request_id, sent)
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any
     ) -> None:
         route = find_route(pending_request)
-        replica = self.curr_replicas.get(replica_id)
-        stats = replica.routing_stats if replica is not None else None
-        if route is None or not stats or "seq" not in stats or route.refusal is not None:
-            return
-        work = after_routing(device_forecast(stats, name=replica_id.unique_id), route.request())
-        self._routed.setdefault(replica_id, Routed()).add(work, route.priority, time.time())
+        if route is not None and route.refusal is None:
+            self._sent(pending_request, route, replica_id, time.time())
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        where = self._where.pop(internal_request_id, None)
+        ledger = self._inflight.get(where or replica_id)
+        if ledger is not None:
+            ledger.done(internal_request_id, time.time())
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
-        self._routed.pop(replica_id, None)
-        self._seen_seq.pop(replica_id, None)
+        lost = self._inflight.pop(replica_id, None)
+        for request_id in lost.sent if lost is not None else ():
+            self._where.pop(request_id, None)
 
 
 __all__ = ["PredlatRouter", "find_route"]

@@ -100,6 +100,7 @@ class ReplicaState:
             "seq": seq,
             "time": time.time(),
             "slots": self.slots,
+            "max_batch": self.max_batch,
             "solo_s": {m: {str(n): s for n, s in t.items()} for m, t in self.solo_s.items()},
             "running_s": running_s,
             "running_batches": len(running),
@@ -112,11 +113,14 @@ class ReplicaState:
         }
 
     def _work(self, model: str, rows: int) -> float:
-        """Solo time of `rows` queued rows run as full batches of `max_batch`."""
-        full, rest = divmod(rows, self.max_batch)
-        table = self.solo_s[model]
-        work = full * solo_latency(table, self.max_batch)
-        return work + (solo_latency(table, rest) if rest else 0.0)
+        return batched_work(self.solo_s[model], rows, self.max_batch)
+
+
+def batched_work(table: Mapping[int, float], rows: int, max_batch: int) -> float:
+    """Solo time of `rows` queued rows run as full batches of `max_batch`."""
+    full, rest = divmod(rows, max_batch)
+    work = full * solo_latency(table, max_batch) if full else 0.0
+    return work + (solo_latency(table, rest) if rest else 0.0)
 
 
 def device_forecast(

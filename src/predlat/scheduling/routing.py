@@ -193,33 +193,83 @@ def rank(
     """The devices forecast to meet `request`'s deadline, soonest completion first (ties
     by name, so the rule is deterministic). Refuses with a reason when no healthy device
     serves the model or none is forecast to meet the deadline."""
+    refused = _precheck(devices, request)
+    if refused is not None:
+        return refused
+    scored = _scored(devices, request, routed or {})
+    if not scored[0].meets:
+        return RouteDecision((), _late_reason(request, scored))
+    return RouteDecision(tuple(c for c in scored if c.meets))
+
+
+def place(
+    devices: Sequence[DeviceForecast],
+    request: RouteRequest,
+    routed: Mapping[str, Routed] | None = None,
+) -> RouteDecision:
+    """Like `rank`, but every healthy device serving the model is offered (those forecast
+    to meet the deadline first), and the request is refused only when no device could
+    make it even at `lower_bound_s`. For a router whose view of a device is coarser and
+    older than the device's own scheduler, which admits what it can still make: refusing
+    on the forecast alone turns away work the device would have served."""
+    refused = _precheck(devices, request)
+    if refused is not None:
+        return refused
+    scored = _scored(devices, request, routed or {})
+    if scored[0].meets:
+        return RouteDecision(tuple(scored))
+    able = [d for d in devices if d.healthy and d.serves(request.model)]
+    if any(lower_bound_s(d, request) <= request.deadline_s for d in able):
+        return RouteDecision(tuple(scored))
+    return RouteDecision((), _late_reason(request, scored))
+
+
+def lower_bound_s(device: DeviceForecast, request: RouteRequest) -> float:
+    """The soonest `request` could finish on `device` in any order its scheduler picks:
+    only running batches (no preemption) and, for low priority, queued high-priority work
+    surely go first; then it runs at its solo latency."""
+    ahead = device.running_s if device.running_batches >= device.slots else 0.0
+    if request.priority != Priority.HIGH:
+        ahead += device.high_backlog_s
+    return ahead / device.slots + solo_latency(device.solo_s[request.model], request.rows)
+
+
+def _precheck(devices: Sequence[DeviceForecast], request: RouteRequest) -> RouteDecision | None:
+    """A refusal that needs no forecast (or a clear error for a malformed request)."""
     if request.rows < 1:
         raise ConfigError(f"a request needs at least one row, got {request.rows}")
     if not math.isfinite(request.deadline_s):
         raise ConfigError(f"deadline must be finite, got {request.deadline_s}")
     if request.deadline_s <= 0:
         return RouteDecision((), f"the deadline of '{request.model}' has already passed")
-    routed = routed or {}
-    able = [d for d in devices if d.healthy and d.serves(request.model)]
-    if not able:
-        if not any(d.serves(request.model) for d in devices):
-            return RouteDecision((), f"no device serves model '{request.model}'")
-        return RouteDecision((), f"no healthy device serves model '{request.model}'")
+    if any(d.healthy and d.serves(request.model) for d in devices):
+        return None
+    if not any(d.serves(request.model) for d in devices):
+        return RouteDecision((), f"no device serves model '{request.model}'")
+    return RouteDecision((), f"no healthy device serves model '{request.model}'")
+
+
+def _scored(
+    devices: Sequence[DeviceForecast], request: RouteRequest, routed: Mapping[str, Routed]
+) -> list[Candidate]:
+    """Healthy devices serving the model, deadline-meeting first, then soonest, then name."""
     scored = [
         Candidate(d.name, c, c <= request.deadline_s)
-        for d in able
+        for d in devices
+        if d.healthy and d.serves(request.model)
         for c in (completion_s(d, request, routed.get(d.name)),)
     ]
     scored.sort(key=lambda c: (not c.meets, c.completion_s, c.name))
-    if not scored[0].meets:
-        best = scored[0]
-        return RouteDecision(
-            (),
-            f"no device can meet the {request.deadline_s * 1e3:.1f} ms deadline of "
-            f"'{request.model}' (best forecast {best.completion_s * 1e3:.1f} ms on "
-            f"{best.name}, {len(scored)} device(s))",
-        )
-    return RouteDecision(tuple(c for c in scored if c.meets))
+    return scored
+
+
+def _late_reason(request: RouteRequest, scored: Sequence[Candidate]) -> str:
+    best = scored[0]
+    return (
+        f"no device can meet the {request.deadline_s * 1e3:.1f} ms deadline of "
+        f"'{request.model}' (best forecast {best.completion_s * 1e3:.1f} ms on "
+        f"{best.name}, {len(scored)} device(s))"
+    )
 
 
 def after_routing(device: DeviceForecast, request: RouteRequest) -> float:
@@ -236,6 +286,8 @@ __all__ = [
     "after_routing",
     "aged",
     "completion_s",
+    "lower_bound_s",
+    "place",
     "rank",
     "service_s",
     "solo_latency",
