@@ -272,18 +272,12 @@ def _late_reason(request: RouteRequest, scored: Sequence[Candidate]) -> str:
     )
 
 
-def after_routing(device: DeviceForecast, request: RouteRequest) -> float:
-    """The forecast work `request` adds to `device` (for Routed bookkeeping)."""
-    return service_s(device, request.model, request.rows)
-
-
 __all__ = [
     "Candidate",
     "DeviceForecast",
     "RouteDecision",
     "RouteRequest",
     "Routed",
-    "after_routing",
     "aged",
     "completion_s",
     "lower_bound_s",
