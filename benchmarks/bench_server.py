@@ -142,7 +142,15 @@ async def open_loop(url: str, rate: float, duration: float, seed: int) -> dict[s
     async def one() -> None:
         conn = idle.pop() if idle else await Connection.open(url)
         t0 = time.perf_counter()
-        status, params = await conn.post(request)
+        try:
+            status, params = await conn.post(request)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed this keep-alive connection while it sat idle (uvicorn's
+            # keep-alive timeout): as any HTTP client does, send again on a new one.
+            conn.close()
+            conn = await Connection.open(url)
+            t0 = time.perf_counter()
+            status, params = await conn.post(request)
         e2e = time.perf_counter() - t0
         idle.append(conn)
         codes[status] = codes.get(status, 0) + 1
