@@ -34,7 +34,7 @@ def test_the_oldest_request_runs_and_later_ones_queue() -> None:
     assert (f.queued, f.high_queued) == (3, 2)
     assert f.high_backlog_s == pytest.approx(0.0015)
     # A high-priority request waits for the running batch and high work only.
-    hp = completion_s(f, RouteRequest("light", 1, Priority.HIGH, 1.0), None)
+    hp = completion_s(f, RouteRequest("light", 1, Priority.HIGH, 1.0))
     assert hp == pytest.approx(0.004 + 0.0015 + 0.001)
 
 

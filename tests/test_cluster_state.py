@@ -66,7 +66,7 @@ def test_published_state_reads_back_into_the_routing_rule() -> None:
     forecast = device_forecast(s.publish([running("b", 1, end=0.010)], now=0.0))
     assert forecast.name == "r0" and forecast.slots == 1
     assert forecast.solo_s["b"][4] == pytest.approx(0.016)
-    done = completion_s(forecast, RouteRequest("a", 1, Priority.LOW, 1.0), None)
+    done = completion_s(forecast, RouteRequest("a", 1, Priority.LOW, 1.0))
     assert done == pytest.approx(0.010 + 0.002)
 
 

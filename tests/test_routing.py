@@ -9,7 +9,6 @@ from predlat.errors import ConfigError
 from predlat.scheduling.request import Priority
 from predlat.scheduling.routing import (
     DeviceForecast,
-    Routed,
     RouteRequest,
     aged,
     completion_s,
@@ -42,9 +41,9 @@ def test_solo_latency_interpolates_and_extrapolates() -> None:
 
 
 def test_idle_device_finishes_in_its_service_time() -> None:
-    assert completion_s(device("a"), req(), None) == pytest.approx(0.001)
+    assert completion_s(device("a"), req()) == pytest.approx(0.001)
     slow = device("a", slowdown={"heavy": 2.0})
-    assert completion_s(slow, req("heavy"), None) == pytest.approx(0.020)
+    assert completion_s(slow, req("heavy")) == pytest.approx(0.020)
 
 
 def test_prefers_the_device_that_finishes_first() -> None:
@@ -65,29 +64,17 @@ def test_only_deadline_meeting_devices_are_offered() -> None:
 def test_high_priority_waits_only_for_high_work() -> None:
     # Lots of queued low work: a low request waits for it, a high one does not.
     loaded = device("a", running_s=0.002, running_batches=1, backlog_s={"heavy": 0.2}, queued=8)
-    low = completion_s(loaded, req(prio=Priority.LOW), None)
-    high = completion_s(loaded, req(prio=Priority.HIGH), None)
+    low = completion_s(loaded, req(prio=Priority.LOW))
+    high = completion_s(loaded, req(prio=Priority.HIGH))
     assert low == pytest.approx(0.202 + 0.001)
     assert high == pytest.approx(0.002 + 0.001)
 
 
 def test_free_slots_mean_no_wait_and_full_slots_share_the_work() -> None:
     two = device("a", slots=2, running_s=0.01, running_batches=1)
-    assert completion_s(two, req(), None) == pytest.approx(0.001)
+    assert completion_s(two, req()) == pytest.approx(0.001)
     full = device("a", slots=2, running_s=0.02, running_batches=2)
-    assert completion_s(full, req(), None) == pytest.approx(0.010 + 0.001)
-
-
-def test_work_routed_since_the_last_refresh_counts() -> None:
-    a, b = device("a"), device("b")
-    routed = {"a": Routed()}
-    routed["a"].add(0.05, Priority.LOW)
-    decision = rank([a, b], req(deadline=1.0), routed)
-    assert decision.best is not None and decision.best.name == "b"
-    # High-priority work routed there counts for high requests too.
-    routed["b"] = Routed()
-    routed["b"].add(0.08, Priority.HIGH)
-    assert rank([a, b], req(deadline=1.0, prio=Priority.HIGH), routed).best.name == "a"
+    assert completion_s(full, req()) == pytest.approx(0.010 + 0.001)
 
 
 def test_ties_break_by_name_deterministically() -> None:
@@ -122,17 +109,6 @@ def test_a_passed_deadline_is_refused_as_such() -> None:
     assert "already passed" in rank([device("a")], req(deadline=-0.001)).refusal
 
 
-def test_routed_work_is_forgotten_once_a_later_state_counts_it() -> None:
-    routed = Routed()
-    routed.add(0.01, Priority.HIGH, at=1.0)
-    routed.add(0.02, Priority.LOW, at=2.0)
-    routed.forget_before(1.5)
-    assert (routed.requests, routed.high_requests) == (1, 0)
-    assert routed.work_s == pytest.approx(0.02) and routed.high_work_s == 0.0
-    routed.forget_before(3.0)
-    assert routed.requests == 0 and routed.work_s == 0.0
-
-
 def test_aging_drains_running_work_then_high_then_low() -> None:
     d = device(
         "a",
@@ -151,7 +127,7 @@ def test_aging_drains_running_work_then_high_then_low() -> None:
     assert sum(a.backlog_s.values()) == pytest.approx(0.011)
     gone = aged(d, 1.0)
     assert gone.backlog_s == {} and gone.queued == 0 and gone.high_queued == 0
-    assert completion_s(gone, req(), None) == pytest.approx(0.001)
+    assert completion_s(gone, req()) == pytest.approx(0.001)
 
 
 def test_place_offers_late_devices_last_and_refuses_only_below_the_lower_bound() -> None:

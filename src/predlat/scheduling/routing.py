@@ -1,10 +1,10 @@
 """Routing one request among devices by its forecast completion time.
 
 Pure decision logic shared by every dispatcher that fronts several devices (the Ray
-Serve router, a simulated cluster): given each device's published forecast state and
-what was routed to it since, rank the devices by when *this* request (model, rows,
-priority, deadline) would finish there, put those that meet its deadline first, and
-refuse with a reason when none can. No clock, no I/O, no Ray.
+Serve router, a simulated cluster): given each device's forecast state (the Ray router
+brings it up to date from its own ledger of requests in flight), rank the devices by
+when *this* request (model, rows, priority, deadline) would finish there, put those that
+meet its deadline first, and refuse with a reason when none can. No clock, no I/O, no Ray.
 
 The completion forecast is deliberately simple: a device drains its forecast work
 (running batches' remaining time, then queued work) over its slots; high-priority
@@ -16,7 +16,6 @@ device's current slowdown (co-location, as its predictor forecasts it).
 from __future__ import annotations
 
 import bisect
-import collections
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,42 +55,6 @@ class RouteRequest:
     rows: int
     priority: Priority
     deadline_s: float
-
-
-@dataclass
-class Routed:
-    """Forecast work sent to one device that its published state does not show yet, so
-    decisions between refreshes do not all pile onto the device that looked idlest.
-    Each entry keeps when it was routed: a state published later already counts it."""
-
-    work_s: float = 0.0
-    high_work_s: float = 0.0
-    requests: int = 0
-    high_requests: int = 0
-    _entries: collections.deque[tuple[float, float, bool]] = field(
-        default_factory=collections.deque, repr=False
-    )
-
-    def add(self, work_s: float, priority: Priority, at: float = 0.0) -> None:
-        high = priority == Priority.HIGH
-        self._entries.append((at, work_s, high))
-        self.work_s += work_s
-        self.requests += 1
-        if high:
-            self.high_work_s += work_s
-            self.high_requests += 1
-
-    def forget_before(self, t: float) -> None:
-        """Drop what was routed before `t` (a state published at `t` includes it)."""
-        while self._entries and self._entries[0][0] < t:
-            _, work_s, high = self._entries.popleft()
-            self.work_s -= work_s
-            self.requests -= 1
-            if high:
-                self.high_work_s -= work_s
-                self.high_requests -= 1
-        if not self._entries:  # no float drift left behind
-            self.work_s = self.high_work_s = 0.0
 
 
 @dataclass(frozen=True)
@@ -169,15 +132,14 @@ def service_s(device: DeviceForecast, model: str, rows: int) -> float:
     return solo_latency(device.solo_s[model], rows) * max(device.slowdown.get(model, 1.0), 1.0)
 
 
-def completion_s(device: DeviceForecast, request: RouteRequest, routed: Routed | None) -> float:
+def completion_s(device: DeviceForecast, request: RouteRequest) -> float:
     """Forecast seconds until `request` would finish on `device`."""
-    routed = routed or Routed()
     if request.priority == Priority.HIGH:
-        ahead = device.running_s + device.high_backlog_s + routed.high_work_s
-        waiting = device.high_queued + routed.high_requests
+        ahead = device.running_s + device.high_backlog_s
+        waiting = device.high_queued
     else:
-        ahead = device.running_s + sum(device.backlog_s.values()) + routed.work_s
-        waiting = device.queued + routed.requests
+        ahead = device.running_s + sum(device.backlog_s.values())
+        waiting = device.queued
     # With a slot free even after everything ahead took one, the request starts now;
     # otherwise the work ahead drains over the slots first.
     free = device.running_batches + waiting < device.slots
@@ -185,28 +147,20 @@ def completion_s(device: DeviceForecast, request: RouteRequest, routed: Routed |
     return wait + service_s(device, request.model, request.rows)
 
 
-def rank(
-    devices: Sequence[DeviceForecast],
-    request: RouteRequest,
-    routed: Mapping[str, Routed] | None = None,
-) -> RouteDecision:
+def rank(devices: Sequence[DeviceForecast], request: RouteRequest) -> RouteDecision:
     """The devices forecast to meet `request`'s deadline, soonest completion first (ties
     by name, so the rule is deterministic). Refuses with a reason when no healthy device
     serves the model or none is forecast to meet the deadline."""
     refused = _precheck(devices, request)
     if refused is not None:
         return refused
-    scored = _scored(devices, request, routed or {})
+    scored = _scored(devices, request)
     if not scored[0].meets:
         return RouteDecision((), _late_reason(request, scored))
     return RouteDecision(tuple(c for c in scored if c.meets))
 
 
-def place(
-    devices: Sequence[DeviceForecast],
-    request: RouteRequest,
-    routed: Mapping[str, Routed] | None = None,
-) -> RouteDecision:
+def place(devices: Sequence[DeviceForecast], request: RouteRequest) -> RouteDecision:
     """Like `rank`, but every healthy device serving the model is offered (those forecast
     to meet the deadline first), and the request is refused only when no device could
     make it even at `lower_bound_s`. For a router whose view of a device is coarser and
@@ -215,7 +169,7 @@ def place(
     refused = _precheck(devices, request)
     if refused is not None:
         return refused
-    scored = _scored(devices, request, routed or {})
+    scored = _scored(devices, request)
     if scored[0].meets:
         return RouteDecision(tuple(scored))
     able = [d for d in devices if d.healthy and d.serves(request.model)]
@@ -249,15 +203,13 @@ def _precheck(devices: Sequence[DeviceForecast], request: RouteRequest) -> Route
     return RouteDecision((), f"no healthy device serves model '{request.model}'")
 
 
-def _scored(
-    devices: Sequence[DeviceForecast], request: RouteRequest, routed: Mapping[str, Routed]
-) -> list[Candidate]:
+def _scored(devices: Sequence[DeviceForecast], request: RouteRequest) -> list[Candidate]:
     """Healthy devices serving the model, deadline-meeting first, then soonest, then name."""
     scored = [
         Candidate(d.name, c, c <= request.deadline_s)
         for d in devices
         if d.healthy and d.serves(request.model)
-        for c in (completion_s(d, request, routed.get(d.name)),)
+        for c in (completion_s(d, request),)
     ]
     scored.sort(key=lambda c: (not c.meets, c.completion_s, c.name))
     return scored
@@ -277,7 +229,6 @@ __all__ = [
     "DeviceForecast",
     "RouteDecision",
     "RouteRequest",
-    "Routed",
     "aged",
     "completion_s",
     "lower_bound_s",

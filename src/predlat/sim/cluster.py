@@ -66,7 +66,7 @@ class ClusterSimulation(Simulation):
         if decision.best is not None:
             return int(decision.best.name)
         able = [f for f in forecasts if f.serves(request.model)] or forecasts
-        return int(min(able, key=lambda f: (completion_s(f, ask, None), int(f.name))).name)
+        return int(min(able, key=lambda f: (completion_s(f, ask), int(f.name))).name)
 
     def _forecast(self, d: int, now: float) -> DeviceForecast:
         s = self.schedulers[d]
