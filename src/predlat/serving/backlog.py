@@ -3,9 +3,10 @@ cheaply before the body: the requests it let in and not yet answered (per model 
 priority), the scheduler's running batches (their forecast ends), the profile's solo
 latencies, and the slowdown recent batches showed.
 
-The work ahead of a new request (everything waiting at its priority or higher, as full
-batches of `max_batch` rows, its own model's batches before its own) is laid on the
-slots as they free up (list scheduling); its own batch then runs. The raw forecast is
+The work ahead of a new request (everything waiting at its priority or higher, in
+batches of the size the scheduler has lately been picking per model, at most
+`max_batch`; its own model's batches before its own) is laid on the slots as they free
+up (list scheduling); its own batch then runs. The raw forecast is
 then calibrated online: the door learns, from every request it let in, how the real
 time to its answer compared with the forecast, and scales forecasts by a high quantile
 of that ratio. So a request is refused at the door when it would most likely be late,
