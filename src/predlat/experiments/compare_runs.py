@@ -87,13 +87,18 @@ class DeviceRunner:
         c = self.config
         return open_loop_workload(rates, c.duration_s, seed, c.process, c.hp_frac)
 
+    def starting_predictor(self, policy):
+        """A fresh copy of the fitted predictor `policy` starts from (every run learns
+        on its own), sharing the profile; None for policies that do not predict."""
+        if policy.one_at_a_time or policy.predictor not in self.setup.predictors:
+            return None
+        fitted = self.setup.predictors[policy.predictor]
+        return copy.deepcopy(fitted, {id(fitted.profile): fitted.profile})
+
     def __call__(self, spec: RunSpec) -> RunResult:
         c, setup = self.config, self.setup
         policy = spec.policy
-        predictor = None
-        if not policy.one_at_a_time and policy.predictor in setup.predictors:
-            fitted = setup.predictors[policy.predictor]
-            predictor = copy.deepcopy(fitted, {id(fitted.profile): fitted.profile})
+        predictor = self.starting_predictor(policy)
         runtime, _ = build_runtime(
             c.models,
             slots=c.slots,

@@ -19,7 +19,6 @@ Method
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -93,10 +92,7 @@ class SimRunner(DeviceRunner):
         assert c.slots is not None
         slots = 1 if policy.one_at_a_time else c.slots
         device_spec, profile = self.device_for(policy_threads(policy, c.device, c.threads))
-        predictor = None
-        if not policy.one_at_a_time and policy.predictor in self.setup.predictors:
-            fitted = self.setup.predictors[policy.predictor]
-            predictor = copy.deepcopy(fitted, {id(fitted.profile): fitted.profile})
+        predictor = self.starting_predictor(policy)
         scheduler = Scheduler(
             list(self.setup.models),
             slots,
