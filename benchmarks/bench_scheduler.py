@@ -20,7 +20,6 @@ no measurement of the machine.
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import math
 import random
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from predlat.profiling.profile import Profile
+from predlat.runtime.gc_policy import DEFAULT_YOUNG, GcPolicy
 from predlat.scheduling import (
     POLICY_NAMES,
     Dispatch,
@@ -49,8 +49,9 @@ class TimedScheduler:
     """Forwards to a scheduler and records how long each event call takes, from the
     moment the queue first holds `warm_queue` requests."""
 
-    def __init__(self, inner: Scheduler, warm_queue: int) -> None:
+    def __init__(self, inner: Scheduler, warm_queue: int, clock=time.perf_counter_ns) -> None:
         self.inner = inner
+        self.clock = clock
         self.warm_queue = warm_queue
         self.warm = False
         self.samples: dict[str, list[float]] = defaultdict(list)
@@ -63,10 +64,10 @@ class TimedScheduler:
     def _timed(self, kind: str, now: float | None, fn, *args):
         self.warm = self.warm or self.inner.queued() >= self.warm_queue
         f0 = self.inner.stats.forecasts
-        t0 = time.perf_counter_ns()
+        t0 = self.clock()
         out = fn(*args)
         if self.warm:
-            self.samples[kind].append((time.perf_counter_ns() - t0) / 1e3)
+            self.samples[kind].append((self.clock() - t0) / 1e3)
             self.forecasts[kind].append(self.inner.stats.forecasts - f0)
         if now is not None:
             self.digest.add(now, out)
@@ -85,10 +86,10 @@ class TimedScheduler:
         # Not a decision: the driver calls it once the decisions are carried out. Timed
         # when it learned something (it waits while a round cut short is not over).
         learned = self.inner.stats.learned
-        warm, t0 = self.warm, time.perf_counter_ns()
+        warm, t0 = self.warm, self.clock()
         out = self.inner.learn()
         if warm and self.inner.stats.learned > learned:
-            self.samples["learning"].append((time.perf_counter_ns() - t0) / 1e3)
+            self.samples["learning"].append((self.clock() - t0) / 1e3)
             self.forecasts["learning"].append(0)
         return out
 
@@ -181,6 +182,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a fixed-slowdown forecaster instead of the real one: the scheduler's own cost",
     )
+    parser.add_argument(
+        "--gc-young",
+        type=int,
+        default=DEFAULT_YOUNG,
+        help="young-generation threshold of the collector during the run, as the runtime"
+        " sets it (0: leave CPython's)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time events on the wall clock, or by this thread's CPU time (which other"
+        " processes on a busy machine do not inflate; garbage collection still counts)",
+    )
     args = parser.parse_args(argv)
 
     profile = Profile.load(args.profile) if args.profile else synthetic_profile(ZOO_LIKE)
@@ -196,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.fixed
         else None,
     )
-    timed = TimedScheduler(sim.schedulers[0], int(0.95 * args.queued))
+    clock = time.thread_time_ns if args.clock == "cpu" else time.perf_counter_ns
+    timed = TimedScheduler(sim.schedulers[0], int(0.95 * args.queued), clock)
     sim.schedulers[0] = timed  # type: ignore[assignment]
 
     # Capacity is roughly slots / mean solo latency; arrive at 3x that to stay full.
@@ -204,17 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     rate = args.load * args.slots / mean_solo
     requests = workload(profile, args.events + 4 * args.queued, rate, args.seed)
     # As the runtime does at start: what is alive now (profile, predictor, the workload)
-    # leaves the collector's reach, so its passes scan only what scheduling allocates.
-    gc.collect()
-    gc.freeze()
+    # leaves the collector's reach, so its passes scan only what scheduling allocates,
+    # and they come as rarely as the runtime lets them.
+    gc_session = GcPolicy(young=args.gc_young or None).apply()
     result = sim.run(requests)
-    gc.unfreeze()
+    gc_passes = gc_session.passes()
+    gc_session.close()
 
     inner, samples = timed.inner, timed.samples
     every = [v for kind, vs in samples.items() if kind != "learning" for v in vs]
     print(
         f"bench_scheduler: policy {args.policy}, {len(models)} models, {args.slots} slots, "
-        f"queue held near {args.queued}"
+        f"queue held near {args.queued}; {args.clock} clock"
     )
     print(
         f"forecaster: {type(inner.forecaster).__module__}.{type(inner.forecaster).__name__}"
@@ -261,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             "all+learning", joined, "learning counted into its completion", forecasts=every_fc
         )
     print(f"p99 over all events: {p99:.1f} us")
+    print(
+        f"garbage collector: {sum(gc_passes)} passes during the run"
+        f" (young, middle, old: {', '.join(map(str, gc_passes))});"
+        f" young threshold {args.gc_young or 'default'}"
+    )
     print(timed.digest.report())
     return 0
 

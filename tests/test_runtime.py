@@ -16,6 +16,7 @@ import pytest
 from predlat.errors import UnknownModelError
 from predlat.models.registry import resolve_model
 from predlat.runtime import InvalidInputError, Runtime, build_runtime
+from predlat.runtime.gc_policy import GcPolicy
 from predlat.scheduling import (
     FixedSlowdownForecaster,
     Priority,
@@ -206,11 +207,14 @@ def test_a_stopped_runtime_leaves_nothing_behind() -> None:
     # runtime, and a process running runtime after runtime would grow and slow down.
     runtime, _ = build_runtime(["tiny"], slots=2, policy="predlat", progress=False)
     device = weakref.ref(runtime.device)
+    threshold = gc.get_threshold()
     runtime.start()
     assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == GcPolicy().young
     assert runtime.submit("tiny", None, deadline_s=1.0).result(timeout=10).status == "met"
     runtime.stop()
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
     del runtime
     gc.collect()
     assert device() is None

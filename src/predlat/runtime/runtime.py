@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import queue
@@ -43,6 +42,7 @@ from predlat.runtime.core import (
     OutcomeListener,
     RuntimeStats,
 )
+from predlat.runtime.gc_policy import GcPolicy, GcSession
 from predlat.runtime.tensors import InvalidInputError, request_rows
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.reasons import RejectReason
@@ -85,7 +85,9 @@ class Runtime(DriverCore):
         `freeze_gc`: at start, move every object alive then (models, sessions, profile,
         caller's data) out of the garbage collector's reach (gc.freeze), so a full
         collection later scans only what serving allocates: otherwise one can stall the
-        control thread for tens of milliseconds."""
+        control thread for tens of milliseconds; and make its passes rarer (a higher
+        young-generation threshold), so fewer events pay for one (see
+        predlat.runtime.gc_policy). Both are undone at stop."""
         super().__init__(device, scheduler, history)
         self.profile = profile
         self.specs = dict(specs or {})
@@ -105,8 +107,8 @@ class Runtime(DriverCore):
         self._timer_at: float | None = None
         self._drained: asyncio.Future | None = None
         self._switch_interval_s = switch_interval_s
-        self._freeze_gc = freeze_gc
-        self._frozen = False
+        self._gc_policy = GcPolicy() if freeze_gc else None
+        self._gc: GcSession | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -117,10 +119,8 @@ class Runtime(DriverCore):
             raise RuntimeError("runtime already started")
         if self._switch_interval_s and sys.getswitchinterval() > self._switch_interval_s:
             sys.setswitchinterval(self._switch_interval_s)
-        if self._freeze_gc:
-            gc.collect()
-            gc.freeze()
-            self._frozen = True
+        if self._gc_policy is not None:
+            self._gc = self._gc_policy.apply()
         self._started = True
         self._started_at = self.device.now()
         self._accepting = True
@@ -202,15 +202,15 @@ class Runtime(DriverCore):
 
     def _release(self) -> None:
         """The end of every stop: close the device if the runtime owns it, and undo
-        `start`'s gc.freeze. Frozen objects are never collected, so without that a
-        stopped runtime's reference cycles (its device, sessions, threads: hundreds of
+        `start`'s garbage-collector policy. Frozen objects are never collected, so without
+        that a stopped runtime's reference cycles (its device, sessions, threads: hundreds of
         MB) would outlive it, and a process that runs runtimes one after another (an
         experiment) would grow and slow down with each."""
         if self._close_device:
             self.device.close()
-        if self._frozen:
-            gc.unfreeze()
-            self._frozen = False
+        if self._gc is not None:
+            self._gc.close()
+            self._gc = None
 
     def now(self) -> float:
         return self.device.now()
