@@ -15,8 +15,10 @@ class TimelineTracker:
     it ends); the gap is the dispatch lag, microseconds on a healthy runtime."""
 
     def __init__(self) -> None:
+        # Plain tuples, not records: a batch end scans them all on the decision path.
         self._running: dict[int, tuple[str, int, float]] = {}
-        self._done: deque[BatchRecord] = deque()
+        # (end, start, batch_id, model, batch_size) of recently finished batches
+        self._done: deque[tuple[float, float, int, str, int]] = deque()
 
     def started(self, batch_id: int, model: str, batch_size: int, start: float) -> None:
         self._running[batch_id] = (model, batch_size, start)
@@ -37,22 +39,28 @@ class TimelineTracker:
                 self._overlaps(r),
                 r.device,
             )
-        self._done.append(record)
+        self._done.append(
+            (record.end, record.start, record.batch_id, record.model, record.batch_size)
+        )
         self._prune()
         return record
 
     def _overlaps(self, rec: BatchRecord) -> tuple[Overlap, ...]:
-        out: list[Overlap] = []
-        for other in self._done:
-            lo, hi = max(rec.start, other.start), min(rec.end, other.end)
+        start, end = rec.start, rec.end
+        # (overlap start, batch id, model, size, overlap end): sorted as tuples, which is
+        # the (start, batch id) order of the timeline, since batch ids are unique.
+        found: list[tuple[float, int, str, int, float]] = []
+        for o_end, o_start, batch_id, model, size in self._done:
+            lo = start if start > o_start else o_start
+            hi = end if end < o_end else o_end
             if hi > lo:
-                out.append(Overlap(other.batch_id, other.model, other.batch_size, lo, hi))
-        for batch_id, (model, size, start) in self._running.items():
-            lo = max(rec.start, start)
-            if rec.end > lo:
-                out.append(Overlap(batch_id, model, size, lo, rec.end))
-        out.sort(key=lambda o: (o.start, o.batch_id))
-        return tuple(out)
+                found.append((lo, batch_id, model, size, hi))
+        for batch_id, (model, size, o_start) in self._running.items():
+            lo = start if start > o_start else o_start
+            if end > lo:
+                found.append((lo, batch_id, model, size, end))
+        found.sort()
+        return tuple(Overlap(b, m, n, lo, hi) for lo, b, m, n, hi in found)
 
     def _prune(self) -> None:
         # Every future finisher is running now and started no earlier than the oldest
@@ -61,7 +69,8 @@ class TimelineTracker:
             self._done.clear()
             return
         horizon = min(start for _, _, start in self._running.values())
-        while self._done and self._done[0].end <= horizon:
-            self._done.popleft()
-        if len(self._done) > 256:  # out-of-order ends: drop stale entries anywhere
-            self._done = deque(r for r in self._done if r.end > horizon)
+        done = self._done
+        while done and done[0][0] <= horizon:
+            done.popleft()
+        if len(done) > 256:  # out-of-order ends: drop stale entries anywhere
+            self._done = deque(d for d in done if d[0] > horizon)
