@@ -253,3 +253,18 @@ def coarse_view_of(n, f, fmap):
     from predlat.predict.colocation import coarse_view
 
     return coarse_view(n, f[1], f[2], fmap.oversub)
+
+
+def test_device_load_advance_agrees_with_the_view_ahead():
+    # advance (inlined on the hot path) and ewma_view(t) must decay alike, bit for bit.
+    fmap = FeatureMap(cpu_profile(cores=2, threads=1))
+    state = DeviceLoad(0.5, fmap.oversub)
+    a, b = fmap.co_vec("a", 1), fmap.co_vec("a", 2)
+    state.advance(0.0)
+    for t, change in ((0.3, a), (0.7, b), (1.1, a), (1.6, None)):
+        ahead = state.ewma_view(t)
+        state.advance(t)
+        assert state.ewma_view() == ahead
+        if change is not None:
+            state.start(change)
+    assert state.cum[3] > 0.0  # the oversub channel was integrated

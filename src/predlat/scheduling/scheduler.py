@@ -190,7 +190,7 @@ class Scheduler(Planner):
         decision round first learns whatever an earlier round left. A round cut short by
         the forecast budget is not over: learning waits until it is, so that its resumed
         part decides with the forecaster its first part had (as one uncut round would)."""
-        if self._resume_at is None:
+        if self._to_learn and self._resume_at is None:  # (called after every event)
             self._learn_first(len(self._to_learn))
 
     def _learn_first(self, n: int) -> None:
