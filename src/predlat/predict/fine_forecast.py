@@ -215,10 +215,15 @@ def _start(now, state, c_starts, starts, solos, a_s, betas, sweep: _Sweep):
             el = now - s
             if el < 0:
                 el = 0.0
+            # Co-location seen so far (never negative: rounding), as max(0.0, x) gives
+            # it, inlined: this runs for every running batch of every forecast.
+            p_n = c_n - cs[0] - el
+            p_cu = c_cu - cs[1] - f[1] * el
+            p_mu = c_mu - cs[2] - f[2] * el
             past = (
-                b_n * max(0.0, c_n - cs[0] - el)
-                + b_cu * max(0.0, c_cu - cs[1] - f[1] * el)
-                + b_mu * max(0.0, c_mu - cs[2] - f[2] * el)
+                b_n * (p_n if p_n > 0.0 else 0.0)
+                + b_cu * (p_cu if p_cu > 0.0 else 0.0)
+                + b_mu * (p_mu if p_mu > 0.0 else 0.0)
                 + b_ov * (c_ov - cs[3])
             )
             life = floor - s
