@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from predlat.predict.calibration import Calibrator
-from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top
+from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top, _positive_definite
 
 
 def linear_data(n: int, w: np.ndarray, seed: int = 0, noise: float = 0.0):
@@ -157,3 +157,14 @@ def test_rls_guard_clips_like_an_eigendecomposition():
     assert fast == 4
     broken = np.full((8, 8), np.nan)
     assert np.array_equal(model._guard(broken), np.eye(8) * 100.0)
+
+
+def test_positive_definite_check_of_the_guard():
+    q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(8, 8)))
+    for eig, expected in (
+        (np.linspace(1e-4, 100.0, 8), True),
+        (np.concatenate([[-1e-3], np.ones(7)]), False),  # one negative eigenvalue
+    ):
+        M = (q * eig) @ q.T
+        assert _positive_definite(0.5 * (M + M.T)) is expected
+    assert not _positive_definite(np.zeros((8, 8)))  # singular
