@@ -166,5 +166,5 @@ def test_positive_definite_check_of_the_guard():
         (np.concatenate([[-1e-3], np.ones(7)]), False),  # one negative eigenvalue
     ):
         M = (q * eig) @ q.T
-        assert _positive_definite(0.5 * (M + M.T)) is expected
-    assert not _positive_definite(np.zeros((8, 8)))  # singular
+        assert _positive_definite((0.5 * (M + M.T)).tolist()) is expected
+    assert not _positive_definite(np.zeros((8, 8)).tolist())  # singular

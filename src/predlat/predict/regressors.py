@@ -209,7 +209,7 @@ class RLS(LinearRegressor):
         eig, vec = np.linalg.eigh(P)
         if eig[-1] <= self.max_eig and eig[0] > 0:
             return P
-        eig = np.clip(eig, 1e-12, self.max_eig)
+        eig = np.minimum(np.maximum(eig, 1e-12), self.max_eig)  # (np.clip, unwrapped)
         return (vec * eig) @ vec.T
 
 
@@ -240,7 +240,7 @@ def _clip_top(P: np.ndarray, rows: list[list[float]], bound: float) -> np.ndarra
     else:
         if rest > bound:
             return None
-    return out if _positive_definite(out) else None
+    return out if _positive_definite(out.tolist()) else None
 
 
 def _dominant(M: np.ndarray) -> tuple[float, np.ndarray] | None:
@@ -248,7 +248,7 @@ def _dominant(M: np.ndarray) -> tuple[float, np.ndarray] | None:
     M^64 does not single one out (two eigenvalues too close)."""
     # Scaled so that its eigenvalues are at most 1 in magnitude and the largest at
     # least 1 / (n n): its 64th power neither overflows nor underflows.
-    size = math.sqrt(float((M * M).sum()))
+    size = math.sqrt(float(np.add.reduce(M * M, axis=None)))  # (.sum(), less wrapping)
     if not size > 0.0:
         return None
     Q = M / size
@@ -269,11 +269,18 @@ def _dominant(M: np.ndarray) -> tuple[float, np.ndarray] | None:
     return lam, v
 
 
-def _positive_definite(M: np.ndarray) -> bool:
-    """Whether a symmetric matrix has a Cholesky factor (LAPACK's: a hand-written one
-    in Python cost the guard more than all its matrix products)."""
-    try:
-        np.linalg.cholesky(M)
-    except np.linalg.LinAlgError:
-        return False
+def _positive_definite(rows: list[list[float]]) -> bool:
+    """Whether a symmetric matrix (rows) has a Cholesky factor."""
+    n = len(rows)
+    L: list[list[float]] = [[] for _ in range(n)]
+    for j in range(n):
+        lj = L[j]
+        d = rows[j][j] - sum(map(mul, lj, lj))
+        if not d > 0.0:
+            return False
+        d = math.sqrt(d)
+        for i in range(j + 1, n):
+            li = L[i]
+            li.append((rows[i][j] - sum(map(mul, li, lj))) / d)
+        lj.append(d)
     return True
