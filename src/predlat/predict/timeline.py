@@ -60,7 +60,7 @@ class TimelineTracker:
             if end > lo:
                 found.append((lo, batch_id, model, size, end))
         found.sort()
-        return tuple(Overlap(b, m, n, lo, hi) for lo, b, m, n, hi in found)
+        return tuple([Overlap(b, m, n, lo, hi) for lo, b, m, n, hi in found])
 
     def _prune(self) -> None:
         # Every future finisher is running now and started no earlier than the oldest
