@@ -11,7 +11,13 @@ the "learning" row, not part of "all"; "completion+learning" and "all+learning" 
 each completion's learning into it.
 
     python benchmarks/bench_scheduler.py [--policy predlat] [--events 20000]
-        [--profile profile.json]
+        [--profile profile.json] [--clock wall|cpu] [--gc-young 10000]
+
+The garbage collector runs as the runtime sets it (predlat.runtime.gc_policy: what is
+alive at start frozen, a higher young-generation threshold), and the number of its passes
+during the run is printed: a pass lands on whichever event allocates past the threshold,
+so it shows in the tails. On a machine shared with other work, `--clock cpu` times by
+this thread's CPU time, which time slices given to other processes do not inflate.
 
 Without --profile the six models get zoo-like synthetic costs, so the benchmark needs
 no measurement of the machine.
