@@ -41,3 +41,12 @@ def test_a_policy_that_changes_nothing() -> None:
     assert gc.get_threshold() == before
     session.close()
     assert gc.get_threshold() == before
+
+
+def test_sessions_closed_in_the_order_they_were_opened_restore_the_first_threshold() -> None:
+    before = gc.get_threshold()
+    first = GcPolicy(freeze=False, young=5_000).apply()
+    second = GcPolicy(freeze=False, young=5_000).apply()
+    first.close()
+    second.close()
+    assert gc.get_threshold() == before

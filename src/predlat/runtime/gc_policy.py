@@ -47,6 +47,7 @@ class GcPolicy:
         if self.young is not None:
             _, middle, old = session.previous
             gc.set_threshold(max(1, self.young), middle, old)
+        session.applied = gc.get_threshold()
         session.start = collections()
         return session
 
@@ -54,10 +55,13 @@ class GcPolicy:
 @dataclass
 class GcSession:
     """A policy in force: `passes()` counts the collections since it was applied;
-    `close()` restores the thresholds and unfreezes (once; later calls do nothing)."""
+    `close()` restores the thresholds and unfreezes (once; later calls do nothing). The
+    thresholds are restored only if they are still the ones it set: of two sessions
+    closed in the order they were opened, the second must not bring back the first's."""
 
     previous: tuple[int, int, int]
     frozen: bool
+    applied: tuple[int, int, int] | None = None
     start: tuple[int, ...] = field(default_factory=collections)
     closed: bool = False
 
@@ -68,6 +72,7 @@ class GcSession:
         if self.closed:
             return
         self.closed = True
-        gc.set_threshold(*self.previous)
+        if gc.get_threshold() == self.applied:
+            gc.set_threshold(*self.previous)
         if self.frozen:
             gc.unfreeze()
