@@ -145,6 +145,14 @@ def print_row(name: str, us: np.ndarray, note: str = "", forecasts: list[int] = 
     )
 
 
+def gc_report(passes: tuple[int, ...], young: int) -> str:
+    return (
+        f"garbage collector: {sum(passes)} passes during the run"
+        f" (young, middle, old: {', '.join(map(str, passes))});"
+        f" young threshold {young or 'default'}"
+    )
+
+
 def workload(profile: Profile, n: int, rate: float, seed: int) -> list[Request]:
     rng = random.Random(seed)
     models = list(profile.models)
@@ -256,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         if samples.get(kind):
             print_row(kind, np.asarray(samples[kind]), forecasts=timed.forecasts[kind])
     if not every:  # the queue never filled (a light --load): nothing was timed
+        print(gc_report(gc_passes, args.gc_young))
         print(timed.digest.report())
         return 0
     v = np.asarray(every)
@@ -284,11 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             "all+learning", joined, "learning counted into its completion", forecasts=every_fc
         )
     print(f"p99 over all events: {p99:.1f} us")
-    print(
-        f"garbage collector: {sum(gc_passes)} passes during the run"
-        f" (young, middle, old: {', '.join(map(str, gc_passes))});"
-        f" young threshold {args.gc_young or 'default'}"
-    )
+    print(gc_report(gc_passes, args.gc_young))
     print(timed.digest.report())
     return 0
 
