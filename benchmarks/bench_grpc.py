@@ -27,8 +27,9 @@ import time
 
 import grpc
 import numpy as np
-from bench_server import open_loop as http_open_loop
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from bench_server import open_loop as http_open_loop
 
 FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime")
 
