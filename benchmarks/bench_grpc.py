@@ -10,9 +10,11 @@ same over HTTP (bench_server's lean keep-alive client, binary tensors): interlea
 both see the same machine. Per answer: end-to-end latency minus the batch's device time
 (`predlat_compute_ms`, the overhead the issue's targets are about: p50 < 1 ms, p99 < 5 ms)
 and minus the runtime's arrival-to-end time (`predlat_latency_ms`: the front end,
-decoding, encoding and the hand-offs only). Figures are per round, then the median of
-the rounds. Client and server share the machine's cores, so the client's own cost is in
-every figure (the same for both transports only as far as the clients are alike).
+decoding, encoding and the hand-offs only); and, from the server's own histogram
+(`predlat_server_overhead_seconds`, bucketed), the handler time outside the runtime,
+which no client cost inflates. Figures are per round, then the median of the rounds.
+Client and server share the machine's cores, so the client's own cost is in the
+client-side figures (the same for both transports only as far as the clients are alike).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from bench_server import OVERHEAD_METRIC, histogram, histogram_quantile
 from bench_server import open_loop as http_open_loop
 
-FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime")
+FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime", "server side")
 
 
 def start_server(server_cmd: str) -> tuple[subprocess.Popen, str, str]:
@@ -99,6 +102,14 @@ def http_round(url: str, args: argparse.Namespace, seed: int) -> tuple[int, np.n
     return r["status_codes"].get("200", 0), np.array([[r[k]["p50"], r[k]["p99"]] for k in keys])
 
 
+def server_side(url: str, before: tuple[list[float], list[float]]) -> np.ndarray:
+    """p50/p99 (ms) of the handler time outside the runtime the server measured over a
+    phase (its histogram's growth): the front end's own cost, without the client's."""
+    bounds, counts = histogram(url, OVERHEAD_METRIC)
+    delta = [a - b for a, b in zip(counts, before[1], strict=True)]
+    return np.array([histogram_quantile(bounds, delta, q) * 1e3 for q in (0.5, 0.99)])
+
+
 def print_round(name: str, answered: int | None, figures: np.ndarray) -> None:
     cells = "; ".join(
         f"{f} p50 {p50:.3f} p99 {p99:.3f}" for f, (p50, p99) in zip(FIGURES, figures, strict=True)
@@ -122,7 +133,9 @@ def main() -> None:
         print(f"tiny, {args.rate:g} req/s open loop for {args.duration:g} s per phase (ms):")
         for i in range(args.rounds):
             for name, phase in (("gRPC", grpc_round), ("HTTP", http_round)):
+                before = histogram(url, OVERHEAD_METRIC)
                 answered, figures = phase(address if name == "gRPC" else url, args, i)
+                figures = np.vstack([figures, server_side(url, before)])
                 print_round(name, answered, figures)
                 results[name].append(figures)
     finally:
