@@ -30,6 +30,7 @@ import sys
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench_server import histogram, histogram_quantile
 from predlat.serving.loadgen import LoadConfig, run
@@ -72,6 +73,14 @@ def offer(url: str, args: argparse.Namespace, rate: float, seconds: float, binar
     return run(config, progress=False)
 
 
+def gauge(url: str, name: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return float("nan")
+
+
 def server_refusals(url: str, before: tuple[list[float], list[float]]) -> str:
     """The server's own view of a phase's refusals (its histogram's growth): from a
     request's first byte at the server to its 429/503 answer, no client cost in it."""
@@ -80,9 +89,8 @@ def server_refusals(url: str, before: tuple[list[float], list[float]]) -> str:
     if not delta or not delta[-1]:
         return "no refusals"
     p50, p99 = (histogram_quantile(bounds, delta, q) * 1e3 for q in (0.5, 0.99))
-    lag = httpx.get(url + "/metrics").text.split("predlat_event_loop_lag_seconds ")[1]
-    return (f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (bucketed); event-loop lag p99 "
-            f"{float(lag.split()[0]) * 1e3:.1f} ms")  # fmt: skip
+    lag = gauge(url, "predlat_event_loop_lag_seconds") * 1e3
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (bucketed); event-loop lag p99 {lag:.1f} ms"
 
 
 def report(name: str, r: dict, deadline_ms: float) -> None:
