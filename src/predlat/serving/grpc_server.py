@@ -191,6 +191,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             ticket = Refusal(503, "shutting_down", "server is shutting down")
         if isinstance(ticket, Refusal):
             service.metrics.observe_refusal(spec.name, ticket.reason)
+            service.metrics.refusal_latency.observe(time.perf_counter() - arrived)
             await context.abort(_CODES.get(ticket.status, grpc.StatusCode.UNAVAILABLE),
                                 ticket.message)  # fmt: skip
         answered_s = None
