@@ -171,7 +171,7 @@ class ServingMetrics:
         )
         self.refusal_latency = Histogram(
             "predlat_refusal_latency_seconds",
-            "From a refused infer request's first byte at the server to its 429/503 answer",
+            "From a refused infer request's first byte (gRPC: its handler) to the answer",
             buckets=_REFUSAL_BUCKETS,
             registry=r,
         )
