@@ -153,7 +153,7 @@ class Forecaster:
         self.fill_step = fill_step
         # Median correction of every forecast latency (see the module doc).
         self.correct = correct and self.kind != "solo"
-        self.correction = 1.0
+        self.correction = prior.correction if self.correct else 1.0
         self._up, self._down = math.exp(correct_step), math.exp(-correct_step)
         self._decided: dict[int, float] = {}  # released batch -> when it was forecast
 
