@@ -10,6 +10,7 @@ import pytest
 from predlat.errors import ConfigError
 from predlat.predict import Forecaster, RunningBatch, make_predictor
 from predlat.predict.colocation import ewma_loads
+from predlat.predict.replay import calibrate_forecast
 from predlat.predict.synthetic import SlowdownLaw, law_records, synthetic_profile
 from predlat.traces.records import BatchRecord, attach_timelines
 
@@ -277,3 +278,18 @@ def test_forecast_residuals_are_measured_from_the_decision(fine):
     lag = 0.5 * solo(LARGE)
     _run_biased(fc, 1.0, 40, lag=lag)
     assert fc.calibrator.quantile(0.5) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_training_replay_hands_its_median_correction_on():
+    """Records 1.3 x slower than the law the predictor was fitted on: the training
+    replay's correction is where new forecasters start (not the solo view's)."""
+    fitted = make_predictor("fine", PROFILE, calibrate_forecast=False)
+    fitted.fit(law_records(PROFILE, LAW, 300, seed=1))
+    slow = [
+        BatchRecord(i, LARGE[0], LARGE[1], 0, t, t, t + 1.3 * solo(LARGE))
+        for i, t in enumerate(x * 10.0 * solo(LARGE) for x in range(150))
+    ]
+    fitted.forecast_prior = calibrate_forecast(fitted, attach_timelines(slow))
+    assert fitted.forecast_prior.correction == pytest.approx(1.3, rel=0.03)
+    assert Forecaster(fitted, PROFILE).correction == fitted.forecast_prior.correction
+    assert Forecaster(fitted, PROFILE, correct=False).correction == 1.0
