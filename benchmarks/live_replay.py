@@ -9,7 +9,9 @@
 
 A replay keeps the recorded dispatch decisions whatever the predictor: it measures the
 forecasts, not the schedules they would have led to. It runs in seconds, so forecaster
-and predictor changes can be judged before a device run confirms them.
+and predictor changes can be judged before a device run confirms them. Other processes'
+CPU share during each recorded run is kept and printed: on a shared machine it, more
+than the predictor, is often what the error measures.
 """
 
 from __future__ import annotations
@@ -42,15 +44,27 @@ def record(args: argparse.Namespace) -> None:
         for load in args.loads:
             for name in ("coarse", "predlat"):
                 captured = []
-                runner_metrics = _run_capturing(runner, config, name, load, seed, captured)
-                print(f"load {load} seed {seed} {name}: live err {runner_metrics:.3f}")
-                runs.append({"policy": name, "load": load, "seed": seed, "batches": captured})
+                metrics = _run_capturing(runner, config, name, load, seed, captured)
+                print(
+                    f"load {load} seed {seed} {name}: live err "
+                    f"{metrics['live_forecast_err']:.3f}, others' CPU "
+                    f"{metrics['foreign_cpu_frac']:.2f}"
+                )
+                runs.append(
+                    {
+                        "policy": name,
+                        "load": load,
+                        "seed": seed,
+                        "foreign_cpu_frac": metrics["foreign_cpu_frac"],
+                        "batches": captured,
+                    }
+                )
     blob = {"profile": setup.profile, "history": setup.records, "runs": runs}
     with open(args.path, "wb") as fh:
         pickle.dump(blob, fh)
 
 
-def _run_capturing(runner, config, name, load, seed, captured) -> float:
+def _run_capturing(runner, config, name, load, seed, captured) -> dict[str, float]:
     """One device run whose (record, dispatch) stream lands in `captured`."""
     import predlat.experiments.compare_runs as cr
 
@@ -65,7 +79,7 @@ def _run_capturing(runner, config, name, load, seed, captured) -> float:
         result = runner(RunSpec(config.policy(name), load, seed))
     finally:
         cr.live_forecast = original
-    return result.metrics["live_forecast_err"]
+    return result.metrics
 
 
 def replay_stream(forecaster: Forecaster, batches) -> list[tuple]:
@@ -121,6 +135,8 @@ def replay(args: argparse.Namespace) -> None:
             m = live_forecast(replay_stream(fc, run["batches"]))
             table[(*key, label)].append((m["live_forecast_err"], m["planned_end_exceeded"]))
     print("load  stream   variant               live_err  >planned")
+    foreign = [r.get("foreign_cpu_frac", np.nan) for r in blob["runs"]]
+    print("others' CPU share per run:", ", ".join(f"{f:.2f}" for f in foreign))
     for key in sorted(table):
         err, over = np.array(table[key]).mean(axis=0)
         print(f"{key[0]:4}  {key[1]:8} {key[2]:20} {err:8.3f} {over:8.3f}")
