@@ -1,13 +1,20 @@
-"""Server overhead over gRPC on the tiny model, open loop (the HTTP figures: bench_server).
+"""Server overhead over gRPC on the tiny model, open loop, against HTTP on the same server.
 
-    PYTHONPATH=src python3 benchmarks/bench_grpc.py [--rate 200] [--duration 10]
+    PYTHONPATH=src python3 benchmarks/bench_grpc.py [--rate 200] [--duration 5] [--rounds 3]
+        [--server-cmd "python -m predlat"]
 
-`predlat serve --models tiny` runs in a process of its own; a grpc.aio client sends
-ModelInfer requests (raw tensor contents, as tritonclient.grpc does) on a Poisson
-schedule. Per answer: end-to-end latency minus the batch's device time
+`predlat serve --models tiny` runs in a process of its own, with both front ends. Each
+round offers --rate req/s on a Poisson schedule for --duration s over gRPC (a grpc.aio
+client sending ModelInfer with raw tensor contents, as tritonclient.grpc does), then the
+same over HTTP (bench_server's lean keep-alive client, binary tensors): interleaved, so
+both see the same machine. Per answer: end-to-end latency minus the batch's device time
 (`predlat_compute_ms`, the overhead the issue's targets are about: p50 < 1 ms, p99 < 5 ms)
-and minus the runtime's arrival-to-end time (`predlat_latency_ms`: gRPC, decoding,
-encoding and the hand-offs only).
+and minus the runtime's arrival-to-end time (`predlat_latency_ms`: the front end,
+decoding, encoding and the hand-offs only); and, from the server's own histogram
+(`predlat_server_overhead_seconds`, bucketed), the handler time outside the runtime,
+which no client cost inflates. Figures are per round, then the median of the rounds.
+Client and server share the machine's cores, so the client's own cost is in the
+client-side figures (the same for both transports only as far as the clients are alike).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -23,19 +31,24 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from bench_server import OVERHEAD_METRIC, histogram, histogram_quantile
+from bench_server import open_loop as http_open_loop
 
-def start_server(rate_hint: float) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "predlat", "serve", "--models", "tiny", "--port", "0",
+FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime", "server side")
+
+
+def start_server(server_cmd: str) -> tuple[subprocess.Popen, str, str]:
+    """The server and its HTTP URL and gRPC address (the first two lines it prints)."""
+    command = [*shlex.split(server_cmd), "serve", "--models", "tiny", "--port", "0",
                "--grpc-port", "0", "--no-progress"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
-    for _ in range(2):
-        line = process.stdout.readline()
-        match = re.search(r"gRPC on ([\d.]+:\d+)", line)
-        if match:
-            return process, match.group(1)
-    process.kill()
-    raise SystemExit("server did not start its gRPC front end")
+    http = re.search(r"http://[\d.]+:\d+", process.stdout.readline())
+    address = re.search(r"gRPC on ([\d.]+:\d+)", process.stdout.readline())
+    if http is None or address is None:
+        process.kill()
+        raise SystemExit("server did not start both front ends")
+    return process, http.group(0), address.group(1)
 
 
 def request() -> service_pb2.ModelInferRequest:
@@ -46,12 +59,13 @@ def request() -> service_pb2.ModelInferRequest:
     return req
 
 
-async def open_loop(address: str, rate: float, duration: float) -> list[tuple[float, ...]]:
+async def grpc_open_loop(address: str, rate: float, duration: float, seed: int) -> np.ndarray:
+    """Rows of (end to end, minus compute, minus runtime) in ms, one per answer."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         req = request()
         await stub.ModelInfer(req)  # warm the channel
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
         times = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * duration)))
         out: list[tuple[float, ...]] = []
 
@@ -74,27 +88,63 @@ async def open_loop(address: str, rate: float, duration: float) -> list[tuple[fl
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one()))
         await asyncio.gather(*tasks)
-        return out
+        return np.asarray(out) * 1e3
+
+
+def grpc_round(address: str, args: argparse.Namespace, seed: int) -> tuple[int, np.ndarray]:
+    rows = asyncio.run(grpc_open_loop(address, args.rate, args.duration, seed))
+    return len(rows), np.percentile(rows, [50, 99], axis=0).T  # (figure, p50/p99)
+
+
+def http_round(url: str, args: argparse.Namespace, seed: int) -> tuple[int, np.ndarray]:
+    r = asyncio.run(http_open_loop(url, args.rate, args.duration, seed))
+    keys = ("latency_ms", "overhead_vs_device_ms", "overhead_http_only_ms")
+    return r["status_codes"].get("200", 0), np.array([[r[k]["p50"], r[k]["p99"]] for k in keys])
+
+
+def server_side(url: str, before: tuple[list[float], list[float]]) -> np.ndarray:
+    """p50/p99 (ms) of the handler time outside the runtime the server measured over a
+    phase (its histogram's growth): the front end's own cost, without the client's."""
+    bounds, counts = histogram(url, OVERHEAD_METRIC)
+    delta = [a - b for a, b in zip(counts, before[1], strict=True)]
+    return np.array([histogram_quantile(bounds, delta, q) * 1e3 for q in (0.5, 0.99)])
+
+
+def print_round(name: str, answered: int | None, figures: np.ndarray) -> None:
+    cells = "; ".join(
+        f"{f} p50 {p50:.3f} p99 {p99:.3f}" for f, (p50, p99) in zip(FIGURES, figures, strict=True)
+    )
+    count = "" if answered is None else f"{answered:5d} answered: "
+    print(f"  {name:<5} {count}{cells}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--server-cmd", default=f"{sys.executable} -m predlat")
     args = parser.parse_args()
-    process, address = start_server(args.rate)
+    process, url, address = start_server(args.server_cmd)
+    results: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": []}
     try:
         time.sleep(1.0)
-        rows = np.asarray(asyncio.run(open_loop(address, args.rate, args.duration))) * 1e3
+        asyncio.run(http_open_loop(url, 100, 1.0, seed=99))  # warm-up
+        print(f"tiny, {args.rate:g} req/s open loop for {args.duration:g} s per phase (ms):")
+        for i in range(args.rounds):
+            for name, phase in (("gRPC", grpc_round), ("HTTP", http_round)):
+                before = histogram(url, OVERHEAD_METRIC)
+                answered, figures = phase(address if name == "gRPC" else url, args, i)
+                figures = np.vstack([figures, server_side(url, before)])
+                print_round(name, answered, figures)
+                results[name].append(figures)
     finally:
         process.terminate()
         process.wait(30)
-    sent = int(args.rate * args.duration)
-    print(f"gRPC, tiny, {args.rate:g} req/s open loop: {len(rows)} answered of {sent}")
-    for i, name in enumerate(("end to end", "overhead (minus compute)", "outside the runtime")):
-        p50, p99 = np.percentile(rows[:, i], [50, 99])
-        print(f"  {name:<26} p50 {p50:7.3f} ms   p99 {p99:7.3f} ms")
-    print("  targets: overhead p50 < 1 ms, p99 < 5 ms")
+    print(f"median of {args.rounds} rounds (ms):")
+    for name, rounds in results.items():
+        print_round(name, None, np.median(np.stack(rounds), axis=0))
+    print("  targets: overhead p50 < 1 ms, p99 < 5 ms (both transports)")
 
 
 if __name__ == "__main__":

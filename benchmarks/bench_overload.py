@@ -13,7 +13,10 @@ time, JSON and binary tensors alike, against `predlat serve` in a process of its
    request with the deadline, and print the issue's figures:
    - p99 latency of requests answered 200 (target: <= the deadline);
    - p99 time to a refusal (target: <= 5 ms), and how many refusals the door made
-     (before the body) against those the scheduler made after queueing;
+     (before the body) against those the scheduler made after queueing; the client's
+     figure (it shares the cores, and writing a 3 MB JSON body holds up its own loop),
+     then the server's own (`predlat_refusal_latency_seconds`: from the request's first
+     byte at the server to the answer) with the server's event-loop lag;
    - nothing lost: answered + refused == sent, and the server's /metrics agree.
 --rate R skips the probe and offers R req/s (the same load to two versions compared).
 """
@@ -27,8 +30,12 @@ import sys
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
+from bench_server import histogram, histogram_quantile
 from predlat.serving.loadgen import LoadConfig, run
+
+REFUSAL_METRIC = "predlat_refusal_latency_seconds"
 
 # The probe doubles its rate (at most this many times) while it meets more than this
 # share of what it offers.
@@ -64,6 +71,26 @@ def offer(url: str, args: argparse.Namespace, rate: float, seconds: float, binar
                         deadline_ms=args.deadline_ms, binary=binary, seed=args.seed,
                         timeout_s=max(5.0, 20 * args.deadline_ms / 1e3))  # fmt: skip
     return run(config, progress=False)
+
+
+def gauge(url: str, name: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return float("nan")
+
+
+def server_refusals(url: str, before: tuple[list[float], list[float]]) -> str:
+    """The server's own view of a phase's refusals (its histogram's growth): from a
+    request's first byte at the server to its 429/503 answer, no client cost in it."""
+    bounds, counts = histogram(url, REFUSAL_METRIC)
+    delta = [a - b for a, b in zip(counts, before[1], strict=True)]
+    if not delta or not delta[-1]:
+        return "no refusals"
+    p50, p99 = (histogram_quantile(bounds, delta, q) * 1e3 for q in (0.5, 0.99))
+    lag = gauge(url, "predlat_event_loop_lag_seconds") * 1e3
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (bucketed); event-loop lag p99 {lag:.1f} ms"
 
 
 def report(name: str, r: dict, deadline_ms: float) -> None:
@@ -120,8 +147,10 @@ def main() -> None:
             offer(url, args, args.probe_rate, args.warmup, binary=True)
         rate = args.rate or args.factor * probe_capacity(url, args)
         for binary in (True, False):
+            before = histogram(url, REFUSAL_METRIC)
             r = offer(url, args, rate, args.duration, binary)
             report("binary tensors" if binary else "JSON tensors", r, args.deadline_ms)
+            print(f"  refusals as the server timed them: {server_refusals(url, before)}")
     finally:
         process.terminate()
         process.wait(30)

@@ -10,6 +10,7 @@ import pytest
 from predlat.errors import ConfigError
 from predlat.predict import Forecaster, RunningBatch, make_predictor
 from predlat.predict.colocation import ewma_loads
+from predlat.predict.replay import calibrate_forecast
 from predlat.predict.synthetic import SlowdownLaw, law_records, synthetic_profile
 from predlat.traces.records import BatchRecord, attach_timelines
 
@@ -72,7 +73,7 @@ def test_candidate_arriving_mid_batch_uses_the_running_batch_progress(fine):
 
 
 def test_past_co_location_is_tracked_from_events(fine):
-    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7)
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-7, correct=False)
     t1, t2 = 0.1 * solo(LARGE), 0.4 * solo(LARGE)
     fc.on_dispatch(batch(1, LARGE, 0.0))
     fc.on_dispatch(batch(2, SMALL, t1))
@@ -149,7 +150,7 @@ def test_recent_load_fills_freed_slots(fine):
     )
     forecasts = {}
     for fill in ("none", "revert"):
-        fc = Forecaster(fine, PROFILE, fill=fill, adapt_fill=False, learn=False)
+        fc = Forecaster(fine, PROFILE, fill=fill, adapt_fill=False, learn=False, correct=False)
         for r in recs:
             fc.on_dispatch(batch(r.batch_id, SMALL, 0.0))
         fc.on_dispatch(batch(10, LARGE, 0.0))
@@ -199,7 +200,7 @@ def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():
     law = SlowdownLaw(base=1.0, count=0.0, compute=0.0, memory=0.0, oversub=1.0)
     train = law_records(PROFILE, law, 400, seed=4, max_co=3)
     fine = make_predictor("fine", PROFILE, calibrate_forecast=False).fit(train)
-    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9)
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9, correct=False)
     fc.on_dispatch(batch(1, LARGE, 0.0))
     fc.on_dispatch(batch(2, LARGE, 0.0))
     ends = fc.forecast(0.0, [batch(3, SMALL, 0.0)])
@@ -209,13 +210,13 @@ def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():
     for i in (1, 2):
         assert ends[i].mean == pytest.approx(pair_root(solo(LARGE), short), rel=1e-4)
     # Three identical batches: 1.5x all along.
-    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9)
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9, correct=False)
     fc.on_dispatch(batch(1, SMALL, 0.0))
     fc.on_dispatch(batch(2, SMALL, 0.0))
     ends = fc.forecast(0.0, [batch(3, SMALL, 0.0)])
     assert [e.mean for e in ends.values()] == pytest.approx([short] * 3, rel=1e-4)
     # The same from the past: the small batch has finished, tracked from events.
-    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9)
+    fc = Forecaster(fine, PROFILE, fill="none", tol=1e-9, correct=False)
     for i, key in ((1, LARGE), (2, LARGE), (3, SMALL)):
         fc.on_dispatch(batch(i, key, 0.0))
     fc.on_complete(BatchRecord(3, SMALL[0], SMALL[1], 2, 0.0, 0.0, short))
@@ -240,3 +241,55 @@ def test_bad_options_are_config_errors(fine):
         Forecaster(fine, PROFILE, fill="always")
     with pytest.raises(ConfigError, match="quantile"):
         Forecaster(fine, PROFILE, quantile=1.5)
+
+
+def _run_biased(fc: Forecaster, factor: float, n: int, lag: float = 0.0) -> float:
+    """n batches of LARGE alone, each really `factor` x its solo latency from the device
+    start, which is `lag` s after the decision; returns the last forecast latency."""
+    t, predicted = 0.0, 0.0
+    for i in range(n):
+        predicted = fc.forecast(t, [batch(i, LARGE, t)])[i].mean - t
+        fc.on_dispatch(batch(i, LARGE, t), predicted)
+        start = t + lag
+        end = start + factor * solo(LARGE)
+        fc.on_complete(BatchRecord(i, LARGE[0], LARGE[1], 0, t, start, end))
+        t = end + 1.0
+    return predicted
+
+
+def test_median_correction_removes_a_bias_the_features_cannot_see(fine):
+    fc = Forecaster(fine, PROFILE, fill="none", learn=False)
+    assert _run_biased(fc, 1.3, 120) == pytest.approx(1.3 * solo(LARGE), rel=0.02)
+    plain = Forecaster(fine, PROFILE, fill="none", learn=False, correct=False)
+    assert _run_biased(plain, 1.3, 120) == pytest.approx(solo(LARGE), rel=1e-3)
+
+
+def test_solo_forecasts_stay_uncorrected():
+    solo_model = make_predictor("solo", PROFILE, calibrate_forecast=False)
+    solo_model.fit(law_records(PROFILE, LAW, 20, seed=5))
+    fc = Forecaster(solo_model, PROFILE, learn=False)
+    assert _run_biased(fc, 1.3, 60) == pytest.approx(solo(LARGE), rel=1e-6)
+
+
+def test_forecast_residuals_are_measured_from_the_decision(fine):
+    """A batch that runs exactly as forecast but starts `lag` late ends late for the
+    scheduler: its residual counts the lag."""
+    fc = Forecaster(fine, PROFILE, fill="none", learn=False, correct=False, window=40)
+    lag = 0.5 * solo(LARGE)
+    _run_biased(fc, 1.0, 40, lag=lag)
+    assert fc.calibrator.quantile(0.5) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_training_replay_hands_its_median_correction_on():
+    """Records 1.3 x slower than the law the predictor was fitted on: the training
+    replay's correction is where new forecasters start (not the solo view's)."""
+    fitted = make_predictor("fine", PROFILE, calibrate_forecast=False)
+    fitted.fit(law_records(PROFILE, LAW, 300, seed=1))
+    slow = [
+        BatchRecord(i, LARGE[0], LARGE[1], 0, t, t, t + 1.3 * solo(LARGE))
+        for i, t in enumerate(x * 10.0 * solo(LARGE) for x in range(150))
+    ]
+    fitted.forecast_prior = calibrate_forecast(fitted, attach_timelines(slow))
+    assert fitted.forecast_prior.correction == pytest.approx(1.3, rel=0.03)
+    assert Forecaster(fitted, PROFILE).correction == fitted.forecast_prior.correction
+    assert Forecaster(fitted, PROFILE, correct=False).correction == 1.0

@@ -68,14 +68,15 @@ def test_not_a_predictor_file(tmp_path: Path) -> None:
         load_predictor(bad, PROFILE)
     foreign = tmp_path / "y.json"
     foreign.write_text(
-        '{"format": "predlat-predictor", "format_version": 2, "profile": {}, "state": {}}'
+        '{"format": "predlat-predictor", "format_version": 3, "profile": {}, "state": {}}'
     )
     with pytest.raises(PredictorFileError, match="another profile"):
         load_predictor(foreign, PROFILE)
     old = tmp_path / "z.json"
-    old.write_text('{"format": "predlat-predictor", "format_version": 1, "state": {}}')
-    with pytest.raises(PredictorFileError, match="fit it again"):
-        load_predictor(old, PROFILE)
+    for version in (1, 2):  # 2: before the RLS prior
+        old.write_text(f'{{"format": "predlat-predictor", "format_version": {version}}}')
+        with pytest.raises(PredictorFileError, match="fit it again"):
+            load_predictor(old, PROFILE)
 
 
 def test_fit_command_writes_a_predictor_that_loads(tmp_path: Path, capsys) -> None:

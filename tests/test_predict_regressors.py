@@ -168,3 +168,55 @@ def test_positive_definite_check_of_the_guard():
         M = (q * eig) @ q.T
         assert _positive_definite((0.5 * (M + M.T)).tolist()) is expected
     assert not _positive_definite(np.zeros((8, 8)).tolist())  # singular
+
+
+def _collinear_setup(prior: float):
+    """RLS fitted where the co-runner count varies (0..2), then fed a full-load stream
+    whose count is about 1 on every batch: intercept and count become collinear."""
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, 3, 400).astype(float)
+    X = np.c_[np.ones(400), c, rng.uniform(0.5, 1.5, 400)]
+    w_true = np.array([0.8, 0.4, 0.2])
+    reg = RLS(3, lam=0.99, prior=prior).fit(X, X @ w_true + rng.normal(0, 0.02, 400))
+    stream = np.random.default_rng(1)
+
+    def feed(steps: int, shift: float = 0.0) -> None:
+        for _ in range(steps):
+            x = np.array([1.0, 1.0 + stream.normal(0, 0.02), stream.uniform(0.5, 1.5)])
+            reg.learn_one(x, float(x @ w_true) + shift + stream.normal(0, 0.02))
+
+    return reg, feed
+
+
+UNEXCITED = np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0)  # intercept up, count down
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0])
+def test_rls_prior_keeps_fitted_weights_along_an_unexcited_direction(prior):
+    reg, feed = _collinear_setup(prior)
+    fitted = reg.w_prior.copy()
+    feed(1000)  # the information along UNEXCITED is forgotten
+    feed(30, shift=0.6)  # a burst of slow batches
+    feed(30)
+    drift = abs(float(UNEXCITED @ (reg.w - fitted)))
+    if prior:
+        assert drift < 0.05
+    else:  # what the prior prevents: the burst's noise moved the weights along it
+        assert drift > 0.2
+
+
+def test_rls_prior_still_learns_a_shift_in_an_excited_direction():
+    reg, feed = _collinear_setup(1.0)
+    feed(500)
+    feed(300, shift=0.3)
+    x = [1.0, 1.0, 1.0]
+    assert reg.predict_one(x) == pytest.approx(1.4 + 0.3, abs=0.03)
+
+
+def test_rls_prior_is_a_guard_too():
+    reg = RLS(2, lam=0.9, delta=100.0, prior=1.0, check_every=8)
+    reg.fit([[1.0, 0.0], [0.0, 1.0]], [1.0, 2.0])
+    for _ in range(200):  # only the first direction excited: P must stay bounded there
+        reg.learn_one([1.0, 0.0], 1.0)
+    assert np.linalg.eigvalsh(reg.P).max() <= 1.0 + 1e-9
+    assert reg.w[1] == pytest.approx(2.0, abs=1e-4)  # (the fit, held)

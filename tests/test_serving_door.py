@@ -22,7 +22,8 @@ from predlat.models.spec import ModelSpec
 from predlat.scheduling.request import Priority
 from predlat.serving import decode
 from predlat.serving.admission import Door, DoorPolicy, late_for_decode
-from predlat.serving.app import ServerConfig, create_app
+from predlat.serving.app import InferenceService, ServerConfig, create_app
+from predlat.serving.protocol import ARRIVED_SCOPE_KEY
 from predlat.serving.server import BackgroundServer
 from serving_fakes import FakeRuntime
 
@@ -136,6 +137,27 @@ def test_deadline_below_forecast_is_refused_from_headers_alone(runtime, spec):
     assert "200.0 ms" in tight.json()["error"]
     assert roomy.status_code == 200
     assert not any(deadline < 0.4 for _, deadline, _ in runtime.submitted)
+
+
+def test_refusal_latency_is_timed_from_the_first_byte(runtime, spec, monkeypatch):
+    stamped = []
+    real = InferenceService.infer
+
+    async def infer(self, request):  # what the server's protocol put in the scope
+        stamped.append(request.scope.get(ARRIVED_SCOPE_KEY))
+        return await real(self, request)
+
+    monkeypatch.setattr(InferenceService, "infer", infer)
+    with (
+        serve(runtime, spec, forecast=lambda model, priority, waiting: 0.2) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        before = time.perf_counter()
+        tight = client.post(INFER, content=body(), headers={"predlat-deadline-ms": "50"})
+        timed = samples(client, "predlat_refusal_latency_seconds_count")
+    assert tight.status_code == 503
+    assert timed == {(): 1.0}
+    assert len(stamped) == 1 and before < stamped[0] < time.perf_counter()
 
 
 def test_late_work_policy_reject_by_default_delay_on_request(runtime, spec):

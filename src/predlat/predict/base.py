@@ -61,6 +61,7 @@ class ForecastPrior:
     residuals: list[float] = field(default_factory=list)  # relative forecast residuals
     fill: str = ""  # the fill mode the gain was learnt with
     fill_gain: float = 1.0
+    correction: float = 1.0  # the median correction at the replay's end (see Forecaster)
 
 
 class BasePredictor:

@@ -17,12 +17,22 @@ The amount filled in is scaled by a gain adapted online (adapt_fill) so that abo
 the batches end after their forecast: a median forecast, which minimises the relative
 error when the future is uncertain.
 
+Every forecast latency is multiplied by a median correction (`correct`, on by default
+except for the solo view, which must stay interference-blind): a running median of
+actual / forecast latency, stepped by a factor exp(+-correct_step) per finished batch.
+What a predictor's features cannot see (a co-tenant, a slow phase of the run) biases
+all its forecasts alike; the correction removes that bias within ~1 / correct_step
+batches, for every view.
+
 Forecast quantiles come from split-conformal calibration of this device's own forecast
-residuals (forecast at dispatch vs actual), seeded from the predictor's training replay.
+residuals (forecast at the dispatch decision vs the batch's end, both measured from the
+decision: the dispatch lag is part of what the scheduler must plan for), seeded from the
+predictor's training replay.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +54,8 @@ from predlat.traces.records import BatchRecord
 FILL_MODES = ("revert", "none")
 # Smoothing of the recent co-runner statistics (count, features, mean latency).
 RECENT_ALPHA = 0.05
+# The median correction's range: a factor beyond it means a broken predictor, not bias.
+MAX_CORRECTION = 4.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,8 @@ class Forecaster:
     """Stateful forecaster of one device's batch end times (see module doc).
 
     Options: fill ("revert" | "none", see the module doc) with adapt_fill and
-    fill_step (online median tracking of the fill gain); learn (default True): feed
+    fill_step (online median tracking of the fill gain); correct and correct_step (the
+    median correction, see the module doc); learn (default True): feed
     completions to the predictor's learn_one; iterations / tol: fixed-point limits (tol
     relative to the forecast horizon); window, default_margin: calibration of the forecast
     quantile from this device's recent forecast residuals."""
@@ -95,6 +108,8 @@ class Forecaster:
         default_margin: float | None = None,
         adapt_fill: bool = True,
         fill_step: float = 0.01,
+        correct: bool = True,
+        correct_step: float = 0.01,
     ):
         if not 0.0 < quantile < 1.0:
             raise ConfigError(f"forecast quantile must be in (0, 1), got {quantile}")
@@ -136,6 +151,11 @@ class Forecaster:
         self.fill_gain = prior.fill_gain if prior.fill == fill else 1.0
         self.adapt_fill = adapt_fill
         self.fill_step = fill_step
+        # Median correction of every forecast latency (see the module doc).
+        self.correct = correct and self.kind != "solo"
+        self.correction = prior.correction if self.correct else 1.0
+        self._up, self._down = math.exp(correct_step), math.exp(-correct_step)
+        self._decided: dict[int, float] = {}  # released batch -> when it was forecast
 
     # -- events ------------------------------------------------------------------------
     def running(self) -> list[RunningBatch]:
@@ -180,16 +200,28 @@ class Forecaster:
             return None
         self._runs_version += 1
         self._state.end(run.f)
+        decided = self._decided
+        decided[record.batch_id] = run.batch.start
+        if len(decided) > 1024:  # released but never learned from (a failed batch)
+            del decided[next(iter(decided))]
         return run.predicted
 
     def learn(self, record: BatchRecord, predicted: float | None = None) -> None:
         """What a released batch teaches: the forecast residual (quantile calibration and
-        fill gain), the recent co-location and, if learning is on, the predictor."""
-        if predicted is not None and predicted > 0 and record.latency > 0:
-            self.calibrator.add(record.latency / predicted - 1.0)
+        fill gain, median correction), the recent co-location and, if learning is on, the
+        predictor. The forecast and the actual latency are both measured from when the
+        forecast was made (the dispatch decision)."""
+        decided = self._decided.pop(record.batch_id, record.start)
+        actual = record.end - decided
+        if predicted is not None and predicted > 0 and actual > 0 and record.latency > 0:
+            self.calibrator.add(actual / predicted - 1.0)
+            late = actual > predicted
             if self.adapt_fill and self.fill:
-                step = self.fill_step if record.latency > predicted else -self.fill_step
+                step = self.fill_step if late else -self.fill_step
                 self.fill_gain = min(2.0, max(0.0, self.fill_gain + step))
+            if self.correct:
+                corr = self.correction * (self._up if late else self._down)
+                self.correction = min(MAX_CORRECTION, max(1.0 / MAX_CORRECTION, corr))
         self._observe_co_location(record)
         if self.learn_online:
             self.predictor.learn_one(record)
@@ -233,9 +265,10 @@ class Forecaster:
             lats = self._static(now, runs, candidates, solos, a_s, betas, feats)
 
         margin = 1.0 + self.calibrator.quantile(self.q)
+        corr = self.correction
         out = {}
         for i in range(n_all):
-            s, lat = starts[i], lats[i]
+            s, lat = starts[i], lats[i] * corr
             mean = s + lat
             floor = now + OVERRUN_FRACTION * (now - s)
             if mean < floor:

@@ -29,7 +29,7 @@ from predlat.predict.base import BasePredictor
 from predlat.profiling.profile import Profile
 
 FORMAT = "predlat-predictor"
-FORMAT_VERSION = 2  # 2: the predictor family as small classes, ForecastPrior
+FORMAT_VERSION = 3  # 2: the predictor family as small classes, ForecastPrior; 3: RLS prior
 _ALLOWED_PREFIX = "predlat."
 
 
@@ -91,7 +91,7 @@ def load_predictor(path: str | Path, profile: Profile) -> BasePredictor:
     if doc.get("format_version", 0) < FORMAT_VERSION:
         raise PredictorFileError(
             f"{path} has predictor format {doc.get('format_version')}, from an older predlat "
-            f"whose predictor classes are gone: fit it again (predlat fit)"
+            f"whose predictor state this one cannot read: fit it again (predlat fit)"
         )
     _check_profile(path, doc.get("profile", {}), profile_identity(profile))
     predictor = _Decoder(profile).decode(doc["state"])

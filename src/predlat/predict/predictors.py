@@ -195,8 +195,10 @@ class FineSgdPredictor(FinePredictor):
 
 
 class FineRlsPredictor(FinePredictor):
-    """fine, updated online by recursive least squares: forgetting factor lam, prior
-    scale delta, innovations clipped past huber running medians (0: off)."""
+    """fine, updated online by recursive least squares: forgetting factor lam, initial
+    uncertainty delta, innovations clipped past huber running medians (0: off), the
+    fitted weights kept as a prior of strength `prior` where recent data is weaker
+    (see RLS; 0: off)."""
 
     name = "fine-rls"
 
@@ -207,13 +209,21 @@ class FineRlsPredictor(FinePredictor):
         lam: float = 0.99,
         delta: float = 100.0,
         huber: float = 0.0,
+        prior: float = 1.0,
         **kw: Any,
     ):
-        self.lam, self.delta, self.huber = lam, delta, huber
+        self.lam, self.delta, self.huber, self.prior = lam, delta, huber, prior
         super().__init__(profile, **kw)
 
     def make_regressor(self, dim: int) -> LinearRegressor:
-        return RLS(dim, lam=self.lam, delta=self.delta, alpha=self.alpha, huber=self.huber)
+        return RLS(
+            dim,
+            lam=self.lam,
+            delta=self.delta,
+            alpha=self.alpha,
+            huber=self.huber,
+            prior=self.prior,
+        )
 
 
 PREDICTORS: dict[str, type] = {
@@ -264,7 +274,8 @@ def make_predictor(name: str, profile: Profile, **options: Any) -> Any:
     default_margin (quantile calibration), calibrate_forecast (replay the training data
     in forecast mode to calibrate forecast quantiles; default True) and oversub (the CPU
     oversubscription channel; default True, absent on accelerators); the linear ones
-    alpha (ridge penalty); ewma tau (s); fine-sgd lr; fine-rls lam, delta and huber."""
+    alpha (ridge penalty); ewma tau (s); fine-sgd lr; fine-rls lam, delta, huber and
+    prior."""
     cls = predictor_class(name)
     try:
         return cls(profile, **options)

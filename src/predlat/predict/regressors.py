@@ -116,6 +116,17 @@ class RLS(LinearRegressor):
     ~1 / (1 - lam) batches. The median follows a shift that makes most innovations
     large within tens of updates, but a real shift is still learned more slowly: the
     trade (robustness to outside load for slower adaptation) is why it is an option.
+
+    Prior (`prior` > 0; off by default): the fitted weights stay a prior wherever the
+    recent data carries less information than `prior` (in units of x x'). Forgetting
+    lets the information in a direction the stream no longer excites decay to nothing
+    (at full load the co-runner count is about 1 on every batch, so intercept and count
+    are collinear); the weights then wander along it with the noise, and the forecasts
+    of the next batch that does excite it are far off. Every `check_every` updates the
+    posterior (w, P^-1) is combined with a pseudo-observation of the fitted weights
+    that tops the information up to `prior` in each eigen-direction short of it
+    (stabilised forgetting): well-informed directions learn exactly as before, and
+    the cost is one small eigendecomposition per `check_every` updates.
     """
 
     online = True
@@ -129,12 +140,15 @@ class RLS(LinearRegressor):
         check_every: int = 32,
         huber: float = 0.0,
         scale_rate: float = 0.05,
+        prior: float = 0.0,
     ):
         super().__init__(dim)
         if not 0.0 < lam <= 1.0:
             raise ValueError(f"forgetting factor must be in (0, 1], got {lam}")
         if huber < 0:
             raise ValueError(f"huber threshold must be non-negative, got {huber}")
+        if prior < 0:
+            raise ValueError(f"prior strength must be non-negative, got {prior}")
         self.lam, self.delta, self.alpha, self.check_every = lam, delta, alpha, check_every
         self.huber = huber
         self.scale = 0.0  # running median of |innovation| (0: none seen yet)
@@ -143,6 +157,8 @@ class RLS(LinearRegressor):
         self.P = np.eye(dim) * delta
         self.max_eig = delta
         self._updates = 0
+        self.prior = prior
+        self.w_prior = np.zeros(dim)  # the fitted weights (the prior's centre)
 
     def fit(self, X, y) -> RLS:
         X = _as_2d(X)
@@ -157,6 +173,7 @@ class RLS(LinearRegressor):
         gram = X.T @ X * (memory / len(X))
         P = np.linalg.inv(gram + np.eye(self.dim) / self.delta)
         self.P = 0.5 * (P + P.T)
+        self.w_prior = w.copy()
         self._set(w)
         return self
 
@@ -174,10 +191,34 @@ class RLS(LinearRegressor):
             e = self._clip(e, y)
         P = (P - k[:, None] * px) / self.lam  # (np.outer, without its overhead)
         self._updates += 1
+        w = self.w + k * e
         if self._updates % self.check_every == 0:
-            P = self._guard(P)
+            if self.prior > 0.0:
+                P, w = self._top_up(P, w)
+            else:
+                P = self._guard(P)
         self.P = P
-        self._set(self.w + k * e)
+        self._set(w)
+
+    def _top_up(self, P: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The posterior (w, A = P^-1) combined with the prior's pseudo-observation
+        (information T = A' - A at w_prior, A' = A with eigenvalues raised to at least
+        `prior`): w' = A'^-1 (A w + T w_prior). Also the guard: P' is symmetric with
+        eigenvalues in (0, min(1 / prior, max_eig)]."""
+        P = 0.5 * (P + P.T)
+        if not np.isfinite(P).all():
+            return np.eye(self.dim) / self.prior, self.w_prior.copy()
+        mu, vec = np.linalg.eigh(P)  # A's eigenvalues are 1 / mu, same vectors
+        info = 1.0 / np.clip(mu, 1e-12, None)
+        floor = max(self.prior, 1.0 / self.max_eig)
+        short = info < floor
+        if not short.any():
+            return P, w
+        topped = np.where(short, floor, info)
+        # In A's eigenbasis: w' = (info * (V' w) + (topped - info) * (V' w_prior)) / topped
+        a, b = vec.T @ w, vec.T @ self.w_prior
+        w_new = vec @ ((info * a + (topped - info) * b) / topped)
+        return (vec / topped) @ vec.T, w_new
 
     def _clip(self, e: float, y: float) -> float:
         """The innovation clipped to the band (never narrower than 10% of the target:

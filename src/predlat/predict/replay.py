@@ -79,4 +79,6 @@ def calibrate_forecast(
         gains = [fc.fill_gain for fc in forecasters.values()]
         prior.fill = next(iter(forecasters.values())).fill or "none"
         prior.fill_gain = sum(gains) / len(gains)
+        corrections = [fc.correction for fc in forecasters.values()]
+        prior.correction = sum(corrections) / len(corrections)
     return prior

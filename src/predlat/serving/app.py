@@ -71,7 +71,7 @@ from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public na
 )
 from predlat.serving.decode import OffLoopDecoder, parse_header_length
 from predlat.serving.metrics import ServingMetrics
-from predlat.serving.protocol import HEADER_LENGTH, InferRequest, ProtocolError
+from predlat.serving.protocol import ARRIVED_SCOPE_KEY, HEADER_LENGTH, InferRequest, ProtocolError
 
 FRAMEWORKS = ("starlette", "fastapi")
 RESPONSE_SHARE = 0.2  # the most of a deadline reserved for the response path
@@ -154,7 +154,8 @@ class InferenceService:
 
     # -- inference -------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
-        arrived = time.perf_counter()  # the deadline clock starts here, not at submit
+        # The deadline clock starts at the request's first byte (server.py), not at submit.
+        arrived = request.scope.get(ARRIVED_SCOPE_KEY) or time.perf_counter()
         try:
             response, runtime_s = await self._infer(request, arrived)
         except ProtocolError as exc:

@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from predlat.models.spec import ModelSpec, TensorSpec
+from predlat.serving.handoff import SegmentPool, decode_shared
 from predlat.serving.protocol import (
     HEADER_LENGTH,
     InferRequest,
@@ -55,6 +56,7 @@ class OffLoopDecoder:
         self.pending = 0  # offloaded bodies waiting or being decoded
         self.seconds_per_byte = _INITIAL_SECONDS_PER_BYTE  # EWMA of measured decodes
         self.read_seconds_per_byte = 0.0  # EWMA of measured body reads
+        self._segments = SegmentPool(keep=4 * max(1, processes))
 
     def start(self) -> None:
         """Start and warm the workers (imports take ~1 s: not on the first request)."""
@@ -71,6 +73,7 @@ class OffLoopDecoder:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        self._segments.close()
 
     def forecast_wait(self, body_bytes: int, reading: bool = False) -> float:
         """Seconds a body of this size would spend waiting for and in decoding (and, with
@@ -109,14 +112,22 @@ class OffLoopDecoder:
         self, body: bytes, header_length: int | None, spec: ModelSpec
     ) -> InferRequest:
         if self._pool is not None:
-            loop = asyncio.get_running_loop()
+            segment = self._segments.put(body)  # not pickled under the GIL: handoff.py
+            call = (
+                (decode_infer_request, body)
+                if segment is None
+                else (decode_shared, segment.name, len(body))
+            )
             try:
-                return await loop.run_in_executor(
-                    self._pool, decode_infer_request, body, header_length, spec
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._pool, *call, header_length, spec
                 )
             except BrokenProcessPool:  # a worker died (OOM kill): keep serving on a thread
                 log.warning("decode worker pool broke; decoding on a thread from now on")
                 self._pool = None
+            finally:
+                if segment is not None:
+                    self._segments.give_back(segment)
         return await asyncio.to_thread(decode_infer_request, body, header_length, spec)
 
 

@@ -191,11 +191,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             ticket = Refusal(503, "shutting_down", "server is shutting down")
         if isinstance(ticket, Refusal):
             service.metrics.observe_refusal(spec.name, ticket.reason)
+            service.metrics.refusal_latency.observe(time.perf_counter() - arrived)
             await context.abort(_CODES.get(ticket.status, grpc.StatusCode.UNAVAILABLE),
                                 ticket.message)  # fmt: skip
         answered_s = None
         try:  # the door counts it from here (shared with HTTP's loop)
             decoded = await self._or_abort(context, decode_grpc_request, request, spec)
+            decoded_at = time.perf_counter()
             result = await service.execute(spec, decoded, arrived)
             answered_s = answered_after(_status_of(result), arrived, door_deadline)
         finally:
@@ -211,7 +213,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         params = outcome_parameters(
             result, service.deadline_of(spec, decoded), service.priority_of(spec, decoded)
         )
-        return self._response(decoded, result.outputs, params)
+        encoding = time.perf_counter()
+        response = self._response(decoded, result.outputs, params)
+        self._observe(spec.name, arrived, decoded_at, encoding, result)
+        return response
+
+    def _observe(
+        self, model: str, arrived: float, decoded_at: float, encoding: float, result: Any
+    ) -> None:
+        """The server-side times HTTP answers report too (Triton's input/output split and
+        the handler time not spent in the runtime)."""
+        metrics, done = self.service.metrics, time.perf_counter()
+        metrics.observe_request(model, done - arrived, decoded_at - arrived, done - encoding)
+        if result.end is not None:
+            runtime_s = result.end - result.arrival
+            metrics.server_overhead.observe(max(0.0, done - arrived - runtime_s))
+            self.service.response_path.add(done - result.end)
 
     def _response(
         self, decoded: InferRequest, outputs: dict[str, np.ndarray], params: dict[str, Any]

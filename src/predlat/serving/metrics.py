@@ -28,6 +28,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5
                     10.0)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015,
                      0.002, 0.003, 0.005, 0.01, 0.02, 0.05)
+_REFUSAL_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _ERROR_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
 # fmt: on
@@ -168,6 +169,12 @@ class ServingMetrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
+        self.refusal_latency = Histogram(
+            "predlat_refusal_latency_seconds",
+            "From a refused infer request's first byte (gRPC: its handler) to the answer",
+            buckets=_REFUSAL_BUCKETS,
+            registry=r,
+        )
         self.inflight = Gauge(
             "predlat_inflight_requests", "Infer requests waiting for the runtime", registry=r
         )
@@ -255,8 +262,11 @@ class ServingMetrics:
         self.loop_lag.set_function(loop_lag)
 
     def observe_http(self, endpoint: str, code: int, seconds: float) -> None:
+        """`seconds`: from the request's first byte at the server to its answer."""
         self._child(self.http_responses, endpoint, str(code)).inc()
         self._child(self.http_duration, endpoint).observe(seconds)
+        if endpoint == "infer" and code in (429, 503):
+            self.refusal_latency.observe(seconds)
 
     def observe_refusal(self, model: str, reason: str) -> None:
         self._child(self.refusals, model, reason).inc()

@@ -25,6 +25,8 @@ from predlat import __version__
 from predlat.models.spec import NUMPY_TO_V2, ModelSpec, TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Where the HTTP front end puts the perf_counter time of a request's first byte (scope).
+ARRIVED_SCOPE_KEY = "predlat.arrived"
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("binary_tensor_data", "parameters")
