@@ -209,16 +209,19 @@ class RLS(LinearRegressor):
         if not np.isfinite(P).all():
             return np.eye(self.dim) / self.prior, self.w_prior.copy()
         mu, vec = np.linalg.eigh(P)  # A's eigenvalues are 1 / mu, same vectors
-        info = 1.0 / np.clip(mu, 1e-12, None)
+        # (np.maximum and ndarray.dot: np.clip and @ without their Python-level
+        # wrappers, which run cold once every check_every updates; same values)
+        info = 1.0 / np.maximum(mu, 1e-12)
         floor = max(self.prior, 1.0 / self.max_eig)
         short = info < floor
         if not short.any():
             return P, w
         topped = np.where(short, floor, info)
         # In A's eigenbasis: w' = (info * (V' w) + (topped - info) * (V' w_prior)) / topped
-        a, b = vec.T @ w, vec.T @ self.w_prior
-        w_new = vec @ ((info * a + (topped - info) * b) / topped)
-        return (vec / topped) @ vec.T, w_new
+        vt = vec.T
+        a, b = vt.dot(w), vt.dot(self.w_prior)
+        w_new = vec.dot((info * a + (topped - info) * b) / topped)
+        return (vec / topped).dot(vt), w_new
 
     def _clip(self, e: float, y: float) -> float:
         """The innovation clipped to the band (never narrower than 10% of the target:
