@@ -236,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     # As the runtime does at start: what is alive now (profile, predictor, the workload)
     # leaves the collector's reach, so its passes scan only what scheduling allocates,
     # and they come as rarely as the runtime lets them.
-    gc_session = GcPolicy(young=args.gc_young or None).apply()
+    gc_applied = GcPolicy(young=args.gc_young or None).apply()
     result = sim.run(requests)
-    gc_passes = gc_session.passes()
-    gc_session.close()
+    gc_passes = gc_applied.passes()
+    gc_applied.close()
 
     inner, samples = timed.inner, timed.samples
     every = [v for kind, vs in samples.items() if kind != "learning" for v in vs]

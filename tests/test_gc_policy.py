@@ -9,41 +9,41 @@ from predlat.runtime.gc_policy import GcPolicy, collections
 
 def test_apply_freezes_raises_the_young_threshold_and_close_undoes_both() -> None:
     before = gc.get_threshold()
-    session = GcPolicy(young=12_345).apply()
+    applied = GcPolicy(young=12_345).apply()
     try:
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold() == (12_345, *before[1:])
     finally:
-        session.close()
+        applied.close()
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
-    session.close()  # a second close changes nothing
+    applied.close()  # a second close changes nothing
     assert gc.get_threshold() == before
 
 
 def test_passes_counts_collections_since_apply() -> None:
-    session = GcPolicy(freeze=False, young=None).apply()
+    applied = GcPolicy(freeze=False, young=None).apply()
     try:
-        assert session.passes() == (0, 0, 0)
+        assert applied.passes() == (0, 0, 0)
         gc.collect(0)
         gc.collect()
-        young, _, old = session.passes()
+        young, _, old = applied.passes()
         assert young >= 1 and old >= 1
         assert len(collections()) == 3
     finally:
-        session.close()
+        applied.close()
 
 
 def test_a_policy_that_changes_nothing() -> None:
     before = gc.get_threshold()
-    session = GcPolicy(freeze=False, young=None).apply()
+    applied = GcPolicy(freeze=False, young=None).apply()
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
-    session.close()
+    applied.close()
     assert gc.get_threshold() == before
 
 
-def test_sessions_closed_in_the_order_they_were_opened_restore_the_first_threshold() -> None:
+def test_policies_closed_in_the_order_they_were_applied_restore_the_first_threshold() -> None:
     before = gc.get_threshold()
     first = GcPolicy(freeze=False, young=5_000).apply()
     second = GcPolicy(freeze=False, young=5_000).apply()

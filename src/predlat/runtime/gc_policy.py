@@ -14,7 +14,7 @@ not. Two things make its passes rarer and shorter:
   which keeps every outcome alive: ~3 ms instead of ~0.1 ms). Fewer events pay for a
   pass, which is what the tail percentiles measure; the rare worst pause is longer.
 
-`GcPolicy.apply()` does both and returns a `GcSession` that counts the passes since and
+`GcPolicy.apply()` does both and returns a `AppliedGcPolicy` that counts the passes since and
 undoes both when closed (frozen objects are never collected: a process that runs one
 runtime after another must unfreeze, or each one's cycles would outlive it).
 """
@@ -41,29 +41,29 @@ class GcPolicy:
     freeze: bool = True
     young: int | None = DEFAULT_YOUNG
 
-    def apply(self) -> GcSession:
-        session = GcSession(gc.get_threshold(), self.freeze)
+    def apply(self) -> AppliedGcPolicy:
+        applied = AppliedGcPolicy(gc.get_threshold(), self.freeze)
         if self.freeze:
             gc.collect()
             gc.freeze()
         if self.young is not None:
-            _, middle, old = session.previous
+            _, middle, old = applied.previous
             gc.set_threshold(max(1, self.young), middle, old)
-        session.applied = gc.get_threshold()
-        session.start = collections()
-        return session
+        applied.thresholds = gc.get_threshold()
+        applied.start = collections()
+        return applied
 
 
 @dataclass
-class GcSession:
+class AppliedGcPolicy:
     """A policy in force: `passes()` counts the collections since it was applied;
     `close()` restores the thresholds and unfreezes (once; later calls do nothing). The
-    thresholds are restored only if they are still the ones it set: of two sessions
-    closed in the order they were opened, the second must not bring back the first's."""
+    thresholds are restored only if they are still the ones it set: of two policies
+    closed in the order they were applied, the second must not bring back the first's."""
 
     previous: tuple[int, int, int]
     frozen: bool
-    applied: tuple[int, int, int] | None = None
+    thresholds: tuple[int, int, int] | None = None  # the ones it set
     start: tuple[int, ...] = field(default_factory=collections)
     closed: bool = False
 
@@ -74,7 +74,7 @@ class GcSession:
         if self.closed:
             return
         self.closed = True
-        if gc.get_threshold() == self.applied:
+        if gc.get_threshold() == self.thresholds:
             gc.set_threshold(*self.previous)
         if self.frozen:
             gc.unfreeze()

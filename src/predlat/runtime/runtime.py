@@ -42,7 +42,7 @@ from predlat.runtime.core import (
     OutcomeListener,
     RuntimeStats,
 )
-from predlat.runtime.gc_policy import GcPolicy, GcSession
+from predlat.runtime.gc_policy import AppliedGcPolicy, GcPolicy
 from predlat.runtime.tensors import InvalidInputError, request_rows
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.reasons import RejectReason
@@ -108,7 +108,7 @@ class Runtime(DriverCore):
         self._drained: asyncio.Future | None = None
         self._switch_interval_s = switch_interval_s
         self._gc_policy = GcPolicy() if freeze_gc else None
-        self._gc: GcSession | None = None
+        self._gc: AppliedGcPolicy | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
