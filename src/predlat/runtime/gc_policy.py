@@ -14,9 +14,9 @@ not. Two things make its passes rarer and shorter:
   which keeps every outcome alive: ~3 ms instead of ~0.1 ms). Fewer events pay for a
   pass, which is what the tail percentiles measure; the rare worst pause is longer.
 
-`GcPolicy.apply()` does both and returns a `AppliedGcPolicy` that counts the passes since and
-undoes both when closed (frozen objects are never collected: a process that runs one
-runtime after another must unfreeze, or each one's cycles would outlive it).
+`GcPolicy.apply()` does both and returns an `AppliedGcPolicy` that counts the passes
+since and undoes both when closed (frozen objects are never collected: a process that runs
+one runtime after another must unfreeze, or each one's cycles would outlive it).
 """
 
 from __future__ import annotations
