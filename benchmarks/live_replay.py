@@ -36,6 +36,7 @@ def record(args: argparse.Namespace) -> None:
         loads=tuple(args.loads),
         duration_s=args.duration,
         train_s=args.train,
+        slots=args.slots,
     ).resolved()
     setup = prepare(config)
     runner = DeviceRunner(config, setup)
@@ -162,6 +163,7 @@ def main() -> None:
     rec.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     rec.add_argument("--duration", type=float, default=6.0)
     rec.add_argument("--train", type=float, default=30.0)
+    rec.add_argument("--slots", type=int, default=None, help="default: the spatial regime")
     rep = sub.add_parser("replay")
     rep.add_argument("path")
     rep.add_argument("--quantile", type=float, default=0.95)
