@@ -68,26 +68,13 @@ class DeviceLoad:
         dt = t - self.t
         if dt <= 0:
             return
-        # (inlined: it runs on every batch start and end, on the decision path)
-        load, cum, ov = self.load, self.cum, self.ov
-        l0, l1, l2 = load
-        cum[0] += l0 * dt
-        cum[1] += l1 * dt
-        cum[2] += l2 * dt
-        count = int(l0 + 0.5)
-        h = 0.0
-        if ov is not None:
-            if count:
-                cum[3] += ov.at(count - 1) * dt
-            h = ov.at(count)
-        decay = math.exp(-dt / self.tau)
-        e0, e1, e2, e3 = self.ewma
-        self.ewma = [
-            l0 + (e0 - l0) * decay,
-            l1 + (e1 - l1) * decay,
-            l2 + (e2 - l2) * decay,
-            h + (e3 - h) * decay,
-        ]
+        load, cum = self.load, self.cum
+        cum[0] += load[0] * dt
+        cum[1] += load[1] * dt
+        cum[2] += load[2] * dt
+        if self.ov is not None and self.count:
+            cum[3] += self.ov.at(self.count - 1) * dt
+        self.ewma = self._decayed(math.exp(-dt / self.tau))
         self.t = t
 
     def _decayed(self, decay: float) -> list[float]:

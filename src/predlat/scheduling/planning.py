@@ -173,16 +173,13 @@ class Planner:
         slowed by `slowdown` (1: alone); low-only prefixes must also end by `low_until`."""
         rows, deadline, k, high = 0, math.inf, 0, False
         start = now + self.config.margin_s
-        cache, top = self._solo_cache, Priority.HIGH  # (_solo, its call saved per row)
+        solo, top = self._solo, Priority.HIGH
         for request in requests:
             rows += request.size
             if request.deadline < deadline:
                 deadline = request.deadline
             high = high or request.priority is top
-            need = cache.get((model, rows))
-            if need is None:
-                need = self._solo(model, rows)
-            end = start + need * slowdown
+            end = start + solo(model, rows) * slowdown
             if end > deadline or (not high and end > low_until):
                 break
             k += 1

@@ -57,16 +57,13 @@ class ModelQueue:
         least the head, even if it alone is larger: a request is never split)."""
         out: list[Request] = []
         rows = 0
-        requests = self._requests
-        for entries in self._lists:  # (as `ordered`, without a generator per call)
-            for _, request_id in entries:
-                request = requests[request_id]
-                if out and rows + request.size > max_rows:
-                    return out
-                out.append(request)
-                rows += request.size
-                if rows >= max_rows:
-                    return out
+        for request in self.ordered():
+            if out and rows + request.size > max_rows:
+                break
+            out.append(request)
+            rows += request.size
+            if rows >= max_rows:
+                break
         return out
 
     def remove_prefix(self, requests: list[Request]) -> None:
