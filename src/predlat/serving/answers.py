@@ -17,7 +17,12 @@ from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.reasons import http_status
 from predlat.scheduling.request import Priority
 from predlat.serving.admission import Refusal
-from predlat.serving.protocol import ProtocolError
+from predlat.serving.protocol import (
+    HEADER_LENGTH,
+    InferRequest,
+    ProtocolError,
+    encode_infer_response,
+)
 
 JSON_TYPE = "application/json"
 
@@ -103,3 +108,24 @@ async def http_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 500)
     detail = getattr(exc, "detail", None) or "error"
     return error_response(status, f"{detail}: {request.method} {request.url.path}")
+
+
+def http_answer(
+    decoded: InferRequest, outcome: RequestOutcome, deadline_s: float, priority: Priority
+) -> tuple[Response, float | None]:
+    """The HTTP answer to a request the runtime ran, and its runtime seconds (None if it
+    never ran)."""
+    runtime_s = None
+    if outcome.end is not None:
+        runtime_s = outcome.end - outcome.arrival
+    if outcome.status == "rejected":
+        return error_response(rejection_status(outcome), outcome.reason or "rejected"), runtime_s
+    if outcome.status not in ("met", "missed") or outcome.outputs is None:
+        reason = outcome.reason or "the model produced no outputs"
+        return error_response(500, f"inference failed: {reason}"), runtime_s
+    params = outcome_parameters(outcome, deadline_s, priority)
+    body, header_length = encode_infer_response(decoded, outcome.outputs, params)
+    if header_length is None:
+        return Response(body, media_type=JSON_TYPE), runtime_s
+    headers = {HEADER_LENGTH: str(header_length)}
+    return Response(body, media_type="application/octet-stream", headers=headers), runtime_s

@@ -49,15 +49,13 @@ from predlat.serving.admission import (
     passed_before_submit,
 )
 from predlat.serving.answers import (
-    JSON_TYPE,
     await_outcome,
     error_response,
+    http_answer,
     http_error,
     json_response,
-    outcome_parameters,
     priority_from_level,
     refusal_response,
-    rejection_status,
 )
 from predlat.serving.backlog import BacklogForecast, OnlineQuantile
 from predlat.serving.body import content_length, read_body
@@ -215,12 +213,20 @@ class InferenceService:
             return refusal_response(result), None
         priority = self.priority_of(spec, decoded)
         encoding = time.perf_counter()
-        answer = self._answer(decoded, result, self.deadline_of(spec, decoded), priority)
+        answer = http_answer(decoded, result, self.deadline_of(spec, decoded), priority)
+        self.observe_answer(spec.name, arrived, input_s, encoding, result)
+        return answer
+
+    def observe_answer(
+        self, model: str, arrived: float, input_s: float, encoding: float, result: RequestOutcome
+    ) -> float:
+        """An answer's server-side times, either transport: Triton's input/output split
+        and the response path the scheduler plans with. Returns when it was done."""
         done = time.perf_counter()
         if result.end is not None:
             self.response_path.add(done - result.end)
-        self.metrics.observe_request(spec.name, done - arrived, input_s, done - encoding)
-        return answer
+        self.metrics.observe_request(model, done - arrived, input_s, done - encoding)
+        return done
 
     def deadline_of(self, spec: ModelSpec, decoded: InferRequest) -> float:
         return self.config.request_deadline(spec.name, decoded.deadline_s)
@@ -292,26 +298,6 @@ class InferenceService:
             model, decoded.inputs, deadline_s=deadline_s, priority=priority, waited_s=waited_s
         )
         return await await_outcome(future)
-
-    def _answer(
-        self, decoded: InferRequest, outcome: RequestOutcome, deadline_s: float, priority: Priority
-    ) -> tuple[Response, float | None]:
-        runtime_s = None
-        if outcome.end is not None:
-            runtime_s = outcome.end - outcome.arrival
-        if outcome.status == "rejected":
-            return error_response(
-                rejection_status(outcome), outcome.reason or "rejected"
-            ), runtime_s
-        if outcome.status not in ("met", "missed") or outcome.outputs is None:
-            reason = outcome.reason or "the model produced no outputs"
-            return error_response(500, f"inference failed: {reason}"), runtime_s
-        params = outcome_parameters(outcome, deadline_s, priority)
-        body, header_length = protocol.encode_infer_response(decoded, outcome.outputs, params)
-        if header_length is None:
-            return Response(body, media_type=JSON_TYPE), runtime_s
-        headers = {HEADER_LENGTH: str(header_length)}
-        return Response(body, media_type="application/octet-stream", headers=headers), runtime_s
 
 
 # -- app factory ---------------------------------------------------------------------

@@ -215,20 +215,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         encoding = time.perf_counter()
         response = self._response(decoded, result.outputs, params)
-        self._observe(spec.name, arrived, decoded_at, encoding, result)
-        return response
-
-    def _observe(
-        self, model: str, arrived: float, decoded_at: float, encoding: float, result: Any
-    ) -> None:
-        """The server-side times HTTP answers report too (Triton's input/output split and
-        the handler time not spent in the runtime)."""
-        metrics, done = self.service.metrics, time.perf_counter()
-        metrics.observe_request(model, done - arrived, decoded_at - arrived, done - encoding)
+        # The server-side times HTTP answers report too, and the handler time not spent
+        # in the runtime (HTTP observes that in InferenceService.infer).
+        done = service.observe_answer(spec.name, arrived, decoded_at - arrived, encoding, result)
         if result.end is not None:
             runtime_s = result.end - result.arrival
-            metrics.server_overhead.observe(max(0.0, done - arrived - runtime_s))
-            self.service.response_path.add(done - result.end)
+            service.metrics.server_overhead.observe(max(0.0, done - arrived - runtime_s))
+        return response
 
     def _response(
         self, decoded: InferRequest, outputs: dict[str, np.ndarray], params: dict[str, Any]
