@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from bench_server import OVERHEAD_METRIC, histogram, histogram_quantile
+from bench_server import OVERHEAD_METRIC, histogram, histogram_growth
 from bench_server import open_loop as http_open_loop
 
 FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime", "server side")
@@ -105,9 +105,7 @@ def http_round(url: str, args: argparse.Namespace, seed: int) -> tuple[int, np.n
 def server_side(url: str, before: tuple[list[float], list[float]]) -> np.ndarray:
     """p50/p99 (ms) of the handler time outside the runtime the server measured over a
     phase (its histogram's growth): the front end's own cost, without the client's."""
-    bounds, counts = histogram(url, OVERHEAD_METRIC)
-    delta = [a - b for a, b in zip(counts, before[1], strict=True)]
-    return np.array([histogram_quantile(bounds, delta, q) * 1e3 for q in (0.5, 0.99)])
+    return np.array(histogram_growth(url, OVERHEAD_METRIC, before)[1]) * 1e3
 
 
 def print_round(name: str, answered: int | None, figures: np.ndarray) -> None:

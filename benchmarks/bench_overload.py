@@ -32,7 +32,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench_server import histogram, histogram_quantile
+from bench_server import histogram, histogram_growth
 from predlat.serving.loadgen import LoadConfig, run
 
 REFUSAL_METRIC = "predlat_refusal_latency_seconds"
@@ -84,11 +84,10 @@ def gauge(url: str, name: str) -> float:
 def server_refusals(url: str, before: tuple[list[float], list[float]]) -> str:
     """The server's own view of a phase's refusals (its histogram's growth): from a
     request's first byte at the server to its 429/503 answer, no client cost in it."""
-    bounds, counts = histogram(url, REFUSAL_METRIC)
-    delta = [a - b for a, b in zip(counts, before[1], strict=True)]
-    if not delta or not delta[-1]:
+    count, quantiles = histogram_growth(url, REFUSAL_METRIC, before)
+    if not count:
         return "no refusals"
-    p50, p99 = (histogram_quantile(bounds, delta, q) * 1e3 for q in (0.5, 0.99))
+    p50, p99 = (q * 1e3 for q in quantiles)
     lag = gauge(url, "predlat_event_loop_lag_seconds") * 1e3
     return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (bucketed); event-loop lag p99 {lag:.1f} ms"
 
