@@ -95,6 +95,20 @@ def model_metadata(spec: ModelSpec, version: str = MODEL_VERSION) -> dict[str, A
 # -- response encoding (server side) ---------------------------------------------------
 
 
+def _attach_values(
+    entry: dict[str, Any], array: np.ndarray, binary: bool, chunks: list[bytes]
+) -> dict[str, Any]:
+    """Put a tensor's values in its JSON entry, or (binary) little-endian after the JSON
+    header, appended to `chunks` in entry order. One encoding for requests and answers."""
+    if binary:
+        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        entry["parameters"] = {"binary_data_size": len(raw)}
+        chunks.append(raw)
+    else:
+        entry["data"] = array.ravel().tolist()
+    return entry
+
+
 def encode_infer_response(
     request: InferRequest,
     outputs: Mapping[str, np.ndarray],
@@ -115,13 +129,7 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         binary = request.binary_output if want.binary is None else want.binary
-        if binary:
-            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = array.ravel().tolist()
-        entries.append(entry)
+        entries.append(_attach_values(entry, array, binary, chunks))
     doc: dict[str, Any] = {"model_name": request.model, "model_version": MODEL_VERSION}
     if request.request_id is not None:
         doc["id"] = request.request_id
@@ -156,13 +164,7 @@ def encode_infer_request(
             "shape": list(array.shape),
             "datatype": NUMPY_TO_V2[array.dtype],
         }
-        if binary:
-            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            tensor["data"] = array.ravel().tolist()
-        tensors.append(tensor)
+        tensors.append(_attach_values(tensor, array, binary, chunks))
     doc: dict[str, Any] = {}
     if request_id is not None:
         doc["id"] = request_id
