@@ -64,14 +64,26 @@ def _conv(node: Node, args: list[Any]) -> torch.Tensor:
     )
 
 
-@op("MaxPool")
-def _max_pool(node: Node, args: list[Any]) -> torch.Tensor:
-    x, kernel = args[0], node.attr("kernel_shape")
-    dims = len(kernel)
-    strides = node.attr("strides") or [1] * dims
+def _pool_window(
+    node: Node, x: torch.Tensor
+) -> tuple[list[int], list[int], list[int], list[int] | None]:
+    """A pool's kernel, strides, pads, and its symmetric pads, or None where torch cannot
+    take them (asymmetric, or over half the kernel) and they must be applied first."""
+    kernel = node.attr("kernel_shape")
+    strides = node.attr("strides") or [1] * len(kernel)
     pads = _spatial_pads(node, x, kernel, strides)
     same = _symmetric(pads)
-    if same is None or any(2 * p > k for p, k in zip(same, kernel, strict=True)):
+    if same is not None and any(2 * p > k for p, k in zip(same, kernel, strict=True)):
+        same = None
+    return kernel, strides, pads, same
+
+
+@op("MaxPool")
+def _max_pool(node: Node, args: list[Any]) -> torch.Tensor:
+    x = args[0]
+    kernel, strides, pads, same = _pool_window(node, x)
+    dims = len(kernel)
+    if same is None:
         x, same = _pad_explicitly(x, pads, -math.inf), [0] * dims
     dilation = node.attr("dilations") or [1] * dims
     ceil = bool(node.attr("ceil_mode", 0))
@@ -80,13 +92,10 @@ def _max_pool(node: Node, args: list[Any]) -> torch.Tensor:
 
 @op("AveragePool")
 def _avg_pool(node: Node, args: list[Any]) -> torch.Tensor:
-    x, kernel = args[0], node.attr("kernel_shape")
-    dims = len(kernel)
-    strides = node.attr("strides") or [1] * dims
-    pads = _spatial_pads(node, x, kernel, strides)
-    include = bool(node.attr("count_include_pad", 0))
-    same = _symmetric(pads)
-    if same is None or any(2 * p > k for p, k in zip(same, kernel, strict=True)):
+    x = args[0]
+    kernel, strides, pads, same = _pool_window(node, x)
+    dims, include = len(kernel), bool(node.attr("count_include_pad", 0))
+    if same is None:
         if not include:
             raise NotImplementedError("AveragePool with asymmetric pads excluding the pad")
         x, same = _pad_explicitly(x, pads, 0.0), [0] * dims
