@@ -12,6 +12,7 @@ from predlat.scheduling.request import Priority, Request
 from predlat.traces.records import BatchRecord
 
 STATUSES = ("met", "missed", "rejected", "failed")
+_NOT_RUN = (None, None, None, None, None)  # dispatch, start, end, batch_id, batch_size
 
 
 @dataclass
@@ -45,38 +46,32 @@ class RequestOutcome:
         """A request whose batch ran: met or missed by the batch's end, or failed (`ok`
         False, with the engine's `reason`)."""
         status = ("met" if record.end <= request.deadline else "missed") if ok else "failed"
-        return cls(
-            request.request_id,
-            request.model,
-            request.priority,
-            status,
-            reason,
-            outputs,
-            request.arrival,
-            request.deadline,
-            record.dispatch,
-            record.start,
-            record.end,
-            record.batch_id,
-            record.batch_size,
-        )
+        return cls._of(request, status, reason, outputs, record)
 
     @classmethod
     def unrun(
         cls, request: Request, status: str, reason: str, kind: RejectReason | None = None
     ) -> RequestOutcome:
         """A request that never ran (rejected, for `kind`, or failed before it could)."""
-        return cls(
-            request.request_id,
-            request.model,
-            request.priority,
-            status,
-            reason,
-            None,
-            request.arrival,
-            request.deadline,
-            rejected_for=kind,
-        )
+        return cls._of(request, status, reason, None, None, kind)
+
+    @classmethod
+    def _of(
+        cls,
+        request: Request,
+        status: str,
+        reason: str | None,
+        outputs: dict[str, np.ndarray] | None,
+        record: BatchRecord | None,
+        kind: RejectReason | None = None,
+    ) -> RequestOutcome:
+        """The one place a request's and its batch's fields are copied into an outcome."""
+        if record is None:
+            ran: tuple[float | int | None, ...] = _NOT_RUN
+        else:
+            ran = (record.dispatch, record.start, record.end, record.batch_id, record.batch_size)
+        head = (request.request_id, request.model, request.priority, status, reason, outputs)
+        return cls(*head, request.arrival, request.deadline, *ran, kind)
 
     @property
     def latency(self) -> float | None:
