@@ -28,11 +28,9 @@ def deadline_spec(text: str) -> tuple[float | None, dict[str, float]]:
             continue
         name, _, value = part.rpartition("=")
         try:
-            ms = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected milliseconds, got '{part}'") from None
-        if not ms > 0:
-            raise argparse.ArgumentTypeError(f"deadline must be positive, got '{part}'")
+            ms = positive_float(value)
+        except argparse.ArgumentTypeError as exc:  # name the entry among several
+            raise argparse.ArgumentTypeError(f"deadline '{part}' (milliseconds): {exc}") from None
         if name:
             per_model[name.strip()] = ms / 1e3
         else:
