@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from predlat.errors import ModelLoadError
-from predlat.models.spec import PT2, ModelSpec, TensorSpec, batch_dims, file_digest
+from predlat.models.spec import PT2, ModelSpec, TensorSpec, batch_dims
 
 
 def _torch() -> Any:
@@ -72,14 +72,7 @@ def pt2_spec(path: Path, name: str | None = None) -> ModelSpec:
     outputs = tuple(
         _tensor_spec(torch, f"output_{i}", v, path, is_input=False) for i, v in enumerate(values)
     )
-    return ModelSpec(
-        name=name or path.stem,
-        path=path,
-        inputs=inputs,
-        outputs=outputs,
-        digest=file_digest(path),
-        format=PT2,
-    )
+    return ModelSpec.of_file(path, inputs, outputs, name, format=PT2)
 
 
 def pt2_module(path: Path) -> Any:

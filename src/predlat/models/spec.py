@@ -83,6 +83,20 @@ class ModelSpec:
             )
         return self.path
 
+    @classmethod
+    def of_file(
+        cls,
+        path: Path,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        name: str | None = None,
+        format: str = ONNX,
+    ) -> ModelSpec:
+        """A model loaded from `path`: named after the file unless `name` is given, and
+        identified by the file's bytes."""
+        name = name or path.stem
+        return cls(name, path, inputs, outputs, file_digest(path), format)
+
     def random_inputs(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Inputs of the right shapes and dtypes; integer inputs stay in [0, 100)
         so they are valid token ids for any embedding table of at least that size."""
@@ -156,10 +170,4 @@ def load_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
         raise ModelLoadError(path, "graph has no inputs")
     inputs = tuple(_tensor_spec(vi, path, check_batch=True) for vi in graph_inputs)
     outputs = tuple(_tensor_spec(vi, path, check_batch=False) for vi in proto.graph.output)
-    return ModelSpec(
-        name=name or path.stem,
-        path=path,
-        inputs=inputs,
-        outputs=outputs,
-        digest=file_digest(path),
-    )
+    return ModelSpec.of_file(path, inputs, outputs, name)
