@@ -3,12 +3,18 @@ read or write the user's cache."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from predlat.models.spec import ModelSpec
+    from serving_fakes import FakeRuntime
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,6 +26,24 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         mp.setenv("PREDLAT_CACHE_DIR", str(path))
         mp.setenv("PREDLAT_FOREIGN_CPU_LIMIT", "1")
         yield
+
+
+@pytest.fixture(scope="module")
+def spec() -> ModelSpec:
+    """The built-in tiny model, which the serving tests serve."""
+    from predlat.models.registry import resolve_model
+
+    return resolve_model("tiny")
+
+
+@pytest.fixture
+def runtime(spec: ModelSpec) -> Iterator[FakeRuntime]:
+    """A fake runtime serving `spec` (a module may define its own)."""
+    from serving_fakes import FakeRuntime
+
+    fake = FakeRuntime([spec])
+    yield fake
+    fake.stop()
 
 
 def build_matmul_model(path: Path, width: int = 256, depth: int = 8) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,8 +14,6 @@ import orjson
 import pytest
 
 from predlat.errors import ConfigError
-from predlat.models.registry import resolve_model
-from predlat.models.spec import ModelSpec
 from predlat.scheduling.config import RunningInfo
 from predlat.scheduling.request import Priority, Request
 from predlat.serving.admission import BELOW_FORECAST, Door, DoorPolicy, Ticket
@@ -24,7 +21,6 @@ from predlat.serving.app import ServerConfig, create_app
 from predlat.serving.backlog import BacklogForecast, LoopLag, OnlineQuantile
 from predlat.serving.server import BackgroundServer
 from predlat.traces.records import BatchRecord
-from serving_fakes import FakeRuntime
 
 HIGH, LOW = Priority.HIGH, Priority.LOW
 SOLO = {1: 0.01, 2: 0.015, 4: 0.02, 8: 0.04}
@@ -133,18 +129,6 @@ def test_a_door_that_learnt_to_refuse_everyone_still_lets_one_in_when_idle():
 
 
 # -- end to end ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return resolve_model("tiny")
-
-
-@pytest.fixture
-def runtime(spec: ModelSpec) -> Iterator[FakeRuntime]:
-    fake = FakeRuntime([spec])
-    yield fake
-    fake.stop()
 
 
 def test_forecast_late_request_refused_before_its_body_quickly_and_nothing_lost(runtime, spec):

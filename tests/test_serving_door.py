@@ -7,7 +7,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from predlat.models.registry import resolve_model
 from predlat.models.spec import ModelSpec
 from predlat.scheduling.request import Priority
 from predlat.serving import decode
@@ -28,18 +26,6 @@ from predlat.serving.server import BackgroundServer
 from serving_fakes import FakeRuntime
 
 INFER = "/v2/models/tiny/infer"
-
-
-@pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return resolve_model("tiny")
-
-
-@pytest.fixture
-def runtime(spec: ModelSpec) -> Iterator[FakeRuntime]:
-    fake = FakeRuntime([spec])
-    yield fake
-    fake.stop()
 
 
 def serve(runtime: FakeRuntime, spec: ModelSpec, **config: object) -> BackgroundServer:

@@ -11,7 +11,6 @@ import pytest
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
-from predlat.models.registry import resolve_model  # noqa: E402
 from predlat.models.spec import ModelSpec  # noqa: E402
 from predlat.scheduling.request import Priority  # noqa: E402
 from predlat.serving.admission import DoorPolicy  # noqa: E402
@@ -21,11 +20,6 @@ from predlat.serving.server import BackgroundServer  # noqa: E402
 from serving_fakes import FakeRuntime  # noqa: E402
 
 InferenceServerException = grpcclient.InferenceServerException
-
-
-@pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return resolve_model("tiny")
 
 
 @pytest.fixture

@@ -8,15 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from predlat.models.registry import resolve_model
-from predlat.models.spec import ModelSpec
 from predlat.serving.decode import OffLoopDecoder, decode_infer_request
 from predlat.serving.handoff import SEGMENT_ROUNDING, SegmentPool, decode_shared
-
-
-@pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return resolve_model("tiny")
 
 
 def body(rows: int) -> bytes:

@@ -18,7 +18,6 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from predlat.models.registry import resolve_model
 from predlat.models.spec import ModelSpec
 from predlat.scheduling.request import Priority
 from predlat.serving import protocol
@@ -28,11 +27,6 @@ from serving_fakes import FakeRuntime
 
 MAX_BODY = 64 * 1024
 DEFAULT_DEADLINE_S = 0.5
-
-
-@pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return resolve_model("tiny")
 
 
 @pytest.fixture(scope="module")
