@@ -10,7 +10,7 @@ from predlat.devices.base import BatchJob
 from predlat.devices.simulated import InterferenceLaw, SimulatedDevice
 from predlat.sim.arrivals import synthetic_requests
 from predlat.sim.cluster import CLUSTER_ROUTES, build_cluster
-from predlat.sim.device_file import load_device
+from predlat.sim.device_file import DeviceSpec, load_device
 from predlat.traces.collect import device_capacity
 
 
@@ -88,16 +88,18 @@ def test_deterministic_under_a_seed():
     assert a != c
 
 
+def _slowed(spec: DeviceSpec, factor: float) -> DeviceSpec:
+    """`spec` renamed "slow", every solo time `factor` times longer."""
+    models = {
+        m: replace(c, solo_s={n: factor * s for n, s in c.solo_s.items()})
+        for m, c in spec.models.items()
+    }
+    return replace(spec, name="slow", models=models)
+
+
 def test_mixed_devices_and_oracle():
     gpu = load_device("gpu")
-    slow = replace(
-        gpu,
-        name="slow",
-        models={
-            m: replace(c, solo_s={n: 2 * s for n, s in c.solo_s.items()})
-            for m, c in gpu.models.items()
-        },
-    )
+    slow = _slowed(gpu, 2)
     sim, stats = _run(policy="oracle", route="predlat", devices=4, specs=[gpu, slow])
     assert len(stats.outcomes) == 3000
     names = {d.name.split("#")[0] for d in sim.devices}
@@ -108,14 +110,7 @@ def test_mixed_devices_and_oracle():
 
 def test_predlat_route_prefers_the_faster_device():
     gpu = load_device("gpu")
-    slow = replace(
-        gpu,
-        name="slow",
-        models={
-            m: replace(c, solo_s={n: 5 * s for n, s in c.solo_s.items()})
-            for m, c in gpu.models.items()
-        },
-    )
+    slow = _slowed(gpu, 5)
     _, stats = _run(route="predlat", devices=2, specs=[gpu, slow], n=1000)
     on_fast = sum(1 for r in stats.records if r.device == 0)
     assert on_fast > len(stats.records) / 2
