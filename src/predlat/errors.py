@@ -20,3 +20,9 @@ class UnknownModelError(PredlatError):
 
 class ConfigError(PredlatError):
     """A flag or config value that makes no sense (negative load, zero slots, ...)."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `condition`: a config's or a flag's check."""
+    if not condition:
+        raise ConfigError(message)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from predlat.errors import ConfigError
-
 
 def int_list(text: str) -> list[int]:
     try:
@@ -34,11 +32,6 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
     return value
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 # -- options several commands share, spelled and documented once ---------------------------

@@ -7,14 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from predlat.cli.common import (
-    add_device_options,
-    add_progress_option,
-    name_list,
-    positive_float,
-    require,
-)
-from predlat.errors import ConfigError
+from predlat.cli.common import add_device_options, add_progress_option, name_list, positive_float
+from predlat.errors import ConfigError, require
 
 
 def float_list(text: str) -> list[float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from predlat.cli.common import add_device_option, add_progress_option, name_list, require
-from predlat.errors import ConfigError
+from predlat.cli.common import add_device_option, add_progress_option, name_list
+from predlat.errors import ConfigError, require
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

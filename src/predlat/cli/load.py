@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from predlat.cli.common import add_progress_option, name_list, positive_float, require
-from predlat.errors import ConfigError
+from predlat.cli.common import add_progress_option, name_list, positive_float
+from predlat.errors import ConfigError, require
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,14 +10,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from predlat.cli.common import (
-    add_device_options,
-    add_models_option,
-    add_progress_option,
-    int_list,
-    require,
-)
-from predlat.errors import ConfigError
+from predlat.cli.common import add_device_options, add_models_option, add_progress_option, int_list
+from predlat.errors import ConfigError, require
 from predlat.profiling.profile import Profile
 
 DEFAULT_BATCH_SIZES = [1, 2, 4, 8]

@@ -12,9 +12,8 @@ from predlat.cli.common import (
     add_models_option,
     add_progress_option,
     positive_float,
-    require,
 )
-from predlat.errors import PredlatError
+from predlat.errors import PredlatError, require
 
 POLICY_HELP = "serial, serial-1t, oblivious, coarse or predlat"
 

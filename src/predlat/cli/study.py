@@ -7,14 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predlat.cli.common import (
-    add_device_option,
-    add_models_option,
-    add_progress_option,
-    name_list,
-    require,
-)
-from predlat.errors import ConfigError
+from predlat.cli.common import add_device_option, add_models_option, add_progress_option, name_list
+from predlat.errors import ConfigError, require
 
 if TYPE_CHECKING:
     from predlat.experiments.study_results import StudyResults

@@ -12,9 +12,8 @@ from predlat.cli.common import (
     add_progress_option,
     int_list,
     positive_float,
-    require,
 )
-from predlat.errors import ConfigError
+from predlat.errors import ConfigError, require
 
 DEFAULT_PROFILE_SIZES = [1, 2, 4, 8]
 DEFAULT_PROFILE_REPEATS = 20

@@ -8,8 +8,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from predlat.cli.common import add_device_options, add_progress_option, name_list, require
+from predlat.cli.common import add_device_options, add_progress_option, name_list
 from predlat.cli.compare import float_list
+from predlat.errors import require
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

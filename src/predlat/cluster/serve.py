@@ -11,7 +11,7 @@ import argparse
 import os
 import signal
 
-from predlat.cli.common import require
+from predlat.errors import require
 
 
 def run_ray(args: argparse.Namespace) -> int:

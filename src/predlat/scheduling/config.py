@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from predlat.errors import ConfigError
+from predlat.errors import require
 from predlat.scheduling.request import Request
 
 
@@ -26,16 +26,16 @@ class SchedulerConfig:
     max_forecasts: int = 1
 
     def validate(self) -> None:
-        if self.max_batch < 1:
-            raise ConfigError(f"max batch must be at least 1, got {self.max_batch}")
-        if self.max_queue < 1:
-            raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
-        if self.margin_s < 0:
-            raise ConfigError(f"deadline margin must be non-negative, got {self.margin_s}")
-        if self.max_forecasts < 0:
-            raise ConfigError(f"max forecasts must be non-negative, got {self.max_forecasts}")
-        if self.high_reserve < 0:
-            raise ConfigError(f"high reserve must be non-negative, got {self.high_reserve}")
+        require(self.max_batch >= 1, f"max batch must be at least 1, got {self.max_batch}")
+        require(self.max_queue >= 1, f"max queue must be at least 1, got {self.max_queue}")
+        require(self.margin_s >= 0, f"deadline margin must be non-negative, got {self.margin_s}")
+        require(
+            self.max_forecasts >= 0,
+            f"max forecasts must be non-negative, got {self.max_forecasts}",
+        )
+        require(
+            self.high_reserve >= 0, f"high reserve must be non-negative, got {self.high_reserve}"
+        )
 
 
 @dataclass

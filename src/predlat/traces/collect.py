@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from predlat.devices.base import Device
-from predlat.errors import ConfigError, PredlatError
+from predlat.errors import ConfigError, PredlatError, require
 from predlat.models.spec import ModelSpec
 from predlat.profiling.profile import Profile
 from predlat.traces.cpu import CPU_SAMPLE_S, CpuMeter
@@ -58,16 +58,13 @@ class CollectConfig:
     mid_batch: int = 4  # the batch size `device_capacity` is defined with
 
     def validate(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
-        if not 0 < self.load <= 4:
-            raise ConfigError(f"load must be in (0, 4] (a fraction of capacity), got {self.load}")
-        if not self.duration > 0:
-            raise ConfigError(f"duration must be positive, got {self.duration}")
-        if self.max_batch < 1:
-            raise ConfigError(f"max batch must be at least 1, got {self.max_batch}")
-        if self.mid_batch < 1:
-            raise ConfigError(f"mid batch must be at least 1, got {self.mid_batch}")
+        require(self.concurrency >= 1, f"concurrency must be at least 1, got {self.concurrency}")
+        require(
+            0 < self.load <= 4, f"load must be in (0, 4] (a fraction of capacity), got {self.load}"
+        )
+        require(self.duration > 0, f"duration must be positive, got {self.duration}")
+        require(self.max_batch >= 1, f"max batch must be at least 1, got {self.max_batch}")
+        require(self.mid_batch >= 1, f"mid batch must be at least 1, got {self.mid_batch}")
 
 
 @dataclass
