@@ -46,6 +46,15 @@ def add_models_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def chosen_models(args: argparse.Namespace) -> list[str]:
+    """The names --models gave (see add_models_option), or every zoo model."""
+    if args.models is not None:
+        return list(args.models)
+    from predlat.models.zoo import ZOO_NAMES  # here: it imports onnx; --help stays fast
+
+    return list(ZOO_NAMES)
+
+
 def add_device_options(parser: argparse.ArgumentParser, threads_help: str) -> None:
     """--threads (intra-op threads per slot) and --device."""
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default: 1)")

@@ -10,7 +10,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from predlat.cli.common import add_device_options, add_models_option, add_progress_option, int_list
+from predlat.cli.common import (
+    add_device_options,
+    add_models_option,
+    add_progress_option,
+    chosen_models,
+    int_list,
+)
 from predlat.errors import ConfigError, require
 from predlat.profiling.profile import Profile
 
@@ -70,12 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from predlat.models import resolve_models
     from predlat.profiling.profiler import load_or_profile
 
-    if args.models is None:
-        from predlat.models.zoo import ZOO_NAMES
-
-        names = list(ZOO_NAMES)
-    else:
-        names = args.models
+    names = chosen_models(args)
     started = time.perf_counter()
     specs = resolve_models(names)
     profile = load_or_profile(

@@ -11,6 +11,7 @@ from predlat.cli.common import (
     add_device_options,
     add_models_option,
     add_progress_option,
+    chosen_models,
     positive_float,
 )
 from predlat.errors import PredlatError, require
@@ -207,13 +208,8 @@ def run(args: argparse.Namespace) -> int:
         repository = scan_repository(Path(args.model_repository))
         specs = [m.spec() for m in repository]
         names: list = list(specs)
-    elif args.models is None:
-        from predlat.models.zoo import ZOO_NAMES
-
-        names = list(ZOO_NAMES)
-        specs = resolve_models(names)
     else:
-        names = args.models
+        names = chosen_models(args)
         specs = resolve_models(names)
     if args.slots is None:
         args.slots = sum(m.settings.instance_count for m in repository) if repository else 2

@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predlat.cli.common import add_device_option, add_models_option, add_progress_option, name_list
+from predlat.cli.common import (
+    add_device_option,
+    add_models_option,
+    add_progress_option,
+    chosen_models,
+    name_list,
+)
 from predlat.errors import ConfigError, require
 
 if TYPE_CHECKING:
@@ -80,12 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from predlat.experiments.study_config import study_config
     from predlat.models import resolve_models
 
-    if args.models is None:
-        from predlat.models.zoo import ZOO_NAMES
-
-        names = list(ZOO_NAMES)
-    else:
-        names = args.models
+    names = chosen_models(args)
     require(len(set(names)) == len(names), "--models lists a model twice")
     specs = resolve_models(names)  # bad names fail now, not after minutes of work
     sources = {spec.name: given for spec, given in zip(specs, names, strict=True)}

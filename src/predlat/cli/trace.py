@@ -10,6 +10,7 @@ from predlat.cli.common import (
     add_device_option,
     add_models_option,
     add_progress_option,
+    chosen_models,
     int_list,
     positive_float,
 )
@@ -84,12 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from predlat.traces.collect import CollectConfig, collect, summarize
     from predlat.traces.trace_file import write_trace
 
-    if args.models is None:
-        from predlat.models.zoo import ZOO_NAMES
-
-        names = list(ZOO_NAMES)
-    else:
-        names = args.models
+    names = chosen_models(args)
     config = CollectConfig(args.concurrency, args.load, args.duration, args.seed, args.max_batch)
     config.validate()
     progress = not args.no_progress
