@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from predlat.errors import ConfigError
 
 
 def int_list(text: str) -> list[int]:
@@ -44,6 +47,13 @@ def add_models_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated zoo names or .onnx paths (default: the six zoo models)",
     )
+
+
+def require_out_folder(out: Path | None) -> None:
+    """--out names a folder to write into: refused up front if a file is in the way
+    (None: no output asked for)."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
 
 
 def chosen_models(args: argparse.Namespace) -> list[str]:

@@ -7,8 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from predlat.cli.common import add_device_options, add_progress_option, name_list, positive_float
-from predlat.errors import ConfigError, require
+from predlat.cli.common import (
+    add_device_options,
+    add_progress_option,
+    name_list,
+    positive_float,
+    require_out_folder,
+)
+from predlat.errors import require
 
 
 def float_list(text: str) -> list[float]:
@@ -151,8 +157,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    require_out_folder(args.out)
     require(0.0 <= args.hp_frac <= 1.0, f"--hp-frac must be in [0, 1], got {args.hp_frac}")
     require(args.slots is None or args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
     require(

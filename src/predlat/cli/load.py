@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from predlat.cli.common import add_progress_option, name_list, positive_float
-from predlat.errors import ConfigError, require
+from predlat.cli.common import add_progress_option, name_list, positive_float, require_out_folder
+from predlat.errors import require
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     require(0.0 <= args.hp_frac <= 1.0, f"--hp-frac must be in [0, 1], got {args.hp_frac}")
     require(args.max_connections >= 1, "--max-connections must be at least 1")
     require(args.replay is None or args.replay.is_file(), f"--replay {args.replay}: no such file")
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    require_out_folder(args.out)
 
     from predlat.serving.loadgen import LoadConfig
     from predlat.serving.loadgen import run as run_load

@@ -16,8 +16,9 @@ from predlat.cli.common import (
     add_progress_option,
     chosen_models,
     int_list,
+    require_out_folder,
 )
-from predlat.errors import ConfigError, require
+from predlat.errors import require
 from predlat.profiling.profile import Profile
 
 DEFAULT_BATCH_SIZES = [1, 2, 4, 8]
@@ -69,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
         args.repeats >= MIN_REPEATS, f"--repeats must be at least {MIN_REPEATS}, got {args.repeats}"
     )
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    require_out_folder(args.out)
 
     # Imported here so `predlat --help` stays fast.
     from predlat.models import resolve_models

@@ -13,6 +13,7 @@ from predlat.cli.common import (
     add_progress_option,
     chosen_models,
     name_list,
+    require_out_folder,
 )
 from predlat.errors import ConfigError, require
 
@@ -71,8 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    require_out_folder(args.out)
     if args.predictors is not None:
         _check_predictors(args.predictors)
     # Imported here so `predlat --help` stays fast.
