@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hp-frac", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--bisect-steps",
+        type=int,
+        default=4,
+        help="SLO-capacity bisection runs per policy after the sweep (default: 4)",
+    )
+    parser.add_argument(
         "--keep-requests",
         action="store_true",
         help="also write every request's outcome to DIR/requests.csv",
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         route=args.route,
         arrivals=args.arrivals,
         slots=args.slots,
+        bisect_steps=args.bisect_steps,
         deadline_factor=args.deadline_factor,
         deadline_ms=args.deadline_ms,
         hp_frac=args.hp_frac,
