@@ -3,9 +3,13 @@
 It knows the law (pair slowdowns, time-sharing), every running batch's true remaining
 work and each candidate's true work (noise included: the simulated device fixes a
 batch's noise by its id, `SimulatedDevice.solo_work`), and plays them forward exactly:
-with no further dispatch, its forecast ends are the true ends. What no forecast can know
-is the work dispatched later, which slows what is running. The scheduler plans with its
-mean (quantile = mean): the bound predictors are measured against.
+with no further dispatch, its forecast ends are the true ends. The scheduler plans with
+its mean (quantile = mean). What it cannot know is the work dispatched later, which
+slows what is running; the Forecaster's fill anticipates that, so on a device with strong
+interference a predictor can beat this oracle's SLO capacity (it is exact about the
+present, not an upper bound). Planning at a conformal quantile of its own residuals, even
+after a median correction, did worse: the bias from later co-runners depends on the
+queue, which no single margin follows.
 """
 
 from __future__ import annotations
