@@ -44,7 +44,7 @@ class SimulateConfig:
     deadline_ms: float | None = None
     hp_frac: float = 0.3
     seed: int = 0
-    quantile: float = 0.95
+    quantile: float | None = 0.95  # None: every predictive policy plans at the mean
     max_batch: int = 8
     max_queue: int = 1000
     high_reserve: int = 1
