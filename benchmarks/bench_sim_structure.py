@@ -4,7 +4,7 @@ terms (predlat.predict.features.Design, `interact`), and the oracle, on a simula
 device (virtual clock: the figures do not depend on this machine's speed or load).
 
     python benchmarks/bench_sim_structure.py [--device contended-gpu] [--seeds 0,1,2]
-        [--requests 20000] [--quantile 0.95|mean] [--steps 4]
+        [--requests 20000] [--quantile 0.95|mean] [--steps 4] [--variants a,b,...]
 
 The default device, `contended-gpu`, is a preset whose contention follows the models'
 demands strongly (two memory-bound batches slow each other by about +125%, a
@@ -83,6 +83,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--quantile", default="0.95", help="or 'mean'")
     p.add_argument("--steps", type=int, default=4, help="bisection steps per seed")
+    p.add_argument("--variants", default=None, help="comma-separated rows (default: all)")
     args = p.parse_args()
     args.quantile = None if args.quantile == "mean" else float(args.quantile)
     spec = load_device(args.device)
@@ -90,7 +91,13 @@ def main() -> int:
     slo = Slo()
     print(f"{args.device}: load 1 = {unit:.1f} requests/s; quantile {args.quantile or 'mean'}")
     print(f"{'policy':<15}{'capacity req/s':>20}{'live err ' + str(ERROR_LOADS):>26}")
-    for name, policy in variants().items():
+    rows = variants()
+    chosen = args.variants.split(",") if args.variants else list(rows)
+    unknown = [v for v in chosen if v not in rows]
+    if unknown:
+        p.error(f"unknown variants {', '.join(unknown)} (choose {', '.join(rows)})")
+    for name in chosen:
+        policy = rows[name]
         caps, errs = [], {x: [] for x in ERROR_LOADS}
         for seed in (int(s) for s in args.seeds.split(",")):
             seen: dict[float, dict] = {}

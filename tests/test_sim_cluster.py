@@ -144,3 +144,14 @@ def test_oracle_knows_a_candidates_noisy_work_before_it_is_submitted():
     assert forecast[0].mean == pytest.approx(ends[0])
     assert forecast[1].mean == pytest.approx(ends[1])
     assert dev.solo_work(1, "a", 1, 1) == dev.solo_work(1, "a", 1, 1) != 0.1
+
+
+def test_policy_objects_build_the_same_cluster_as_names():
+    from predlat.scheduling.policies import get_policy
+    from predlat.sim.oracle import ORACLE, OracleForecaster
+
+    gpu = load_device("gpu")
+    by_object = build_cluster([gpu], 1, ORACLE)
+    assert isinstance(by_object.schedulers[0].forecaster, OracleForecaster)
+    mean = build_cluster([gpu], 1, get_policy("coarse"), quantile=None, train_batches=0)
+    assert not mean.schedulers[0].policy.plans_at_quantile

@@ -147,7 +147,7 @@ def build_cluster(
     if not specs:
         raise ConfigError("give at least one device")
     if isinstance(policy, Policy):
-        chosen = policy.with_quantile(quantile)
+        chosen = policy if policy is ORACLE else policy.with_quantile(quantile)
     elif policy not in SIM_POLICIES:
         raise ConfigError(f"unknown policy '{policy}' (choose {', '.join(SIM_POLICIES)})")
     else:
