@@ -104,9 +104,7 @@ def _default_models(dry_run: bool) -> tuple[str, ...]:
     return DRY_RUN_MODELS if dry_run else FULL_SIZE
 
 
-def _study_config(
-    models: tuple[str, ...], device: str, info: Any, args: argparse.Namespace
-) -> Any:
+def _study_config(models: tuple[str, ...], device: str, info: Any, args: argparse.Namespace) -> Any:
     """The study's full grid (every model set x load x K = 2, 3, 4 on an accelerator)
     with short traces: a GPU runs thousands of batches in a few seconds."""
     config = study_config(

@@ -133,8 +133,9 @@ def test_ewma_devices_do_not_mix(fmap):
 
 
 @pytest.mark.parametrize("n_load", [3, 4])
-def test_design_parts_match_the_row(n_load):
-    design = Design(n_load, oversub=n_load == 4)
+@pytest.mark.parametrize("interact", [False, True])
+def test_design_parts_match_the_row(n_load, interact):
+    design = Design(n_load, oversub=n_load == 4, interact=interact)
     assert len(design.names()) == design.dim
     w = [0.1 * (i + 1) * (-1) ** i for i in range(design.dim)]
     s = (1.0, 0.3, 1.7, -0.4)
@@ -143,6 +144,9 @@ def test_design_parts_match_the_row(n_load):
     a, beta = design.parts(w, s)
     direct = sum(wi * xi for wi, xi in zip(w, row, strict=True))
     assert a + sum(b * x for b, x in zip(beta, g, strict=True)) == pytest.approx(direct)
+    if interact:  # a memory-heavy batch feels co-runners' memory demand more
+        _, beta_heavy = design.parts(w, (1.0, 0.3, 3.0, -0.4))
+        assert beta_heavy[2] - beta[2] == pytest.approx(w[4 + n_load + 1] * (3.0 - 1.7))
 
 
 def test_streaming_ewma_history_matches_the_exact_sweep():

@@ -68,12 +68,12 @@ def test_not_a_predictor_file(tmp_path: Path) -> None:
         load_predictor(bad, PROFILE)
     foreign = tmp_path / "y.json"
     foreign.write_text(
-        '{"format": "predlat-predictor", "format_version": 3, "profile": {}, "state": {}}'
+        '{"format": "predlat-predictor", "format_version": 4, "profile": {}, "state": {}}'
     )
     with pytest.raises(PredictorFileError, match="another profile"):
         load_predictor(foreign, PROFILE)
     old = tmp_path / "z.json"
-    for version in (1, 2):  # 2: before the RLS prior
+    for version in (1, 2, 3):  # 2: before the RLS prior; 3: before the demand products
         old.write_text(f'{{"format": "predlat-predictor", "format_version": {version}}}')
         with pytest.raises(PredictorFileError, match="fit it again"):
             load_predictor(old, PROFILE)

@@ -53,6 +53,7 @@ def test_default_deadlines_given_shared_or_from_the_profile():
 def test_priority_and_rejection_mappings():
     assert priority_from_level(1) == Priority.HIGH
     assert [priority_from_level(level) for level in (0, 2, 7)] == [Priority.LOW] * 3
+
     def rejected(kind):
         return SimpleNamespace(rejected_for=kind)
 

@@ -114,3 +114,39 @@ def test_predlat_route_prefers_the_faster_device():
     _, stats = _run(route="predlat", devices=2, specs=[gpu, slow], n=1000)
     on_fast = sum(1 for r in stats.records if r.device == 0)
     assert on_fast > len(stats.records) / 2
+
+
+def test_oracle_knows_a_candidates_noisy_work_before_it_is_submitted():
+    from predlat.predict.forecast import RunningBatch
+    from predlat.sim.oracle import OracleForecaster
+
+    law = InterferenceLaw(noise_sigma=0.3, noise_per_corunner=0.1, pairs={("a", "a"): 0.4})
+    cost = lambda m, n: (0.1 * n, 0.5, 0.5)  # noqa: E731
+    dev = SimulatedDevice(cost, 2, law, seed=7)
+    dev.load("a")
+    oracle = OracleForecaster(dev, cost)
+    ends = {}
+    first = RunningBatch(0, "a", 2, 0.0)
+    oracle.on_dispatch(first)
+    dev.submit(0, BatchJob(0, "a", 2), lambda r: ends.__setitem__(0, r.end))
+    dev.clock.now = 0.05  # the driver owns the clock
+    second = RunningBatch(1, "a", 1, 0.05)
+    forecast = oracle.forecast(0.05, (second,))
+    oracle.on_dispatch(second)
+    dev.submit(1, BatchJob(1, "a", 1), lambda r: ends.__setitem__(1, r.end))
+    dev.close()
+    # Noise is fixed by (seed, batch id): the forecast made before submit is exact.
+    assert forecast[0].mean == pytest.approx(ends[0])
+    assert forecast[1].mean == pytest.approx(ends[1])
+    assert dev.solo_work(1, "a", 1, 1) == dev.solo_work(1, "a", 1, 1) != 0.1
+
+
+def test_policy_objects_build_the_same_cluster_as_names():
+    from predlat.scheduling.policies import get_policy
+    from predlat.sim.oracle import ORACLE, OracleForecaster
+
+    gpu = load_device("gpu")
+    by_object = build_cluster([gpu], 1, ORACLE)
+    assert isinstance(by_object.schedulers[0].forecaster, OracleForecaster)
+    mean = build_cluster([gpu], 1, get_policy("coarse"), quantile=None, train_batches=0)
+    assert not mean.schedulers[0].policy.plans_at_quantile

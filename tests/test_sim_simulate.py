@@ -113,3 +113,23 @@ def test_simulate_cli_replays_a_csv(tmp_path):
     res = json.loads((out / "results.json").read_text())
     (entry,) = res["loads"].values()
     assert entry["policies"]["predlat"]["requests"] == 300
+
+
+def test_simulate_bisects_slo_capacity_as_compare_defines_it():
+    from predlat.experiments.simulate import SimulateConfig, run_simulate
+
+    config = SimulateConfig(
+        requests=600, policies=("coarse", "oracle"), loads=(0.5, 3.0), bisect_steps=2
+    )
+    res = run_simulate(config)
+    assert res["slo"] == {"hp_met": 0.99, "met_frac": 0.95}
+    for policy in config.policies:
+        cap = res["slo_capacity"][policy]
+        tested = cap["tested"][0]
+        assert [x for x, _ in tested][:2] == [0.5, 3.0] and len(tested) == 4
+        assert tested[1][1] is False  # three times capacity is over it
+        met = [x for x, ok in tested if ok]
+        assert cap["load"] == max(met) and cap["first_miss_rps"][0] is not None
+    assert "oracle" in res["ratios"]["slo_capacity"]
+    # the bisection's runs count in the speed figures too
+    assert res["simulated_requests"] == 600 * 4 * len(config.policies)

@@ -57,6 +57,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hp-frac", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--quantile",
+        default="0.95",
+        help="forecast quantile every predictive policy plans with, or 'mean' (default: 0.95)",
+    )
+    parser.add_argument(
+        "--bisect-steps",
+        type=int,
+        default=4,
+        help="SLO-capacity bisection runs per policy after the sweep (default: 4)",
+    )
+    parser.add_argument(
         "--keep-requests",
         action="store_true",
         help="also write every request's outcome to DIR/requests.csv",
@@ -68,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from predlat.experiments.simulate import SimulateConfig, run_simulate
     from predlat.experiments.simulate_report import write_simulate_outputs
+    from predlat.scheduling.policies import parse_quantile
 
     config = SimulateConfig(
         device=tuple(args.device),
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         route=args.route,
         arrivals=args.arrivals,
         slots=args.slots,
+        bisect_steps=args.bisect_steps,
+        quantile=parse_quantile(args.quantile),
         deadline_factor=args.deadline_factor,
         deadline_ms=args.deadline_ms,
         hp_frac=args.hp_frac,

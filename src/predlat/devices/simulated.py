@@ -7,9 +7,11 @@ simulate in seconds, and the same seed gives the same run.
 Ground truth (documented so experiments can reason about it):
 
 - A batch of `model` at batch size n needs `solo(model, n)` seconds of work, times a
-  mean-one log-normal noise factor exp(sigma * z - sigma^2 / 2) drawn from the device's
-  seeded generator when it is submitted; sigma = noise_sigma + noise_per_corunner * (the
-  number of batches already running then), so co-location can widen the spread.
+  mean-one log-normal noise factor exp(sigma * z - sigma^2 / 2); sigma = noise_sigma +
+  noise_per_corunner * (the number of batches already running when it is submitted), so
+  co-location can widen the spread. z is a standard normal fixed by the device's seed
+  and the batch id (`solo_work`), so an oracle can know a batch's work before it is
+  submitted.
 - While a set R of batches runs, batch i progresses at rate 1 / s_i, where
 
       s_i = 1 + sum over j in R, j != i of (base + compute * c_i * c_j + memory * m_i * m_j)
@@ -31,6 +33,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from predlat.devices.base import (
     BatchJob,
@@ -42,6 +45,21 @@ from predlat.devices.base import (
 )
 from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec
+
+_MASK64 = (1 << 64) - 1
+_STANDARD_NORMAL = NormalDist()
+
+
+def _normal(seed: int, key: int) -> float:
+    """A standard normal fixed by (seed, key): splitmix64 of the pair to a uniform, then
+    the inverse CDF. Cheaper than seeding a generator per batch, and stateless, so the
+    draw does not depend on the order in which batches are asked about."""
+    x = (seed * 0x9E3779B97F4A7C15 + key + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    x ^= x >> 31
+    return _STANDARD_NORMAL.inv_cdf(((x >> 11) + 0.5) / (1 << 53))
+
 
 # (solo latency in seconds, compute demand, memory demand) of a (model, batch size).
 CostFn = Callable[[str, int], tuple[float, float, float]]
@@ -122,7 +140,8 @@ class SimulatedDevice:
         self.num_slots = num_slots
         self.clock = clock or VirtualClock()
         self._cost = cost
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # failures
+        self._seed = seed
         self._models: set[str] = set()
         self._jobs: dict[int, _Job] = {}
         self._updated = self.clock.now  # when `work` of running jobs was last brought up to date
@@ -149,14 +168,22 @@ class SimulatedDevice:
             raise ConfigError(f"model '{job.model}' is not loaded on {self.name}")
         now = self.clock.now
         self._progress(now)
-        solo, compute, memory = self._cost(job.model, job.batch_size)
-        sigma = self.law.noise_sigma + self.law.noise_per_corunner * len(self._jobs)
-        noise = math.exp(self._rng.gauss(-0.5 * sigma * sigma, sigma)) if sigma else 1.0
+        _, compute, memory = self._cost(job.model, job.batch_size)
+        work = self.solo_work(job.batch_id, job.model, job.batch_size, len(self._jobs))
         fails = self.law.failure_rate > 0 and self._rng.random() < self.law.failure_rate
         demand = (compute, memory)
         kind = self._kind(job.model, job.batch_size, demand)
-        self._jobs[slot] = _Job(job, on_done, now, solo * noise, demand, fails, kind=kind)
+        self._jobs[slot] = _Job(job, on_done, now, work, demand, fails, kind=kind)
         self._rerate()
+
+    def solo_work(self, batch_id: int, model: str, batch_size: int, corunners: int) -> float:
+        """Solo seconds of work of batch `batch_id` if submitted while `corunners` batches
+        run, noise included: the same value whenever it is asked."""
+        solo = self._cost(model, batch_size)[0]
+        sigma = self.law.noise_sigma + self.law.noise_per_corunner * corunners
+        if not sigma:
+            return solo
+        return solo * math.exp(sigma * _normal(self._seed, batch_id) - 0.5 * sigma * sigma)
 
     def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
         """Submit and move the virtual clock until this batch has ended (and any batch

@@ -6,20 +6,22 @@ requests through it. Load is a fraction of the cluster's capacity as `predlat co
 defines it (`device_capacity`, summed over devices); with a CSV or Azure trace the load
 is the trace's own rate over that capacity. Results use `predlat compare`'s
 results.json schema (`build_results`), plus wall time, `simulated_requests_per_wall_s`
-per run and overall, and each policy's SLO capacity (the highest offered rate at which
-it met `slo` of all deadlines) beside the oracle's.
+per run and overall. Each policy's SLO capacity is compare's (>= 99% of high-priority and
+>= 95% of all deadlines met): the sweep brackets it, then `bisect_steps` runs per policy
+narrow the bracket; `ratios` gives ours over every other policy, the oracle included.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from predlat.errors import ConfigError
-from predlat.experiments.compare_results import loads_section
+from predlat.experiments.capacity import Bisection, Slo
+from predlat.experiments.compare_results import capacity_section, loads_section, ratios
 from predlat.experiments.compare_runs import RunResult
 from predlat.scheduling.scheduler import SchedulerConfig
 from predlat.sim.arrivals import csv_requests, synthetic_requests
@@ -42,12 +44,15 @@ class SimulateConfig:
     deadline_ms: float | None = None
     hp_frac: float = 0.3
     seed: int = 0
-    quantile: float = 0.95
+    quantile: float | None = 0.95  # None: every predictive policy plans at the mean
     max_batch: int = 8
     max_queue: int = 1000
     high_reserve: int = 1
     keep_requests: bool = False
-    slo: float = 0.99  # fraction of deadlines met that defines SLO capacity
+    slo: Slo = field(
+        default_factory=Slo
+    )  # as `predlat compare`: >= 99% of high-priority, >= 95% of all met
+    bisect_steps: int = 4  # per policy, after the sweep (cheap here: no device time)
     ours: str = "predlat"
 
     def validate(self) -> None:
@@ -62,6 +67,8 @@ class SimulateConfig:
             raise ConfigError("loads must be in (0, 4] (fractions of capacity)")
         if not 0 <= self.hp_frac <= 1:
             raise ConfigError(f"high-priority fraction must be in [0, 1], got {self.hp_frac}")
+        if self.bisect_steps < 0:
+            raise ConfigError(f"bisect steps must be >= 0, got {self.bisect_steps}")
         if self.slots is not None and self.slots < 1:
             raise ConfigError("slots must be at least 1")
 
@@ -93,40 +100,33 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
         reqs = csv_requests(Path(config.arrivals), models, deadlines.get, config.requests)
         span = max(reqs[-1].arrival, 1e-9) if len(reqs) > 1 else 1.0
         loads = (len(reqs) / span / capacity,)
+    runner = _Runner(config, specs, models, deadlines, capacity)
     runs: dict[float, dict[str, list[RunResult]]] = {}
-    walls: dict[float, dict[str, tuple[float, float]]] = {}
-    kept: dict[str, list] = {}
-    total, done, sim_wall, simulated = len(loads) * len(config.policies), 0, 0.0, 0
+    total, done = len(loads) * len(config.policies), 0
     for load in loads:
-        runs[load], walls[load] = {}, {}
+        runs[load] = {}
         for policy in config.policies:
-            note(f"load {load:g} {policy}", done / total)
-            sim = build_cluster(
-                specs,
-                config.devices,
-                policy,
-                route=config.route,
-                slots=config.slots,
-                seed=config.seed,
-                quantile=config.quantile,
-                config=SchedulerConfig(
-                    config.max_batch, config.max_queue, high_reserve=config.high_reserve
-                ),
-            )
-            stats, wall = sim.run_stream(
-                _requests(config, load, capacity, models, deadlines), keep=config.keep_requests
-            )
-            metrics = stats.summary(sim.busy_slot_s(), sim.slots())
-            metrics["live_forecast_err"] = metrics.pop("pred_mean_rel_err", float("nan"))
-            runs[load][policy] = [RunResult(policy, load, metrics, stats.outcomes)]
-            walls[load][policy] = (wall, stats.requests / max(wall, 1e-9))
-            if config.keep_requests:
-                kept[f"{load:g}/{policy}"] = stats.outcomes
-            sim_wall += wall
-            simulated += stats.requests
+            note(f"load {load:g} {policy}", done / (total + _bisections(config)))
+            runs[load][policy] = [runner(load, policy)]
             done += 1
+    searches = {}
+    for policy in config.policies:  # a replayed trace has one load: nothing to bisect
+        met = {x: config.slo.met(runs[x][policy][0].metrics) for x in loads}
+        search = Bisection.from_sweep(met, 0 if config.is_csv else config.bisect_steps)
+        while (load := search.next_load()) is not None:
+            note(f"capacity of {policy}: load {load:.3g}", done / (total + _bisections(config)))
+            search.record(load, config.slo.met(runner(load, policy).metrics))
+            done += 1
+        searches[policy] = [search]
     note("done", 1.0)
-    results: dict[str, Any] = {
+    loads_out = loads_section(runs, {x: [list(config.policies)] for x in runs}, capacity, 0.0)
+    for load, by_policy in runs.items():
+        for policy, (result,) in by_policy.items():
+            entry = loads_out[f"{load:g}"]["policies"][policy]
+            entry["wall_s"] = result.metrics["wall_s"]
+            entry["simulated_requests_per_wall_s"] = result.metrics["simulated_requests_per_wall_s"]
+    slo_cap = capacity_section(searches, capacity)
+    return {
         "config": {
             "models": list(models),
             "policies": list(config.policies),
@@ -136,24 +136,60 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
         "quantile": config.quantile,
         "regime": "simulated",
         "capacity_rps": capacity,
+        "slo": {"hp_met": config.slo.hp, "met_frac": config.slo.all},
         "deadlines_ms": {m: deadlines[m] * 1e3 for m in models},
         "wall_s": time.perf_counter() - started,
-        "loads": loads_section(runs, {x: [list(config.policies)] for x in runs}, capacity, 0.0),
+        "loads": loads_out,
+        "slo_capacity": slo_cap,
+        "ratios": ratios(slo_cap, loads_out, config.ours),
+        "simulate": {
+            **asdict(config),
+            "models": models,
+            "devices_described": [x.name for x in specs],
+        },
+        "simulated_requests": runner.simulated,
+        "simulated_requests_per_wall_s": runner.simulated / max(runner.wall, 1e-9),
+        "_outcomes": runner.kept,  # removed before writing; the CLI writes them when asked
     }
-    for load, by_policy in walls.items():
-        for policy, (wall, rate) in by_policy.items():
-            entry = results["loads"][f"{load:g}"]["policies"][policy]
-            entry["wall_s"], entry["simulated_requests_per_wall_s"] = wall, rate
-    results["simulate"] = {
-        **asdict(config),
-        "models": models,
-        "devices_described": [s.name for s in specs],
-    }
-    results["simulated_requests"] = simulated
-    results["simulated_requests_per_wall_s"] = simulated / max(sim_wall, 1e-9)
-    results["slo_capacity"] = slo_capacity(results, config.slo, config.ours)
-    results["_outcomes"] = kept  # removed before writing; the CLI writes them when asked
-    return results
+
+
+def _bisections(config: SimulateConfig) -> int:
+    return 0 if config.is_csv else config.bisect_steps * len(config.policies)
+
+
+class _Runner:
+    """One (load, policy) run on a fresh cluster; counts simulated requests and wall time
+    over every run, sweep and bisection alike."""
+
+    def __init__(self, config: SimulateConfig, specs, models, deadlines, capacity) -> None:
+        self.config, self.specs, self.models = config, specs, models
+        self.deadlines, self.capacity = deadlines, capacity
+        self.simulated, self.wall = 0, 0.0
+        self.kept: dict[str, list] = {}
+
+    def __call__(self, load: float, policy: str) -> RunResult:
+        c = self.config
+        sim = build_cluster(
+            self.specs,
+            c.devices,
+            policy,
+            route=c.route,
+            slots=c.slots,
+            seed=c.seed,
+            quantile=c.quantile,
+            config=SchedulerConfig(c.max_batch, c.max_queue, high_reserve=c.high_reserve),
+        )
+        requests = _requests(c, load, self.capacity, self.models, self.deadlines)
+        stats, wall = sim.run_stream(requests, keep=c.keep_requests)
+        metrics = stats.summary(sim.busy_slot_s(), sim.slots())
+        metrics["live_forecast_err"] = metrics.pop("pred_mean_rel_err", float("nan"))
+        metrics["wall_s"] = wall
+        metrics["simulated_requests_per_wall_s"] = stats.requests / max(wall, 1e-9)
+        if c.keep_requests:
+            self.kept[f"{load:g}/{policy}"] = stats.outcomes
+        self.simulated += stats.requests
+        self.wall += wall
+        return RunResult(policy, load, metrics, stats.outcomes)
 
 
 def _requests(config, load, capacity, models, deadlines) -> Iterator:
@@ -174,20 +210,3 @@ def _deadlines(config: SimulateConfig, spec: DeviceSpec, models: Sequence[str]) 
     if config.deadline_ms is not None:
         return dict.fromkeys(models, config.deadline_ms / 1e3)
     return {m: config.deadline_factor * spec.models[m].latency(1) for m in models}
-
-
-def slo_capacity(results: dict[str, Any], slo: float, ours: str) -> dict[str, Any]:
-    """Per policy, the highest offered rate (requests/s) among the loads run at which it
-    met at least `slo` of all deadlines (None: at none), and ours over the oracle's."""
-    cap: dict[str, float | None] = {}
-    for p in results["config"]["policies"]:
-        ok = [
-            e["offered_rps"]
-            for e in results["loads"].values()
-            if (e["policies"][p].get("met_frac") or 0.0) >= slo
-        ]
-        cap[p] = max(ok) if ok else None
-    ratio = None
-    if cap.get(ours) is not None and cap.get("oracle"):
-        ratio = cap[ours] / cap["oracle"]
-    return {"slo": slo, "rps": cap, "ours_vs_oracle": ratio}

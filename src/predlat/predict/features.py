@@ -35,6 +35,7 @@ from predlat.traces.records import BatchRecord, Overlap
 SELF_NAMES = ("bias", "compute_util", "memory_util", "log_solo")
 LOAD_NAMES = ("co_count", "co_compute", "co_memory")
 OVERSUB_NAME = "oversub"
+INTERACTION_NAMES = ("compute_x_co_compute", "memory_x_co_memory")
 
 Vector = tuple[float, ...]
 
@@ -233,21 +234,35 @@ def _count_integral(
 
 # -- design rows -------------------------------------------------------------------------
 class Design:
-    """Turns (self features, co-load) into a regression row [*self, *co_load]. The row is
-    linear in the co-load for fixed self features, so the slowdown can be written
-    a + beta . co_load: the forecaster relies on that (see `parts`)."""
+    """Turns (self features s, co-load g) into a regression row [*s, *g], with
+    `interact` also [s_compute g_compute, s_memory g_memory]: how much a co-runner's
+    compute (memory) demand slows a batch then grows with the batch's own demand of that
+    resource, as contention does (a memory-bound pair slows far more than a mixed one).
+    The row is linear in the co-load for fixed self features, so the slowdown can be
+    written a + beta . co_load, beta depending on the batch: the forecaster relies on
+    that (see `parts`)."""
 
-    def __init__(self, n_load: int, oversub: bool = False):
+    def __init__(self, n_load: int, oversub: bool = False, interact: bool = False):
         self.n_load = n_load
         self.oversub = oversub  # the co-load's fourth channel is the oversubscription
-        self.dim = 4 + n_load
+        self.interact = interact
+        self.dim = 4 + n_load + (2 if interact else 0)
 
     def names(self) -> list[str]:
-        return [*SELF_NAMES, *LOAD_NAMES, OVERSUB_NAME][: self.dim]
+        names = [*SELF_NAMES, *LOAD_NAMES, OVERSUB_NAME][: 4 + self.n_load]
+        return names + list(INTERACTION_NAMES) if self.interact else names
 
     def row(self, s: Vector, g: Vector) -> list[float]:
+        if self.interact:
+            return [*s, *g, s[1] * g[1], s[2] * g[2]]
         return [*s, *g]
 
     def parts(self, w: Sequence[float], s: Vector) -> tuple[float, Vector]:
         a = w[0] * s[0] + w[1] * s[1] + w[2] * s[2] + w[3] * s[3]
-        return a, tuple(w[4 : 4 + self.n_load])
+        n = 4 + self.n_load
+        if not self.interact:
+            return a, tuple(w[4:n])
+        beta = list(w[4:n])
+        beta[1] += w[n] * s[1]
+        beta[2] += w[n + 1] * s[2]
+        return a, tuple(beta)

@@ -29,7 +29,9 @@ from predlat.predict.base import BasePredictor
 from predlat.profiling.profile import Profile
 
 FORMAT = "predlat-predictor"
-FORMAT_VERSION = 3  # 2: the predictor family as small classes, ForecastPrior; 3: RLS prior
+# 2: the predictor family as small classes, ForecastPrior; 3: RLS prior; 4: the fine
+# family's demand products (Design.interact)
+FORMAT_VERSION = 4
 _ALLOWED_PREFIX = "predlat."
 
 

@@ -3,15 +3,21 @@
     solo         no interference: latency = solo latency
     coarse       co-runners present at start, least squares fitted once (gpulet form)
     ewma         EWMA over time of the device's load before start, fitted once
-    fine         time-weighted co-runner features over the batch's lifetime, fitted once
+    fine         time-weighted co-runner features over the batch's lifetime, fitted once,
+                 with the own x co-runner demand products (`interact`, see Design)
     fine-sgd     fine, updated online after every batch (normalised LMS)
     fine-rls     fine, updated online by recursive least squares with forgetting
                  (option huber: robust to heavy-tailed outliers)
 
 Each is a small class; `PREDICTORS` maps names to them. On a CPU every view's co-load
 also carries the oversubscription of the cores (see predlat.predict.features; option
-oversub=False leaves it out). Variants with interaction terms, the squared co-runner
-count or a per-model sensitivity were within the study's noise of fine-rls and are gone.
+oversub=False leaves it out). The fine family also weighs a co-runner's compute and
+memory demand by the batch's own (`interact`, on by default; coarse keeps the gpulet
+form without them): on this repository's CPU the products are within noise, on a device
+whose contention follows the demands (the simulator's `contended-gpu`,
+benchmarks/bench_sim_structure.py) they cut fine-rls's live error and raise its SLO
+capacity. Variants with the squared co-runner count or a per-model sensitivity were
+within the study's noise of fine-rls and are gone.
 """
 
 from __future__ import annotations
@@ -54,8 +60,11 @@ class SoloPredictor(BasePredictor):
 
 
 class LinearPredictor(BasePredictor):
-    """slowdown = w . [self features, co-load]; latency = solo x slowdown. Subclasses
-    choose the co-load (`co_load`, `kind`) and the regressor (`make_regressor`)."""
+    """slowdown = w . [self features, co-load(, interactions)]; latency = solo x
+    slowdown. Subclasses choose the co-load (`co_load`, `kind`) and the regressor
+    (`make_regressor`); `interact` adds the own x co-runner demand terms (Design)."""
+
+    interact_default = False
 
     def __init__(
         self,
@@ -66,10 +75,12 @@ class LinearPredictor(BasePredictor):
         default_margin: float = 0.25,
         calibrate_forecast: bool = True,
         oversub: bool = True,
+        interact: bool | None = None,
     ):
         super().__init__(profile, window=window, default_margin=default_margin, oversub=oversub)
         has_ov = self.fmap.oversub is not None
-        self.design = Design(3 + has_ov, oversub=has_ov)
+        interact = self.interact_default if interact is None else interact
+        self.design = Design(3 + has_ov, oversub=has_ov, interact=interact)
         self.alpha = alpha
         try:
             self.regressor = self.make_regressor(self.design.dim)
@@ -176,6 +187,7 @@ class FinePredictor(LinearPredictor):
     """Time-weighted co-runner features over the batch's own lifetime, fitted once."""
 
     name = kind = "fine"
+    interact_default = True
 
     def co_load(self, record: BatchRecord) -> Vector:
         return fine_load(record, self.fmap)

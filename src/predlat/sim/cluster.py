@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from predlat.devices.simulated import SimulatedDevice, VirtualClock
 from predlat.errors import ConfigError
 from predlat.scheduling.outcome import RequestOutcome
-from predlat.scheduling.policies import get_policy
+from predlat.scheduling.policies import Policy, get_policy
 from predlat.scheduling.request import Finished, Priority, Request
 from predlat.scheduling.routing import DeviceForecast, RouteRequest, completion_s, rank
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
@@ -129,25 +129,30 @@ class ClusterSimulation(Simulation):
 def build_cluster(
     specs: Sequence[DeviceSpec],
     devices: int,
-    policy: str,
+    policy: str | Policy,
     *,
     route: str = "round-robin",
     slots: int | None = None,
     seed: int = 0,
-    quantile: float = 0.95,
+    quantile: float | None = 0.95,
     config: SchedulerConfig | None = None,
     train_batches: int = 300,
 ) -> ClusterSimulation:
     """`devices` simulated devices cycling over `specs`, one scheduler each under `policy`
-    (one of SIM_POLICIES); predictors that need data start from a short random
-    co-location trace of their own device type (as `predlat compare` trains on one)."""
+    (one of SIM_POLICIES, or a Policy of one's own, e.g. with a registered predictor);
+    predictors that need data start from a short random co-location trace of their own
+    device type (as `predlat compare` trains on one)."""
     if devices < 1:
         raise ConfigError(f"devices must be at least 1, got {devices}")
     if not specs:
         raise ConfigError("give at least one device")
-    if policy not in SIM_POLICIES:
+    if isinstance(policy, Policy):
+        chosen = policy if policy is ORACLE else policy.with_quantile(quantile)
+    elif policy not in SIM_POLICIES:
         raise ConfigError(f"unknown policy '{policy}' (choose {', '.join(SIM_POLICIES)})")
-    chosen = ORACLE if policy == "oracle" else get_policy(policy)
+    else:
+        chosen = ORACLE if policy == "oracle" else get_policy(policy).with_quantile(quantile)
+    fc_quantile = quantile if quantile is not None else 0.95  # (unused at the mean)
     clock = VirtualClock()
     cache: dict[int, tuple] = {}
     sims, scheds = [], []
@@ -165,10 +170,10 @@ def build_cluster(
         )
         for m in spec.models:
             device.load(m)
-        if policy == "oracle":
+        if chosen is ORACLE:
             fc = OracleForecaster(device, cost)
         else:
-            fc = chosen.make_forecaster(profile, quantile, training)
+            fc = chosen.make_forecaster(profile, fc_quantile, training)
         sims.append(device)
         scheds.append(Scheduler(sorted(spec.models), k, fc, profile, chosen, config))
     return ClusterSimulation(sims, scheds, clock, route)

@@ -280,8 +280,29 @@ def _preset(name: str, cores: int | None, scale: float, pairs: dict) -> dict[str
     }
 
 
-# Hand-written devices for what-if runs without traces: three synthetic models each.
+# An accelerator whose contention follows the models' demands strongly: two memory-bound
+# batches slow each other by about +125%, a compute-bound co-runner slows a memory-bound
+# batch by about +35%. Who runs beside whom matters more than how many: where predictors that
+# see the co-runners' demands, and the batch's own, should pay off.
+CONTENDED = {
+    "format": DEVICE_FORMAT,
+    "version": DEVICE_FORMAT_VERSION,
+    "name": "contended-gpu",
+    "slots": 4,
+    "cores": None,
+    "noise": {"sigma": 0.03, "per_corunner": 0.01},
+    "default_slowdown": {"base": 0.02, "compute": 0.3, "memory": 1.5},
+    "models": {
+        "membound": {"solo_s": {"1": 0.008, "8": 0.030}, "compute": 0.3, "memory": 0.9},
+        "attention": {"solo_s": {"1": 0.006, "8": 0.020}, "compute": 0.6, "memory": 0.6},
+        "convnet": {"solo_s": {"1": 0.005, "8": 0.016}, "compute": 0.9, "memory": 0.2},
+        "tiny": {"solo_s": {"1": 0.002, "8": 0.005}, "compute": 0.2, "memory": 0.1},
+    },
+}
+
+# Hand-written devices for what-if runs without traces.
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": _preset("gpu", None, 1.0, {"large": {"large": 0.6, "medium": 0.4}}),
     "cpu4": _preset("cpu4", 4, 5.0, {"small": {"small": 0.15}}),
+    "contended-gpu": CONTENDED,
 }

@@ -1,11 +1,15 @@
 """The oracle: a forecaster that reads the simulated device's ground truth.
 
-It knows the law (pair slowdowns, time-sharing) and every running batch's true remaining
-work (noise included), and plays the running set forward exactly: with no further
-dispatch, its forecast ends are the true ends. A candidate's own noise is drawn only
-when it is submitted, so candidates are forecast at their mean (noise-free) work; the
-oracle is exact for everything already running. The scheduler plans with its mean
-(quantile = mean): the upper bound predictors are measured against.
+It knows the law (pair slowdowns, time-sharing), every running batch's true remaining
+work and each candidate's true work (noise included: the simulated device fixes a
+batch's noise by its id, `SimulatedDevice.solo_work`), and plays them forward exactly:
+with no further dispatch, its forecast ends are the true ends. The scheduler plans with
+its mean (quantile = mean). What it cannot know is the work dispatched later, which
+slows what is running; the Forecaster's fill anticipates that, so on a device with strong
+interference a predictor can beat this oracle's SLO capacity (it is exact about the
+present, not an upper bound). Planning at a conformal quantile of its own residuals, even
+after a median correction, did worse: the bias from later co-runners depends on the
+queue, which no single margin follows.
 """
 
 from __future__ import annotations
@@ -44,11 +48,20 @@ class OracleForecaster:
     def forecast(
         self, now: float, candidates: Sequence[RunningBatch] = ()
     ) -> dict[int, ForecastEnd]:
-        true_work = self.device.remaining_work()
+        device = self.device
+        true_work = device.remaining_work()
         jobs: list[tuple[int, str, tuple[float, float], float]] = []
-        for b in [*self._running.values(), *candidates]:
-            solo, c, m = self.cost(b.model, b.batch_size)
-            jobs.append((b.batch_id, b.model, (c, m), true_work.get(b.batch_id, solo)))
+        for b in self._running.values():
+            _, c, m = self.cost(b.model, b.batch_size)
+            work = true_work.get(b.batch_id)
+            if work is None:  # dispatched, not yet on the device: all its work is left
+                work = device.solo_work(b.batch_id, b.model, b.batch_size, device.running())
+            jobs.append((b.batch_id, b.model, (c, m), work))
+        # Candidates are submitted in order, each beside those before it.
+        for i, b in enumerate(candidates):
+            _, c, m = self.cost(b.model, b.batch_size)
+            work = device.solo_work(b.batch_id, b.model, b.batch_size, device.running() + i)
+            jobs.append((b.batch_id, b.model, (c, m), work))
         ends = play_forward(self.device, jobs, now)
         return {bid: ForecastEnd(t, t) for bid, t in ends.items()}
 
