@@ -220,3 +220,14 @@ def test_rls_prior_is_a_guard_too():
         reg.learn_one([1.0, 0.0], 1.0)
     assert np.linalg.eigvalsh(reg.P).max() <= 1.0 + 1e-9
     assert reg.w[1] == pytest.approx(2.0, abs=1e-4)  # (the fit, held)
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0])
+def test_rls_mends_a_broken_covariance(prior):
+    rls = RLS(3, prior=prior).fit([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [1, 2, 3])
+    rls.P[0, 0] = np.nan  # what overflow or a bad sample can leave behind
+    rls.learn_one([1.0, 0.0, 0.0], 1.0)
+    assert np.isfinite(rls.P).all()
+    for _ in range(50):
+        rls.learn_one([1.0, 1.0, 0.0], 4.0)
+    assert rls.predict_one([1.0, 1.0, 0.0]) == pytest.approx(4.0, abs=0.05)

@@ -184,6 +184,8 @@ class RLS(LinearRegressor):
         px = P.dot(xa)
         denom = self.lam + float(xa.dot(px))
         if not denom > 1e-12:
+            if not math.isfinite(denom):  # a broken P: else no update would ever mend it
+                self.P = np.eye(self.dim) * (1.0 / self.prior if self.prior > 0 else self.delta)
             return
         k = px / denom
         e = y - float(self.w.dot(xa))
