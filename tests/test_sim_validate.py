@@ -88,6 +88,7 @@ def test_calibrated_device_matches_the_real_one_on_the_same_workload(tmp_path):
     paths = write_validate_outputs(results, tmp_path / "v")
     text = paths["report"].read_text()
     assert "## Per policy" in text and "oblivious" in text
+    assert "other processes' CPU share meanwhile: n/a" in text  # no meter on a virtual clock
     assert paths["plot"].stat().st_size > 0 and paths["device"].is_file()
     assert (tmp_path / "v" / "real" / "report.md").is_file()
 

@@ -57,7 +57,8 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"({cfg['repeats']} per load), {cfg['bisect_steps']} bisection steps",
             f"- calibrated on the warm-up history: {cal['batches']} batches; cores: "
             f"{cal['cores'] or 'none'}; noise sigma {cal['noise_sigma']:.3f} + "
-            f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md)",
+            f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
+            f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
             f"{results['simulated']['wall_s']:.1f} s",
         ]
@@ -148,6 +149,10 @@ def render(results: dict[str, Any], plot: str) -> str:
         "[real](real/report.md), [simulated](simulated/report.md).",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _warmup_foreign(real: dict[str, Any]) -> str:
+    return pct(real.get("warmup", {}).get("foreign_cpu_frac"), 0)
 
 
 def _foreign(row: dict[str, Any]) -> str:
