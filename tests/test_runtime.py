@@ -16,6 +16,7 @@ import pytest
 from predlat.errors import UnknownModelError
 from predlat.models.registry import resolve_model
 from predlat.runtime import InvalidInputError, Runtime, build_runtime
+from predlat.runtime.build import warm_up
 from predlat.runtime.gc_policy import GcPolicy
 from predlat.scheduling import (
     FixedSlowdownForecaster,
@@ -227,3 +228,11 @@ def test_serial_policy_builds_a_one_slot_device() -> None:
         assert runtime.device.num_slots == 1
     finally:
         runtime.stop()
+
+
+def test_warm_up_runs_every_model_and_size_once_per_slot() -> None:
+    device = GatedDevice(num_slots=2, latency=0.0)
+    warm_up(device, ["a", "b"], max_batch=3)
+    runs = Counter((j.model, j.batch_size) for j in device.jobs)
+    assert runs == {(m, n): 2 for m in ("a", "b") for n in (1, 2, 3)}
+    assert all(j.batch_id < 0 and j.inputs is None for j in device.jobs)

@@ -8,10 +8,11 @@ from dataclasses import replace
 import pytest
 
 from predlat.experiments.compare import CompareConfig
-from predlat.experiments.compare_runs import Setup
-from predlat.experiments.validate import SimRunner, differences, run_validate
+from predlat.experiments.compare_runs import RunResult, RunSpec, Setup
+from predlat.experiments.validate import QuietRunner, SimRunner, differences, run_validate
 from predlat.experiments.validate_report import write_validate_outputs
 from predlat.predict.predictors import make_predictor
+from predlat.scheduling.policies import get_policy
 from predlat.sim.device_file import DeviceSpec, load_device
 from predlat.sim.replay import random_colocation
 from predlat.traces.collect import device_capacity
@@ -87,6 +88,7 @@ def test_calibrated_device_matches_the_real_one_on_the_same_workload(tmp_path):
     paths = write_validate_outputs(results, tmp_path / "v")
     text = paths["report"].read_text()
     assert "## Per policy" in text and "oblivious" in text
+    assert "other processes' CPU share meanwhile: n/a" in text  # no meter on a virtual clock
     assert paths["plot"].stat().st_size > 0 and paths["device"].is_file()
     assert (tmp_path / "v" / "real" / "report.md").is_file()
 
@@ -111,6 +113,28 @@ def test_differences_are_simulated_minus_real():
     assert row["d_met_frac_pp"] == pytest.approx(5.0)
     assert row["d_p99_ms_pct"] == pytest.approx(20.0)
     assert d["by_policy"]["a"]["d_capacity_pct"] == pytest.approx(-10.0)
+
+
+def test_quiet_runner_repeats_a_run_shared_with_other_processes_and_keeps_the_quietest():
+    def runner_of(shares: list[float]):
+        left = list(shares)
+        return lambda spec: RunResult(
+            spec.policy.name, spec.load, {"foreign_cpu_frac": left.pop(0)}
+        )
+
+    spec = RunSpec(get_policy("serial"), 0.6, 0)
+    busy = QuietRunner(runner_of([0.3, 0.2, 0.25, 0.0]), limit=0.1, tries=3)
+    assert busy(spec).metrics["foreign_cpu_frac"] == 0.2  # three runs, never quiet
+    quiet = QuietRunner(runner_of([0.3, 0.05, 0.0]), limit=0.1)
+    assert quiet(spec).metrics["foreign_cpu_frac"] == 0.05  # stops at the first quiet run
+    assert (busy.runs, quiet.runs) == ({("serial", 0.6, 0): 3}, {("serial", 0.6, 0): 2})
+    real = {
+        "config": {"policies": ["serial"], "seed": 0, "repeats": 1},
+        "loads": {"0.6": {"policies": {"serial": {"met_frac": 1.0}}}},
+        "slo_capacity": {"serial": {"rps": 1.0}},
+    }
+    (row,) = differences(real, real, busy.runs)["by_load"]
+    assert row["real_runs"] == 3
 
 
 def test_validate_rejects_bad_flags_before_running_anything(tmp_path, capsys):

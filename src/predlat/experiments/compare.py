@@ -52,6 +52,7 @@ from predlat.experiments.compare_runs import (
 from predlat.models.registry import resolve_models
 from predlat.models.zoo import ZOO_NAMES
 from predlat.predict.predictors import make_predictor
+from predlat.profiling.cpu_meter import CpuMeter
 from predlat.profiling.profile import Profile
 from predlat.profiling.profiler import load_or_profile
 from predlat.runtime.build import BATCH_SIZES, REPEATS, policy_threads, usable_cores
@@ -341,8 +342,10 @@ def _starting_predictors(config: CompareConfig, specs, profile: Profile):
         config.policy(p).predictor for p in config.policies if not config.policy(p).one_at_a_time
     }
     history: list[BatchRecord] = []
+    meter = CpuMeter()  # other processes' share: the history is fitted on as measured
     if wanted - set(loaded):
         history = _training_trace(config, specs, profile)
+    foreign = meter.foreign_frac() if history else None
     out, sources = {}, {}
     for name in sorted(wanted):
         if name in loaded:
@@ -361,6 +364,7 @@ def _starting_predictors(config: CompareConfig, specs, profile: Profile):
         "seconds": config.train_s if history else 0.0,
         "loads": list(config.train_loads) if history else [],
         "predictors": sources,
+        "foreign_cpu_frac": foreign,
     }
     return out, info, history
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from predlat.predict.base import BasePredictor
 from predlat.profiling.profile import Profile
-from predlat.runtime.build import build_runtime
+from predlat.runtime.build import build_runtime, warm_up
 from predlat.scheduling.outcome import RequestOutcome, summarize
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.request import Dispatch, Priority
@@ -118,6 +118,9 @@ class DeviceRunner:
             lambda rec, _: batches.append((rec, dispatched.pop(rec.batch_id)))
         )
         arrivals = self.arrivals(spec.load, spec.seed)
+        # Every run starts from a fresh runtime: warm it, or its cold first batches would
+        # count against the policy (and against the simulator's agreement).
+        warm_up(runtime.device, setup.models, c.max_batch)
         runtime.start()
         try:
             meter = CpuMeter()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from predlat.errors import ConfigError
@@ -34,6 +34,7 @@ from predlat.experiments.compare_runs import (
     Setup,
     live_forecast,
 )
+from predlat.profiling.cpu_meter import foreign_cpu_limit
 from predlat.profiling.profile import Profile
 from predlat.profiling.profiler import load_or_profile
 from predlat.runtime.build import BATCH_SIZES, MARGIN_S, REPEATS, policy_threads
@@ -57,6 +58,37 @@ def quick_validate_config(**overrides: Any) -> CompareConfig:
     minutes on a small machine."""
     base = quick_config(models=("roberta", "resnet"), duration_s=3.0, train_s=12.0)
     return replace(base, **overrides)
+
+
+@dataclass
+class QuietRunner:
+    """Real runs repeated, up to `tries` in all, while other processes took more than
+    `limit` of the CPU (`foreign_cpu_limit()`, as for profiles), keeping the quietest.
+
+    The simulator runs alone; a real run that shares the machine measures the neighbours
+    as well. It costs one-at-a-time policies most: a 2-thread batch on 2 cores waits for
+    its slower thread, so a process taking one core made it as slow as 1 thread (and a
+    29% share cut `serial`'s real SLO capacity to a quarter of the simulated one).
+    `runs` counts the runs made per (policy, load, seed)."""
+
+    runner: Runner
+    limit: float
+    tries: int = 3
+    runs: dict[tuple[str, float, int], int] = field(default_factory=dict)
+
+    def __call__(self, spec: RunSpec) -> RunResult:
+        best, made = self.runner(spec), 1
+        while _foreign(best) > self.limit and made < self.tries:
+            result, made = self.runner(spec), made + 1
+            if _foreign(result) < _foreign(best):
+                best = result
+        self.runs[(spec.policy.name, spec.load, spec.seed)] = made
+        return best
+
+
+def _foreign(result: RunResult) -> float:
+    share = result.metrics.get("foreign_cpu_frac", math.nan)
+    return 0.0 if math.isnan(share) else share  # unmeasured counts as quiet
 
 
 class SimRunner(DeviceRunner):
@@ -174,11 +206,13 @@ def run_validate(
         return rescaled(cal, profile, slots=1), profile
 
     sim_runner = SimRunner(config, setup, cal.spec, other_threads)
+    if real_runner is None:
+        real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
     real = run_compare(
         config,
         lambda what, f: note(f"real: {what}", _REAL_SHARE * f),
         setup=setup,
-        runner=real_runner or DeviceRunner(config, setup),
+        runner=real_runner,
     )
     sim = run_compare(
         config,
@@ -191,7 +225,7 @@ def run_validate(
         "simulated": sim,
         "calibration": calibration_summary(cal),
         "device": cal.spec.to_json(),
-        "differences": differences(real, sim),
+        "differences": differences(real, sim, getattr(real_runner, "runs", None)),
         "_calibration": cal,  # for the report's fit section; removed before writing
         "_records": setup.records,
     }
@@ -227,10 +261,15 @@ _FRACTIONS = ("met_frac", "hp_met")
 _LATENCIES = ("p50_ms", "p99_ms")
 
 
-def differences(real: Mapping[str, Any], sim: Mapping[str, Any]) -> dict[str, Any]:
+def differences(
+    real: Mapping[str, Any],
+    sim: Mapping[str, Any],
+    runs: Mapping[tuple[str, float, int], int] | None = None,
+) -> dict[str, Any]:
     """Per load and policy, simulated minus real: fractions in percentage points,
     latencies in percent of real; per policy the SLO capacity's difference in percent
-    and the largest absolute differences over loads."""
+    and the largest absolute differences over loads. `runs`: real runs made per
+    (policy, load, seed) (QuietRunner's), reported per row as the most over seeds."""
     rows = []
     for key, entry in real["loads"].items():
         for p, r in entry["policies"].items():
@@ -239,6 +278,7 @@ def differences(real: Mapping[str, Any], sim: Mapping[str, Any]) -> dict[str, An
             # what the simulator cannot see: other processes' CPU share, hand-off lags
             row["real_foreign_cpu_frac"] = r.get("foreign_cpu_frac")
             row["real_dispatch_lag_p99_ms"] = r.get("dispatch_lag_p99_ms")
+            row["real_runs"] = _runs(runs, p, float(key), real["config"])
             for m in _FRACTIONS:
                 row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
                 row[f"d_{m}_pp"] = _diff_pp(r.get(m), s.get(m))
@@ -276,3 +316,16 @@ def _diff_pct(real: float | None, sim: float | None) -> float | None:
 def _max_abs(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [abs(r[key]) for r in rows if r[key] is not None]
     return max(values) if values else None
+
+
+def _runs(
+    runs: Mapping[tuple[str, float, int], int] | None,
+    policy: str,
+    load: float,
+    config: Mapping[str, Any],
+) -> int | None:
+    if runs is None:
+        return None
+    seed = config.get("seed", 0)
+    counts = [runs.get((policy, load, seed + r)) for r in range(config.get("repeats", 1))]
+    return max((c for c in counts if c is not None), default=None)

@@ -57,7 +57,8 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"({cfg['repeats']} per load), {cfg['bisect_steps']} bisection steps",
             f"- calibrated on the warm-up history: {cal['batches']} batches; cores: "
             f"{cal['cores'] or 'none'}; noise sigma {cal['noise_sigma']:.3f} + "
-            f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md)",
+            f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
+            f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
             f"{results['simulated']['wall_s']:.1f} s",
         ]
@@ -87,7 +88,7 @@ def render(results: dict[str, Any], plot: str) -> str:
             _signed(r["d_p50_ms_pct"], "%"),
             f"{num(r['real_p99_ms'], 1)} / {num(r['sim_p99_ms'], 1)}",
             _signed(r["d_p99_ms_pct"], "%"),
-            pct(r["real_foreign_cpu_frac"], 0),
+            _foreign(r),
             num(r["real_dispatch_lag_p99_ms"], 1),
         )
         for r in diff["by_load"]
@@ -138,13 +139,26 @@ def render(results: dict[str, Any], plot: str) -> str:
         "policy, starting predictor and deadline margin. One-at-a-time policies with "
         "another thread count use the profile at that count on the calibrated device. "
         "Differences are simulated minus real: fractions in percentage points, latencies "
-        "and capacity in percent of real. The simulator models neither other processes on "
-        "the machine nor the hand-off from the scheduler to a slot: the per-load table "
-        "shows, per real run, other processes' share of the CPU meanwhile and the "
-        "dispatch lag. Full reports: "
+        "and capacity in percent of real. Each real run starts from warmed slots (every "
+        "model and batch size run once per slot). The simulator models neither other "
+        "processes on the machine nor the hand-off from the scheduler to a slot: a real "
+        "run during which other processes took more than the profiler's limit of the CPU "
+        "is repeated (up to 3 runs, the quietest kept), and the per-load table shows, per "
+        "real run, other processes' share of the CPU meanwhile (and the runs made) and "
+        "the dispatch lag. Full reports: "
         "[real](real/report.md), [simulated](simulated/report.md).",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _warmup_foreign(real: dict[str, Any]) -> str:
+    return pct(real.get("warmup", {}).get("foreign_cpu_frac"), 0)
+
+
+def _foreign(row: dict[str, Any]) -> str:
+    runs = row.get("real_runs")
+    share = pct(row["real_foreign_cpu_frac"], 0)
+    return f"{share} ({runs} runs)" if runs and runs > 1 else share
 
 
 def _signed(value: float | None, suffix: str) -> str:
