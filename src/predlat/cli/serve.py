@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `predlat --help` stays fast.
     from predlat.models import resolve_models
     from predlat.runtime import build_runtime
+    from predlat.runtime.build import warm_up
     from predlat.scheduling.policies import parse_quantile
     from predlat.serving.admission import DoorPolicy
     from predlat.serving.app import ServerConfig, create_app
@@ -230,6 +231,13 @@ def run(args: argparse.Namespace) -> int:
             predictor_file=args.predictor,
             max_batch=max_batch,
         )
+        # A slot's first batch of each shape is slow (ONNX Runtime plans it): pay for that
+        # now rather than in the first requests' latency, as Triton's model_warmup does.
+        if not args.no_progress:
+            print("predlat serve: warming every slot at every batch size", flush=True)
+        caps = {m.name: m.settings.max_batch_size for m in repository or []}
+        for model in runtime.models:
+            warm_up(runtime.device, [model], min(caps.get(model) or max_batch, max_batch))
         config = ServerConfig(
             default_deadline_s=default_deadlines(profile, specs, per_model, everyone),
             max_body_bytes=int(args.max_body_mb * 2**20),
