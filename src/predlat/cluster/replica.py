@@ -16,6 +16,7 @@ import numpy as np
 from predlat.cluster.messages import Route
 from predlat.cluster.state import ReplicaState
 from predlat.runtime import Runtime, build_runtime
+from predlat.runtime.build import warm_up
 from predlat.scheduling.outcome import RequestOutcome
 
 
@@ -46,6 +47,8 @@ class PredlatReplica:
             max_batch=config.max_batch,
             progress=False,
         )
+        # As `predlat serve`: the first run of each shape is slow, so it happens now.
+        warm_up(self.runtime.device, self.runtime.models, config.max_batch)
         self.state = ReplicaState.of(
             name, profile, self.runtime.models, config.slots, config.max_batch
         )
