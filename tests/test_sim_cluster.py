@@ -150,3 +150,27 @@ def test_policy_objects_build_the_same_cluster_as_names():
     assert isinstance(by_object.schedulers[0].forecaster, OracleForecaster)
     mean = build_cluster([gpu], 1, get_policy("coarse"), quantile=None, train_batches=0)
     assert not mean.schedulers[0].policy.plans_at_quantile
+
+
+def test_oracle_counts_batches_dispatched_in_one_decision_before_any_is_submitted():
+    from predlat.predict.forecast import RunningBatch
+    from predlat.sim.oracle import OracleForecaster
+
+    law = InterferenceLaw(noise_sigma=0.2, noise_per_corunner=0.3, pairs={("a", "a"): 0.4})
+    cost = lambda m, n: (0.1 * n, 0.5, 0.5)  # noqa: E731
+    dev = SimulatedDevice(cost, 3, law, seed=3)
+    dev.load("a")
+    oracle = OracleForecaster(dev, cost)
+    # One scheduling event decides two dispatches, then forecasts a third candidate,
+    # before the driver submits any of them (in dispatch order).
+    batches = [RunningBatch(i, "a", 1 + i, 0.0) for i in range(3)]
+    oracle.on_dispatch(batches[0])
+    oracle.on_dispatch(batches[1])
+    forecast = oracle.forecast(0.0, (batches[2],))
+    ends = {}
+    for slot, b in enumerate(batches):
+        job = BatchJob(b.batch_id, "a", b.batch_size)
+        dev.submit(slot, job, lambda r: ends.__setitem__(r.batch_id, r.end))
+    dev.close()
+    for b in batches:
+        assert forecast[b.batch_id].mean == pytest.approx(ends[b.batch_id])

@@ -50,17 +50,16 @@ class OracleForecaster:
     ) -> dict[int, ForecastEnd]:
         device = self.device
         true_work = device.remaining_work()
+        # Batches not on the device yet (dispatched in this decision, or candidates) are
+        # submitted in order, each beside every batch before it: that count sets its noise.
+        beside = device.running()
         jobs: list[tuple[int, str, tuple[float, float], float]] = []
-        for b in self._running.values():
+        for b in [*self._running.values(), *candidates]:
             _, c, m = self.cost(b.model, b.batch_size)
             work = true_work.get(b.batch_id)
-            if work is None:  # dispatched, not yet on the device: all its work is left
-                work = device.solo_work(b.batch_id, b.model, b.batch_size, device.running())
-            jobs.append((b.batch_id, b.model, (c, m), work))
-        # Candidates are submitted in order, each beside those before it.
-        for i, b in enumerate(candidates):
-            _, c, m = self.cost(b.model, b.batch_size)
-            work = device.solo_work(b.batch_id, b.model, b.batch_size, device.running() + i)
+            if work is None:
+                work = device.solo_work(b.batch_id, b.model, b.batch_size, beside)
+                beside += 1
             jobs.append((b.batch_id, b.model, (c, m), work))
         ends = play_forward(self.device, jobs, now)
         return {bid: ForecastEnd(t, t) for bid, t in ends.items()}
