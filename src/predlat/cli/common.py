@@ -89,5 +89,14 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quantile_option(parser: argparse.ArgumentParser, who: str) -> None:
+    """--quantile Q|mean (parse it with scheduling.policies.parse_quantile)."""
+    parser.add_argument(
+        "--quantile",
+        default="0.95",
+        help=f"forecast quantile {who} plans with, or 'mean' (default: 0.95)",
+    )
+
+
 def add_progress_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -10,6 +10,7 @@ from pathlib import Path
 from predlat.cli.common import (
     add_device_options,
     add_progress_option,
+    add_quantile_option,
     name_list,
     positive_float,
     require_out_folder,
@@ -105,11 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="poisson",
         help="arrival process (default: poisson)",
     )
-    parser.add_argument(
-        "--quantile",
-        default="0.95",
-        help="forecast quantile every predictive policy plans with, or 'mean' (default: 0.95)",
-    )
+    add_quantile_option(parser, "every predictive policy")
     parser.add_argument(
         "--train-duration",
         type=float,

@@ -11,6 +11,7 @@ from predlat.cli.common import (
     add_device_options,
     add_models_option,
     add_progress_option,
+    add_quantile_option,
     chosen_models,
     positive_float,
 )
@@ -76,11 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start the policy's predictor from a `predlat fit` file (fitted against the "
         "same models and machine); it keeps learning online",
     )
-    parser.add_argument(
-        "--quantile",
-        default="0.95",
-        help="forecast quantile the policy plans with, or 'mean' (default: 0.95)",
-    )
+    add_quantile_option(parser, "the policy")
     parser.add_argument(
         "--default-deadline-ms",
         type=deadline_spec,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from predlat.cli.common import name_list, positive_float
+from predlat.cli.common import add_quantile_option, name_list, positive_float
 from predlat.cli.compare import float_list
 
 
@@ -56,11 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--deadline-ms", type=positive_float, default=None)
     parser.add_argument("--hp-frac", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quantile",
-        default="0.95",
-        help="forecast quantile every predictive policy plans with, or 'mean' (default: 0.95)",
-    )
+    add_quantile_option(parser, "every predictive policy")
     parser.add_argument(
         "--bisect-steps",
         type=int,

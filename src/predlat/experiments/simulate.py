@@ -49,9 +49,8 @@ class SimulateConfig:
     max_queue: int = 1000
     high_reserve: int = 1
     keep_requests: bool = False
-    slo: Slo = field(
-        default_factory=Slo
-    )  # as `predlat compare`: >= 99% of high-priority, >= 95% of all met
+    # SLO capacity as `predlat compare` defines it: >= 99% of high-priority, >= 95% of all met
+    slo: Slo = field(default_factory=Slo)
     bisect_steps: int = 4  # per policy, after the sweep (cheap here: no device time)
     ours: str = "predlat"
 

@@ -152,7 +152,6 @@ def build_cluster(
         raise ConfigError(f"unknown policy '{policy}' (choose {', '.join(SIM_POLICIES)})")
     else:
         chosen = ORACLE if policy == "oracle" else get_policy(policy).with_quantile(quantile)
-    fc_quantile = quantile if quantile is not None else 0.95  # (unused at the mean)
     clock = VirtualClock()
     cache: dict[int, tuple] = {}
     sims, scheds = [], []
@@ -173,7 +172,7 @@ def build_cluster(
         if chosen is ORACLE:
             fc = OracleForecaster(device, cost)
         else:
-            fc = chosen.make_forecaster(profile, fc_quantile, training)
+            fc = chosen.make_forecaster(profile, quantile, training)
         sims.append(device)
         scheds.append(Scheduler(sorted(spec.models), k, fc, profile, chosen, config))
     return ClusterSimulation(sims, scheds, clock, route)
