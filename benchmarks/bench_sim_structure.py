@@ -61,12 +61,12 @@ def variants():
     }
 
 
-def run(spec, policy, load: float, seed: int, args) -> dict:
+def run(spec, policy, load: float, seed: int, unit: float, args) -> dict:
+    """One run at `load` (a fraction of `unit`, the device's capacity in requests/s)."""
     models = sorted(spec.models)
-    cap = device_capacity(spec.profile(), models, spec.slots)
     sim = build_cluster([spec], 1, policy, seed=seed, quantile=args.quantile)
     reqs = synthetic_requests(
-        dict.fromkeys(models, load * cap / len(models)),
+        dict.fromkeys(models, load * unit / len(models)),
         args.requests,
         lambda m: 10 * spec.models[m].latency(1),
         seed=seed,
@@ -103,7 +103,7 @@ def main() -> int:
             seen: dict[float, dict] = {}
 
             def meets(load: float, seed=seed, seen=seen, policy=policy) -> bool:
-                seen[load] = run(spec, policy, load, seed, args)
+                seen[load] = run(spec, policy, load, seed, unit, args)
                 return slo.met(seen[load])
 
             caps.append(find_capacity(meets, SWEEP, args.steps).lo * unit)
