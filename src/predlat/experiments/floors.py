@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .rel_errors import REL_ERROR_KEYS, RelErrors, rel_error_figures
+
 
 def loo_errors(times: Sequence[float]) -> list[float]:
     """|x_i - median(x without x_i)| / x_i for each sample; empty under two samples."""
@@ -24,13 +26,9 @@ def loo_errors(times: Sequence[float]) -> list[float]:
 
 
 @dataclass
-class FloorSummary:
+class FloorSummary(RelErrors):
     """Leave-one-out errors of repeated runs: overall, and the mean per group."""
 
-    mean_rel_err: float = math.nan
-    p50: float = math.nan
-    p95: float = math.nan
-    p99: float = math.nan
     samples: int = 0
     per_group: dict[str, float] = field(default_factory=dict)
     per_group_samples: dict[str, int] = field(default_factory=dict)
@@ -38,10 +36,7 @@ class FloorSummary:
 
     def to_json(self, group_name: str) -> dict[str, Any]:
         return {
-            "mean_rel_err": self.mean_rel_err,
-            "p50": self.p50,
-            "p95": self.p95,
-            "p99": self.p99,
+            **{k: getattr(self, k) for k in REL_ERROR_KEYS},
             "samples": self.samples,
             group_name: dict(self.per_group),
             "samples_" + group_name: dict(self.per_group_samples),
@@ -50,20 +45,9 @@ class FloorSummary:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], group_name: str) -> FloorSummary:
-        known = {
-            "mean_rel_err",
-            "p50",
-            "p95",
-            "p99",
-            "samples",
-            group_name,
-            "samples_" + group_name,
-        }
+        known = {*REL_ERROR_KEYS, "samples", group_name, "samples_" + group_name}
         return cls(
-            mean_rel_err=_float(data.get("mean_rel_err")),
-            p50=_float(data.get("p50")),
-            p95=_float(data.get("p95")),
-            p99=_float(data.get("p99")),
+            **{k: _float(data.get(k)) for k in REL_ERROR_KEYS},
             samples=int(data.get("samples", 0)),
             per_group={str(k): _float(v) for k, v in (data.get(group_name) or {}).items()},
             per_group_samples={
@@ -87,12 +71,8 @@ def floor_summary(
     if not errors:
         return FloorSummary()
     e = np.asarray(errors)
-    p50, p95, p99 = np.percentile(e, [50, 95, 99])
     return FloorSummary(
-        mean_rel_err=float(e.mean()),
-        p50=float(p50),
-        p95=float(p95),
-        p99=float(p99),
+        **rel_error_figures(e),
         samples=int(e.size),
         per_group={g: float(np.mean(v)) for g, v in sorted(grouped.items()) if v},
         per_group_samples={g: len(v) for g, v in sorted(grouped.items()) if v},

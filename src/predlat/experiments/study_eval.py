@@ -24,21 +24,18 @@ from predlat.predict import Prediction, evaluate_forecast, evaluate_posterior, m
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord, Overlap
 
+from .rel_errors import REL_ERROR_KEYS, RelErrors, rel_error_figures
 from .study_config import EvalConfig
 from .study_data import StudyTrace
 
 POSTERIOR_SUFFIX = "-posterior"
-STAT_KEYS = ("mean_rel_err", "p50", "p95", "p99", "under_frac", "q95_exceed_frac")
+STAT_KEYS = (*REL_ERROR_KEYS, "under_frac", "q95_exceed_frac")
 
 
 @dataclass
-class ErrorStats:
+class ErrorStats(RelErrors):
     """Relative errors |predicted - actual| / actual of a set of predictions."""
 
-    mean_rel_err: float = math.nan
-    p50: float = math.nan
-    p95: float = math.nan
-    p99: float = math.nan
     under_frac: float = math.nan  # predicted faster than it ran
     q95_exceed_frac: float = math.nan  # ran longer than the predicted quantile
     batches: int = 0
@@ -53,12 +50,8 @@ class ErrorStats:
             return cls()
         actual = np.array([p.actual for p in preds])
         rel = np.abs(np.array([p.predicted for p in preds]) - actual) / actual
-        p50, p95, p99 = np.percentile(rel, [50, 95, 99])
         return cls(
-            mean_rel_err=float(rel.mean()),
-            p50=float(p50),
-            p95=float(p95),
-            p99=float(p99),
+            **rel_error_figures(rel),
             under_frac=float(np.mean(np.array([p.predicted for p in preds]) < actual)),
             q95_exceed_frac=float(np.mean(actual > np.array([p.predicted_q for p in preds]))),
             batches=len(preds),
