@@ -11,6 +11,7 @@ from predlat.devices.simulated import InterferenceLaw, SimulatedDevice
 from predlat.sim.arrivals import synthetic_requests
 from predlat.sim.cluster import CLUSTER_ROUTES, build_cluster
 from predlat.sim.device_file import DeviceSpec, load_device
+from predlat.sim.oracle import OracleForecaster
 from predlat.traces.collect import device_capacity
 
 
@@ -116,15 +117,24 @@ def test_predlat_route_prefers_the_faster_device():
     assert on_fast > len(stats.records) / 2
 
 
+def _noisy_device_and_oracle(
+    slots: int, seed: int, sigma: float, per_corunner: float
+) -> tuple[SimulatedDevice, OracleForecaster]:
+    """A device running model `a` (0.1 s a row alone, 40 % slower beside itself, noisy)
+    and the oracle that reads its law."""
+    law = InterferenceLaw(
+        noise_sigma=sigma, noise_per_corunner=per_corunner, pairs={("a", "a"): 0.4}
+    )
+    cost = lambda m, n: (0.1 * n, 0.5, 0.5)  # noqa: E731
+    dev = SimulatedDevice(cost, slots, law, seed=seed)
+    dev.load("a")
+    return dev, OracleForecaster(dev, cost)
+
+
 def test_oracle_knows_a_candidates_noisy_work_before_it_is_submitted():
     from predlat.predict.forecast import RunningBatch
-    from predlat.sim.oracle import OracleForecaster
 
-    law = InterferenceLaw(noise_sigma=0.3, noise_per_corunner=0.1, pairs={("a", "a"): 0.4})
-    cost = lambda m, n: (0.1 * n, 0.5, 0.5)  # noqa: E731
-    dev = SimulatedDevice(cost, 2, law, seed=7)
-    dev.load("a")
-    oracle = OracleForecaster(dev, cost)
+    dev, oracle = _noisy_device_and_oracle(slots=2, seed=7, sigma=0.3, per_corunner=0.1)
     ends = {}
     first = RunningBatch(0, "a", 2, 0.0)
     oracle.on_dispatch(first)
@@ -154,13 +164,8 @@ def test_policy_objects_build_the_same_cluster_as_names():
 
 def test_oracle_counts_batches_dispatched_in_one_decision_before_any_is_submitted():
     from predlat.predict.forecast import RunningBatch
-    from predlat.sim.oracle import OracleForecaster
 
-    law = InterferenceLaw(noise_sigma=0.2, noise_per_corunner=0.3, pairs={("a", "a"): 0.4})
-    cost = lambda m, n: (0.1 * n, 0.5, 0.5)  # noqa: E731
-    dev = SimulatedDevice(cost, 3, law, seed=3)
-    dev.load("a")
-    oracle = OracleForecaster(dev, cost)
+    dev, oracle = _noisy_device_and_oracle(slots=3, seed=3, sigma=0.2, per_corunner=0.3)
     # One scheduling event decides two dispatches, then forecasts a third candidate,
     # before the driver submits any of them (in dispatch order).
     batches = [RunningBatch(i, "a", 1 + i, 0.0) for i in range(3)]
