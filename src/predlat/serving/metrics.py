@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -96,119 +96,114 @@ class ServingMetrics:
         self._busy: dict[int, float] = {}
         self._error_ewma: dict[str, float] = {}
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        r = self.registry
-        self.requests = Counter(
+        self.requests = self._counter(
             "predlat_requests",
             "Requests answered by the runtime, by outcome",
             ["model", "priority", "outcome"],
-            registry=r,
         )
-        self.latency = Histogram(
+        self.latency = self._histogram(
             "predlat_request_latency_seconds",
             "Arrival to end of the request's batch",
             ["model", "priority"],
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.queue_time = Histogram(
+        self.queue_time = self._histogram(
             "predlat_queue_time_seconds",
             "Arrival to start of the request's batch",
             ["model", "priority"],
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = self._histogram(
             "predlat_batch_size",
             "Rows per executed batch",
             ["model"],
             buckets=_BATCH_BUCKETS,
-            registry=r,
         )
-        self.batch_latency = Histogram(
+        self.batch_latency = self._histogram(
             "predlat_batch_latency_seconds",
             "Execution time of each batch",
             ["model"],
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.slot_busy = Counter(
+        self.slot_busy = self._counter(
             "predlat_slot_busy_seconds",
             "Time each slot spent running batches",
             ["slot"],
-            registry=r,
         )
-        self.predictor_error = Histogram(
+        self.predictor_error = self._histogram(
             "predlat_predictor_relative_error",
             "|predicted - actual| / actual batch latency, predicted at dispatch",
             ["model"],
             buckets=_ERROR_BUCKETS,
-            registry=r,
         )
-        self.predictor_error_ewma = Gauge(
+        self.predictor_error_ewma = self._gauge(
             "predlat_predictor_relative_error_ewma",
             "Exponentially weighted mean of the predictor's relative error (recent batches)",
             ["model"],
-            registry=r,
         )
-        self.http_responses = Counter(
+        self.http_responses = self._counter(
             "predlat_http_responses",
             "HTTP responses by endpoint and status code",
             ["endpoint", "code"],
-            registry=r,
         )
-        self.http_duration = Histogram(
+        self.http_duration = self._histogram(
             "predlat_http_request_duration_seconds",
             "Time in the HTTP handler",
             ["endpoint"],
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.server_overhead = Histogram(
+        self.server_overhead = self._histogram(
             "predlat_server_overhead_seconds",
             "Handler time not spent in the runtime (decode, submit, wake-up, encode)",
             buckets=_OVERHEAD_BUCKETS,
-            registry=r,
         )
-        self.refusal_latency = Histogram(
+        self.refusal_latency = self._histogram(
             "predlat_refusal_latency_seconds",
             "From a refused infer request's first byte (gRPC: its handler) to the answer",
             buckets=_REFUSAL_BUCKETS,
-            registry=r,
         )
-        self.inflight = Gauge(
-            "predlat_inflight_requests", "Infer requests waiting for the runtime", registry=r
+        self.inflight = self._gauge(
+            "predlat_inflight_requests", "Infer requests waiting for the runtime"
         )
-        self.refusals = Counter(
+        self.refusals = self._counter(
             "predlat_refusals",
             "Infer requests refused by the server before the scheduler, by reason",
             ["model", "reason"],
-            registry=r,
         )
-        self.late_answers = Counter(
+        self.late_answers = self._counter(
             "predlat_late_answers",
             "Infer requests answered after their deadline",
             ["model"],
-            registry=r,
         )
-        self.delayed = Counter(
+        self.delayed = self._counter(
             "predlat_delayed_requests",
             "Requests refused on time by the scheduler but run anyway (timeout_action DELAY)",
             ["model"],
-            registry=r,
         )
-        self.door_scale = Gauge(
+        self.door_scale = self._gauge(
             "predlat_door_forecast_scale",
             "The door's calibration: p99 of (time to answer / raw forecast) of requests let in",
-            registry=r,
         )
-        self.loop_lag = Gauge(
+        self.loop_lag = self._gauge(
             "predlat_event_loop_lag_seconds",
             "p99 lateness of the serving event loop's timers (added to the door's forecasts)",
-            registry=r,
         )
+        r = self.registry
         r.register(_ScrapeTime(self))
         self.triton = TritonMetrics()
         r.register(self.triton)
+
+    # One helper a metric type: every metric lives in this server's own registry.
+    def _counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, labels: Sequence[str] = (), *, buckets: Sequence[float]
+    ) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, cached: the lookup costs more than the update, and
