@@ -98,5 +98,10 @@ def add_quantile_option(parser: argparse.ArgumentParser, who: str) -> None:
     )
 
 
+def add_seed_option(parser: argparse.ArgumentParser) -> None:
+    """--seed, the seed of the workload a command draws."""
+    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+
+
 def add_progress_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -11,6 +11,7 @@ from predlat.cli.common import (
     add_device_options,
     add_progress_option,
     add_quantile_option,
+    add_seed_option,
     name_list,
     positive_float,
     require_out_folder,
@@ -135,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="slots low-priority work leaves free while high-priority requests arrive (default: 1)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    add_seed_option(parser)
     parser.add_argument(
         "--repeats",
         type=int,

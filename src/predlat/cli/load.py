@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from predlat.cli.common import add_progress_option, name_list, positive_float, require_out_folder
+from predlat.cli.common import (
+    add_progress_option,
+    add_seed_option,
+    name_list,
+    positive_float,
+    require_out_folder,
+)
 from predlat.errors import require
 
 
@@ -46,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--hp-frac", type=float, default=0.0, help="fraction of high-priority requests"
     )
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    add_seed_option(parser)
     parser.add_argument(
         "--max-requests",
         type=int,

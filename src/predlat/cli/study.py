@@ -11,6 +11,7 @@ from predlat.cli.common import (
     add_device_option,
     add_models_option,
     add_progress_option,
+    add_seed_option,
     chosen_models,
     name_list,
     require_out_folder,
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated predictor names (default: all)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    add_seed_option(parser)
     parser.add_argument(
         "--traces",
         type=Path,

@@ -10,6 +10,7 @@ from predlat.cli.common import (
     add_device_option,
     add_models_option,
     add_progress_option,
+    add_seed_option,
     chosen_models,
     int_list,
     positive_float,
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--duration", type=positive_float, default=30.0, help="seconds of arrivals (default: 30)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    add_seed_option(parser)
     parser.add_argument(
         "--max-batch", type=int, default=8, help="largest batch size drawn (default: 8)"
     )
