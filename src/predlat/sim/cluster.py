@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import cached_property
 
 from predlat.devices.simulated import SimulatedDevice, VirtualClock
 from predlat.errors import ConfigError
@@ -36,22 +37,21 @@ SIM_POLICIES = ("serial", "oblivious", "coarse", "predlat", "oracle")
 class ClusterSimulation(Simulation):
     routes = CLUSTER_ROUTES
 
-    def __init__(
-        self,
-        devices: Sequence[SimulatedDevice],
-        schedulers: Sequence[Scheduler],
-        clock: VirtualClock,
-        route: str = "round-robin",
-    ) -> None:
-        super().__init__(devices, schedulers, clock, route)
-        self._solo = [
+    # Built on first use, so the constructor stays Simulation's own.
+    @cached_property
+    def _solo(self) -> list[dict[str, dict[int, float]]]:
+        """Each device's profiled solo latencies, read at every routing decision."""
+        return [
             {
                 m: {n: s.profile.solo_latency(m, n) for n in s.profile.batch_sizes(m)}
                 for m in s.models
             }
             for s in self.schedulers
         ]
-        self._stats = StreamStats()
+
+    @cached_property
+    def _stats(self) -> StreamStats:
+        return StreamStats()  # run_stream replaces it with its own
 
     # -- routing -------------------------------------------------------------------------
     def _route(self, request: Request, n: int) -> int:
