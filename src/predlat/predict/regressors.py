@@ -208,17 +208,19 @@ class RLS(LinearRegressor):
         `prior`): w' = A'^-1 (A w + T w_prior). Also the guard: P' is symmetric with
         eigenvalues in (0, min(1 / prior, max_eig)]."""
         P = 0.5 * (P + P.T)
-        if not np.isfinite(P).all():
+        # (Plain checks and ufuncs, no ndarray.any / np.clip / np.linalg.eigh: their
+        # Python-level wrappers run cold once every check_every updates and cost more
+        # than the arithmetic; the values are the same.)
+        if not math.isfinite(float(P.sum())):
             return np.eye(self.dim) / self.prior, self.w_prior.copy()
-        mu, vec = np.linalg.eigh(P)  # A's eigenvalues are 1 / mu, same vectors
-        # (np.maximum and ndarray.dot: np.clip and @ without their Python-level
-        # wrappers, which run cold once every check_every updates; same values)
-        info = 1.0 / np.maximum(mu, 1e-12)
+        mu, vec = _eigh(P)  # A's eigenvalues are 1 / mu, same vectors; mu ascending
+        if not math.isfinite(float(mu.sum())):  # did not converge (NaN)
+            return np.eye(self.dim) / self.prior, self.w_prior.copy()
+        info = 1.0 / np.maximum(mu, 1e-12)  # non-increasing
         floor = max(self.prior, 1.0 / self.max_eig)
-        short = info < floor
-        if not short.any():
+        if not float(info[-1]) < floor:  # no direction short of the floor
             return P, w
-        topped = np.where(short, floor, info)
+        topped = np.maximum(info, floor)
         # In A's eigenbasis: w' = (info * (V' w) + (topped - info) * (V' w_prior)) / topped
         vt = vec.T
         a, b = vt.dot(w), vt.dot(self.w_prior)
@@ -257,6 +259,25 @@ class RLS(LinearRegressor):
             return P
         eig = np.minimum(np.maximum(eig, 1e-12), self.max_eig)  # (np.clip, unwrapped)
         return (vec * eig) @ vec.T
+
+
+def _eigh_gufunc():
+    """numpy's symmetric eigendecomposition without np.linalg.eigh's wrapper (its
+    error-state context costs more than the 10 x 10 decomposition itself when it runs
+    cold); the very same LAPACK call and result. None where numpy has it elsewhere."""
+    umath = getattr(np.linalg, "_umath_linalg", None)
+    return getattr(umath, "eigh_lo", None)
+
+
+def _eigh(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending; NaN if LAPACK did not converge) and unit eigenvectors
+    (columns) of a symmetric matrix, as np.linalg.eigh gives them."""
+    if _EIGH_LO is None:
+        return np.linalg.eigh(P)
+    return _EIGH_LO(P, signature="d->dd")
+
+
+_EIGH_LO = _eigh_gufunc()
 
 
 # The guard's usual case, without an eigendecomposition: one or two eigenvalues (the
