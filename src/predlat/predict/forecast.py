@@ -46,7 +46,7 @@ from predlat.predict.base import (
 )
 from predlat.predict.calibration import Calibrator
 from predlat.predict.colocation import DeviceLoad
-from predlat.predict.features import FeatureMap, linear_load
+from predlat.predict.features import FeatureMap, Vector, fine_load, linear_load
 from predlat.predict.fine_forecast import OVERRUN_FRACTION, Fill, fine_latencies
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
@@ -156,6 +156,12 @@ class Forecaster:
         self.correction = prior.correction if self.correct else 1.0
         self._up, self._down = math.exp(correct_step), math.exp(-correct_step)
         self._decided: dict[int, float] = {}  # released batch -> when it was forecast
+        # The predictor learns from fine_load over this forecaster's feature map: the
+        # timeline is integrated once for both (the recent co-location is its first
+        # three channels).
+        self._shared_load = bool(getattr(predictor, "learns_fine_load", False)) and (
+            own is not None and own.fmap is self.fmap
+        )
 
     # -- events ------------------------------------------------------------------------
     def running(self) -> list[RunningBatch]:
@@ -222,14 +228,21 @@ class Forecaster:
             if self.correct:
                 corr = self.correction * (self._up if late else self._down)
                 self.correction = min(MAX_CORRECTION, max(1.0 / MAX_CORRECTION, corr))
+        if self.learn_online and self._shared_load and record.latency > 0:
+            load = fine_load(record, self.fmap)
+            self._observe_co_location(record, load)
+            self.predictor.learn_one(record, load)
+            return
         self._observe_co_location(record)
         if self.learn_online:
             self.predictor.learn_one(record)
 
-    def _observe_co_location(self, record: BatchRecord) -> None:
+    def _observe_co_location(self, record: BatchRecord, load: Vector | None = None) -> None:
+        """The recent co-location, from the batch's linear co-load (`load`: its fine
+        load, whose first three channels are the same numbers)."""
         if record.latency <= 0:
             return
-        n, cu, mu = linear_load(record, self.fmap)
+        n, cu, mu = linear_load(record, self.fmap) if load is None else load[:3]
         self._completions += 1
         alpha = max(RECENT_ALPHA, 1.0 / self._completions)
         self._co_count += alpha * (n - self._co_count)
