@@ -138,7 +138,9 @@ class Forecaster:
         self._runs: dict[int, _Run] = {}
         self._runs_version = 0  # counts changes of the running set (see _running_columns)
         self._columns: tuple[list, ...] = ()
-        self._columns_key: tuple[int, int] | None = None
+        self._columns_key: int | None = None
+        self._parts: tuple[list, list] = ([], [])
+        self._parts_key: int | None = None
         self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
         self._state = DeviceLoad(self.tau, self._ov)  # the running set's co-location
         self._co_count = 0.0  # recent average co-runner count seen by finished batches
@@ -260,20 +262,22 @@ class Forecaster:
         n_all = len(self._runs) + len(candidates)
         if n_all == 0:
             return {}
-        runs, ids, starts, solos, a_s, betas, feats = self._running_columns()
-        fmap, parts = self.fmap, self.predictor.slowdown_parts
-        for c in candidates:
-            ids.append(c.batch_id)
-            starts.append(now)
-            solos.append(fmap.solo(c.model, c.batch_size))
-            feats.append(fmap.co_vec(c.model, c.batch_size))
-            a, beta = parts(c.model, c.batch_size)
-            a_s.append(a)
-            betas.append(beta)
+        (runs, ids, starts, solos, feats, c_starts), (a_s, betas) = self._running_columns()
+        if candidates:  # (fresh lists: the cached columns stay as they are)
+            ids, starts, solos, feats = [*ids], [*starts], [*solos], [*feats]
+            a_s, betas = [*a_s], [*betas]
+            fmap, parts = self.fmap, self.predictor.slowdown_parts
+            for c in candidates:
+                ids.append(c.batch_id)
+                starts.append(now)
+                solos.append(fmap.solo(c.model, c.batch_size))
+                feats.append(fmap.co_vec(c.model, c.batch_size))
+                a, beta = parts(c.model, c.batch_size)
+                a_s.append(a)
+                betas.append(beta)
 
-        kind = self.kind
-        if kind == "fine":
-            lats = self._fine(now, runs, starts, solos, a_s, betas, feats)
+        if self.kind == "fine":
+            lats = self._fine(now, c_starts, starts, solos, a_s, betas, feats)
         else:
             lats = self._static(now, runs, candidates, solos, a_s, betas, feats)
 
@@ -290,27 +294,35 @@ class Forecaster:
             out[ids[i]] = ForecastEnd(mean, q_end if q_end > mean else mean)
         return out
 
-    def _running_columns(self) -> tuple[list, ...]:
-        """Per running batch: the run, id, start, solo latency, slowdown parts (a, beta)
-        and features, as fresh lists the caller may extend with candidates. Kept between
-        forecasts until the running set or the predictor changes: a decision round
-        forecasts several candidates beside the same running batches."""
-        key = (self._runs_version, self.predictor.version)
-        if self._columns_key != key:
+    def _running_columns(self) -> tuple[tuple[list, ...], tuple[list, list]]:
+        """Per running batch: the run, id, start, solo latency, features and co-location
+        integrals at its start, kept until the running set changes; and its slowdown
+        parts (a, beta), kept until the predictor or the running set changes. A decision
+        round forecasts several candidates beside the same running batches; callers
+        must not change the lists."""
+        if self._columns_key != self._runs_version:
             runs = list(self._runs.values())
-            parts = self.predictor.slowdown_parts
-            split = [parts(r.batch.model, r.batch.batch_size) for r in runs]
             self._columns = (
                 runs,
                 [r.batch.batch_id for r in runs],
                 [r.batch.start for r in runs],
                 [r.solo for r in runs],
-                [a for a, _ in split],
-                [beta for _, beta in split],
                 [r.f for r in runs],
+                [r.c_start for r in runs],
             )
-            self._columns_key = key
-        return tuple(list(column) for column in self._columns)
+            self._columns_key = self._runs_version
+            self._parts_key = None
+        version = self.predictor.version
+        if self._parts_key != version:
+            parts = self.predictor.slowdown_parts
+            a_s, betas = [], []
+            for r in self._columns[0]:
+                a, beta = parts(r.batch.model, r.batch.batch_size)
+                a_s.append(a)
+                betas.append(beta)
+            self._parts = (a_s, betas)
+            self._parts_key = version
+        return self._columns, self._parts
 
     def _static(self, now, runs, candidates, solos, a_s, betas, feats) -> list[float]:
         """solo, coarse and ewma: each batch's co-load is fixed at its start."""
@@ -332,7 +344,7 @@ class Forecaster:
             lats.append(solo * sd)
         return lats
 
-    def _fine(self, now, runs, starts, solos, a_s, betas, feats) -> list[float]:
+    def _fine(self, now, c_starts, starts, solos, a_s, betas, feats) -> list[float]:
         fill = Fill(
             self.fill == "revert" and self._completions > 0,
             self._co_count,
@@ -340,7 +352,6 @@ class Forecaster:
             self._mean_latency,
             self.fill_gain,
         )
-        c_starts = [run.c_start for run in runs]
         return fine_latencies(
             now,
             self._state,
