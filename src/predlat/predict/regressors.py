@@ -214,11 +214,10 @@ class RLS(LinearRegressor):
         if not math.isfinite(float(P.sum())):
             return np.eye(self.dim) / self.prior, self.w_prior.copy()
         mu, vec = _eigh(P)  # A's eigenvalues are 1 / mu, same vectors; mu ascending
-        if not math.isfinite(float(mu.sum())):  # did not converge (NaN)
-            return np.eye(self.dim) / self.prior, self.w_prior.copy()
         info = 1.0 / np.maximum(mu, 1e-12)  # non-increasing
         floor = max(self.prior, 1.0 / self.max_eig)
-        if not float(info[-1]) < floor:  # no direction short of the floor
+        # No direction short of the floor (or no convergence: NaN), nothing to top up.
+        if not float(info[-1]) < floor:
             return P, w
         topped = np.maximum(info, floor)
         # In A's eigenbasis: w' = (info * (V' w) + (topped - info) * (V' w_prior)) / topped
