@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from predlat.predict.calibration import Calibrator
-from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top, _positive_definite
+from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top, _eigh, _positive_definite
 
 
 def linear_data(n: int, w: np.ndarray, seed: int = 0, noise: float = 0.0):
@@ -231,3 +231,13 @@ def test_rls_mends_a_broken_covariance(prior):
     for _ in range(50):
         rls.learn_one([1.0, 1.0, 0.0], 4.0)
     assert rls.predict_one([1.0, 1.0, 0.0]) == pytest.approx(4.0, abs=0.05)
+
+
+def test_top_up_decomposition_is_numpys_eigh_to_the_bit():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(9, 9))
+    p = a @ a.T
+    mu, vec = _eigh(p)
+    ref_mu, ref_vec = np.linalg.eigh(p)
+    assert (mu == ref_mu).all() and (vec == ref_vec).all()
+    assert vec.flags["C_CONTIGUOUS"] == ref_vec.flags["C_CONTIGUOUS"]
