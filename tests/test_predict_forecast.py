@@ -89,9 +89,9 @@ def snapshot(fc: Forecaster) -> dict:
     state = {
         k: copy.deepcopy(v)
         for k, v in vars(fc).items()
-        # (_columns: a cache of the running set, rebuilt at will)
-        if k
-        not in ("predictor", "profile", "fmap", "calibrator", "_runs", "_columns", "_columns_key")
+        # (_columns, _parts: caches of the running set, rebuilt at will)
+        if k not in ("predictor", "profile", "fmap", "calibrator", "_runs")
+        and not k.startswith(("_columns", "_parts"))
     }
     state["runs"] = {i: (r.batch, r.c_start, r.static, r.predicted) for i, r in fc._runs.items()}
     load = state.pop("_state")
@@ -293,3 +293,20 @@ def test_training_replay_hands_its_median_correction_on():
     assert fitted.forecast_prior.correction == pytest.approx(1.3, rel=0.03)
     assert Forecaster(fitted, PROFILE).correction == fitted.forecast_prior.correction
     assert Forecaster(fitted, PROFILE, correct=False).correction == 1.0
+
+
+def test_learning_integrates_each_timeline_once_to_the_same_numbers():
+    """The forecaster hands the fine co-load it integrated (for the recent co-location)
+    to the predictor: learning ends where integrating twice would, to the bit."""
+    train = law_records(PROFILE, LAW, 200, seed=2)
+    fitted = make_predictor("fine-rls", PROFILE, calibrate_forecast=False).fit(train)
+    shared = Forecaster(copy.deepcopy(fitted), PROFILE)
+    twice = Forecaster(copy.deepcopy(fitted), PROFILE)
+    twice._shared_load = False
+    assert shared._shared_load
+    for r in law_records(PROFILE, LAW, 80, seed=3):
+        shared.on_complete(r)
+        twice.on_complete(r)
+    assert shared.predictor.regressor.coef == twice.predictor.regressor.coef
+    assert (shared._co_count, shared._co_feat) == (twice._co_count, twice._co_feat)
+    assert shared._mean_latency == twice._mean_latency

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from predlat.predict.calibration import Calibrator
-from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top, _positive_definite
+from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top, _eigh, _positive_definite
 
 
 def linear_data(n: int, w: np.ndarray, seed: int = 0, noise: float = 0.0):
@@ -218,6 +218,7 @@ def test_rls_prior_is_a_guard_too():
     reg.fit([[1.0, 0.0], [0.0, 1.0]], [1.0, 2.0])
     for _ in range(200):  # only the first direction excited: P must stay bounded there
         reg.learn_one([1.0, 0.0], 1.0)
+    reg._finish_top_up(*reg._pending)  # (what the next update would do first)
     assert np.linalg.eigvalsh(reg.P).max() <= 1.0 + 1e-9
     assert reg.w[1] == pytest.approx(2.0, abs=1e-4)  # (the fit, held)
 
@@ -231,3 +232,34 @@ def test_rls_mends_a_broken_covariance(prior):
     for _ in range(50):
         rls.learn_one([1.0, 1.0, 0.0], 4.0)
     assert rls.predict_one([1.0, 1.0, 0.0]) == pytest.approx(4.0, abs=0.05)
+
+
+def test_top_up_decomposition_is_numpys_eigh_to_the_bit():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(9, 9))
+    p = a @ a.T
+    mu, vec = _eigh(p)
+    ref_mu, ref_vec = np.linalg.eigh(p)
+    assert (mu == ref_mu).all() and (vec == ref_vec).all()
+    assert vec.flags["C_CONTIGUOUS"] == ref_vec.flags["C_CONTIGUOUS"]
+
+
+def test_rls_top_up_in_two_halves_learns_as_a_whole_one():
+    """The top-up started at every check_every-th update and finished as the next one
+    learns leaves, after that one, exactly the state of a top-up done at once."""
+    rng = np.random.default_rng(4)
+    X = rng.uniform(0, 2, size=(40, 3))
+    X[:, 0] = 1.0
+    split = RLS(3, lam=0.9, prior=1.0, check_every=4).fit(X[:10], X[:10] @ [1.0, 0.5, -0.2])
+    whole = RLS(3, lam=0.9, prior=1.0, check_every=4).fit(X[:10], X[:10] @ [1.0, 0.5, -0.2])
+    checked = 0
+    for x in X[10:]:
+        x = [1.0, float(x[1]), 0.0]  # the last direction unexcited: topped up
+        split.learn_one(x, 2.0)
+        whole.learn_one(x, 2.0)
+        if whole._pending is not None:
+            whole._finish_top_up(*whole._pending)
+        elif split._pending is None:
+            assert split.coef == whole.coef and (split.P == whole.P).all()
+            checked += 1
+    assert checked > 20

@@ -46,7 +46,7 @@ from predlat.predict.base import (
 )
 from predlat.predict.calibration import Calibrator
 from predlat.predict.colocation import DeviceLoad
-from predlat.predict.features import FeatureMap, linear_load
+from predlat.predict.features import FeatureMap, Vector, fine_load, linear_load
 from predlat.predict.fine_forecast import OVERRUN_FRACTION, Fill, fine_latencies
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
@@ -138,7 +138,9 @@ class Forecaster:
         self._runs: dict[int, _Run] = {}
         self._runs_version = 0  # counts changes of the running set (see _running_columns)
         self._columns: tuple[list, ...] = ()
-        self._columns_key: tuple[int, int] | None = None
+        self._columns_key: int | None = None
+        self._parts: tuple[list, list] = ([], [])
+        self._parts_key: int | None = None
         self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
         self._state = DeviceLoad(self.tau, self._ov)  # the running set's co-location
         self._co_count = 0.0  # recent average co-runner count seen by finished batches
@@ -156,6 +158,12 @@ class Forecaster:
         self.correction = prior.correction if self.correct else 1.0
         self._up, self._down = math.exp(correct_step), math.exp(-correct_step)
         self._decided: dict[int, float] = {}  # released batch -> when it was forecast
+        # The predictor learns from fine_load over this forecaster's feature map: the
+        # timeline is integrated once for both (the recent co-location is its first
+        # three channels).
+        self._shared_load = bool(getattr(predictor, "learns_fine_load", False)) and (
+            own is not None and own.fmap is self.fmap
+        )
 
     # -- events ------------------------------------------------------------------------
     def running(self) -> list[RunningBatch]:
@@ -222,14 +230,21 @@ class Forecaster:
             if self.correct:
                 corr = self.correction * (self._up if late else self._down)
                 self.correction = min(MAX_CORRECTION, max(1.0 / MAX_CORRECTION, corr))
+        if self.learn_online and self._shared_load and record.latency > 0:
+            load = fine_load(record, self.fmap)
+            self._observe_co_location(record, load)
+            self.predictor.learn_one(record, load)
+            return
         self._observe_co_location(record)
         if self.learn_online:
             self.predictor.learn_one(record)
 
-    def _observe_co_location(self, record: BatchRecord) -> None:
+    def _observe_co_location(self, record: BatchRecord, load: Vector | None = None) -> None:
+        """The recent co-location, from the batch's linear co-load (`load`: its fine
+        load, whose first three channels are the same numbers)."""
         if record.latency <= 0:
             return
-        n, cu, mu = linear_load(record, self.fmap)
+        n, cu, mu = linear_load(record, self.fmap) if load is None else load[:3]
         self._completions += 1
         alpha = max(RECENT_ALPHA, 1.0 / self._completions)
         self._co_count += alpha * (n - self._co_count)
@@ -247,20 +262,22 @@ class Forecaster:
         n_all = len(self._runs) + len(candidates)
         if n_all == 0:
             return {}
-        runs, ids, starts, solos, a_s, betas, feats = self._running_columns()
-        fmap, parts = self.fmap, self.predictor.slowdown_parts
-        for c in candidates:
-            ids.append(c.batch_id)
-            starts.append(now)
-            solos.append(fmap.solo(c.model, c.batch_size))
-            feats.append(fmap.co_vec(c.model, c.batch_size))
-            a, beta = parts(c.model, c.batch_size)
-            a_s.append(a)
-            betas.append(beta)
+        (runs, ids, starts, solos, feats, c_starts), (a_s, betas) = self._running_columns()
+        if candidates:  # (fresh lists: the cached columns stay as they are)
+            ids, starts, solos, feats = [*ids], [*starts], [*solos], [*feats]
+            a_s, betas = [*a_s], [*betas]
+            fmap, parts = self.fmap, self.predictor.slowdown_parts
+            for c in candidates:
+                ids.append(c.batch_id)
+                starts.append(now)
+                solos.append(fmap.solo(c.model, c.batch_size))
+                feats.append(fmap.co_vec(c.model, c.batch_size))
+                a, beta = parts(c.model, c.batch_size)
+                a_s.append(a)
+                betas.append(beta)
 
-        kind = self.kind
-        if kind == "fine":
-            lats = self._fine(now, runs, starts, solos, a_s, betas, feats)
+        if self.kind == "fine":
+            lats = self._fine(now, c_starts, starts, solos, a_s, betas, feats)
         else:
             lats = self._static(now, runs, candidates, solos, a_s, betas, feats)
 
@@ -277,27 +294,35 @@ class Forecaster:
             out[ids[i]] = ForecastEnd(mean, q_end if q_end > mean else mean)
         return out
 
-    def _running_columns(self) -> tuple[list, ...]:
-        """Per running batch: the run, id, start, solo latency, slowdown parts (a, beta)
-        and features, as fresh lists the caller may extend with candidates. Kept between
-        forecasts until the running set or the predictor changes: a decision round
-        forecasts several candidates beside the same running batches."""
-        key = (self._runs_version, self.predictor.version)
-        if self._columns_key != key:
+    def _running_columns(self) -> tuple[tuple[list, ...], tuple[list, list]]:
+        """Per running batch: the run, id, start, solo latency, features and co-location
+        integrals at its start, kept until the running set changes; and its slowdown
+        parts (a, beta), kept until the predictor or the running set changes. A decision
+        round forecasts several candidates beside the same running batches; callers
+        must not change the lists."""
+        if self._columns_key != self._runs_version:
             runs = list(self._runs.values())
-            parts = self.predictor.slowdown_parts
-            split = [parts(r.batch.model, r.batch.batch_size) for r in runs]
             self._columns = (
                 runs,
                 [r.batch.batch_id for r in runs],
                 [r.batch.start for r in runs],
                 [r.solo for r in runs],
-                [a for a, _ in split],
-                [beta for _, beta in split],
                 [r.f for r in runs],
+                [r.c_start for r in runs],
             )
-            self._columns_key = key
-        return tuple(list(column) for column in self._columns)
+            self._columns_key = self._runs_version
+            self._parts_key = None
+        version = self.predictor.version
+        if self._parts_key != version:
+            parts = self.predictor.slowdown_parts
+            a_s, betas = [], []
+            for r in self._columns[0]:
+                a, beta = parts(r.batch.model, r.batch.batch_size)
+                a_s.append(a)
+                betas.append(beta)
+            self._parts = (a_s, betas)
+            self._parts_key = version
+        return self._columns, self._parts
 
     def _static(self, now, runs, candidates, solos, a_s, betas, feats) -> list[float]:
         """solo, coarse and ewma: each batch's co-load is fixed at its start."""
@@ -319,7 +344,7 @@ class Forecaster:
             lats.append(solo * sd)
         return lats
 
-    def _fine(self, now, runs, starts, solos, a_s, betas, feats) -> list[float]:
+    def _fine(self, now, c_starts, starts, solos, a_s, betas, feats) -> list[float]:
         fill = Fill(
             self.fill == "revert" and self._completions > 0,
             self._co_count,
@@ -327,7 +352,6 @@ class Forecaster:
             self._mean_latency,
             self.fill_gain,
         )
-        c_starts = [run.c_start for run in runs]
         return fine_latencies(
             now,
             self._state,

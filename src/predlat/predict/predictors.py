@@ -134,12 +134,20 @@ class LinearPredictor(BasePredictor):
             _calibrate_forecast(self, records)
         return self
 
-    def learn_one(self, record: BatchRecord) -> None:
+    @property
+    def learns_fine_load(self) -> bool:
+        """Whether its co-load of a finished batch is `fine_load` over its feature map,
+        so that a caller that computed that already may hand it to `learn_one`."""
+        return type(self).co_load is FinePredictor.co_load
+
+    def learn_one(self, record: BatchRecord, load: Vector | None = None) -> None:
+        """Learn from a finished batch; `load`, if given, is its co-load (as `co_load`
+        computes it), which saves integrating its timeline again."""
         if record.latency <= 0:
             return
         self.version += 1
         solo = self.fmap.solo(record.model, record.batch_size)
-        x = self.row(record)
+        x = self.row(record, load)
         predicted = solo * clip_slowdown(self.regressor.predict_one(x))
         self.calibrator.add(record.latency / predicted - 1.0)
         if self.online:
@@ -177,8 +185,8 @@ class EwmaPredictor(LinearPredictor):
             self.history.add(r)
         return [ewma[r.batch_id] for r in records]
 
-    def learn_one(self, record: BatchRecord) -> None:
-        super().learn_one(record)
+    def learn_one(self, record: BatchRecord, load: Vector | None = None) -> None:
+        super().learn_one(record, load)
         if record.latency > 0:
             self.history.add(record)
 

@@ -126,10 +126,15 @@ class RLS(LinearRegressor):
     posterior (w, P^-1) is combined with a pseudo-observation of the fitted weights
     that tops the information up to `prior` in each eigen-direction short of it
     (stabilised forgetting): well-informed directions learn exactly as before, and
-    the cost is one small eigendecomposition per `check_every` updates.
+    the cost is one small eigendecomposition per `check_every` updates. It is done in
+    two halves, so that no single update pays for all of it: the decomposition at the
+    `check_every`-th update, the combination just before the next one learns (which
+    then learns from exactly the state a whole top-up would have left; only forecasts
+    in between see the weights without it).
     """
 
     online = True
+    _pending: tuple[np.ndarray, np.ndarray] | None = None  # (files saved before it)
 
     def __init__(
         self,
@@ -159,6 +164,7 @@ class RLS(LinearRegressor):
         self._updates = 0
         self.prior = prior
         self.w_prior = np.zeros(dim)  # the fitted weights (the prior's centre)
+        self._pending = None  # P's eigendecomposition, for a top-up half done
 
     def fit(self, X, y) -> RLS:
         X = _as_2d(X)
@@ -174,10 +180,13 @@ class RLS(LinearRegressor):
         P = np.linalg.inv(gram + np.eye(self.dim) / self.delta)
         self.P = 0.5 * (P + P.T)
         self.w_prior = w.copy()
+        self._pending = None
         self._set(w)
         return self
 
     def learn_one(self, x: Sequence[float], y: float) -> None:
+        if self._pending is not None:  # the top-up the last update started
+            self._finish_top_up(*self._pending)
         xa = np.asarray(x, dtype=float)
         P = self.P
         # (ndarray.dot: the same BLAS products as @, with less overhead per call)
@@ -196,34 +205,43 @@ class RLS(LinearRegressor):
         w = self.w + k * e
         if self._updates % self.check_every == 0:
             if self.prior > 0.0:
-                P, w = self._top_up(P, w)
+                P, w = self._start_top_up(P, w)
             else:
                 P = self._guard(P)
         self.P = P
         self._set(w)
 
-    def _top_up(self, P: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # The top-up in two halves, one per update (see the class doc): the eigendecomposition
+    # of P at this update, the combination with the prior before the next update learns.
+    # (Plain checks and ufuncs, no ndarray.any / np.clip / np.linalg.eigh: their
+    # Python-level wrappers run cold once every check_every updates and cost more than
+    # the arithmetic; the values are the same.)
+    def _start_top_up(self, P: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P symmetrised (or, broken, the prior's state) and its eigendecomposition kept
+        for `_finish_top_up`."""
+        P = 0.5 * (P + P.T)
+        if not math.isfinite(float(P.sum())):
+            return np.eye(self.dim) / self.prior, self.w_prior.copy()
+        self._pending = _eigh(P)  # A = P^-1 has eigenvalues 1 / mu, same vectors
+        return P, w
+
+    def _finish_top_up(self, mu: np.ndarray, vec: np.ndarray) -> None:
         """The posterior (w, A = P^-1) combined with the prior's pseudo-observation
         (information T = A' - A at w_prior, A' = A with eigenvalues raised to at least
         `prior`): w' = A'^-1 (A w + T w_prior). Also the guard: P' is symmetric with
-        eigenvalues in (0, min(1 / prior, max_eig)]."""
-        P = 0.5 * (P + P.T)
-        if not np.isfinite(P).all():
-            return np.eye(self.dim) / self.prior, self.w_prior.copy()
-        mu, vec = np.linalg.eigh(P)  # A's eigenvalues are 1 / mu, same vectors
-        # (np.maximum and ndarray.dot: np.clip and @ without their Python-level
-        # wrappers, which run cold once every check_every updates; same values)
-        info = 1.0 / np.maximum(mu, 1e-12)
+        eigenvalues in (0, min(1 / prior, max_eig)]. `mu` (ascending), `vec`: P's."""
+        self._pending = None
+        info = 1.0 / np.maximum(mu, 1e-12)  # non-increasing
         floor = max(self.prior, 1.0 / self.max_eig)
-        short = info < floor
-        if not short.any():
-            return P, w
-        topped = np.where(short, floor, info)
+        # No direction short of the floor (or no convergence: NaN), nothing to top up.
+        if not float(info[-1]) < floor:
+            return
+        topped = np.maximum(info, floor)
         # In A's eigenbasis: w' = (info * (V' w) + (topped - info) * (V' w_prior)) / topped
         vt = vec.T
-        a, b = vt.dot(w), vt.dot(self.w_prior)
-        w_new = vec.dot((info * a + (topped - info) * b) / topped)
-        return (vec / topped).dot(vt), w_new
+        a, b = vt.dot(self.w), vt.dot(self.w_prior)
+        self.P = (vec / topped).dot(vt)
+        self._set(vec.dot((info * a + (topped - info) * b) / topped))
 
     def _clip(self, e: float, y: float) -> float:
         """The innovation clipped to the band (never narrower than 10% of the target:
@@ -257,6 +275,25 @@ class RLS(LinearRegressor):
             return P
         eig = np.minimum(np.maximum(eig, 1e-12), self.max_eig)  # (np.clip, unwrapped)
         return (vec * eig) @ vec.T
+
+
+def _eigh_gufunc():
+    """numpy's symmetric eigendecomposition without np.linalg.eigh's wrapper (its
+    error-state context costs more than the 10 x 10 decomposition itself when it runs
+    cold); the very same LAPACK call and result. None where numpy has it elsewhere."""
+    umath = getattr(np.linalg, "_umath_linalg", None)
+    return getattr(umath, "eigh_lo", None)
+
+
+def _eigh(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending; NaN if LAPACK did not converge) and unit eigenvectors
+    (columns) of a symmetric matrix, as np.linalg.eigh gives them."""
+    if _EIGH_LO is None:
+        return np.linalg.eigh(P)
+    return _EIGH_LO(P, signature="d->dd")
+
+
+_EIGH_LO = _eigh_gufunc()
 
 
 # The guard's usual case, without an eigendecomposition: one or two eigenvalues (the
