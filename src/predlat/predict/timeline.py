@@ -38,6 +38,7 @@ class TimelineTracker:
                 r.end,
                 self._overlaps(r),
                 r.device,
+                r.phases,
             )
         self._done.append(
             (record.end, record.start, record.batch_id, record.model, record.batch_size)
