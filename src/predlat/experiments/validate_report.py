@@ -59,6 +59,7 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"{cal['cores'] or 'none'}; noise sigma {cal['noise_sigma']:.3f} + "
             f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
             f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
+            f"- runtime hand-offs the simulated device adds: {_handoff(cal.get('handoff'))}",
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
             f"{results['simulated']['wall_s']:.1f} s",
         ]
@@ -213,3 +214,14 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _handoff(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "none"
+    n = h["samples"]
+    return (
+        f"arrival {h['arrival_ms']:.2f} ms, dispatch {h['dispatch_ms']:.2f} ms, completion "
+        f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
+        f"{n['completion']} gaps of one real run on a seed of its own)"
+    )
