@@ -60,6 +60,7 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
             f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
             f"- runtime hand-offs the simulated device adds: {_handoff(cal.get('handoff'))}",
+            *_scales(cal.get("serving_scale")),
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
             f"{results['simulated']['wall_s']:.1f} s",
         ]
@@ -134,15 +135,18 @@ def render(results: dict[str, Any], plot: str) -> str:
         "## Method",
         "`predlat compare`'s setup ran once on the real device (profiles, deadlines, the "
         "warm-up history every predictor starts from). A simulated device was calibrated "
-        "from that warm-up history (`predlat calibrate`'s fit). Then the comparison ran on "
+        "from that warm-up history (`predlat calibrate`'s fit), with the runtime's "
+        "hand-offs (arrival to scheduler, decision to batch start, batch end to "
+        "scheduler) fitted from one more real run on a seed no compared run uses (the "
+        "warm-up history is collected by another dispatcher). Then the comparison ran on "
         "the real device and on the simulated one with the same config: each run replays "
         "the same seeded arrivals, deadlines and priorities through the same scheduler, "
         "policy, starting predictor and deadline margin. One-at-a-time policies with "
         "another thread count use the profile at that count on the calibrated device. "
         "Differences are simulated minus real: fractions in percentage points, latencies "
         "and capacity in percent of real. Each real run starts from warmed slots (every "
-        "model and batch size run once per slot). The simulator models neither other "
-        "processes on the machine nor the hand-off from the scheduler to a slot: a real "
+        "model and batch size run once per slot). The simulator models no other "
+        "processes on the machine, and its hand-offs are constants (medians): a real "
         "run during which other processes took more than the profiler's limit of the CPU "
         "is repeated (up to 3 runs, the quietest kept), and the per-load table shows, per "
         "real run, other processes' share of the CPU meanwhile (and the runs made) and "
@@ -225,3 +229,17 @@ def _handoff(h: dict[str, Any] | None) -> str:
         f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
         f"{n['completion']} gaps of one real run on a seed of its own)"
     )
+
+
+def _scales(by_threads: dict[str, dict[str, float]] | None) -> list[str]:
+    """One line for the solo scales measured while serving at other thread counts."""
+    if not by_threads:
+        return []
+    parts = [
+        f"{t} threads: " + ", ".join(f"{m} {v:.2f}" for m, v in scale.items())
+        for t, scale in sorted(by_threads.items())
+    ]
+    return [
+        "- solo scale of one-at-a-time layouts, measured while the runtime served them "
+        f"(real / profile latency, a run of its own): {'; '.join(parts)}"
+    ]
