@@ -16,7 +16,7 @@ from predlat.scheduling.scheduler import Scheduler
 from predlat.sim import SyntheticModel, synthetic_profile
 from predlat.sim.calibrate import calibrate
 from predlat.sim.device_file import DeviceFileError, load_device, parse_device, save_device
-from predlat.sim.handoff import HandOff, fit_handoff, fit_serving_scale, with_handoff
+from predlat.sim.handoff import HandOff, fit_handoff, with_handoff
 from predlat.sim.replay import random_colocation
 from predlat.sim.simulator import Simulation, profile_cost
 
@@ -153,19 +153,3 @@ def test_a_device_file_without_hand_offs_is_version_1_and_loads_with_none():
     bad = {**data, "version": 2, "handoff": {"dispatch_s": -1.0}}
     with pytest.raises(DeviceFileError, match=r"handoff\.dispatch_s"):
         parse_device(bad)
-
-
-def test_serving_scale_is_the_solo_speed_a_one_slot_run_shows():
-    base = profile_cost(PROFILE)
-    clock = VirtualClock()
-    device = SimulatedDevice(
-        lambda m, n: (1.25 * base(m, n)[0], *base(m, n)[1:]), 1, DOUBLING, clock=clock
-    )
-    device.load("m")
-    policy = get_policy("serial")
-    scheduler = Scheduler(["m"], 1, policy.make_forecaster(PROFILE), PROFILE, policy)
-    arrivals = [0.03 * i for i in range(10)]
-    requests = [Request(i, "m", t, t + 1.0, Priority.LOW) for i, t in enumerate(arrivals)]
-    outcomes = Simulation([device], [scheduler], clock).run(requests).outcomes
-    assert fit_serving_scale(outcomes, PROFILE) == {"m": pytest.approx(1.25)}
-    assert fit_serving_scale(outcomes[:4], PROFILE) == {}  # too few batches to say

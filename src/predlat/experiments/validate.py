@@ -11,9 +11,8 @@ Method
   are fitted from one more real run first: the runtime serving `ours` (or the first
   policy) at load `PROBE_LOAD` on a workload seed no compared run uses.
   One-at-a-time policies that use another thread count get the calibrated device
-  with solo latencies from the profile at their thread count, times the solo scale
-  measured while the runtime serves at that layout (one more such run, by the first
-  of them; `fit_serving_scale`), else the warm-up history's.
+  with solo latencies from the profile at their thread count (times the same fitted
+  solo scale).
 - `predlat compare` then runs twice with the same config and setup: once on the real
   device (its own runner), once with `SimRunner`, which replays each run's seeded
   arrivals (the same requests, deadlines and priorities) through the same scheduler,
@@ -49,7 +48,7 @@ from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
 from predlat.sim.calibrate import Calibration, calibrate, rescaled
 from predlat.sim.device_file import DeviceSpec
-from predlat.sim.handoff import fit_handoff, fit_serving_scale
+from predlat.sim.handoff import HandOff, fit_handoff
 from predlat.sim.simulator import Simulation
 
 ProfileFor = Callable[[int], Profile]  # intra-op threads -> the solo profile at that count
@@ -212,23 +211,16 @@ def run_validate(
         raise ConfigError("validation calibrates on the warm-up history: give it seconds")
     if real_runner is None:
         real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
-    note("hand-off probes", 0.0)
-    probes = probe_runs(config, real_runner)
-    handoff = fit_handoff(probes[_threads(config, _first(config))].outcomes)
+    note("hand-off probe", 0.0)
+    handoff = probe_handoff(config, real_runner)
     cal = calibrate(
         setup.records, setup.profile, name="calibrated", slots=config.slots, handoff=handoff
     )
     profile_for = profile_for or _profiles(config)
 
-    scales = {
-        t: fit_serving_scale(run.outcomes, profile_for(t))
-        for t, run in probes.items()
-        if t != config.threads
-    }
-
     def other_threads(threads: int) -> tuple[DeviceSpec, Profile]:
         profile = profile_for(threads)
-        return rescaled(cal, profile, slots=1, scale=scales.get(threads)), profile
+        return rescaled(cal, profile, slots=1), profile
 
     sim_runner = SimRunner(config, setup, cal.spec, other_threads)
     real = run_compare(
@@ -246,11 +238,7 @@ def run_validate(
     return {
         "real": real,
         "simulated": sim,
-        "calibration": {
-            **calibration_summary(cal),
-            "handoff": handoff.to_json(),
-            "serving_scale": {str(t): v for t, v in scales.items()},
-        },
+        "calibration": {**calibration_summary(cal), "handoff": handoff.to_json()},
         "device": cal.spec.to_json(),
         "differences": differences(real, sim, getattr(real_runner, "runs", None)),
         "_calibration": cal,  # for the report's fit section; removed before writing
@@ -258,22 +246,11 @@ def run_validate(
     }
 
 
-def probe_runs(config: CompareConfig, runner: Runner) -> dict[int, RunResult]:
-    """Real runs that no comparison uses, by threads per slot: `ours` (or the first
-    policy) at the config's count, and the first policy of every other count."""
-    chosen: dict[int, str] = {}
-    for name in (_first(config), *config.policies):
-        chosen.setdefault(_threads(config, name), name)
-    seed = config.seed + PROBE_SEED_OFFSET
-    return {t: runner(RunSpec(config.policy(n), PROBE_LOAD, seed)) for t, n in chosen.items()}
-
-
-def _first(config: CompareConfig) -> str:
-    return config.ours if config.ours in config.policies else config.policies[0]
-
-
-def _threads(config: CompareConfig, policy: str) -> int:
-    return policy_threads(config.policy(policy), config.device, config.threads)
+def probe_handoff(config: CompareConfig, runner: Runner) -> HandOff:
+    """The runtime's hand-offs, fitted from one real run that no comparison uses."""
+    name = config.ours if config.ours in config.policies else config.policies[0]
+    spec = RunSpec(config.policy(name), PROBE_LOAD, config.seed + PROBE_SEED_OFFSET)
+    return fit_handoff(runner(spec).outcomes)
 
 
 def _profiles(config: CompareConfig) -> ProfileFor:

@@ -60,7 +60,6 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
             f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
             f"- runtime hand-offs the simulated device adds: {_handoff(cal.get('handoff'))}",
-            *_scales(cal.get("serving_scale")),
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
             f"{results['simulated']['wall_s']:.1f} s",
         ]
@@ -229,17 +228,3 @@ def _handoff(h: dict[str, Any] | None) -> str:
         f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
         f"{n['completion']} gaps of one real run on a seed of its own)"
     )
-
-
-def _scales(by_threads: dict[str, dict[str, float]] | None) -> list[str]:
-    """One line for the solo scales measured while serving at other thread counts."""
-    if not by_threads:
-        return []
-    parts = [
-        f"{t} threads: " + ", ".join(f"{m} {v:.2f}" for m, v in scale.items())
-        for t, scale in sorted(by_threads.items())
-    ]
-    return [
-        "- solo scale of one-at-a-time layouts, measured while the runtime served them "
-        f"(real / profile latency, a run of its own): {'; '.join(parts)}"
-    ]

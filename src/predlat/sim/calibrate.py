@@ -244,18 +244,11 @@ def _pair_report(recs, index, p, resid) -> list[PairFit]:
     return out
 
 
-def rescaled(
-    cal: Calibration,
-    profile: Profile,
-    slots: int | None = None,
-    scale: dict[str, float] | None = None,
-) -> DeviceSpec:
+def rescaled(cal: Calibration, profile: Profile, slots: int | None = None) -> DeviceSpec:
     """The calibrated device with its solo latencies taken from another profile of the
     same machine (another thread count: a one-at-a-time policy's layout), times the
-    same fitted per-model solo scale, or `scale`'s where it names the model (measured
-    at that layout); the law (pairs, cores, noise, hand-offs) is kept."""
-    scales = {**cal.solo_scale, **(scale or {})}
-    costs = {m: _model_cost(profile, m, scales.get(m, 1.0)) for m in sorted(profile.models)}
+    same fitted per-model solo scale; the law (pairs, cores, noise) is kept."""
+    costs = {m: _model_cost(profile, m, cal.solo_scale.get(m, 1.0)) for m in sorted(profile.models)}
     return DeviceSpec(cal.spec.name, costs, cal.spec.law, slots or cal.spec.slots)
 
 

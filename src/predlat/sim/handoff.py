@@ -17,11 +17,6 @@ start and end (`RequestOutcome`), so each hand-off is the median of one kind of 
   arrival set the decision off).
 
 Medians, not means: a busy machine's occasional stall is not the host's systematic cost.
-
-A run of a one-at-a-time policy (one slot, no co-runner) also shows the device's solo
-speed while the runtime serves (`fit_serving_scale`): with every core in one batch, the
-runtime's own threads (controller, clients) take turns with the batch's, which a solo
-profile measured without them does not see.
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ from statistics import median
 from typing import Any
 
 from predlat.devices.simulated import HANDOFFS
-from predlat.profiling.profile import Profile
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.sim.device_file import DeviceSpec
 
@@ -82,23 +76,6 @@ def fit_handoff(outcomes: Sequence[RequestOutcome]) -> HandOff:
     gaps = (arrival, dispatch, completion)
     a, d, c = (_median(g) for g in gaps)
     return HandOff(a, d, c, tuple(len(g) for g in gaps))  # type: ignore[arg-type]
-
-
-def fit_serving_scale(outcomes: Sequence[RequestOutcome], profile: Profile) -> dict[str, float]:
-    """Per model, the median of latency / solo latency (`profile`'s) over the batches of a
-    run that never co-located them (one slot); models with fewer than MIN_SAMPLES
-    batches are left out."""
-    ratios: dict[str, list[float]] = {}
-    seen: set[int] = set()
-    for o in outcomes:
-        if o.batch_id is None or o.batch_id in seen or o.start is None or o.end is None:
-            continue
-        if o.status == "failed" or o.batch_size is None or o.model not in profile.models:
-            continue
-        seen.add(o.batch_id)
-        solo = profile.solo_latency(o.model, o.batch_size)
-        ratios.setdefault(o.model, []).append((o.end - o.start) / solo)
-    return {m: median(r) for m, r in sorted(ratios.items()) if len(r) >= MIN_SAMPLES}
 
 
 def with_handoff(spec: DeviceSpec, handoff: HandOff) -> DeviceSpec:
