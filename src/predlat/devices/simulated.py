@@ -272,8 +272,9 @@ class SimulatedDevice:
 
     def advance(self, until: float) -> int:
         """End, in time order, every batch that ends by `until`, moving the clock to each
-        end before calling its callback (which may submit more work). Returns how many
-        ended. The clock is not moved past the last end: the driver owns the clock."""
+        end before calling its callback (which may submit more work); with hand-offs, also
+        start queued batches and make delayed callbacks due by then. Returns how many
+        ended. The clock is not moved past the last event: the driver owns the clock."""
         ended = 0
         while True:
             if (self._queued or self._callbacks) and self._hand_off(until):
