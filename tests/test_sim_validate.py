@@ -99,6 +99,35 @@ def test_a_device_that_is_not_the_calibrated_one_shows_up():
     assert worst["max_abs_d_p99_ms_pct"] > 20.0
 
 
+def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses():
+    ms = 1e-3
+    plain = _known()
+    truth = replace(
+        plain,
+        law=replace(plain.law, arrival_s=0.2 * ms, dispatch_s=0.4 * ms, completion_s=0.3 * ms),
+    )
+    setup = _setup(plain)
+    real = SimRunner(CONFIG, setup, truth, lambda threads: (truth, setup.profile))
+    specs: list[RunSpec] = []
+
+    def runner(spec: RunSpec) -> RunResult:
+        specs.append(spec)
+        return real(spec)
+
+    results = run_validate(
+        CONFIG, setup=setup, real_runner=runner, profile_for=lambda threads: setup.profile
+    )
+    probe, *compared = specs
+    assert probe.seed not in {s.seed for s in compared}
+    assert probe.policy.name == CONFIG.ours
+    handoff = results["calibration"]["handoff"]
+    for name, value in (("arrival", 0.2), ("dispatch", 0.4), ("completion", 0.3)):
+        assert handoff[f"{name}_ms"] == pytest.approx(value, abs=1e-6), name
+    assert results["device"]["handoff"]["dispatch_s"] == pytest.approx(0.4 * ms, abs=1e-9)
+    row = results["simulated"]["loads"]["0.4"]["policies"]["oblivious"]
+    assert row["dispatch_lag_p50_ms"] == pytest.approx(0.4, abs=1e-6)
+
+
 def test_differences_are_simulated_minus_real():
     def side(met: float, p99: float, cap: float) -> dict:
         entry = {"met_frac": met, "hp_met": met, "p50_ms": 1.0, "p99_ms": p99}

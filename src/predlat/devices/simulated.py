@@ -25,10 +25,17 @@ Ground truth (documented so experiments can reason about it):
   event (processor sharing with per-resource contention).
 - With probability `failure_rate` a batch fails at its end (error set, no outputs), so
   drivers' failure paths can be exercised.
+- The host's hand-offs (a real runtime's, calibrated; all zero by default): a batch
+  submitted at t holds its slot at once but starts at t + `dispatch_s` (its noise is
+  drawn beside the batches already on the device then, started or not), and its end
+  reaches the driver's callback at end + `completion_s` (the slot is free, and the batch
+  gone from its co-runners' lives, from its end). `arrival_s` is read by the simulation
+  driver: a request reaches the scheduler that long after its arrival.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Callable, Mapping
@@ -65,6 +72,9 @@ def _normal(seed: int, key: int) -> float:
 CostFn = Callable[[str, int], tuple[float, float, float]]
 
 
+HANDOFFS = ("arrival_s", "dispatch_s", "completion_s")  # InterferenceLaw's hand-off fields
+
+
 @dataclass(frozen=True)
 class InterferenceLaw:
     base: float = 0.05  # slowdown every co-runner adds, whatever it does
@@ -76,9 +86,20 @@ class InterferenceLaw:
     # slowdown that a batch of model b adds to one of model a, by (a, b): calibrated
     pairs: Mapping[tuple[str, str], float] | None = None
     noise_per_corunner: float = 0.0  # sigma added per batch already running at submit
+    # the host's hand-offs (s): arrival -> scheduler, decision -> start, end -> scheduler
+    arrival_s: float = 0.0
+    dispatch_s: float = 0.0
+    completion_s: float = 0.0
 
     def validate(self) -> None:
-        for name in ("base", "compute", "memory", "noise_sigma", "noise_per_corunner"):
+        for name in (
+            "base",
+            "compute",
+            "memory",
+            "noise_sigma",
+            "noise_per_corunner",
+            *HANDOFFS,
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"interference law: {name} must be non-negative")
         if not 0.0 <= self.failure_rate <= 1.0:
@@ -152,6 +173,11 @@ class SimulatedDevice:
         self._kind_info: list[tuple[str, tuple[float, float]]] = []
         self._pairs: list[list[float]] = []
         self._next: tuple[float, int] | None = None  # (end, slot) of the first to end
+        # Hand-offs (law.dispatch_s, completion_s): batches holding a slot until their
+        # start, and ends whose callback is still on its way (end + delay, seq, ...).
+        self._queued: dict[int, _Job] = {}
+        self._callbacks: list[tuple[float, int, DoneCallback, BatchResult]] = []
+        self._sent = 0  # callbacks delayed so far (their heap order on equal times)
 
     # -- Device protocol -------------------------------------------------------------
     def load(self, spec: ModelSpec | str) -> None:
@@ -162,18 +188,23 @@ class SimulatedDevice:
     def submit(self, slot: int, job: BatchJob, on_done: DoneCallback) -> None:
         if not 0 <= slot < self.num_slots:
             raise ConfigError(f"slot {slot} does not exist (device has {self.num_slots})")
-        if slot in self._jobs:
+        if self.is_busy(slot):
             raise SlotBusyError(f"slot {slot} is busy")
         if job.model not in self._models:
             raise ConfigError(f"model '{job.model}' is not loaded on {self.name}")
         now = self.clock.now
-        self._progress(now)
         _, compute, memory = self._cost(job.model, job.batch_size)
-        work = self.solo_work(job.batch_id, job.model, job.batch_size, len(self._jobs))
+        work = self.solo_work(job.batch_id, job.model, job.batch_size, self.running())
         fails = self.law.failure_rate > 0 and self._rng.random() < self.law.failure_rate
         demand = (compute, memory)
         kind = self._kind(job.model, job.batch_size, demand)
-        self._jobs[slot] = _Job(job, on_done, now, work, demand, fails, kind=kind)
+        start = now + self.law.dispatch_s
+        entry = _Job(job, on_done, start, work, demand, fails, kind=kind)
+        if start > now:
+            self._queued[slot] = entry  # holds the slot; runs from `start` (advance)
+            return
+        self._progress(now)
+        self._jobs[slot] = entry
         self._rerate()
 
     def solo_work(self, batch_id: int, model: str, batch_size: int, corunners: int) -> float:
@@ -209,33 +240,47 @@ class SimulatedDevice:
         return self.clock.now
 
     def close(self) -> None:
-        """Run every batch still on the device to its end."""
-        while self._jobs:
+        """Run every batch still on the device to its end (and make its callback)."""
+        while self._jobs or self._queued or self._callbacks:
             self.advance(math.inf)
 
     # -- driving the virtual clock -----------------------------------------------------
     def is_busy(self, slot: int) -> bool:
-        return slot in self._jobs
+        return slot in self._jobs or slot in self._queued
 
     def running(self) -> int:
-        return len(self._jobs)
+        """Batches holding a slot: running, or submitted and not started yet."""
+        return len(self._jobs) + len(self._queued)
 
     def remaining_work(self) -> dict[int, float]:
-        """Solo seconds of work each running batch (by batch id) still has to do, noise
-        included: the ground truth an oracle forecaster may read."""
+        """Solo seconds of work each batch on the device (by batch id, started or not)
+        still has to do, noise included: the ground truth an oracle forecaster may read."""
         self._progress(self.clock.now)
-        return {j.job.batch_id: j.work for j in self._jobs.values()}
+        work = {j.job.batch_id: j.work for j in self._jobs.values()}
+        work.update((j.job.batch_id, j.work) for j in self._queued.values())
+        return work
 
     def next_event(self) -> float | None:
-        """When the next running batch ends (None if idle)."""
-        return self._next[0] if self._next is not None else None
+        """When the next batch ends, starts or has its end reported (None if idle)."""
+        t = self._next[0] if self._next is not None else None
+        if not (self._queued or self._callbacks):
+            return t
+        times = [j.start for j in self._queued.values()]
+        if self._callbacks:
+            times.append(self._callbacks[0][0])
+        return min(times) if t is None else min(t, *times)
 
     def advance(self, until: float) -> int:
         """End, in time order, every batch that ends by `until`, moving the clock to each
-        end before calling its callback (which may submit more work). Returns how many
-        ended. The clock is not moved past the last end: the driver owns the clock."""
+        end before calling its callback (which may submit more work); with hand-offs, also
+        start queued batches and make delayed callbacks due by then. Returns how many
+        ended. The clock is not moved past the last event: the driver owns the clock."""
         ended = 0
-        while self._next is not None:
+        while True:
+            if (self._queued or self._callbacks) and self._hand_off(until):
+                continue
+            if self._next is None:
+                break
             end, slot = self._next
             if end > until:
                 break
@@ -246,8 +291,38 @@ class SimulatedDevice:
             self._rerate()
             self.busy_time += end - job.start
             ended += 1
-            job.on_done(self._result(slot, job, end))
+            result = self._result(slot, job, end)
+            if self.law.completion_s > 0:
+                report = (end + self.law.completion_s, self._sent, job.on_done, result)
+                heapq.heappush(self._callbacks, report)
+                self._sent += 1
+            else:
+                job.on_done(result)
         return ended
+
+    def _hand_off(self, until: float) -> bool:
+        """Start the first queued batch, or make the first delayed callback, if it comes
+        by `until` and before the next end (ends go first on a tie); whether one did."""
+        t_end = self._next[0] if self._next is not None else math.inf
+        slot, start = min(
+            ((s, j.start) for s, j in self._queued.items()),
+            key=lambda x: (x[1], x[0]),
+            default=(-1, math.inf),
+        )
+        t_report = self._callbacks[0][0] if self._callbacks else math.inf
+        t = min(start, t_report)
+        if t > until or t >= t_end:
+            return False
+        if t > self.clock.now:
+            self.clock.now = t
+        if start <= t_report:
+            self._progress(start)
+            self._jobs[slot] = self._queued.pop(slot)
+            self._rerate()
+        else:
+            _, _, on_done, result = heapq.heappop(self._callbacks)
+            on_done(result)
+        return True
 
     # -- the law -----------------------------------------------------------------------
     def _progress(self, t: float) -> None:

@@ -5,9 +5,14 @@ Method
   capacity unit, and the warm-up history (a mixed-load co-location trace) every
   predictive policy's predictor is fitted on.
 - A simulated device is calibrated from that same warm-up history (`predlat calibrate`'s
-  fit: per-pair slowdowns, time-shared cores, noise). One-at-a-time policies that use
-  another thread count get the calibrated device with solo latencies from the profile
-  at their thread count (times the same fitted solo scale).
+  fit: per-pair slowdowns, time-shared cores, noise). The warm-up history is collected by
+  trace collection's own dispatcher, not the runtime, so the runtime's hand-offs
+  (arrival -> scheduler, decision -> start, end -> scheduler: `predlat.sim.handoff`)
+  are fitted from one more real run first: the runtime serving `ours` (or the first
+  policy) at load `PROBE_LOAD` on a workload seed no compared run uses.
+  One-at-a-time policies that use another thread count get the calibrated device
+  with solo latencies from the profile at their thread count (times the same fitted
+  solo scale).
 - `predlat compare` then runs twice with the same config and setup: once on the real
   device (its own runner), once with `SimRunner`, which replays each run's seeded
   arrivals (the same requests, deadlines and priorities) through the same scheduler,
@@ -43,6 +48,7 @@ from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
 from predlat.sim.calibrate import Calibration, calibrate, rescaled
 from predlat.sim.device_file import DeviceSpec
+from predlat.sim.handoff import HandOff, fit_handoff
 from predlat.sim.simulator import Simulation
 
 ProfileFor = Callable[[int], Profile]  # intra-op threads -> the solo profile at that count
@@ -51,6 +57,10 @@ ProgressFn = Callable[[str, float], None]
 
 # Share of the progress bar the real device's runs take (the simulated ones are quick).
 _REAL_SHARE = 0.95
+# The hand-off probe: a light load (most requests meet an idle slot, and an end finds
+# requests waiting often enough) on a seed offset no compared run's seed reaches.
+PROBE_LOAD = 0.3
+PROBE_SEED_OFFSET = 1000
 
 
 def quick_validate_config(**overrides: Any) -> CompareConfig:
@@ -144,7 +154,8 @@ class SimRunner(DeviceRunner):
         metrics["foreign_cpu_frac"] = math.nan  # nothing else runs on a virtual clock
         metrics["utilization"] = result.busy_slot_s / (slots * max(result.duration, 1e-9))
         metrics.update(live_forecast(list(zip(result.records, result.dispatches, strict=True))))
-        metrics["dispatch_lag_p50_ms"] = metrics["dispatch_lag_p99_ms"] = 0.0
+        lag = device_spec.law.dispatch_s * 1e3  # the simulated hand-off is a constant
+        metrics["dispatch_lag_p50_ms"] = metrics["dispatch_lag_p99_ms"] = lag
         metrics["submit_lag_p99_ms"] = 0.0
         metrics["mean_batch_size"] = (
             sum(r.batch_size for r in result.records) / len(result.records)
@@ -198,7 +209,13 @@ def run_validate(
         setup = prepare(config)
     if not setup.records:
         raise ConfigError("validation calibrates on the warm-up history: give it seconds")
-    cal = calibrate(setup.records, setup.profile, name="calibrated", slots=config.slots)
+    if real_runner is None:
+        real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
+    note("hand-off probe", 0.0)
+    handoff = probe_handoff(config, real_runner)
+    cal = calibrate(
+        setup.records, setup.profile, name="calibrated", slots=config.slots, handoff=handoff
+    )
     profile_for = profile_for or _profiles(config)
 
     def other_threads(threads: int) -> tuple[DeviceSpec, Profile]:
@@ -206,8 +223,6 @@ def run_validate(
         return rescaled(cal, profile, slots=1), profile
 
     sim_runner = SimRunner(config, setup, cal.spec, other_threads)
-    if real_runner is None:
-        real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
     real = run_compare(
         config,
         lambda what, f: note(f"real: {what}", _REAL_SHARE * f),
@@ -223,12 +238,19 @@ def run_validate(
     return {
         "real": real,
         "simulated": sim,
-        "calibration": calibration_summary(cal),
+        "calibration": {**calibration_summary(cal), "handoff": handoff.to_json()},
         "device": cal.spec.to_json(),
         "differences": differences(real, sim, getattr(real_runner, "runs", None)),
         "_calibration": cal,  # for the report's fit section; removed before writing
         "_records": setup.records,
     }
+
+
+def probe_handoff(config: CompareConfig, runner: Runner) -> HandOff:
+    """The runtime's hand-offs, fitted from one real run that no comparison uses."""
+    name = config.ours if config.ours in config.policies else config.policies[0]
+    spec = RunSpec(config.policy(name), PROBE_LOAD, config.seed + PROBE_SEED_OFFSET)
+    return fit_handoff(runner(spec).outcomes)
 
 
 def _profiles(config: CompareConfig) -> ProfileFor:

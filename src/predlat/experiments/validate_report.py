@@ -59,6 +59,7 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"{cal['cores'] or 'none'}; noise sigma {cal['noise_sigma']:.3f} + "
             f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
             f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
+            f"- runtime hand-offs the simulated device adds: {_handoff(cal.get('handoff'))}",
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
             f"{results['simulated']['wall_s']:.1f} s",
         ]
@@ -133,15 +134,18 @@ def render(results: dict[str, Any], plot: str) -> str:
         "## Method",
         "`predlat compare`'s setup ran once on the real device (profiles, deadlines, the "
         "warm-up history every predictor starts from). A simulated device was calibrated "
-        "from that warm-up history (`predlat calibrate`'s fit). Then the comparison ran on "
+        "from that warm-up history (`predlat calibrate`'s fit), with the runtime's "
+        "hand-offs (arrival to scheduler, decision to batch start, batch end to "
+        "scheduler) fitted from one more real run on a seed no compared run uses (the "
+        "warm-up history is collected by another dispatcher). Then the comparison ran on "
         "the real device and on the simulated one with the same config: each run replays "
         "the same seeded arrivals, deadlines and priorities through the same scheduler, "
         "policy, starting predictor and deadline margin. One-at-a-time policies with "
         "another thread count use the profile at that count on the calibrated device. "
         "Differences are simulated minus real: fractions in percentage points, latencies "
         "and capacity in percent of real. Each real run starts from warmed slots (every "
-        "model and batch size run once per slot). The simulator models neither other "
-        "processes on the machine nor the hand-off from the scheduler to a slot: a real "
+        "model and batch size run once per slot). The simulator models no other "
+        "processes on the machine, and its hand-offs are constants (medians): a real "
         "run during which other processes took more than the profiler's limit of the CPU "
         "is repeated (up to 3 runs, the quietest kept), and the per-load table shows, per "
         "real run, other processes' share of the CPU meanwhile (and the runs made) and "
@@ -213,3 +217,14 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _handoff(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "none"
+    n = h["samples"]
+    return (
+        f"arrival {h['arrival_ms']:.2f} ms, dispatch {h['dispatch_ms']:.2f} ms, completion "
+        f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
+        f"{n['completion']} gaps of one real run on a seed of its own)"
+    )

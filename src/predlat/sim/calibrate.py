@@ -15,6 +15,10 @@ spread is the residuals' standard deviation per number of co-runners at start, f
 sigma + per_corunner x k. A per-model solo scale is fitted with the pairs (the trace's
 solo speed over the profile's: a machine busier or idler than when it was profiled);
 the device's solo latencies are the profile's times that scale.
+
+A trace records batches, not the host that served them: the hand-offs of a serving
+runtime (`predlat.sim.handoff`) are fitted from a runtime's run and given here; without
+them the device has none.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from predlat.devices.simulated import InterferenceLaw
 from predlat.errors import ConfigError
 from predlat.profiling.profile import Profile
 from predlat.sim.device_file import DeviceSpec, ModelCost
+from predlat.sim.handoff import HandOff
 from predlat.traces.records import BatchRecord
 
 _EPS = 1e-12
@@ -74,8 +79,10 @@ def calibrate(
     profile: Profile,
     name: str = "calibrated",
     slots: int | None = None,
+    handoff: HandOff | None = None,
 ) -> Calibration:
-    """Fit the law to `records` (finished batches with timelines, one device each)."""
+    """Fit the law to `records` (finished batches with timelines, one device each);
+    `handoff`: the serving host's hand-offs, fitted apart (`fit_handoff`)."""
     recs = [r for r in records if r.latency > 0 and r.model in profile.models]
     if not recs:
         raise ConfigError("no batches of profiled models with positive latency to calibrate on")
@@ -111,6 +118,7 @@ def calibrate(
         noise_per_corunner=per,
         cores=cores,
         pairs=pairs,
+        **(handoff or HandOff()).delays(),
     )
     costs = {m: _model_cost(profile, m, scale.get(m, 1.0)) for m in sorted(profile.models)}
     spec = DeviceSpec(name, costs, law, slots or max(2, most))

@@ -5,7 +5,7 @@ Format (JSON object; `format` and `version` are required, everything else has th
 default shown):
 
     {
-      "format": "predlat-device", "version": 1,
+      "format": "predlat-device", "version": 2,
       "name": "my-gpu",                  # shown in reports
       "slots": 4,                        # default slots per device (--slots overrides)
       "cores": null,                     # int: batches time-share this many cores
@@ -20,9 +20,15 @@ default shown):
         "resnet": {"solo_s": {"1": 0.004, "8": 0.012},   # solo latency (s) per batch
                    "compute": 0.5, "memory": 0.5}        #   size; demands in [0, 1]
       },
-      "pairs": {"resnet": {"bert": 0.35}}  # slowdown a running "bert" batch adds to a
+      "pairs": {"resnet": {"bert": 0.35}}, # slowdown a running "bert" batch adds to a
                                            #   "resnet" batch (a fraction: 0.35 = +35 %)
+      "handoff": {"arrival_s": 0.0,        # the serving host's hand-offs (s): arrival ->
+                  "dispatch_s": 0.0,       #   scheduler, decision -> batch start, batch
+                  "completion_s": 0.0}     #   end -> scheduler (version 2)
     }
+
+Version 1 is version 2 without `handoff` (no hand-off delay); a device without one is
+written as version 1, so older readers still load it.
 
 The law (see `predlat.devices.simulated`): while batches R run, batch i advances its solo
 work at rate 1 / ((1 + sum_{j in R, j != i} pair(i, j)) * max(1, |R| / cores)). Solo
@@ -37,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from predlat.devices.simulated import CostFn, InterferenceLaw
+from predlat.devices.simulated import HANDOFFS, CostFn, InterferenceLaw
 from predlat.errors import PredlatError
 from predlat.profiling.profile import (
     FEATURE_NAMES,
@@ -49,7 +55,8 @@ from predlat.profiling.profile import (
 from predlat.scheduling.routing import solo_latency
 
 DEVICE_FORMAT = "predlat-device"
-DEVICE_FORMAT_VERSION = 1
+DEVICE_FORMAT_VERSION = 2
+VERSIONS = (1, 2)  # what `parse_device` reads
 
 
 class DeviceFileError(PredlatError):
@@ -109,9 +116,10 @@ class DeviceSpec:
         pairs: dict[str, dict[str, float]] = {}
         for (a, b), v in sorted((law.pairs or {}).items()):
             pairs.setdefault(a, {})[b] = v
-        return {
+        handoff = {k: getattr(law, k) for k in HANDOFFS}
+        out = {
             "format": DEVICE_FORMAT,
-            "version": DEVICE_FORMAT_VERSION,
+            "version": DEVICE_FORMAT_VERSION if any(handoff.values()) else 1,
             "name": self.name,
             "slots": self.slots,
             "cores": law.cores,
@@ -128,6 +136,9 @@ class DeviceSpec:
             },
             "pairs": pairs,
         }
+        if any(handoff.values()):
+            out["handoff"] = handoff
+        return out
 
 
 def save_device(spec: DeviceSpec, path: str | Path) -> Path:
@@ -159,9 +170,12 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
         raise DeviceFileError(f"{where}: expected a JSON object")
     if data.get("format") != DEVICE_FORMAT:
         raise DeviceFileError(f"{where}: format: expected '{DEVICE_FORMAT}'")
-    if data.get("version") != DEVICE_FORMAT_VERSION:
-        raise DeviceFileError(f"{where}: version: expected {DEVICE_FORMAT_VERSION}")
+    if data.get("version") not in VERSIONS:
+        raise DeviceFileError(f"{where}: version: expected one of {', '.join(map(str, VERSIONS))}")
+    if data.get("version") == 1 and "handoff" in data:
+        raise DeviceFileError(f"{where}: handoff: needs version 2")
     noise = _obj(data, "noise", where)
+    handoff = _obj(data, "handoff", where)
     slow = _obj(data, "default_slowdown", where)
     cores = data.get("cores")
     if cores is not None and (not isinstance(cores, int) or cores < 1):
@@ -176,6 +190,7 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
         failure_rate=_num(data, "failure_rate", 0.0, f"{where}: failure_rate", upper=1.0),
         cores=cores,
         pairs=_pairs(data.get("pairs", {}), models, where),
+        **{k: _num(handoff, k, 0.0, f"{where}: handoff.{k}") for k in HANDOFFS},
     )
     slots = data.get("slots", 4)
     if not isinstance(slots, int) or slots < 1:

@@ -7,17 +7,20 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from predlat.devices.base import BatchJob, BatchResult
-from predlat.devices.simulated import SimulatedDevice
+from predlat.devices.simulated import HANDOFFS, SimulatedDevice
 from predlat.sim.device_file import DeviceSpec
 from predlat.traces.records import BatchRecord, attach_timelines
 
 
 def _device(spec: DeviceSpec, slots: int, seed: int) -> SimulatedDevice:
-    device = SimulatedDevice(spec.cost(), slots, spec.law, seed=seed, name=spec.name)
+    # Batches go in at their start times: a serving host's hand-offs are no part of it.
+    law = replace(spec.law, **dict.fromkeys(HANDOFFS, 0.0))
+    device = SimulatedDevice(spec.cost(), slots, law, seed=seed, name=spec.name)
     for m in spec.models:
         device.load(m)
     return device

@@ -148,21 +148,24 @@ class Simulation:
         every: int,
     ) -> None:
         """The event loop: arrivals (in arrival order) interleaved with batch ends and
-        scheduler timers, until every request has ended and every device is idle."""
+        scheduler timers, until every request has ended and every device is idle. A
+        request reaches its scheduler the host's arrival hand-off after its arrival (the
+        devices' law.arrival_s, the largest where they differ; 0 by default)."""
         heap = loop.heap
         clock = self.clock
+        delay = max(d.law.arrival_s for d in self.devices)
         nxt = next(requests, None)
         if nxt is not None:
-            clock.now = max(clock.now, nxt.arrival)
+            clock.now = max(clock.now, nxt.arrival + delay)
         n, last = 0, -math.inf
         while nxt is not None or heap:
             t_next = self._peek(loop)  # drops stale entries: heap[0] is valid after it
-            if nxt is not None and nxt.arrival <= t_next:
+            if nxt is not None and nxt.arrival + delay <= t_next:
                 if nxt.arrival < last:
                     raise ConfigError("requests must come in arrival order")
                 last = nxt.arrival
-                if last > clock.now:
-                    clock.now = last
+                if last + delay > clock.now:
+                    clock.now = last + delay
                 dev = self._route(nxt, n)
                 n += 1
                 loop.pending[nxt.request_id] = _Pending(nxt)
