@@ -76,10 +76,11 @@ def render(results: dict[str, Any], plots: dict[str, str]) -> str:
         "Every run streams the same seeded requests through a fresh simulated cluster on a "
         "virtual clock: each device has its own scheduler and predictor (the ones the real "
         "runtime uses), a front dispatcher routes each request. Metrics are those of "
-        "`predlat compare`; dispatch lags are zero (a simulated batch starts at its "
-        "decision). `oracle` forecasts from the simulator's true law and every batch's true "
-        "work, noise included, before it is submitted: it cannot know only what is "
-        "dispatched later. Wall times depend on the machine's load.",
+        "`predlat compare`, but dispatch lags are not measured (shown as 0): a simulated "
+        "batch starts at its decision plus its device's dispatch hand-off, zero unless "
+        "its device.json sets one (`handoff`). `oracle` forecasts from the simulator's "
+        "true law and every batch's true work, noise included, before it is submitted: "
+        "it cannot know only what is dispatched later. Wall times depend on the machine's load.",
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -81,8 +81,9 @@ class StreamStats:
         return math.nan
 
     def summary(self, busy_slot_s: float, slots: int) -> dict[str, float]:
-        """The compare command's per-run metrics (METRIC_KEYS); a simulated dispatch
-        starts at its decision, so lags are zero."""
+        """The compare command's per-run metrics (METRIC_KEYS). Lags are not measured
+        here (0): a simulated batch starts at its decision plus its device's constant
+        dispatch hand-off (`InterferenceLaw.dispatch_s`, zero by default)."""
         n = self.requests
         span = max(self.last_time - self.first_arrival, 1e-9) if n else 1e-9
         met = self.status["met"]
