@@ -230,13 +230,12 @@ class Forecaster:
             if self.correct:
                 corr = self.correction * (self._up if late else self._down)
                 self.correction = min(MAX_CORRECTION, max(1.0 / MAX_CORRECTION, corr))
-        if self.learn_online and self._shared_load and record.latency > 0:
-            load = fine_load(record, self.fmap)
-            self._observe_co_location(record, load)
+        shared = self.learn_online and self._shared_load and record.latency > 0
+        load = fine_load(record, self.fmap) if shared else None
+        self._observe_co_location(record, load)
+        if shared:
             self.predictor.learn_one(record, load)
-            return
-        self._observe_co_location(record)
-        if self.learn_online:
+        elif self.learn_online:  # (a predictor whose learn_one takes the record alone)
             self.predictor.learn_one(record)
 
     def _observe_co_location(self, record: BatchRecord, load: Vector | None = None) -> None:

@@ -117,9 +117,10 @@ class DeviceSpec:
         for (a, b), v in sorted((law.pairs or {}).items()):
             pairs.setdefault(a, {})[b] = v
         handoff = {k: getattr(law, k) for k in HANDOFFS}
+        has_handoff = any(handoff.values())
         out = {
             "format": DEVICE_FORMAT,
-            "version": DEVICE_FORMAT_VERSION if any(handoff.values()) else 1,
+            "version": DEVICE_FORMAT_VERSION if has_handoff else 1,
             "name": self.name,
             "slots": self.slots,
             "cores": law.cores,
@@ -136,7 +137,7 @@ class DeviceSpec:
             },
             "pairs": pairs,
         }
-        if any(handoff.values()):
+        if has_handoff:
             out["handoff"] = handoff
         return out
 

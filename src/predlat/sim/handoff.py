@@ -73,9 +73,8 @@ def fit_handoff(outcomes: Sequence[RequestOutcome]) -> HandOff:
             completion.append(b.dispatch - ends[i])
         elif i < 0 or ends[i] < b.last_arrival:
             arrival.append(b.dispatch - b.last_arrival)
-    gaps = (arrival, dispatch, completion)
-    a, d, c = (_median(g) for g in gaps)
-    return HandOff(a, d, c, tuple(len(g) for g in gaps))  # type: ignore[arg-type]
+    samples = (len(arrival), len(dispatch), len(completion))
+    return HandOff(_median(arrival), _median(dispatch), _median(completion), samples)
 
 
 def with_handoff(spec: DeviceSpec, handoff: HandOff) -> DeviceSpec:
