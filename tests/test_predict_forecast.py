@@ -89,9 +89,9 @@ def snapshot(fc: Forecaster) -> dict:
     state = {
         k: copy.deepcopy(v)
         for k, v in vars(fc).items()
-        # (_columns, _parts: caches of the running set, rebuilt at will)
+        # (_columns, _parts, _rows: caches of the running set, rebuilt at will)
         if k not in ("predictor", "profile", "fmap", "calibrator", "_runs")
-        and not k.startswith(("_columns", "_parts"))
+        and not k.startswith(("_columns", "_parts", "_rows"))
     }
     state["runs"] = {i: (r.batch, r.c_start, r.static, r.predicted) for i, r in fc._runs.items()}
     load = state.pop("_state")
@@ -227,7 +227,7 @@ def test_time_slicing_forecast_integrates_the_oversub_channel_exactly():
 
 
 def test_hinge_integral_of_the_relaxing_fill_matches_quadrature():
-    from predlat.predict.fine_forecast import _hinge_exp_integral
+    from predlat.predict.sweep import hinge_exp_integral as _hinge_exp_integral
 
     xs = [0.2 + 1.3 * (k + 0.5) / 200000 for k in range(200000)]
     for a, b in [(-0.5, 1.0), (0.4, -1.0), (0.3, 0.2), (-1.0, 0.5), (-0.2, -0.3)]:

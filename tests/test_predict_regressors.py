@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from predlat.predict.calibration import Calibrator
-from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top, _eigh, _positive_definite
+from predlat.predict.regressors import RLS, SGD, Ridge, _clip_top, _positive_definite, top_up
+from predlat.predict.small_eigh import small_eigh
 
 
 def linear_data(n: int, w: np.ndarray, seed: int = 0, noise: float = 0.0):
@@ -218,7 +219,6 @@ def test_rls_prior_is_a_guard_too():
     reg.fit([[1.0, 0.0], [0.0, 1.0]], [1.0, 2.0])
     for _ in range(200):  # only the first direction excited: P must stay bounded there
         reg.learn_one([1.0, 0.0], 1.0)
-    reg._finish_top_up(*reg._pending)  # (what the next update would do first)
     assert np.linalg.eigvalsh(reg.P).max() <= 1.0 + 1e-9
     assert reg.w[1] == pytest.approx(2.0, abs=1e-4)  # (the fit, held)
 
@@ -234,32 +234,42 @@ def test_rls_mends_a_broken_covariance(prior):
     assert rls.predict_one([1.0, 1.0, 0.0]) == pytest.approx(4.0, abs=0.05)
 
 
-def test_top_up_decomposition_is_numpys_eigh_to_the_bit():
-    rng = np.random.default_rng(3)
-    a = rng.normal(size=(9, 9))
-    p = a @ a.T
-    mu, vec = _eigh(p)
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 12])
+def test_small_eigh_decomposes_as_numpy_does(n):
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n, n))
+    p = a @ a.T + 1e-3 * np.eye(n)
     ref_mu, ref_vec = np.linalg.eigh(p)
-    assert (mu == ref_mu).all() and (vec == ref_vec).all()
-    assert vec.flags["C_CONTIGUOUS"] == ref_vec.flags["C_CONTIGUOUS"]
+    for basis in (np.eye(n), ref_vec, np.linalg.qr(rng.normal(size=(n, n)))[0]):
+        mu, vec = small_eigh(p, basis)
+        assert mu == pytest.approx(ref_mu, rel=1e-10, abs=1e-14)
+        assert np.allclose((vec * mu) @ vec.T, p, rtol=0, atol=1e-12 * np.abs(p).max())
+        assert np.allclose(vec.T @ vec, np.eye(n), rtol=0, atol=1e-13)
 
 
-def test_rls_top_up_in_two_halves_learns_as_a_whole_one():
-    """The top-up started at every check_every-th update and finished as the next one
-    learns leaves, after that one, exactly the state of a top-up done at once."""
-    rng = np.random.default_rng(4)
-    X = rng.uniform(0, 2, size=(40, 3))
-    X[:, 0] = 1.0
-    split = RLS(3, lam=0.9, prior=1.0, check_every=4).fit(X[:10], X[:10] @ [1.0, 0.5, -0.2])
-    whole = RLS(3, lam=0.9, prior=1.0, check_every=4).fit(X[:10], X[:10] @ [1.0, 0.5, -0.2])
-    checked = 0
-    for x in X[10:]:
-        x = [1.0, float(x[1]), 0.0]  # the last direction unexcited: topped up
-        split.learn_one(x, 2.0)
-        whole.learn_one(x, 2.0)
-        if whole._pending is not None:
-            whole._finish_top_up(*whole._pending)
-        elif split._pending is None:
-            assert split.coef == whole.coef and (split.P == whole.P).all()
-            checked += 1
-    assert checked > 20
+def test_small_eigh_of_a_diagonal_and_of_a_broken_matrix():
+    mu, vec = small_eigh(np.diag([3.0, 1.0, 2.0]), np.eye(3))
+    assert mu.tolist() == [1.0, 2.0, 3.0] and (np.abs(vec) == np.eye(3)[:, [1, 2, 0]]).all()
+    mu, _ = small_eigh(np.full((2, 2), np.nan), np.eye(2))  # no rotation: NaN out, no hang
+    assert np.isnan(mu).all()
+
+
+def test_top_up_raises_the_weakest_information_to_the_prior():
+    """The top-up against its definition, written out with numpy: information A' = A
+    with eigenvalues raised to at least the prior, w' = A'^-1 (A w + (A' - A) w_prior)."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 4))
+    P = a @ a.T
+    P[:, 0] *= 50.0  # one direction badly informed
+    P[0, :] *= 50.0
+    w, w_prior = rng.normal(size=4), rng.normal(size=4)
+    P2, w2, basis = top_up(P, w, w_prior, 0.5, 1e6, np.eye(4))
+    A = np.linalg.inv(P)
+    mu, vec = np.linalg.eigh(A)
+    A2 = (vec * np.maximum(mu, 0.5)) @ vec.T
+    assert np.allclose(P2, np.linalg.inv(A2), rtol=1e-9, atol=1e-12)
+    assert np.allclose(w2, np.linalg.solve(A2, A @ w + (A2 - A) @ w_prior), rtol=1e-8)
+    assert np.allclose(basis.T @ basis, np.eye(4), atol=1e-12)
+    # A well-informed posterior is left as it is.
+    P3, w3, _ = top_up(np.eye(4) * 0.1, w, w_prior, 0.5, 1e6, np.eye(4))
+    assert np.array_equal(P3, np.eye(4) * 0.1) and np.array_equal(w3, w)

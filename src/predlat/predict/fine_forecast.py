@@ -13,23 +13,33 @@ current end, then each batch's equation is solved exactly for its own end with t
 others' fixed (a quadratic in L_b); two to four steps converge. A running batch already
 past any end its equation allows is overrunning: it stays at its floor.
 
-A co-load and each beta have the channels (count, compute, memory[, oversub]). Plain
-floats throughout: for a handful of batches numpy's per-call overhead would dominate.
+A co-load and each beta have the channels (count, compute, memory[, oversub]). Each batch
+is one row of numbers (`batch_row`), and the whole iteration is one compiled kernel
+(predlat.predict.jit): it runs on every decision, on a handful of numbers.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from predlat.predict.base import MAX_SLOWDOWN, MIN_SLOWDOWN
 from predlat.predict.colocation import DeviceLoad
 from predlat.predict.features import Oversubscription, Vector
+from predlat.predict.jit import COMPILED, as_list, floats, kernel, table
+from predlat.predict.sweep import hinge_exp_integral, integrals
 
 # A batch running past its forecast end is forecast to need this fraction of its elapsed
 # time more (its remaining time is unknown, but it is surely not over yet).
 OVERRUN_FRACTION = 0.05
+
+# A batch's row: start, solo latency, slowdown intercept, beta (count, compute, memory,
+# oversub), own features (compute, memory).
+START, SOLO, A, B_N, B_CU, B_MU, B_OV, F_CU, F_MU = range(9)
 
 
 class Fill(NamedTuple):
@@ -39,7 +49,7 @@ class Fill(NamedTuple):
     in with the recent average co-runner (co_cu, co_mu), scaled by `gain`. (A tuple:
     one is built per forecast.)"""
 
-    revert: bool  # False: nothing but the known batches
+    revert: float  # 1.0: fill; 0.0: nothing but the known batches
     co_count: float
     co_cu: float
     co_mu: float
@@ -47,171 +57,153 @@ class Fill(NamedTuple):
     gain: float
 
 
+def batch_row(start: float, solo: float, a: float, beta: Vector, f: Vector) -> tuple:
+    """One batch's numbers for the kernel (oversub's beta 0 where it has none)."""
+    b_ov = beta[3] if len(beta) > 3 else 0.0
+    return (start, solo, a, beta[0], beta[1], beta[2], b_ov, f[1], f[2])
+
+
+def kernel_rows(rows: Sequence[Sequence[float]], width: int = 9) -> Any:
+    """Rows in the form the kernel takes: a float array when compiled, as they are in
+    Python."""
+    if not COMPILED:
+        return list(rows)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, width)
+
+
+def with_candidates(running: Any, candidates: Sequence[tuple]) -> Any:
+    """The running batches' kernel rows followed by the candidates'."""
+    if not candidates:
+        return running
+    if not COMPILED:
+        return [*running, *candidates]
+    return np.concatenate((running, np.asarray(candidates, dtype=np.float64)))
+
+
 def fine_latencies(
     now: float,
     state: DeviceLoad,
-    c_starts: Sequence[Vector],
-    starts: Sequence[float],
-    solos: Sequence[float],
-    a_s: Sequence[float],
-    betas: Sequence[Vector],
-    feats: Sequence[Vector],
+    c_starts: Any,
+    rows: Any,
+    ov: Oversubscription | None,
     fill: Fill,
     iterations: int,
     tol: float,
 ) -> list[float]:
-    """Latencies of the running batches (the first len(c_starts), with `state.cum` at
-    their starts) and of candidates starting at `now` (the rest)."""
-    n_all = len(starts)
-    ov = state.ov if state.ov is not None and len(betas[0]) >= 4 else None
-    sweep = _Sweep(now, feats, fill, ov)
-    coefs, floors, ends, fixed = _start(now, state, c_starts, starts, solos, a_s, betas, sweep)
+    """Latencies of the running batches (the first len(c_starts) rows, with `state.cum`
+    at their starts) and of candidates starting at `now` (the rest). `ov`: the
+    oversubscription channel, if the predictor has it. Rows and c_starts in kernel form
+    (`kernel_rows`, `with_candidates`)."""
+    n_all = len(rows)
+    t = state.t
+    dt = now - t if t is not None and now > t else 0.0
+    cum, load = state.cum, state.load
+    count = state.count
+    ov_dev = ov.at(count - 1) if ov is not None and count else 0.0
+    dev = (dt, cum[0], cum[1], cum[2], cum[3], load[0], load[1], load[2], ov_dev)
+    if ov is None:
+        ov_k, ov_c, knee = _NO_OVERSUB if n_all <= len(_NO_OVERSUB) else floats(n_all), 0.0, 0.0
+    else:
+        if n_all > len(ov.table):
+            ov_k = [ov.at(k) for k in range(n_all)]
+            ov_k = np.asarray(ov_k, dtype=np.float64) if COMPILED else ov_k
+        else:
+            ov_k = ov.array if COMPILED else ov.table
+        ov_c, knee = ov.c, ov.knee
+    lats = _fixed_point(
+        float(now), rows, c_starts, dev, fill, ov_k, ov_c, knee, ov is not None,
+        iterations, float(tol),
+    )  # fmt: skip
+    return as_list(lats)
+
+
+_NO_OVERSUB = np.zeros(65) if COMPILED else [0.0] * 65
+
+
+@functools.cache
+def compile_kernels() -> None:
+    """Compiles the kernel (or loads it from numba's cache) with the argument types of a
+    real forecast, with and without the oversub channel, so that no decision waits for
+    it: a forecaster calls it when it is made."""
+    if not COMPILED:
+        return
+    for ov in (None, Oversubscription(1, 2)):
+        state = DeviceLoad(1.0, ov)
+        state.advance(0.0)
+        state.start((1.0, 0.5, 0.5))
+        rows = kernel_rows([batch_row(0.0, 1.0, 1.0, (0.1, 0.1, 0.1, 0.1), (1.0, 0.5, 0.5))])
+        rows = with_candidates(rows, [tuple(rows[0])])
+        c_starts = kernel_rows([(0.0, 0.0, 0.0, 0.0)], 4)
+        fill = Fill(1.0, 1.0, 0.5, 0.5, 1.0, 1.0)
+        fine_latencies(0.5, state, c_starts, rows, ov, fill, 6, 1e-3)
+
+
+@kernel
+def _fixed_point(now, rows, c_starts, dev, fill, ov_k, ov_c, knee, has_ov, iterations, tol):
+    """The iteration (see the module doc); returns the latencies."""
+    n_all = len(rows)
+    coefs, floors, ends, fixed = _start(now, rows, c_starts, dev, ov_k, has_ov)
     last = math.inf  # the previous step's change
+    order = [0] * n_all
     for _ in range(iterations):
-        order = sorted(range(n_all), key=ends.__getitem__)
-        acc = sweep.integrals(ends, order)
-        ends, change = _solve(now, coefs, acc, ends, fixed, floors, starts, solos, a_s)
-        bound = tol * (ends[order[-1]] - now + 1e-12)
+        _sort_by(ends, order)
+        acc = integrals(now, rows, fill, ov_k, ov_c, knee, has_ov, ends, order)
+        change = _solve(now, rows, coefs, acc, ends, fixed, floors, has_ov)
+        bound = tol * (ends[order[n_all - 1]] - now + 1e-12)
         # Done once the distance left to the fixed point is within tol: this step's
         # change, or twice the estimate of it from the contraction rho = change / last,
         # change rho / (1 - rho) (two steps usually shrink the change ~50-fold).
         if change <= bound or 2.0 * change * change <= bound * (last - change) < math.inf:
             break
         last = change
-    return [ends[i] - starts[i] for i in range(n_all)]
+    lats = floats(n_all)
+    for i in range(n_all):
+        lats[i] = ends[i] - rows[i][START]
+    return lats
 
 
-class _Sweep:
-    """Integrates the co-load channels along the forecast timeline, segment by segment
-    between consecutive ends: the batches still running, plus the fill."""
-
-    __slots__ = ("excess", "feats", "fill", "knee", "now", "others_now", "ov", "ov_c", "ov_k")
-    __slots__ += ("tot_cu", "tot_mu")
-
-    def __init__(
-        self, now: float, feats: Sequence[Vector], fill: Fill, ov: Oversubscription | None
-    ):
-        self.now, self.feats, self.fill = now, feats, fill
-        n_all = len(feats)
-        self.tot_cu = 0.0
-        self.tot_mu = 0.0
-        for f in feats:
-            self.tot_cu += f[1]
-            self.tot_mu += f[2]
-        self.others_now = n_all - 1
-        self.excess = self.others_now - fill.co_count
-        self.ov = ov
-        # Oversub: c (threads / cores) above its knee in the co-runner count, 0 below.
-        self.ov_c, self.knee = (ov.c, ov.knee) if ov is not None else (0.0, 0.0)
-        # oversub with k co-runners, k = 0 .. n_all - 1 (the counts the sweep meets)
-        if ov is None:
-            self.ov_k = [0.0] * n_all
-        else:
-            self.ov_k = ov.table if n_all <= len(ov.table) else [ov.at(k) for k in range(n_all)]
-
-    def integrals(self, ends: list[float], order: list[int]) -> list[tuple[float, ...]]:
-        """Per batch: the integrals of (count, compute, memory, oversub) from now to its
-        end, then their rates in its last segment."""
-        now, feats, fill, ov = self.now, self.feats, self.fill, self.ov
-        n_all, ov_k, ov_c, knee = len(feats), self.ov_k, self.ov_c, self.knee
-        co_count, rev, gain = fill.co_count, fill.mean_latency, fill.gain
-        phi_cu, phi_mu, excess, revert = fill.co_cu, fill.co_mu, self.excess, fill.revert
-        acc: list[tuple[float, ...]] = [()] * n_all
-        n, cu, mu = float(n_all), self.tot_cu, self.tot_mu  # batches still running
-        i_n = i_cu = i_mu = i_ov = 0.0
-        t_prev = now
-        e_prev = 1.0  # e^-x at t_prev
-        for k, i in enumerate(order):
-            others = n_all - k - 1
-            end_i = ends[i]
-            seg = end_i - t_prev
-            r = 0.0  # expected fill at the segment's end
-            if revert:
-                # Expected co-runner count: mean + excess e^-x, x = time since now / rev.
-                # Batches known to run count as they are; the rest of the expectation,
-                # r = max(0, gap + excess e^-x), is filled in.
-                gap = co_count - others
-                e_b = math.exp((now - end_i) / rev)
-                r_a = gap + excess * e_prev
-                r_b = gap + excess * e_b
-                if r_a > 0.0 or r_b > 0.0:
-                    # r is monotone in time: positive over the segment or a part of it.
-                    if r_a >= 0.0 and r_b >= 0.0:
-                        hi_e, lo_e, width = e_prev, e_b, seg / rev
-                    else:
-                        e_x = -gap / excess  # where r crosses zero
-                        x_x = -math.log(e_x)
-                        if r_a > 0.0:
-                            hi_e, lo_e, width = e_prev, e_x, x_x - (t_prev - now) / rev
-                        else:
-                            hi_e, lo_e, width = e_x, e_b, (end_i - now) / rev - x_x
-                    ir = (gap * width + excess * (hi_e - lo_e)) * rev * gain
-                    i_n += n * seg + ir
-                    i_cu += cu * seg + phi_cu * ir
-                    i_mu += mu * seg + phi_mu * ir
-                    if ov is not None:
-                        if others >= knee:  # above the kink: linear in the fill
-                            i_ov += ov_k[others] * seg + ov_c * ir
-                        else:  # crosses the kink where others + gain r = knee, if at all
-                            x_a, x_b = (t_prev - now) / rev, (end_i - now) / rev
-                            a = others - knee + gain * gap
-                            hinge = _hinge_exp_integral(a, gain * excess, x_a, x_b, e_prev, e_b)
-                            i_ov += ov_c * rev * hinge
-                else:
-                    i_n += n * seg
-                    i_cu += cu * seg
-                    i_mu += mu * seg
-                    i_ov += ov_k[others] * seg
-                r = r_b * gain if r_b > 0.0 else 0.0
-                e_prev = e_b
-            else:
-                i_n += n * seg
-                i_cu += cu * seg
-                i_mu += mu * seg
-            # oversub at the segment's end (the expected count is others + r there)
-            if r == 0.0:
-                h = ov_k[others]
-            else:
-                h = ov_c * (others + r - knee)
-                if h < 0.0:
-                    h = 0.0
-            if not revert:
-                i_ov += h * seg
-            acc[i] = (i_n, i_cu, i_mu, i_ov, n + r, cu + r * phi_cu, mu + r * phi_mu, h)
-            f = feats[i]
-            n -= 1.0
-            cu -= f[1]
-            mu -= f[2]
-            t_prev = end_i
-        return acc
+@kernel
+def _sort_by(keys, order):
+    """`order` := the indices sorted by key, stably (as sorted() does; a few items)."""
+    for i in range(len(order)):
+        order[i] = i
+    for i in range(1, len(order)):
+        j, k = i, order[i]
+        while j > 0 and keys[order[j - 1]] > keys[k]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = k
 
 
-def _start(now, state, c_starts, starts, solos, a_s, betas, sweep: _Sweep):
-    """Per batch: its beta, beta . own features and beta . past co-location (constants
-    of its equation), the floor of its end, whether it is overrunning; and the start of
+@kernel
+def _start(now, rows, c_starts, dev, ov_k, has_ov):
+    """Per batch: its beta . own features and beta . past co-location (constants of its
+    equation, `coefs`), the floor of its end, whether it is overrunning; and the start of
     the iteration: the co-load of right now, assumed to last."""
-    n_run = len(c_starts)
-    ov = sweep.ov
+    n_all, n_run = len(rows), len(c_starts)
+    dt = dev[0]
     # Past co-location integrals up to now, from each running batch's own point of view.
-    cum, load = state.cum, state.load
-    dt = now - state.t if state.t is not None and now > state.t else 0.0
-    c_n = cum[0] + load[0] * dt
-    c_cu = cum[1] + load[1] * dt
-    c_mu = cum[2] + load[2] * dt
-    c_ov = cum[3]
-    if ov is not None and state.count:
-        c_ov += ov.at(state.count - 1) * dt
-    others_now, tot_cu, tot_mu = sweep.others_now, sweep.tot_cu, sweep.tot_mu
-    ov_now = sweep.ov_k[others_now]
-    lo_sd, hi_sd = MIN_SLOWDOWN, MAX_SLOWDOWN  # (inline clipping: a call costs more)
-    coefs, floors, ends, fixed = [], [], [], []
-    for i in range(len(starts)):
-        beta, f, s = betas[i], sweep.feats[i], starts[i]
-        b_n, b_cu, b_mu = beta[0], beta[1], beta[2]
-        b_ov = beta[3] if ov is not None else 0.0
-        inst = b_n * others_now + b_cu * (tot_cu - f[1]) + b_mu * (tot_mu - f[2])
+    c_n = dev[1] + dev[5] * dt
+    c_cu = dev[2] + dev[6] * dt
+    c_mu = dev[3] + dev[7] * dt
+    c_ov = dev[4] + dev[8] * dt
+    others_now = n_all - 1
+    tot_cu = tot_mu = 0.0
+    for i in range(n_all):
+        tot_cu += rows[i][F_CU]
+        tot_mu += rows[i][F_MU]
+    ov_now = ov_k[others_now]
+    lo_sd, hi_sd = MIN_SLOWDOWN, MAX_SLOWDOWN
+    coefs, floors, ends = table(n_all, 2), floats(n_all), floats(n_all)
+    fixed = [False] * n_all
+    for i in range(n_all):
+        r = rows[i]
+        s, solo, a = r[START], r[SOLO], r[A]
+        b_n, b_cu, b_mu = r[B_N], r[B_CU], r[B_MU]
+        b_ov = r[B_OV] if has_ov else 0.0
+        inst = b_n * others_now + b_cu * (tot_cu - r[F_CU]) + b_mu * (tot_mu - r[F_MU])
         inst += b_ov * ov_now
-        sd = a_s[i] + inst
+        sd = a + inst
         sd = lo_sd if sd < lo_sd else hi_sd if sd > hi_sd else sd
         floor = now + OVERRUN_FRACTION * (now - s)
         past = 0.0
@@ -221,11 +213,10 @@ def _start(now, state, c_starts, starts, solos, a_s, betas, sweep: _Sweep):
             el = now - s
             if el < 0:
                 el = 0.0
-            # Co-location seen so far (never negative: rounding), as max(0.0, x) gives
-            # it, inlined: this runs for every running batch of every forecast.
+            # Co-location seen so far (never negative: rounding).
             p_n = c_n - cs[0] - el
-            p_cu = c_cu - cs[1] - f[1] * el
-            p_mu = c_mu - cs[2] - f[2] * el
+            p_cu = c_cu - cs[1] - r[F_CU] * el
+            p_mu = c_mu - cs[2] - r[F_MU] * el
             past = (
                 b_n * (p_n if p_n > 0.0 else 0.0)
                 + b_cu * (p_cu if p_cu > 0.0 else 0.0)
@@ -234,42 +225,44 @@ def _start(now, state, c_starts, starts, solos, a_s, betas, sweep: _Sweep):
             )
             life = floor - s
             if life > 0.0:
-                sd_f = a_s[i] + (past + inst * (floor - now)) / life
+                sd_f = a + (past + inst * (floor - now)) / life
                 sd_f = lo_sd if sd_f < lo_sd else hi_sd if sd_f > hi_sd else sd_f
-                over = s + solos[i] * sd_f <= floor
-        coefs.append((b_n, b_cu, b_mu, b_ov, b_n + b_cu * f[1] + b_mu * f[2], past))
-        floors.append(floor)
-        fixed.append(over)
-        end = s + solos[i] * sd
-        ends.append(floor if over or end < floor else end)
+                over = s + solo * sd_f <= floor
+        coefs[i][0] = b_n + b_cu * r[F_CU] + b_mu * r[F_MU]
+        coefs[i][1] = past
+        floors[i] = floor
+        fixed[i] = over
+        end = s + solo * sd
+        ends[i] = floor if over or end < floor else end
     return coefs, floors, ends, fixed
 
 
-def _solve(now, coefs, acc, ends, fixed, floors, starts, solos, a_s) -> tuple[list[float], float]:
+@kernel
+def _solve(now, rows, coefs, acc, ends, fixed, floors, has_ov):
     """Each batch's own equation with the others' ends fixed: with
     beta . (past + integral to the end) = u + v lat near the current end,
     lat = solo (a + (u + v lat) / lat)  <=>  lat^2 - solo (a + v) lat - solo u = 0.
-    Returns the new ends and the largest change."""
+    Updates `ends` in place; returns the largest change."""
     lo_sd, hi_sd = MIN_SLOWDOWN, MAX_SLOWDOWN
     change = 0.0
-    new_ends = []
     for i in range(len(ends)):
         if fixed[i]:
-            new_ends.append(ends[i])
             continue
-        b_n, b_cu, b_mu, b_ov, b_own, past = coefs[i]
-        solo, s, end_i = solos[i], starts[i], ends[i]
-        i_n, i_cu, i_mu, i_ov, r_n, r_cu, r_mu, r_ov = acc[i]
-        v = b_n * r_n + b_cu * r_cu + b_mu * r_mu + b_ov * r_ov - b_own
+        r, g = rows[i], acc[i]
+        b_n, b_cu, b_mu = r[B_N], r[B_CU], r[B_MU]
+        b_ov = r[B_OV] if has_ov else 0.0
+        b_own, past = coefs[i][0], coefs[i][1]
+        solo, s, end_i, a = r[SOLO], r[START], ends[i], r[A]
+        v = b_n * g[4] + b_cu * g[5] + b_mu * g[6] + b_ov * g[7] - b_own
         lat_old = end_i - s
-        u = past + b_n * i_n + b_cu * i_cu + b_mu * i_mu + b_ov * i_ov
+        u = past + b_n * g[0] + b_cu * g[1] + b_mu * g[2] + b_ov * g[3]
         u = u - b_own * (end_i - now) - v * lat_old
-        bq = solo * (a_s[i] + v)
+        bq = solo * (a + v)
         disc = bq * bq + 4.0 * solo * u
         if disc >= 0.0:
             lat = 0.5 * (bq + math.sqrt(disc))
         else:
-            lat = solo * (a_s[i] + (u + v * lat_old) / lat_old) if lat_old > 0 else solo
+            lat = solo * (a + (u + v * lat_old) / lat_old) if lat_old > 0 else solo
         if lat < solo * lo_sd:
             lat = solo * lo_sd
         elif lat > solo * hi_sd:
@@ -280,21 +273,16 @@ def _solve(now, coefs, acc, ends, fixed, floors, starts, solos, a_s) -> tuple[li
         d = end - end_i if end > end_i else end_i - end
         if d > change:
             change = d
-        new_ends.append(end)
-    return new_ends, change
+        ends[i] = end
+    return change
 
 
-def _hinge_exp_integral(a: float, b: float, x_a: float, x_b: float, e_a: float, e_b: float):
-    """Integral over x in [x_a, x_b] of max(0, a + b e^-x), given e_a = e^-x_a and
-    e_b = e^-x_b (the integrand is monotone, so positive on one sub-interval at most)."""
-    f_a = a + b * e_a
-    f_b = a + b * e_b
-    if f_a <= 0.0 and f_b <= 0.0:
-        return 0.0
-    if f_a >= 0.0 and f_b >= 0.0:
-        return a * (x_b - x_a) + b * (e_a - e_b)
-    e_x = -a / b  # where the integrand crosses zero
-    x_x = -math.log(e_x)
-    if f_a > 0.0:
-        return a * (x_x - x_a) + b * (e_a - e_x)
-    return a * (x_b - x_x) + b * (e_x - e_b)
+__all__ = [
+    "OVERRUN_FRACTION",
+    "Fill",
+    "batch_row",
+    "fine_latencies",
+    "hinge_exp_integral",
+    "kernel_rows",
+    "with_candidates",
+]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from predlat.errors import ConfigError
 from predlat.predict.base import (
@@ -47,7 +48,15 @@ from predlat.predict.base import (
 from predlat.predict.calibration import Calibrator
 from predlat.predict.colocation import DeviceLoad
 from predlat.predict.features import FeatureMap, Vector, fine_load, linear_load
-from predlat.predict.fine_forecast import OVERRUN_FRACTION, Fill, fine_latencies
+from predlat.predict.fine_forecast import (
+    OVERRUN_FRACTION,
+    Fill,
+    batch_row,
+    compile_kernels,
+    fine_latencies,
+    kernel_rows,
+    with_candidates,
+)
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
 
@@ -118,6 +127,7 @@ class Forecaster:
         if not isinstance(predictor, SlowdownModel):
             raise ConfigError(f"predictor {predictor!r} cannot forecast (see SlowdownModel)")
         own = predictor if isinstance(predictor, BasePredictor) else None
+        compile_kernels()
         self.predictor = predictor
         self.profile = profile
         self.q = quantile
@@ -141,6 +151,7 @@ class Forecaster:
         self._columns_key: int | None = None
         self._parts: tuple[list, list] = ([], [])
         self._parts_key: int | None = None
+        self._rows: tuple = (None, None, None)  # (key, running rows, c_starts): kernel form
         self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
         self._state = DeviceLoad(self.tau, self._ov)  # the running set's co-location
         self._co_count = 0.0  # recent average co-runner count seen by finished batches
@@ -344,26 +355,27 @@ class Forecaster:
         return lats
 
     def _fine(self, now, c_starts, starts, solos, a_s, betas, feats) -> list[float]:
+        n_run = len(c_starts)
+        key = (self._columns_key, self._parts_key)
+        if self._rows[0] != key:  # the running batches' rows, once per running set
+            cols = zip(starts, solos, a_s, betas, feats, strict=False)  # (n_run rows)
+            running = kernel_rows([batch_row(*col) for col in islice(cols, n_run)])
+            self._rows = (key, running, kernel_rows(c_starts, 4))
+        _, running, c_kernel = self._rows
+        extra = range(n_run, len(starts))
+        rows = with_candidates(
+            running, [batch_row(starts[i], solos[i], a_s[i], betas[i], feats[i]) for i in extra]
+        )
+        ov = self._ov if self._ov is not None and len(betas[0]) >= 4 else None
+        revert = self.fill == "revert" and self._completions > 0
         fill = Fill(
-            self.fill == "revert" and self._completions > 0,
-            self._co_count,
+            1.0 if revert else 0.0,
+            float(self._co_count),
             *self._co_feat,
-            self._mean_latency,
-            self.fill_gain,
+            float(self._mean_latency),
+            float(self.fill_gain),
         )
-        return fine_latencies(
-            now,
-            self._state,
-            c_starts,
-            starts,
-            solos,
-            a_s,
-            betas,
-            feats,
-            fill,
-            self.iterations,
-            self.tol,
-        )
+        return fine_latencies(now, self._state, c_kernel, rows, ov, fill, self.iterations, self.tol)
 
 
 def _median_solo(profile: Profile) -> float:

@@ -8,11 +8,16 @@ kept for the hot predict path, where a plain dot product beats numpy on tiny vec
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Sequence
 from operator import mul
 
 import numpy as np
+
+from predlat.predict.jit import COMPILED, kernel
+from predlat.predict.small_eigh import small_eigh
 
 
 def _as_2d(X: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -126,15 +131,15 @@ class RLS(LinearRegressor):
     posterior (w, P^-1) is combined with a pseudo-observation of the fitted weights
     that tops the information up to `prior` in each eigen-direction short of it
     (stabilised forgetting): well-informed directions learn exactly as before, and
-    the cost is one small eigendecomposition per `check_every` updates. It is done in
-    two halves, so that no single update pays for all of it: the decomposition at the
-    `check_every`-th update, the combination just before the next one learns (which
-    then learns from exactly the state a whole top-up would have left; only forecasts
-    in between see the weights without it).
+    the cost is one small eigendecomposition per `check_every` updates.
+
+    The update and the top-up are compiled kernels (predlat.predict.jit): in Python their
+    dozen numpy calls on ~10 numbers cost more than the arithmetic, and the top-up's
+    decomposition once in `check_every` updates set the tail of a scheduler's learning.
     """
 
     online = True
-    _pending: tuple[np.ndarray, np.ndarray] | None = None  # (files saved before it)
+    _basis: np.ndarray | None = None  # P's eigenvectors at the last top-up (None: identity)
 
     def __init__(
         self,
@@ -154,17 +159,17 @@ class RLS(LinearRegressor):
             raise ValueError(f"huber threshold must be non-negative, got {huber}")
         if prior < 0:
             raise ValueError(f"prior strength must be non-negative, got {prior}")
-        self.lam, self.delta, self.alpha, self.check_every = lam, delta, alpha, check_every
-        self.huber = huber
+        self.delta, self.alpha, self.check_every = delta, alpha, check_every
+        self.lam, self.huber = float(lam), float(huber)  # (one compiled signature)
         self.scale = 0.0  # running median of |innovation| (0: none seen yet)
         self.scale_rate = scale_rate
         self._up, self._down = math.exp(scale_rate), math.exp(-scale_rate)
         self.P = np.eye(dim) * delta
         self.max_eig = delta
         self._updates = 0
-        self.prior = prior
+        self.prior = float(prior)
+        _compile_kernels()
         self.w_prior = np.zeros(dim)  # the fitted weights (the prior's centre)
-        self._pending = None  # P's eigendecomposition, for a top-up half done
 
     def fit(self, X, y) -> RLS:
         X = _as_2d(X)
@@ -180,87 +185,34 @@ class RLS(LinearRegressor):
         P = np.linalg.inv(gram + np.eye(self.dim) / self.delta)
         self.P = 0.5 * (P + P.T)
         self.w_prior = w.copy()
-        self._pending = None
         self._set(w)
         return self
 
     def learn_one(self, x: Sequence[float], y: float) -> None:
-        if self._pending is not None:  # the top-up the last update started
-            self._finish_top_up(*self._pending)
-        xa = np.asarray(x, dtype=float)
-        P = self.P
-        # (ndarray.dot: the same BLAS products as @, with less overhead per call)
-        px = P.dot(xa)
-        denom = self.lam + float(xa.dot(px))
+        xa = np.asarray(x, dtype=np.float64)
+        P, w, self.scale, denom = rls_update(
+            self.P, self.w, xa, float(y), self.lam, self.huber, self.scale, self._up, self._down
+        )
         if not denom > 1e-12:
             if not math.isfinite(denom):  # a broken P: else no update would ever mend it
                 self.P = np.eye(self.dim) * (1.0 / self.prior if self.prior > 0 else self.delta)
             return
-        k = px / denom
-        e = y - float(self.w.dot(xa))
-        if self.huber:
-            e = self._clip(e, y)
-        P = (P - k[:, None] * px) / self.lam  # (np.outer, without its overhead)
         self._updates += 1
-        w = self.w + k * e
         if self._updates % self.check_every == 0:
             if self.prior > 0.0:
-                P, w = self._start_top_up(P, w)
+                P, w = self._top_up(P, w)
             else:
                 P = self._guard(P)
         self.P = P
         self._set(w)
 
-    # The top-up in two halves, one per update (see the class doc): the eigendecomposition
-    # of P at this update, the combination with the prior before the next update learns.
-    # (Plain checks and ufuncs, no ndarray.any / np.clip / np.linalg.eigh: their
-    # Python-level wrappers run cold once every check_every updates and cost more than
-    # the arithmetic; the values are the same.)
-    def _start_top_up(self, P: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """P symmetrised (or, broken, the prior's state) and its eigendecomposition kept
-        for `_finish_top_up`."""
-        P = 0.5 * (P + P.T)
-        if not math.isfinite(float(P.sum())):
-            return np.eye(self.dim) / self.prior, self.w_prior.copy()
-        self._pending = _eigh(P)  # A = P^-1 has eigenvalues 1 / mu, same vectors
+    def _top_up(self, P: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P, w) combined with the prior (see the class doc); the prior's own state
+        where P is broken, P unchanged where LAPACK does not converge."""
+        basis = self._basis if self._basis is not None else np.eye(self.dim)
+        with contextlib.suppress(np.linalg.LinAlgError):
+            P, w, self._basis = top_up(P, w, self.w_prior, self.prior, self.max_eig, basis)
         return P, w
-
-    def _finish_top_up(self, mu: np.ndarray, vec: np.ndarray) -> None:
-        """The posterior (w, A = P^-1) combined with the prior's pseudo-observation
-        (information T = A' - A at w_prior, A' = A with eigenvalues raised to at least
-        `prior`): w' = A'^-1 (A w + T w_prior). Also the guard: P' is symmetric with
-        eigenvalues in (0, min(1 / prior, max_eig)]. `mu` (ascending), `vec`: P's."""
-        self._pending = None
-        info = 1.0 / np.maximum(mu, 1e-12)  # non-increasing
-        floor = max(self.prior, 1.0 / self.max_eig)
-        # No direction short of the floor (or no convergence: NaN), nothing to top up.
-        if not float(info[-1]) < floor:
-            return
-        topped = np.maximum(info, floor)
-        # In A's eigenbasis: w' = (info * (V' w) + (topped - info) * (V' w_prior)) / topped
-        vt = vec.T
-        a, b = vt.dot(self.w), vt.dot(self.w_prior)
-        self.P = (vec / topped).dot(vt)
-        self._set(vec.dot((info * a + (topped - info) * b) / topped))
-
-    def _clip(self, e: float, y: float) -> float:
-        """The innovation clipped to the band (never narrower than 10% of the target:
-        a fit with no residual must still follow a change); then the scale, a running
-        median of |innovation|, steps towards this one by a factor exp(+-scale_rate).
-        Rare outliers barely move a median, while a shift that makes most innovations
-        large doubles the band in about 0.7 / scale_rate updates."""
-        size = abs(e)
-        scale = self.scale
-        band = max(self.huber * scale, 0.1 * abs(y))
-        if scale <= 0.0:
-            self.scale = size
-        elif size > scale:
-            self.scale = scale * self._up
-        else:
-            self.scale = scale * self._down
-        if size > band:
-            return band if e > 0 else -band
-        return e
 
     def _guard(self, P: np.ndarray) -> np.ndarray:
         P = 0.5 * (P + P.T)
@@ -277,23 +229,80 @@ class RLS(LinearRegressor):
         return (vec * eig) @ vec.T
 
 
-def _eigh_gufunc():
-    """numpy's symmetric eigendecomposition without np.linalg.eigh's wrapper (its
-    error-state context costs more than the 10 x 10 decomposition itself when it runs
-    cold); the very same LAPACK call and result. None where numpy has it elsewhere."""
-    umath = getattr(np.linalg, "_umath_linalg", None)
-    return getattr(umath, "eigh_lo", None)
+@kernel
+def rls_update(P, w, x, y, lam, huber, scale, up, down):
+    """One RLS step on (x, y): (P', w', scale', denom); P and w unchanged where the gain's
+    denominator lam + x' P x is not positive. The innovation e = y - w . x is clipped to
+    the Huber band first (`huber` > 0; see `RLS`)."""
+    px = np.dot(P, x)
+    denom = lam + np.dot(x, px)
+    if not denom > 1e-12:
+        return P, w, scale, denom
+    k = px / denom
+    e = y - np.dot(w, x)
+    if huber > 0.0:
+        e, scale = huber_clip(e, y, huber, scale, up, down)
+    return (P - k.reshape(-1, 1) * px) / lam, w + k * e, scale, denom
 
 
-def _eigh(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending; NaN if LAPACK did not converge) and unit eigenvectors
-    (columns) of a symmetric matrix, as np.linalg.eigh gives them."""
-    if _EIGH_LO is None:
-        return np.linalg.eigh(P)
-    return _EIGH_LO(P, signature="d->dd")
+@kernel
+def huber_clip(e, y, huber, scale, up, down):
+    """The innovation clipped to the band (never narrower than 10% of the target: a fit
+    with no residual must still follow a change), and the new scale: a running median of
+    |innovation| that steps towards this one by a factor up or down (exp(+-scale_rate)).
+    Rare outliers barely move a median, while a shift that makes most innovations large
+    doubles the band in about 0.7 / scale_rate updates."""
+    size = abs(e)
+    band = max(huber * scale, 0.1 * abs(y))
+    if scale <= 0.0:
+        new_scale = size
+    elif size > scale:
+        new_scale = scale * up
+    else:
+        new_scale = scale * down
+    if size > band:
+        return (band if e > 0 else -band), new_scale
+    return e, new_scale
 
 
-_EIGH_LO = _eigh_gufunc()
+@kernel
+def top_up(P, w, w_prior, prior, max_eig, basis):
+    """The posterior (w, A = P^-1) combined with the prior's pseudo-observation
+    (information T = A' - A at w_prior, A' = A with eigenvalues raised to at least
+    `prior`): w' = A'^-1 (A w + T w_prior). Also the guard: P' is symmetric with
+    eigenvalues in (0, min(1 / prior, max_eig)]. Returns (P', w', P's eigenvectors);
+    `basis`: the last top-up's, where the decomposition starts."""
+    P = 0.5 * (P + P.T)
+    if not np.isfinite(P.sum()):  # broken: the prior's own state
+        return np.eye(len(w)) / prior, w_prior.copy(), basis
+    mu, vec = _eigh(P, basis)  # A = P^-1 has eigenvalues 1 / mu, same vectors
+    info = 1.0 / np.maximum(mu, 1e-12)  # non-increasing
+    floor = max(prior, 1.0 / max_eig)
+    if not info[-1] < floor:  # no direction short of the floor: nothing to top up
+        return P, w, vec
+    topped = np.maximum(info, floor)
+    # In A's eigenbasis: w' = (info * (V' w) + (topped - info) * (V' w_prior)) / topped
+    vt = np.ascontiguousarray(vec.T)
+    a, b = np.dot(vt, w), np.dot(vt, w_prior)
+    w = np.dot(vec, (info * a + (topped - info) * b) / topped)
+    return np.dot(vec / topped, vt), w, vec
+
+
+@functools.cache
+def _compile_kernels() -> None:
+    """Compiles the kernels (or loads them from numba's cache) with the argument types of
+    a real update, so that no update waits for it: an RLS calls it when it is made."""
+    P, w = np.eye(2), np.ones(2)
+    P, w, _, _ = rls_update(P, w, np.ones(2), 1.0, 0.99, 1.0, 0.0, 1.05, 0.95)
+    top_up(P, w, w, 1.0, 100.0, np.eye(2))
+
+
+if COMPILED:
+    _eigh = small_eigh
+else:  # (interpreted, the Jacobi sweeps would be slow: LAPACK's, through numpy)
+
+    def _eigh(M: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.linalg.eigh(M)
 
 
 # The guard's usual case, without an eigendecomposition: one or two eigenvalues (the
