@@ -89,9 +89,9 @@ def snapshot(fc: Forecaster) -> dict:
     state = {
         k: copy.deepcopy(v)
         for k, v in vars(fc).items()
-        # (_columns, _parts, _rows: caches of the running set, rebuilt at will)
+        # (_columns, _parts: caches of the running set, rebuilt at will)
         if k not in ("predictor", "profile", "fmap", "calibrator", "_runs")
-        and not k.startswith(("_columns", "_parts", "_rows"))
+        and not k.startswith(("_columns", "_parts"))
     }
     state["runs"] = {i: (r.batch, r.c_start, r.static, r.predicted) for i, r in fc._runs.items()}
     load = state.pop("_state")

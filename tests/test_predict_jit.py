@@ -19,7 +19,6 @@ import json, numpy as np
 from predlat.predict.colocation import DeviceLoad
 from predlat.predict.features import Oversubscription
 from predlat.predict.fine_forecast import Fill, batch_row, fine_latencies, kernel_rows
-from predlat.predict.fine_forecast import with_candidates
 from predlat.predict.regressors import RLS
 
 out = {}
@@ -35,7 +34,7 @@ for ov in (None, Oversubscription(1, 2)):
     beta = (0.3, 0.2, 0.1, 0.4)
     rows = [batch_row(s, 0.01, 1.0, beta, f) for s, f in zip(starts, feats)]
     cand = [batch_row(0.008, 0.02, 1.1, beta, (1.0, 0.4, 0.4))]
-    rows = with_candidates(kernel_rows(rows), cand)
+    rows = kernel_rows(rows + cand)
     for revert in (0.0, 1.0):
         fill = Fill(revert, 2.5, 0.4, 0.3, 0.01, 0.8)
         lats = fine_latencies(0.008, state, kernel_rows(c_starts, 4), rows, ov, fill, 6, 1e-3)

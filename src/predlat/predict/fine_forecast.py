@@ -71,15 +71,6 @@ def kernel_rows(rows: Sequence[Sequence[float]], width: int = 9) -> Any:
     return np.asarray(rows, dtype=np.float64).reshape(-1, width)
 
 
-def with_candidates(running: Any, candidates: Sequence[tuple]) -> Any:
-    """The running batches' kernel rows followed by the candidates'."""
-    if not candidates:
-        return running
-    if not COMPILED:
-        return [*running, *candidates]
-    return np.concatenate((running, np.asarray(candidates, dtype=np.float64)))
-
-
 def fine_latencies(
     now: float,
     state: DeviceLoad,
@@ -92,8 +83,8 @@ def fine_latencies(
 ) -> list[float]:
     """Latencies of the running batches (the first len(c_starts) rows, with `state.cum`
     at their starts) and of candidates starting at `now` (the rest). `ov`: the
-    oversubscription channel, if the predictor has it. Rows and c_starts in kernel form
-    (`kernel_rows`, `with_candidates`)."""
+    oversubscription channel, if the predictor has it. Rows (`batch_row`) and c_starts
+    in kernel form (`kernel_rows`)."""
     n_all = len(rows)
     t = state.t
     dt = now - t if t is not None and now > t else 0.0
@@ -131,8 +122,8 @@ def compile_kernels() -> None:
         state = DeviceLoad(1.0, ov)
         state.advance(0.0)
         state.start((1.0, 0.5, 0.5))
-        rows = kernel_rows([batch_row(0.0, 1.0, 1.0, (0.1, 0.1, 0.1, 0.1), (1.0, 0.5, 0.5))])
-        rows = with_candidates(rows, [tuple(rows[0])])
+        row = batch_row(0.0, 1.0, 1.0, (0.1, 0.1, 0.1, 0.1), (1.0, 0.5, 0.5))
+        rows = kernel_rows([row, row])
         c_starts = kernel_rows([(0.0, 0.0, 0.0, 0.0)], 4)
         fill = Fill(1.0, 1.0, 0.5, 0.5, 1.0, 1.0)
         fine_latencies(0.5, state, c_starts, rows, ov, fill, 6, 1e-3)
@@ -284,5 +275,4 @@ __all__ = [
     "fine_latencies",
     "hinge_exp_integral",
     "kernel_rows",
-    "with_candidates",
 ]

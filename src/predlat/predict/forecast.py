@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
+from typing import NamedTuple
 
 from predlat.errors import ConfigError
 from predlat.predict.base import (
@@ -55,7 +55,6 @@ from predlat.predict.fine_forecast import (
     compile_kernels,
     fine_latencies,
     kernel_rows,
-    with_candidates,
 )
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
@@ -75,8 +74,9 @@ class RunningBatch:
     start: float  # absolute seconds
 
 
-@dataclass(frozen=True)
-class ForecastEnd:
+class ForecastEnd(NamedTuple):
+    """(A tuple: several are made per decision, and a frozen dataclass costs ~3x more.)"""
+
     mean: float  # forecast absolute end time (s)
     quantile: float  # forecast absolute end time at the forecaster's quantile (>= mean)
 
@@ -151,7 +151,6 @@ class Forecaster:
         self._columns_key: int | None = None
         self._parts: tuple[list, list] = ([], [])
         self._parts_key: int | None = None
-        self._rows: tuple = (None, None, None)  # (key, running rows, c_starts): kernel form
         self._ov = self.fmap.oversub  # oversubscription law (None: no such channel)
         self._state = DeviceLoad(self.tau, self._ov)  # the running set's co-location
         self._co_count = 0.0  # recent average co-runner count seen by finished batches
@@ -274,11 +273,10 @@ class Forecaster:
             return {}
         (runs, ids, starts, solos, feats, c_starts), (a_s, betas) = self._running_columns()
         if candidates:  # (fresh lists: the cached columns stay as they are)
-            ids, starts, solos, feats = [*ids], [*starts], [*solos], [*feats]
-            a_s, betas = [*a_s], [*betas]
             fmap, parts = self.fmap, self.predictor.slowdown_parts
+            ids, starts = [*ids, *(c.batch_id for c in candidates)], [*starts]
+            solos, feats, a_s, betas = [*solos], [*feats], [*a_s], [*betas]
             for c in candidates:
-                ids.append(c.batch_id)
                 starts.append(now)
                 solos.append(fmap.solo(c.model, c.batch_size))
                 feats.append(fmap.co_vec(c.model, c.batch_size))
@@ -355,17 +353,8 @@ class Forecaster:
         return lats
 
     def _fine(self, now, c_starts, starts, solos, a_s, betas, feats) -> list[float]:
-        n_run = len(c_starts)
-        key = (self._columns_key, self._parts_key)
-        if self._rows[0] != key:  # the running batches' rows, once per running set
-            cols = zip(starts, solos, a_s, betas, feats, strict=False)  # (n_run rows)
-            running = kernel_rows([batch_row(*col) for col in islice(cols, n_run)])
-            self._rows = (key, running, kernel_rows(c_starts, 4))
-        _, running, c_kernel = self._rows
-        extra = range(n_run, len(starts))
-        rows = with_candidates(
-            running, [batch_row(starts[i], solos[i], a_s[i], betas[i], feats[i]) for i in extra]
-        )
+        rows = kernel_rows(list(map(batch_row, starts, solos, a_s, betas, feats)))
+        c_kernel = kernel_rows(c_starts, 4)
         ov = self._ov if self._ov is not None and len(betas[0]) >= 4 else None
         revert = self.fill == "revert" and self._completions > 0
         fill = Fill(
