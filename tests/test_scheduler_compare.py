@@ -94,8 +94,13 @@ def test_repeated_runs_pool_their_requests() -> None:
         return RunResult("predlat", 1.0, metrics, outcomes)
 
     one, two = run(99, 100, 0.5), run(290, 300, 0.7)
-    assert pooled_metrics([one], 10.0) == one.metrics
+    single = pooled_metrics([one], 10.0)
+    assert single.pop("by_model") == {
+        "a": {"requests": 100.0, "met_frac": 0.99, "p50_ms": 10.0, "p99_ms": 10.0}
+    }
+    assert single == one.metrics
     pooled = pooled_metrics([one, two], 10.0)
+    assert pooled["by_model"]["a"]["met_frac"] == pytest.approx(389 / 400)
     assert pooled["hp_met"] == pytest.approx(389 / 400)  # over all requests, not a mean
     assert pooled["hp_requests"] == 400
     assert pooled["goodput_rps"] == pytest.approx(389 / 20.0)

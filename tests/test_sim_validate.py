@@ -88,6 +88,12 @@ def test_calibrated_device_matches_the_real_one_on_the_same_workload(tmp_path):
     paths = write_validate_outputs(results, tmp_path / "v")
     text = paths["report"].read_text()
     assert "## Per policy" in text and "oblivious" in text
+    assert "## Per model" in text
+    models = {"small", "medium", "large"}  # (the known device's models)
+    for p, d in by_policy.items():  # the same device: like agrees with like, per model too
+        assert set(d["by_model"]) == models, p
+        if p != "serial":
+            assert all(m["max_abs_d_p50_ms_pct"] <= 15.0 for m in d["by_model"].values()), p
     assert "other processes' CPU share meanwhile: n/a" in text  # no meter on a virtual clock
     assert paths["plot"].stat().st_size > 0 and paths["device"].is_file()
     assert (tmp_path / "v" / "real" / "report.md").is_file()
@@ -131,6 +137,7 @@ def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses():
 def test_differences_are_simulated_minus_real():
     def side(met: float, p99: float, cap: float) -> dict:
         entry = {"met_frac": met, "hp_met": met, "p50_ms": 1.0, "p99_ms": p99}
+        entry["by_model"] = {"m": {"p50_ms": 2.0 * p99, "p99_ms": p99}}
         return {
             "config": {"policies": ["a"]},
             "loads": {"0.5": {"policies": {"a": entry}}},
@@ -142,6 +149,8 @@ def test_differences_are_simulated_minus_real():
     assert row["d_met_frac_pp"] == pytest.approx(5.0)
     assert row["d_p99_ms_pct"] == pytest.approx(20.0)
     assert d["by_policy"]["a"]["d_capacity_pct"] == pytest.approx(-10.0)
+    assert row["by_model"]["m"]["d_p50_ms_pct"] == pytest.approx(20.0)
+    assert d["by_policy"]["a"]["by_model"]["m"]["max_abs_d_p99_ms_pct"] == pytest.approx(20.0)
 
 
 def test_quiet_runner_repeats_a_run_shared_with_other_processes_and_keeps_the_quietest():

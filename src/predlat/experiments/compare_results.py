@@ -10,7 +10,7 @@ import numpy as np
 
 from predlat.experiments.capacity import Bisection, pooled_capacity
 from predlat.experiments.compare_runs import RunResult
-from predlat.scheduling.outcome import summarize
+from predlat.scheduling.outcome import RequestOutcome, summarize
 
 # What results.json carries per policy and load (fractions in 0..1, rates per second).
 METRIC_KEYS = (
@@ -48,10 +48,11 @@ def pooled_metrics(results: Sequence[RunResult], duration_s: float) -> dict[str,
     rates, latency percentiles, rejections) over all their requests together, the
     device figures (utilization, lags, forecast error, batch size) averaged; with more
     than one run, `stderr` holds each figure's standard error over the runs."""
-    if len(results) == 1:
-        return dict(results[0].metrics)
     outcomes = [o for r in results for o in r.outcomes]
+    if len(results) == 1:
+        return {**results[0].metrics, "by_model": by_model(outcomes)}
     metrics: dict[str, Any] = summarize(outcomes, duration_s * len(results))
+    metrics["by_model"] = by_model(outcomes)
     for key in METRIC_KEYS:
         if key not in metrics:
             values = [v for r in results if math.isfinite(v := r.metrics.get(key, math.nan))]
@@ -63,8 +64,27 @@ def pooled_metrics(results: Sequence[RunResult], duration_s: float) -> dict[str,
     return metrics
 
 
+def by_model(outcomes: Sequence[RequestOutcome]) -> dict[str, dict[str, float]]:
+    """Per model: its requests, deadlines met and the latency percentiles of its
+    finished requests. (In a mix, the overall p50 falls between the models' and a few
+    requests move it: a per-model figure compares like with like.)"""
+    out: dict[str, dict[str, float]] = {}
+    for model in sorted({o.model for o in outcomes}):
+        mine = [o for o in outcomes if o.model == model]
+        lat = [o.latency for o in mine if o.finished and o.latency is not None]
+        out[model] = {
+            "requests": float(len(mine)),
+            "met_frac": sum(o.status == "met" for o in mine) / len(mine),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3) if lat else math.nan,
+            "p99_ms": float(np.percentile(lat, 99) * 1e3) if lat else math.nan,
+        }
+    return out
+
+
 def policy_entry(metrics: Mapping[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {k: clean(metrics.get(k)) for k in METRIC_KEYS}
+    if "by_model" in metrics:
+        entry["by_model"] = _clean_tree(metrics["by_model"])
     if "stderr" in metrics:
         entry["stderr"] = {k: clean(v) for k, v in metrics["stderr"].items()}
     if "hp_met_runs" in metrics:

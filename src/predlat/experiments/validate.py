@@ -307,6 +307,7 @@ def differences(
             for m in _LATENCIES:
                 row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
                 row[f"d_{m}_pct"] = _diff_pct(r.get(m), s.get(m))
+            row["by_model"] = _model_differences(r.get("by_model", {}), s.get("by_model", {}))
             rows.append(row)
     per_policy = {}
     for p in real["config"]["policies"]:
@@ -319,8 +320,34 @@ def differences(
             "d_capacity_pct": _diff_pct(cap_r, cap_s),
             **{f"max_abs_d_{m}_pp": _max_abs(mine, f"d_{m}_pp") for m in _FRACTIONS},
             **{f"max_abs_d_{m}_pct": _max_abs(mine, f"d_{m}_pct") for m in _LATENCIES},
+            "by_model": {
+                model: {
+                    f"max_abs_d_{m}_pct": _max_abs(
+                        [r["by_model"][model] for r in mine if model in r["by_model"]],
+                        f"d_{m}_pct",
+                    )
+                    for m in _LATENCIES
+                }
+                for model in sorted({k for r in mine for k in r["by_model"]})
+            },
         }
     return {"by_load": rows, "by_policy": per_policy}
+
+
+def _model_differences(
+    real: Mapping[str, Mapping[str, Any]], sim: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per model run on both: its p50 and p99, real and simulated, and their difference
+    in percent of real."""
+    out: dict[str, dict[str, Any]] = {}
+    for model in sorted(set(real) & set(sim)):
+        r, s = real[model], sim[model]
+        row: dict[str, Any] = {}
+        for m in _LATENCIES:
+            row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
+            row[f"d_{m}_pct"] = _diff_pct(r.get(m), s.get(m))
+        out[model] = row
+    return out
 
 
 def _diff_pp(real: float | None, sim: float | None) -> float | None:

@@ -111,6 +111,7 @@ def render(results: dict[str, Any], plot: str) -> str:
             ],
             policy_rows,
         ),
+        *_per_model_section(diff),
         "## Per load (real / simulated)",
         md_table(
             [
@@ -217,6 +218,38 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _per_model_section(diff: dict[str, Any]) -> list[str]:
+    """Per policy and model, the largest latency differences over the loads, and per
+    load the p50s: in a mix of models the overall p50 falls between the models', so a
+    few requests move it; per model, like is compared with like."""
+    rows = [
+        (p, model, num(d["max_abs_d_p50_ms_pct"], 0, "%"), num(d["max_abs_d_p99_ms_pct"], 0, "%"))
+        for p, by in diff["by_policy"].items()
+        for model, d in by.get("by_model", {}).items()
+    ]
+    if not rows:
+        return []
+    p50s = [
+        (
+            f"{r['load']:g}",
+            r["policy"],
+            model,
+            f"{num(m['real_p50_ms'], 1)} / {num(m['sim_p50_ms'], 1)}",
+            _signed(m["d_p50_ms_pct"], "%"),
+            f"{num(m['real_p99_ms'], 1)} / {num(m['sim_p99_ms'], 1)}",
+            _signed(m["d_p99_ms_pct"], "%"),
+        )
+        for r in diff["by_load"]
+        for model, m in r.get("by_model", {}).items()
+    ]
+    return [
+        "## Per model (simulated minus real; the largest difference over the loads)",
+        md_table(["policy", "model", "max |d p50|", "max |d p99|"], rows, "llrr"),
+        "Per load: p50 and p99 ms, real / simulated.",
+        md_table(["load", "policy", "model", "p50 ms", "d", "p99 ms", "d"], p50s, "lllrrrr"),
+    ]
 
 
 def _handoff(h: dict[str, Any] | None) -> str:
