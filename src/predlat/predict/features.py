@@ -45,7 +45,7 @@ class Oversubscription:
     a batch and its n co-runners exceed the cores. Piecewise linear in n, with its kink at
     n = knee = cores / threads - 1; `c` = threads / cores is the slope above it."""
 
-    __slots__ = ("array", "c", "cores", "excess_table", "knee", "table", "threads", "zero")
+    __slots__ = ("_array", "c", "cores", "excess_table", "knee", "table", "threads", "zero")
 
     def __init__(self, threads: int, cores: int, max_table: int = 64):
         self.threads = threads
@@ -53,13 +53,22 @@ class Oversubscription:
         self.c = threads / cores
         self.knee = cores / threads - 1.0
         self.table = tuple(self(n) for n in range(max_table + 1))  # integer counts
-        self.array = np.asarray(self.table, dtype=np.float64)  # (for compiled kernels)
         self.zero = self.table[0]
         self.excess_table = tuple(v - self.zero for v in self.table)
 
     def __call__(self, n: float) -> float:
         value = self.c * (1.0 + n) - 1.0
         return value if value > 0.0 else 0.0
+
+    @property
+    def array(self) -> np.ndarray:
+        """`table` as an array, for compiled kernels (made once; an object loaded from a
+        file saved without it makes it on first use)."""
+        try:
+            return self._array
+        except AttributeError:
+            self._array = np.asarray(self.table, dtype=np.float64)
+            return self._array
 
     def at(self, n: int) -> float:
         """oversub of an integer count (a table look-up)."""

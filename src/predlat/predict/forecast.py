@@ -56,6 +56,7 @@ from predlat.predict.fine_forecast import (
     fine_latencies,
     kernel_rows,
 )
+from predlat.predict.regressors import compile_kernels as compile_rls
 from predlat.profiling.profile import Profile
 from predlat.traces.records import BatchRecord
 
@@ -127,7 +128,8 @@ class Forecaster:
         if not isinstance(predictor, SlowdownModel):
             raise ConfigError(f"predictor {predictor!r} cannot forecast (see SlowdownModel)")
         own = predictor if isinstance(predictor, BasePredictor) else None
-        compile_kernels()
+        compile_kernels()  # (here, not on the first decision; also RLS's: a predictor
+        compile_rls()  # loaded from a file was made without its constructor)
         self.predictor = predictor
         self.profile = profile
         self.q = quantile

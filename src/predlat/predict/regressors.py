@@ -168,7 +168,7 @@ class RLS(LinearRegressor):
         self.max_eig = delta
         self._updates = 0
         self.prior = float(prior)
-        _compile_kernels()
+        compile_kernels()
         self.w_prior = np.zeros(dim)  # the fitted weights (the prior's centre)
 
     def fit(self, X, y) -> RLS:
@@ -289,9 +289,11 @@ def top_up(P, w, w_prior, prior, max_eig, basis):
 
 
 @functools.cache
-def _compile_kernels() -> None:
+def compile_kernels() -> None:
     """Compiles the kernels (or loads them from numba's cache) with the argument types of
     a real update, so that no update waits for it: an RLS calls it when it is made."""
+    if not COMPILED:
+        return
     P, w = np.eye(2), np.ones(2)
     P, w, _, _ = rls_update(P, w, np.ones(2), 1.0, 0.99, 1.0, 0.0, 1.05, 0.95)
     top_up(P, w, w, 1.0, 100.0, np.eye(2))
