@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from predlat.devices.base import regime as device_regime
-from predlat.devices.factory import describe_device, make_device
+from predlat.devices.factory import describe_device
 from predlat.errors import ConfigError
 from predlat.experiments.capacity import Bisection, Slo
 from predlat.experiments.compare_results import (
@@ -47,12 +47,10 @@ from predlat.experiments.compare_runs import (
     RunResult,
     RunSpec,
     Setup,
-    concatenate,
 )
+from predlat.experiments.warmup import starting_predictors
 from predlat.models.registry import resolve_models
 from predlat.models.zoo import ZOO_NAMES
-from predlat.predict.predictors import make_predictor
-from predlat.profiling.cpu_meter import CpuMeter
 from predlat.profiling.profile import Profile
 from predlat.profiling.profiler import load_or_profile
 from predlat.runtime.build import BATCH_SIZES, REPEATS, policy_threads, usable_cores
@@ -60,10 +58,8 @@ from predlat.scheduling.policies import (
     DEFAULT_COMPARE_POLICIES,
     Policy,
     get_policy,
-    solo_prior,
 )
-from predlat.traces.collect import collect_trace, device_capacity
-from predlat.traces.records import BatchRecord
+from predlat.traces.collect import device_capacity
 from predlat.workload.arrivals import PROCESSES
 
 # Batches side by side on one accelerator by default: the paper's setting (K = 2).
@@ -308,7 +304,7 @@ def prepare(config: CompareConfig, show_profiling: bool = False) -> Setup:
         capacity_rps=device_capacity(profile, names, config.slots),
         deadlines=_deadlines(config, profile, names),
     )
-    setup.predictors, setup.history, setup.records = _starting_predictors(config, specs, profile)
+    setup.predictors, setup.history, setup.records = starting_predictors(config, specs, profile)
     return setup
 
 
@@ -327,71 +323,3 @@ def _deadlines(config: CompareConfig, profile: Profile, names: Sequence[str]) ->
     if config.deadline_ms is not None:
         return dict.fromkeys(names, config.deadline_ms / 1e3)
     return {m: config.deadline_factor * profile.solo_latency(m, 1) for m in names}
-
-
-def _starting_predictors(config: CompareConfig, specs, profile: Profile):
-    """Each co-locating policy's predictor, fitted once: from a `predlat fit` file
-    where one is given for its predictor, else on the warm-up history."""
-    from predlat.predict.persist import load_predictor
-
-    loaded = {}
-    for path in config.predictor_files:
-        predictor = load_predictor(path, profile)
-        loaded[predictor.name] = (predictor, path)
-    wanted = {
-        config.policy(p).predictor for p in config.policies if not config.policy(p).one_at_a_time
-    }
-    history: list[BatchRecord] = []
-    meter = CpuMeter()  # other processes' share: the history is fitted on as measured
-    if wanted - set(loaded):
-        history = _training_trace(config, specs, profile)
-    foreign = meter.foreign_frac() if history else None
-    out, sources = {}, {}
-    for name in sorted(wanted):
-        if name in loaded:
-            out[name], sources[name] = loaded[name][0], f"file {loaded[name][1]}"
-        else:
-            out[name] = make_predictor(name, profile).fit(history or solo_prior(profile))
-            sources[name] = "warm-up history" if history else "solo prior"
-    unused = set(loaded) - wanted
-    if unused:
-        raise ConfigError(
-            f"--predictor file(s) for {', '.join(sorted(unused))}: no compared policy "
-            f"forecasts with it"
-        )
-    info = {
-        "batches": len(history),
-        "seconds": config.train_s if history else 0.0,
-        "loads": list(config.train_loads) if history else [],
-        "predictors": sources,
-        "foreign_cpu_frac": foreign,
-    }
-    return out, info, history
-
-
-def _training_trace(config: CompareConfig, specs, profile: Profile) -> list[BatchRecord]:
-    """The warm-up history: `train_s` seconds in equal parts at each of `train_loads`
-    (random batch sizes and co-location, as `predlat trace`), one timeline."""
-    if config.train_s <= 0 or not config.train_loads:
-        return []
-    device = make_device(config.device, slots=config.slots, threads=config.threads)
-    try:
-        for spec in specs:
-            device.load(spec)
-        parts = [
-            collect_trace(
-                device,
-                specs,
-                profile,
-                concurrency=config.slots,
-                load=load,
-                duration=config.train_s / len(config.train_loads),
-                seed=config.seed + 1 + i,
-                progress=False,
-                max_batch=config.max_batch,
-            )
-            for i, load in enumerate(config.train_loads)
-        ]
-    finally:
-        device.close()
-    return concatenate(parts)

@@ -147,7 +147,9 @@ def _setup(results: dict[str, Any]) -> str:
     warm = results["warmup"]
     history = (
         f"{warm['batches']} batches, {warm['seconds']:g} s collected at loads "
-        f"{', '.join(f'{x:g}' for x in warm['loads'])} (equal parts, random batch sizes)"
+        f"{', '.join(f'{x:g}' for x in warm['loads'])} (equal parts, random batch sizes; "
+        f"other processes' CPU share meanwhile {pct(warm.get('foreign_cpu_frac'), 0)}"
+        f"{_tries(warm.get('tries'))})"
         if warm.get("batches")
         else "none collected"
     )
@@ -170,6 +172,10 @@ def _setup(results: dict[str, Any]) -> str:
         f"cached, warm-up history, fitting: {results.get('setup_s', 0.0):.0f} s)",
     ]
     return "\n".join(lines)
+
+
+def _tries(tries: int | None) -> str:
+    return f", the quietest of {tries} histories" if tries and tries > 1 else ""
 
 
 def _seeds(cfg: dict[str, Any]) -> str:

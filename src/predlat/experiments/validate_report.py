@@ -157,7 +157,9 @@ def render(results: dict[str, Any], plot: str) -> str:
 
 
 def _warmup_foreign(real: dict[str, Any]) -> str:
-    return pct(real.get("warmup", {}).get("foreign_cpu_frac"), 0)
+    warm = real.get("warmup", {})
+    share, tries = pct(warm.get("foreign_cpu_frac"), 0), warm.get("tries") or 1
+    return f"{share} (the quietest of {tries} histories)" if tries > 1 else share
 
 
 def _foreign(row: dict[str, Any]) -> str:
