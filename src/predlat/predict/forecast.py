@@ -83,7 +83,7 @@ class ForecastEnd(NamedTuple):
 
 
 class _Run:
-    __slots__ = ("batch", "c_start", "f", "predicted", "solo", "static")
+    __slots__ = ("batch", "c_start", "columns", "f", "kind", "predicted", "solo", "static")
 
     def __init__(self, batch, f, solo, c_start, static, predicted):
         self.batch = batch
@@ -92,6 +92,9 @@ class _Run:
         self.c_start = c_start
         self.static = static
         self.predicted = predicted
+        self.kind = (batch.model, batch.batch_size)
+        # (its entries in Forecaster._running_columns, whose columns are these transposed)
+        self.columns = (batch.batch_id, batch.start, solo, f, c_start)
 
 
 class Forecaster:
@@ -312,25 +315,15 @@ class Forecaster:
         must not change the lists."""
         if self._columns_key != self._runs_version:
             runs = list(self._runs.values())
-            self._columns = (
-                runs,
-                [r.batch.batch_id for r in runs],
-                [r.batch.start for r in runs],
-                [r.solo for r in runs],
-                [r.f for r in runs],
-                [r.c_start for r in runs],
-            )
+            cols = list(zip(*[r.columns for r in runs], strict=True)) or [()] * 5
+            self._columns = (runs, *cols)
             self._columns_key = self._runs_version
             self._parts_key = None
         version = self.predictor.version
         if self._parts_key != version:
             parts = self.predictor.slowdown_parts
-            a_s, betas = [], []
-            for r in self._columns[0]:
-                a, beta = parts(r.batch.model, r.batch.batch_size)
-                a_s.append(a)
-                betas.append(beta)
-            self._parts = (a_s, betas)
+            pairs = [parts(*r.kind) for r in self._columns[0]]
+            self._parts = tuple(zip(*pairs, strict=True)) or ((), ())
             self._parts_key = version
         return self._columns, self._parts
 
