@@ -112,3 +112,14 @@ def test_fit_command_writes_a_predictor_that_loads(tmp_path: Path, capsys) -> No
         runtime.device.close()
     with pytest.raises(PredlatError, match="forecasts with 'coarse'"):
         build_runtime(["tiny"], slots=2, policy="coarse", progress=False, predictor_file=out)
+
+
+def test_named_tuples_in_predictor_state_keep_their_class(tmp_path: Path) -> None:
+    from predlat.traces.records import Overlap
+
+    fitted = make_predictor("coarse", PROFILE).fit(law_records(PROFILE, LAW, 50, seed=1))
+    fitted.recent = [Overlap(3, "m", 2, 0.5, 1.5)]  # (a NamedTuple a predictor might keep)
+    loaded = load_predictor(save_predictor(fitted, PROFILE, tmp_path / "p.json"), PROFILE)
+    (overlap,) = loaded.recent
+    assert type(overlap) is Overlap and overlap == fitted.recent[0]
+    assert overlap.duration == 1.0

@@ -109,8 +109,8 @@ def relabel(
     shifted, times shifted, and optionally a device index of their own."""
 
     def overlap(o: Overlap) -> Overlap:
-        return replace(
-            o, batch_id=o.batch_id + id_offset, start=o.start + time_offset, end=o.end + time_offset
+        return o._replace(
+            batch_id=o.batch_id + id_offset, start=o.start + time_offset, end=o.end + time_offset
         )
 
     return [

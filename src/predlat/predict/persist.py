@@ -139,7 +139,10 @@ class _Encoder:
         if value is self.profile or isinstance(value, Profile):
             return {"t": "profile"}
         if isinstance(value, tuple):
-            return {"t": "tuple", "v": [self.encode(v, f"{where}[]") for v in value]}
+            items = [self.encode(v, f"{where}[]") for v in value]
+            if hasattr(value, "_fields"):  # a NamedTuple: its class too (a predlat one)
+                return {"t": "ntuple", "cls": self._class(value, where), "v": items}
+            return {"t": "tuple", "v": items}
         if id(value) in self.memo:
             return {"t": "ref", "id": self.memo[id(value)]}
         ref = self.memo[id(value)] = len(self.memo)
@@ -172,17 +175,21 @@ class _Encoder:
                     for k, v in value.items()
                 ],
             }
+        return {
+            "t": "obj",
+            "id": ref,
+            "cls": self._class(value, where),
+            "v": {k: self.encode(v, f"{where}.{k}") for k, v in _attributes(value).items()},
+        }
+
+    @staticmethod
+    def _class(value: object, where: str) -> str:
         cls = type(value)
         if not cls.__module__.startswith(_ALLOWED_PREFIX):
             raise PredlatError(
                 f"cannot save {where}: a {cls.__module__}.{cls.__qualname__} is not predictor state"
             )
-        return {
-            "t": "obj",
-            "id": ref,
-            "cls": f"{cls.__module__}:{cls.__qualname__}",
-            "v": {k: self.encode(v, f"{where}.{k}") for k, v in _attributes(value).items()},
-        }
+        return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _attributes(obj: object) -> dict[str, Any]:
@@ -209,6 +216,8 @@ class _Decoder:
             return self.profile
         if tag == "tuple":
             return tuple(self.decode(v) for v in node["v"])
+        if tag == "ntuple":
+            return _class_named(node["cls"])(*(self.decode(v) for v in node["v"]))
         if tag == "ref":
             return self.memo[node["id"]]
         if tag == "nd":
@@ -243,6 +252,12 @@ class _Decoder:
 
 def _new(qualified: str) -> object:
     """An instance of a predlat class, without running its constructor."""
+    cls = _class_named(qualified)
+    return cls.__new__(cls)
+
+
+def _class_named(qualified: str) -> type:
+    """The predlat class a file names ("module:qualname")."""
     module, _, name = qualified.partition(":")
     if not module.startswith(_ALLOWED_PREFIX):
         raise PredictorFileError(f"predictor file names a foreign class {qualified!r}")
@@ -256,4 +271,4 @@ def _new(qualified: str) -> object:
         ) from None
     if not isinstance(cls, type):
         raise PredictorFileError(f"predictor file names {qualified!r}, not a class")
-    return cls.__new__(cls)
+    return cls

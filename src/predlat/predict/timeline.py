@@ -27,19 +27,7 @@ class TimelineTracker:
         """`record` with its timeline attached (the one given is kept if non-empty)."""
         self._running.pop(record.batch_id, None)
         if not record.timeline:
-            r = record
-            record = BatchRecord(
-                r.batch_id,
-                r.model,
-                r.batch_size,
-                r.slot,
-                r.dispatch,
-                r.start,
-                r.end,
-                self._overlaps(r),
-                r.device,
-                r.phases,
-            )
+            record = record.with_timeline(self._overlaps(record))
         self._done.append(
             (record.end, record.start, record.batch_id, record.model, record.batch_size)
         )
@@ -69,7 +57,7 @@ class TimelineTracker:
         if not self._running:
             self._done.clear()
             return
-        horizon = min(start for _, _, start in self._running.values())
+        horizon = min([start for _, _, start in self._running.values()])
         done = self._done
         while done and done[0][0] <= horizon:
             done.popleft()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from predlat.devices.base import PHASES
 
@@ -12,10 +12,10 @@ if TYPE_CHECKING:
     from predlat.devices.base import BatchResult
 
 
-@dataclass(frozen=True)
-class Overlap:
+class Overlap(NamedTuple):
     """A co-runner overlapping a batch during [start, end) (absolute seconds, clipped to
-    the batch's own lifetime)."""
+    the batch's own lifetime). (A tuple: one is made per co-runner of every finished
+    batch, and a frozen dataclass costs ~3x more.)"""
 
     batch_id: int
     model: str
@@ -65,6 +65,14 @@ class BatchRecord:
     @property
     def latency(self) -> float:
         return self.end - self.start
+
+    def with_timeline(self, timeline: tuple[Overlap, ...]) -> BatchRecord:
+        """This record with `timeline`: what `dataclasses.replace` gives, without its
+        per-field work (a scheduler makes one for every finished batch)."""
+        out = object.__new__(BatchRecord)
+        out.__dict__.update(self.__dict__)
+        out.__dict__["timeline"] = timeline
+        return out
 
     def co_runners_at_start(self) -> tuple[Overlap, ...]:
         """Co-runners already running when this batch started (the gpulet view)."""
