@@ -19,7 +19,6 @@ from functools import cached_property
 
 from predlat.devices.simulated import SimulatedDevice, VirtualClock
 from predlat.errors import ConfigError
-from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.policies import Policy, get_policy
 from predlat.scheduling.request import Finished, Priority, Request
 from predlat.scheduling.routing import DeviceForecast, RouteRequest, completion_s, rank
@@ -113,11 +112,11 @@ class ClusterSimulation(Simulation):
 
     def _finished(self, loop: _Loop, done: Finished) -> None:
         """As the base class, but into the streaming metrics (no per-batch lists)."""
-        self._stats.add_batch(done.record, done.predicted_latency)
-        reason = None if done.ok else "simulated engine failure"
+        stats, pending, record, ok = self._stats, loop.pending, done.record, done.ok
+        stats.add_batch(record, done.predicted_latency)
+        reason = None if ok else "simulated engine failure"
         for rid in done.request_ids:
-            r = loop.pending.pop(rid).request
-            loop.outcomes[rid] = RequestOutcome.ran(r, done.record, done.ok, reason)
+            stats.ran(pending.pop(rid), record, ok, reason)
 
     def busy_slot_s(self) -> float:
         return sum(d.busy_time for d in self.devices)
