@@ -169,7 +169,7 @@ class SimulatedDevice:
         self.busy_time = 0.0  # slot-seconds spent running batches
         # The law's pair slowdowns, computed once per (model, batch size) pair seen:
         # _pairs[a][b] is what a running batch of kind b adds to one of kind a.
-        self._kinds: dict[tuple[str, int], int] = {}
+        self._kinds: dict[tuple[str, int], tuple[int, float, tuple[float, float]]] = {}
         self._kind_info: list[tuple[str, tuple[float, float]]] = []
         self._pairs: list[list[float]] = []
         self._next: tuple[float, int] | None = None  # (end, slot) of the first to end
@@ -188,18 +188,20 @@ class SimulatedDevice:
     def submit(self, slot: int, job: BatchJob, on_done: DoneCallback) -> None:
         if not 0 <= slot < self.num_slots:
             raise ConfigError(f"slot {slot} does not exist (device has {self.num_slots})")
-        if self.is_busy(slot):
+        if slot in self._jobs or slot in self._queued:
             raise SlotBusyError(f"slot {slot} is busy")
-        if job.model not in self._models:
-            raise ConfigError(f"model '{job.model}' is not loaded on {self.name}")
+        kind = self._kinds.get((job.model, job.batch_size))
+        if kind is None:
+            if job.model not in self._models:
+                raise ConfigError(f"model '{job.model}' is not loaded on {self.name}")
+            kind = self._kind(job.model, job.batch_size)
+        index, solo, demand = kind
+        law = self.law
+        work = self._work(solo, job.batch_id, len(self._jobs) + len(self._queued))
+        fails = law.failure_rate > 0 and self._rng.random() < law.failure_rate
         now = self.clock.now
-        _, compute, memory = self._cost(job.model, job.batch_size)
-        work = self.solo_work(job.batch_id, job.model, job.batch_size, self.running())
-        fails = self.law.failure_rate > 0 and self._rng.random() < self.law.failure_rate
-        demand = (compute, memory)
-        kind = self._kind(job.model, job.batch_size, demand)
-        start = now + self.law.dispatch_s
-        entry = _Job(job, on_done, start, work, demand, fails, kind=kind)
+        start = now + law.dispatch_s
+        entry = _Job(job, on_done, start, work, demand, fails, kind=index)
         if start > now:
             self._queued[slot] = entry  # holds the slot; runs from `start` (advance)
             return
@@ -210,7 +212,9 @@ class SimulatedDevice:
     def solo_work(self, batch_id: int, model: str, batch_size: int, corunners: int) -> float:
         """Solo seconds of work of batch `batch_id` if submitted while `corunners` batches
         run, noise included: the same value whenever it is asked."""
-        solo = self._cost(model, batch_size)[0]
+        return self._work(self._cost(model, batch_size)[0], batch_id, corunners)
+
+    def _work(self, solo: float, batch_id: int, corunners: int) -> float:
         sigma = self.law.noise_sigma + self.law.noise_per_corunner * corunners
         if not sigma:
             return solo
@@ -329,41 +333,47 @@ class SimulatedDevice:
         dt = t - self._updated
         if dt > 0:
             for j in self._jobs.values():
-                j.work = max(0.0, j.work - j.rate * dt)
-        self._updated = max(self._updated, t)
+                work = j.work - j.rate * dt
+                j.work = work if work > 0.0 else 0.0
+            self._updated = t
 
     def _rerate(self) -> None:
         """Every running batch's rate, and which ends first (rates change only here, so
         the first end stays the same until the next call)."""
         jobs = self._jobs
+        if not jobs:
+            self._next = None
+            return
         cores = self.law.cores
         share = max(1.0, len(jobs) / cores) if cores else 1.0
         pairs = self._pairs
+        running = list(jobs.values())
         first, first_slot = math.inf, -1
         for slot, j in jobs.items():
             row = pairs[j.kind]
             s = 1.0
-            for other in jobs.values():
+            for other in running:
                 if other is not j:
                     s += row[other.kind]
             j.rate = rate = 1.0 / (s * share)
             left = j.work / rate
             if left < first or (left == first and slot < first_slot):
                 first, first_slot = left, slot
-        self._next = (self._updated + first, first_slot) if jobs else None
+        self._next = (self._updated + first, first_slot)
 
-    def _kind(self, model: str, batch_size: int, demand: tuple[float, float]) -> int:
-        """The index of (model, batch size) in the pair table, adding its row and
-        column the first time it is seen."""
-        key = (model, batch_size)
-        kind = self._kinds.get(key)
-        if kind is None:
-            kind = self._kinds[key] = len(self._kind_info)
-            self._kind_info.append((model, demand))
-            pair_of = self.law.pair_of
-            for row, (m, d) in zip(self._pairs, self._kind_info, strict=False):
-                row.append(pair_of(m, d, model, demand))
-            self._pairs.append([pair_of(model, demand, m, d) for m, d in self._kind_info])
+    def _kind(self, model: str, batch_size: int) -> tuple[int, float, tuple[float, float]]:
+        """(index in the pair table, solo latency, demand) of (model, batch size), adding
+        its row and column to the table the first time it is seen: the cost model is
+        asked once per kind, not per batch."""
+        solo, compute, memory = self._cost(model, batch_size)
+        demand = (compute, memory)
+        index = len(self._kind_info)
+        kind = self._kinds[(model, batch_size)] = (index, solo, demand)
+        self._kind_info.append((model, demand))
+        pair_of = self.law.pair_of
+        for row, (m, d) in zip(self._pairs, self._kind_info, strict=False):
+            row.append(pair_of(m, d, model, demand))
+        self._pairs.append([pair_of(model, demand, m, d) for m, d in self._kind_info])
         return kind
 
     def _result(self, slot: int, job: _Job, end: float) -> BatchResult:
