@@ -239,7 +239,17 @@ class Simulation:
         caller arms the device after)."""
         if loop.ended is not None:  # the order `_finished` will see them in
             loop.ended.append(d)
-        record = BatchRecord.from_result(result, d.decided_at, device=dev)
+        # (BatchRecord.from_result's, less reading phases: a simulated device has none)
+        record = BatchRecord(
+            result.batch_id,
+            result.model,
+            result.batch_size,
+            result.slot,
+            d.decided_at,
+            result.start,
+            result.end,
+            device=dev,
+        )
         decisions = self.schedulers[dev].on_complete(
             record, self.clock.now, ok=result.error is None
         )
