@@ -81,6 +81,26 @@ def test_a_time_shared_device_ends_without_stale_events_firing():
     assert stats.requests == 300
 
 
+def test_streamed_outcomes_count_as_kept_ones():
+    # Without keep=True a finished request is counted without building its outcome:
+    # the figures must be those of the outcomes a kept run builds.
+    kept = _run(seed=2)[1]
+    sim = build_cluster([load_device("gpu")], 3, "predlat", seed=2, train_batches=100)
+    reqs = synthetic_requests(
+        dict.fromkeys(load_device("gpu").models, 600.0), 3000, lambda m: 0.1, seed=2, hp_frac=0.3
+    )
+    lean, _ = sim.run_stream(reqs)
+    assert lean.outcomes == []
+    assert lean.summary(1.0, 1) == kept.summary(1.0, 1)
+
+
+def test_synthetic_arrivals_are_python_floats():
+    # NumPy scalars would leak into the clock and every time derived from it, where
+    # their arithmetic costs several times a float's.
+    reqs = list(synthetic_requests({"a": 10.0}, 5, lambda m: 0.1, process="bursty"))
+    assert all(type(r.arrival) is float and type(r.deadline) is float for r in reqs)
+
+
 def test_deterministic_under_a_seed():
     a = _run(seed=3)[1].summary(1.0, 1)
     b = _run(seed=3)[1].summary(1.0, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from predlat.scheduling.outcome import RequestOutcome
+from predlat.scheduling.outcome import RequestOutcome, ran_status
 from predlat.scheduling.request import Priority, Request
 from predlat.traces.records import BatchRecord
 
@@ -55,8 +55,7 @@ class StreamStats:
             self.add(RequestOutcome.ran(request, record, ok, reason))
             return
         end = record.end
-        status = ("met" if end <= request.deadline else "missed") if ok else "failed"
-        self._count(status, request.priority, request.arrival, end)
+        self._count(ran_status(request, end, ok), request.priority, request.arrival, end)
 
     def _count(self, status: str, priority: Priority, arrival: float, end: float | None) -> None:
         self.requests += 1
