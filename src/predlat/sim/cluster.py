@@ -91,20 +91,21 @@ class ClusterSimulation(Simulation):
         forecasts: of those forecast to meet the deadline the soonest (ties by name, as
         `rank` sorts), else the soonest of all (ties by index). None if none serves."""
         model, rows, high = request.model, request.size, request.priority == Priority.HIGH
+        views, solo_at, names = self._views, self._solo_at, self._names
         met: tuple[float, str] | None = None
         met_at, late = -1, None
-        for d in range(len(self.devices)):
-            table = self._solo[d].get(model)
+        for d, tables in enumerate(self._solo):
+            table = tables.get(model)
             if table is None:
                 continue
-            view = self._view(d)
-            solo = self._solo_at[d].get((model, rows))
+            view = views[d] or self._view(d)
+            solo = solo_at[d].get((model, rows))
             if solo is None:
-                solo = self._solo_at[d][(model, rows)] = solo_latency(table, rows)
+                solo = solo_at[d][(model, rows)] = solo_latency(table, rows)
             service = solo * max(view.slowdown.get(model, 1.0), 1.0)  # (routing.service_s)
             c = view.completion_s(high, now, service)
-            if c <= deadline_s and (met is None or (c, self._names[d]) < met):
-                met, met_at = (c, self._names[d]), d
+            if c <= deadline_s and (met is None or (c, names[d]) < met):
+                met, met_at = (c, names[d]), d
             if late is None or (c, d) < late:
                 late = (c, d)
         if met is not None:
