@@ -204,10 +204,8 @@ class Simulation:
             return 0
         if self.route == "round-robin":
             return n % len(self.devices)
-        return min(
-            range(len(self.schedulers)),
-            key=lambda d: (self.schedulers[d].queued() + len(self.schedulers[d].running()), d),
-        )
+        loads = [s.queued() + s.running_batches() for s in self.schedulers]
+        return loads.index(min(loads))  # the first of the least loaded
 
     def _apply(self, loop: _Loop, dev: int, decisions: Sequence[object]) -> None:
         """Carry out device `dev`'s decisions (whoever brought the event arms it after)."""
