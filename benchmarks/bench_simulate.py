@@ -66,6 +66,7 @@ PARTS = (
     ("scheduler", "predlat/scheduling/"),
     ("simulator", "predlat/sim/"),
     ("simulator", "predlat/devices/simulated"),
+    ("simulator", "predlat/devices/sim_law"),
     ("records", "predlat/traces/"),
 )
 
