@@ -5,6 +5,13 @@ measured rate: the output says which). Prints a table and one JSON line.
 
     python benchmarks/bench_simulate.py [--devices 64] [--requests 50000]
         [--route round-robin] [--memory 2000,8000,32000] [--full] [--profile]
+        [--no-predictor]
+
+--no-predictor gives every scheduler a stand-in forecaster that costs next to nothing
+(`FixedSlowdownForecaster`: solo latency x a fixed slowdown per co-runner) in place of
+the policy's predictor: the rate printed is then the ceiling that the rest (event loop,
+simulated devices, scheduler, metrics) sets, whatever the predictor costs. Its
+decisions are the stand-in's, so only its speed means anything.
 
 --profile runs the measured simulation under cProfile and prints each part's share of
 its own time (the predictor, the scheduler, the simulator and its devices, the rest):
@@ -18,21 +25,29 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import json
 import pstats
 import resource
 import time
 from collections import Counter
 
+from predlat.scheduling.forecasting import FixedSlowdownForecaster
 from predlat.sim.arrivals import synthetic_requests
 from predlat.sim.cluster import build_cluster
 from predlat.sim.device_file import load_device
 from predlat.traces.collect import device_capacity
 
 
-def run(devices: int, requests: int, route: str, policy: str, load: float) -> tuple[int, float]:
+def run(
+    devices: int, requests: int, route: str, policy: str, load: float, stand_in: bool = False
+) -> tuple[int, float]:
     spec = load_device("gpu")
     sim = build_cluster([spec], devices, policy, route=route, train_batches=100)
+    if stand_in:  # the rest's ceiling: forecasts cost next to nothing
+        for s in sim.schedulers:  # (solo latencies cached, as the scheduler's own are)
+            solo = functools.cache(s.profile.solo_latency)
+            s.forecaster = FixedSlowdownForecaster(solo, 0.3, 1.2)
     models = sorted(spec.models)
     cap = devices * device_capacity(spec.profile(), models, spec.slots)
     reqs = synthetic_requests(
@@ -51,6 +66,7 @@ PARTS = (
     ("scheduler", "predlat/scheduling/"),
     ("simulator", "predlat/sim/"),
     ("simulator", "predlat/devices/simulated"),
+    ("simulator", "predlat/devices/sim_law"),
     ("records", "predlat/traces/"),
 )
 
@@ -101,11 +117,14 @@ def main() -> None:
     ap.add_argument("--memory-devices", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="run the 10-million-request case")
     ap.add_argument("--profile", action="store_true", help="time shares by part (cProfile)")
+    ap.add_argument(
+        "--no-predictor", action="store_true", help="a stand-in forecaster: the rest's ceiling"
+    )
     a = ap.parse_args()
     profile = cProfile.Profile() if a.profile else None
     if profile is not None:
         profile.enable()
-    n, wall = run(a.devices, a.requests, a.route, a.policy, a.load)
+    n, wall = run(a.devices, a.requests, a.route, a.policy, a.load, a.no_predictor)
     part_shares = {}
     if profile is not None:
         profile.disable()
@@ -114,8 +133,9 @@ def main() -> None:
             "share of profiled time: " + ", ".join(f"{k} {v:.0%}" for k, v in part_shares.items())
         )
     rate = n / wall
+    policy = a.policy + (" (stand-in forecaster)" if a.no_predictor else "")
     print(
-        f"{a.devices} devices, {a.policy}, route {a.route}, load {a.load:g}: "
+        f"{a.devices} devices, {policy}, route {a.route}, load {a.load:g}: "
         f"{n} requests in {wall:.1f} s = {rate:,.0f} simulated requests / wall s"
     )
     mem = memory(a.memory_devices, [int(x) for x in a.memory.split(",") if x], a.route, a.policy)
@@ -136,6 +156,7 @@ def main() -> None:
             {
                 "devices": a.devices,
                 "policy": a.policy,
+                "no_predictor": a.no_predictor,
                 "route": a.route,
                 "requests": n,
                 "wall_s": wall,

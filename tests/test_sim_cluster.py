@@ -8,6 +8,7 @@ import pytest
 
 from predlat.devices.base import BatchJob
 from predlat.devices.simulated import InterferenceLaw, SimulatedDevice
+from predlat.scheduling.routing import RouteRequest, rank
 from predlat.sim.arrivals import synthetic_requests
 from predlat.sim.cluster import CLUSTER_ROUTES, build_cluster
 from predlat.sim.device_file import DeviceSpec, load_device
@@ -81,6 +82,26 @@ def test_a_time_shared_device_ends_without_stale_events_firing():
     assert stats.requests == 300
 
 
+def test_streamed_outcomes_count_as_kept_ones():
+    # Without keep=True a finished request is counted without building its outcome:
+    # the figures must be those of the outcomes a kept run builds.
+    kept = _run(seed=2)[1]
+    sim = build_cluster([load_device("gpu")], 3, "predlat", seed=2, train_batches=100)
+    reqs = synthetic_requests(
+        dict.fromkeys(load_device("gpu").models, 600.0), 3000, lambda m: 0.1, seed=2, hp_frac=0.3
+    )
+    lean, _ = sim.run_stream(reqs)
+    assert lean.outcomes == []
+    assert lean.summary(1.0, 1) == kept.summary(1.0, 1)
+
+
+def test_synthetic_arrivals_are_python_floats():
+    # NumPy scalars would leak into the clock and every time derived from it, where
+    # their arithmetic costs several times a float's.
+    reqs = list(synthetic_requests({"a": 10.0}, 5, lambda m: 0.1, process="bursty"))
+    assert all(type(r.arrival) is float and type(r.deadline) is float for r in reqs)
+
+
 def test_deterministic_under_a_seed():
     a = _run(seed=3)[1].summary(1.0, 1)
     b = _run(seed=3)[1].summary(1.0, 1)
@@ -107,6 +128,32 @@ def test_mixed_devices_and_oracle():
     assert names == {"gpu", "slow"}
     s = stats.summary(sim.busy_slot_s(), sim.slots())
     assert s["met_frac"] > 0.5
+
+
+def test_the_predlat_route_from_views_picks_what_ranking_forecasts_picks():
+    # Devices of two speeds under overload: some arrivals find a device forecast to
+    # meet the deadline, some none. On each, the views' choice must be rank's.
+    gpu = load_device("gpu")
+    sim = build_cluster([gpu, _slowed(gpu, 3)], 6, "predlat", route="predlat", train_batches=100)
+    from_views = sim._route
+    seen = {"met": 0, "late": 0}
+
+    def checked(request, n):
+        chosen = from_views(request, n)
+        now = sim.clock.now
+        assert chosen == sim._ranked(request, now)
+        forecasts = [sim._forecast(d, now) for d in range(6)]
+        ask = RouteRequest(request.model, request.size, request.priority, request.deadline - now)
+        seen["met" if rank(forecasts, ask).best is not None else "late"] += 1
+        return chosen
+
+    sim._route = checked
+    rate = 3.0 * 6 * device_capacity(gpu.profile(), sorted(gpu.models), gpu.slots) / 2 / 3
+    deadline = {m: 2 * c.latency(1) for m, c in gpu.models.items()}
+    reqs = synthetic_requests(dict.fromkeys(gpu.models, rate), 4000, deadline.get, hp_frac=0.3)
+    stats, _ = sim.run_stream(reqs)
+    assert stats.requests == 4000
+    assert seen["met"] > 500 and seen["late"] > 500, seen
 
 
 def test_predlat_route_prefers_the_faster_device():

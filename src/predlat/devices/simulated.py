@@ -4,7 +4,8 @@ It implements the Device protocol, so a scheduler cannot tell it from a real dev
 time only moves when its driver moves it: thousands of devices and millions of requests
 simulate in seconds, and the same seed gives the same run.
 
-Ground truth (documented so experiments can reason about it):
+Ground truth (documented so experiments can reason about it; the law's parameters are
+`predlat.devices.sim_law.InterferenceLaw`):
 
 - A batch of `model` at batch size n needs `solo(model, n)` seconds of work, times a
   mean-one log-normal noise factor exp(sigma * z - sigma^2 / 2); sigma = noise_sigma +
@@ -38,9 +39,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from statistics import NormalDist
 
 from predlat.devices.base import (
     BatchJob,
@@ -50,76 +49,9 @@ from predlat.devices.base import (
     SlotBusyError,
     host_cores,
 )
+from predlat.devices.sim_law import HANDOFFS, CostFn, InterferenceLaw, seeded_normal
 from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec
-
-_MASK64 = (1 << 64) - 1
-_STANDARD_NORMAL = NormalDist()
-
-
-def _normal(seed: int, key: int) -> float:
-    """A standard normal fixed by (seed, key): splitmix64 of the pair to a uniform, then
-    the inverse CDF. Cheaper than seeding a generator per batch, and stateless, so the
-    draw does not depend on the order in which batches are asked about."""
-    x = (seed * 0x9E3779B97F4A7C15 + key + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    x ^= x >> 31
-    return _STANDARD_NORMAL.inv_cdf(((x >> 11) + 0.5) / (1 << 53))
-
-
-# (solo latency in seconds, compute demand, memory demand) of a (model, batch size).
-CostFn = Callable[[str, int], tuple[float, float, float]]
-
-
-HANDOFFS = ("arrival_s", "dispatch_s", "completion_s")  # InterferenceLaw's hand-off fields
-
-
-@dataclass(frozen=True)
-class InterferenceLaw:
-    base: float = 0.05  # slowdown every co-runner adds, whatever it does
-    compute: float = 0.6  # weight of compute-compute contention
-    memory: float = 1.0  # weight of memory-memory contention
-    noise_sigma: float = 0.03  # log-normal sigma of a batch's solo work
-    failure_rate: float = 0.0
-    cores: int | None = None  # time-share this many cores (None: no such limit)
-    # slowdown that a batch of model b adds to one of model a, by (a, b): calibrated
-    pairs: Mapping[tuple[str, str], float] | None = None
-    noise_per_corunner: float = 0.0  # sigma added per batch already running at submit
-    # the host's hand-offs (s): arrival -> scheduler, decision -> start, end -> scheduler
-    arrival_s: float = 0.0
-    dispatch_s: float = 0.0
-    completion_s: float = 0.0
-
-    def validate(self) -> None:
-        for name in (
-            "base",
-            "compute",
-            "memory",
-            "noise_sigma",
-            "noise_per_corunner",
-            *HANDOFFS,
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"interference law: {name} must be non-negative")
-        if not 0.0 <= self.failure_rate <= 1.0:
-            raise ConfigError("interference law: failure_rate must be in [0, 1]")
-        if self.cores is not None and self.cores < 1:
-            raise ConfigError("interference law: cores must be at least 1")
-
-    def pair(self, a: tuple[float, float], b: tuple[float, float]) -> float:
-        """Slowdown that co-runner b adds to batch a."""
-        return self.base + self.compute * a[0] * b[0] + self.memory * a[1] * b[1]
-
-    def pair_of(
-        self, a_model: str, a: tuple[float, float], b_model: str, b: tuple[float, float]
-    ) -> float:
-        """Slowdown that a co-runner of `b_model` adds to a batch of `a_model`."""
-        if self.pairs is not None:
-            value = self.pairs.get((a_model, b_model))
-            if value is not None:
-                return value
-        return self.pair(a, b)
 
 
 class VirtualClock:
@@ -169,10 +101,14 @@ class SimulatedDevice:
         self.busy_time = 0.0  # slot-seconds spent running batches
         # The law's pair slowdowns, computed once per (model, batch size) pair seen:
         # _pairs[a][b] is what a running batch of kind b adds to one of kind a.
-        self._kinds: dict[tuple[str, int], int] = {}
+        self._kinds: dict[tuple[str, int], tuple[int, float, tuple[float, float]]] = {}
         self._kind_info: list[tuple[str, tuple[float, float]]] = []
         self._pairs: list[list[float]] = []
         self._next: tuple[float, int] | None = None  # (end, slot) of the first to end
+        # Rates are brought up to date lazily (`_first_end`, `_progress`): a batch's end
+        # is usually followed at the same instant by the next batch's start, and the
+        # rates between the two are never read.
+        self._stale = False
         # Hand-offs (law.dispatch_s, completion_s): batches holding a slot until their
         # start, and ends whose callback is still on its way (end + delay, seq, ...).
         self._queued: dict[int, _Job] = {}
@@ -188,33 +124,37 @@ class SimulatedDevice:
     def submit(self, slot: int, job: BatchJob, on_done: DoneCallback) -> None:
         if not 0 <= slot < self.num_slots:
             raise ConfigError(f"slot {slot} does not exist (device has {self.num_slots})")
-        if self.is_busy(slot):
+        if slot in self._jobs or slot in self._queued:
             raise SlotBusyError(f"slot {slot} is busy")
-        if job.model not in self._models:
-            raise ConfigError(f"model '{job.model}' is not loaded on {self.name}")
+        kind = self._kinds.get((job.model, job.batch_size))
+        if kind is None:
+            if job.model not in self._models:
+                raise ConfigError(f"model '{job.model}' is not loaded on {self.name}")
+            kind = self._kind(job.model, job.batch_size)
+        index, solo, demand = kind
+        law = self.law
+        work = self._work(solo, job.batch_id, len(self._jobs) + len(self._queued))
+        fails = law.failure_rate > 0 and self._rng.random() < law.failure_rate
         now = self.clock.now
-        _, compute, memory = self._cost(job.model, job.batch_size)
-        work = self.solo_work(job.batch_id, job.model, job.batch_size, self.running())
-        fails = self.law.failure_rate > 0 and self._rng.random() < self.law.failure_rate
-        demand = (compute, memory)
-        kind = self._kind(job.model, job.batch_size, demand)
-        start = now + self.law.dispatch_s
-        entry = _Job(job, on_done, start, work, demand, fails, kind=kind)
+        start = now + law.dispatch_s
+        entry = _Job(job, on_done, start, work, demand, fails, kind=index)
         if start > now:
             self._queued[slot] = entry  # holds the slot; runs from `start` (advance)
             return
         self._progress(now)
         self._jobs[slot] = entry
-        self._rerate()
+        self._stale = True
 
     def solo_work(self, batch_id: int, model: str, batch_size: int, corunners: int) -> float:
         """Solo seconds of work of batch `batch_id` if submitted while `corunners` batches
         run, noise included: the same value whenever it is asked."""
-        solo = self._cost(model, batch_size)[0]
+        return self._work(self._cost(model, batch_size)[0], batch_id, corunners)
+
+    def _work(self, solo: float, batch_id: int, corunners: int) -> float:
         sigma = self.law.noise_sigma + self.law.noise_per_corunner * corunners
         if not sigma:
             return solo
-        return solo * math.exp(sigma * _normal(self._seed, batch_id) - 0.5 * sigma * sigma)
+        return solo * math.exp(sigma * seeded_normal(self._seed, batch_id) - 0.5 * sigma * sigma)
 
     def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
         """Submit and move the virtual clock until this batch has ended (and any batch
@@ -262,7 +202,8 @@ class SimulatedDevice:
 
     def next_event(self) -> float | None:
         """When the next batch ends, starts or has its end reported (None if idle)."""
-        t = self._next[0] if self._next is not None else None
+        first = self._first_end()
+        t = first[0] if first is not None else None
         if not (self._queued or self._callbacks):
             return t
         times = [j.start for j in self._queued.values()]
@@ -279,16 +220,17 @@ class SimulatedDevice:
         while True:
             if (self._queued or self._callbacks) and self._hand_off(until):
                 continue
-            if self._next is None:
+            first = self._first_end()
+            if first is None:
                 break
-            end, slot = self._next
+            end, slot = first
             if end > until:
                 break
             if end > self.clock.now:
                 self.clock.now = end
             self._progress(end)
             job = self._jobs.pop(slot)
-            self._rerate()
+            self._stale = True
             self.busy_time += end - job.start
             ended += 1
             result = self._result(slot, job, end)
@@ -303,7 +245,8 @@ class SimulatedDevice:
     def _hand_off(self, until: float) -> bool:
         """Start the first queued batch, or make the first delayed callback, if it comes
         by `until` and before the next end (ends go first on a tie); whether one did."""
-        t_end = self._next[0] if self._next is not None else math.inf
+        first = self._first_end()
+        t_end = first[0] if first is not None else math.inf
         slot, start = min(
             ((s, j.start) for s, j in self._queued.items()),
             key=lambda x: (x[1], x[0]),
@@ -318,7 +261,7 @@ class SimulatedDevice:
         if start <= t_report:
             self._progress(start)
             self._jobs[slot] = self._queued.pop(slot)
-            self._rerate()
+            self._stale = True
         else:
             _, _, on_done, result = heapq.heappop(self._callbacks)
             on_done(result)
@@ -328,42 +271,57 @@ class SimulatedDevice:
     def _progress(self, t: float) -> None:
         dt = t - self._updated
         if dt > 0:
+            if self._stale:  # the rates the batches ran at since the last change
+                self._rerate()
             for j in self._jobs.values():
-                j.work = max(0.0, j.work - j.rate * dt)
-        self._updated = max(self._updated, t)
+                work = j.work - j.rate * dt
+                j.work = work if work > 0.0 else 0.0
+            self._updated = t
+
+    def _first_end(self) -> tuple[float, int] | None:
+        """(end, slot) of the running batch that ends first, if any."""
+        if self._stale:
+            self._rerate()
+        return self._next
 
     def _rerate(self) -> None:
-        """Every running batch's rate, and which ends first (rates change only here, so
-        the first end stays the same until the next call)."""
+        """Every running batch's rate, and which ends first (rates change only when the
+        running set does, so the first end stays the same until it changes again)."""
+        self._stale = False
         jobs = self._jobs
+        if not jobs:
+            self._next = None
+            return
         cores = self.law.cores
         share = max(1.0, len(jobs) / cores) if cores else 1.0
         pairs = self._pairs
+        running = list(jobs.values())
         first, first_slot = math.inf, -1
         for slot, j in jobs.items():
             row = pairs[j.kind]
             s = 1.0
-            for other in jobs.values():
+            for other in running:
                 if other is not j:
                     s += row[other.kind]
             j.rate = rate = 1.0 / (s * share)
             left = j.work / rate
             if left < first or (left == first and slot < first_slot):
                 first, first_slot = left, slot
-        self._next = (self._updated + first, first_slot) if jobs else None
+        self._next = (self._updated + first, first_slot)
 
-    def _kind(self, model: str, batch_size: int, demand: tuple[float, float]) -> int:
-        """The index of (model, batch size) in the pair table, adding its row and
-        column the first time it is seen."""
-        key = (model, batch_size)
-        kind = self._kinds.get(key)
-        if kind is None:
-            kind = self._kinds[key] = len(self._kind_info)
-            self._kind_info.append((model, demand))
-            pair_of = self.law.pair_of
-            for row, (m, d) in zip(self._pairs, self._kind_info, strict=False):
-                row.append(pair_of(m, d, model, demand))
-            self._pairs.append([pair_of(model, demand, m, d) for m, d in self._kind_info])
+    def _kind(self, model: str, batch_size: int) -> tuple[int, float, tuple[float, float]]:
+        """(index in the pair table, solo latency, demand) of (model, batch size), adding
+        its row and column to the table the first time it is seen: the cost model is
+        asked once per kind, not per batch."""
+        solo, compute, memory = self._cost(model, batch_size)
+        demand = (compute, memory)
+        index = len(self._kind_info)
+        kind = self._kinds[(model, batch_size)] = (index, solo, demand)
+        self._kind_info.append((model, demand))
+        pair_of = self.law.pair_of
+        for row, (m, d) in zip(self._pairs, self._kind_info, strict=False):
+            row.append(pair_of(m, d, model, demand))
+        self._pairs.append([pair_of(model, demand, m, d) for m, d in self._kind_info])
         return kind
 
     def _result(self, slot: int, job: _Job, end: float) -> BatchResult:
@@ -396,3 +354,6 @@ def make(
     if variant is not None or threads != 1:
         raise ConfigError("a simulated device has no variants and one thread per slot")
     return SimulatedDevice(cost, slots, **options)  # type: ignore[arg-type]
+
+
+__all__ = ["HANDOFFS", "CostFn", "InterferenceLaw", "SimulatedDevice", "VirtualClock", "make"]

@@ -45,8 +45,7 @@ class RequestOutcome:
     ) -> RequestOutcome:
         """A request whose batch ran: met or missed by the batch's end, or failed (`ok`
         False, with the engine's `reason`)."""
-        status = ("met" if record.end <= request.deadline else "missed") if ok else "failed"
-        return cls._of(request, status, reason, outputs, record)
+        return cls._of(request, ran_status(request, record.end, ok), reason, outputs, record)
 
     @classmethod
     def unrun(
@@ -81,6 +80,12 @@ class RequestOutcome:
     @property
     def finished(self) -> bool:
         return self.status in ("met", "missed")
+
+
+def ran_status(request: Request, end: float, ok: bool) -> str:
+    """How a request whose batch ran until `end` ended: met or missed its deadline, or
+    failed (`ok` False)."""
+    return ("met" if end <= request.deadline else "missed") if ok else "failed"
 
 
 def summarize(

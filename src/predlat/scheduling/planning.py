@@ -118,7 +118,7 @@ class Planner:
         until = self._reserve.wait_limit(now)
         if until <= now:
             return free - held
-        ending = sum(1 for run in self._running.values() if now < run.predicted_end <= until)
+        ending = len([run for run in self._running.values() if now < run.predicted_end <= until])
         usable = free - max(0, held - ending)
         if usable > 0:
             return usable

@@ -45,8 +45,5 @@ class HighReserve:
     def wait_limit(self, now: float) -> float:
         """Until when a high-priority request arriving now could wait for a slot."""
         horizon = now - self.window_s
-        slack = min(
-            (s for t, s in self._slack.values() if t >= horizon),
-            default=-math.inf,
-        )
-        return now + slack
+        slacks = [s for t, s in self._slack.values() if t >= horizon]
+        return now + (min(slacks) if slacks else -math.inf)

@@ -34,6 +34,7 @@ and refilling it should not wait for a predictor update.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -124,7 +125,8 @@ class Scheduler(Planner):
             raise ValueError(f"request id {request.request_id} is already pending")
         self._seen.add(request.request_id)
         self.stats.arrivals += 1
-        self._interrupt()  # a round cut short is over: the next one starts anew
+        if self._resume_at is not None:
+            self._interrupt()  # a round cut short is over: the next one starts anew
         if request.priority is Priority.HIGH:
             self._high_arrived(request, now)
         out: list[Decision] = []
@@ -151,9 +153,10 @@ class Scheduler(Planner):
         run = self._running.pop(record.batch_id, None)
         if run is None:
             raise ValueError(f"batch {record.batch_id} is not running on this scheduler")
-        self._release(run.slot)
+        bisect.insort(self._free, run.slot)  # the lowest free slot is used first
         self._epoch += 1
-        self._interrupt()  # (as for an arrival)
+        if self._resume_at is not None:
+            self._interrupt()  # (as for an arrival)
         full = self._timeline.finished(record)
         predicted = self.forecaster.release(full)
         # What it teaches is learned after this event's decisions (see `learn`); a failed
@@ -161,16 +164,9 @@ class Scheduler(Planner):
         if ok:
             self._to_learn.append((full, predicted))
         self.stats.finished += 1
-        for r in run.requests:
-            self._seen.discard(r.request_id)
-        out: list[Decision] = [
-            Finished(
-                full,
-                tuple(r.request_id for r in run.requests),
-                run.predicted_mean_end - run.start,
-                ok,
-            )
-        ]
+        ids = tuple([r.request_id for r in run.requests])
+        self._seen.difference_update(ids)
+        out: list[Decision] = [Finished(full, ids, run.predicted_mean_end - run.start, ok)]
         if dispatch:
             self._schedule(now, out)
         return out
@@ -253,6 +249,10 @@ class Scheduler(Planner):
 
     def running(self) -> list[RunningInfo]:
         return list(self._running.values())
+
+    def running_batches(self) -> int:
+        """len(running()), without copying them (a router asks every device)."""
+        return len(self._running)
 
     def idle(self) -> bool:
         return not self._running and not self._queued
@@ -378,17 +378,12 @@ class Scheduler(Planner):
             batch_id,
             slot,
             model,
-            tuple(r.request_id for r in plan.requests),
+            tuple([r.request_id for r in plan.requests]),
             plan.rows,
             now,
             end,
             plan.forecast.mean,
         )
-
-    # -- helpers -------------------------------------------------------------------------
-    def _release(self, slot: int) -> None:
-        self._free.append(slot)
-        self._free.sort()
 
 
 __all__ = [

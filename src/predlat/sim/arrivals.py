@@ -51,9 +51,11 @@ def synthetic_requests(
     phase_end = rng.exponential(mean_period_s * (1 - burst_fraction))
     while made < count:
         n = min(_CHUNK, count - made)
-        which = rng.choice(len(models), size=n, p=p)
-        high = rng.random(n) < hp_frac
-        gaps = rng.exponential(1.0, size=n)
+        # Python numbers, not NumPy scalars: every time derived from an arrival (the
+        # clock, deadlines, forecasts) would otherwise pay NumPy's scalar arithmetic.
+        which = rng.choice(len(models), size=n, p=p).tolist()
+        high = (rng.random(n) < hp_frac).tolist()
+        gaps = rng.exponential(1.0, size=n).tolist()
         for i in range(n):
             if process == "poisson":
                 t += gaps[i] / total
@@ -69,7 +71,7 @@ def synthetic_requests(
                     bursting = not bursting
                     frac = burst_fraction if bursting else 1 - burst_fraction
                     phase_end = t + rng.exponential(mean_period_s * frac)
-            k = int(which[i])
+            k = which[i]
             yield Request(
                 made, models[k], t, t + deadlines[k], Priority.HIGH if high[i] else Priority.LOW
             )

@@ -13,21 +13,28 @@ stays flat in the request count.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 
 from predlat.devices.simulated import SimulatedDevice, VirtualClock
 from predlat.errors import ConfigError
-from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.policies import Policy, get_policy
 from predlat.scheduling.request import Finished, Priority, Request
-from predlat.scheduling.routing import DeviceForecast, RouteRequest, completion_s, rank
+from predlat.scheduling.routing import (
+    DeviceForecast,
+    RouteRequest,
+    completion_s,
+    rank,
+    solo_latency,
+)
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
 from predlat.sim.device_file import DeviceSpec
 from predlat.sim.metrics import StreamStats
 from predlat.sim.oracle import ORACLE, OracleForecaster
 from predlat.sim.replay import random_colocation
+from predlat.sim.route_view import RouteView
 from predlat.sim.simulator import Simulation, _Loop
 
 CLUSTER_ROUTES = ("round-robin", "least-loaded", "predlat")
@@ -53,11 +60,60 @@ class ClusterSimulation(Simulation):
     def _stats(self) -> StreamStats:
         return StreamStats()  # run_stream replaces it with its own
 
+    @cached_property
+    def _views(self) -> list[RouteView | None]:
+        """Each device's routing view; None once its scheduler has seen an event since."""
+        return [None] * len(self.devices)
+
+    @cached_property
+    def _names(self) -> list[str]:
+        return [str(d) for d in range(len(self.devices))]
+
+    @cached_property
+    def _solo_at(self) -> list[dict[tuple[str, int], float]]:
+        """Per device, `routing.solo_latency` of (model, rows), as routing has read it."""
+        return [{} for _ in self.devices]
+
     # -- routing -------------------------------------------------------------------------
     def _route(self, request: Request, n: int) -> int:
         if self.route != "predlat" or len(self.devices) == 1:
             return super()._route(request, n)
         now = self.clock.now
+        deadline_s = max(request.deadline - now, 1e-12)
+        if request.size >= 1 and math.isfinite(deadline_s):
+            chosen = self._soonest(request, now, deadline_s)
+            if chosen is not None:
+                return chosen
+        return self._ranked(request, now)  # (and the errors of requests it refuses)
+
+    def _soonest(self, request: Request, now: float, deadline_s: float) -> int | None:
+        """The device `_ranked` picks, from the devices' views without building their
+        forecasts: of those forecast to meet the deadline the soonest (ties by name, as
+        `rank` sorts), else the soonest of all (ties by index). None if none serves."""
+        model, rows, high = request.model, request.size, request.priority == Priority.HIGH
+        views, solo_at, names = self._views, self._solo_at, self._names
+        met: tuple[float, str] | None = None
+        met_at, late = -1, None
+        for d, tables in enumerate(self._solo):
+            table = tables.get(model)
+            if table is None:
+                continue
+            view = views[d] or self._view(d)
+            solo = solo_at[d].get((model, rows))
+            if solo is None:
+                solo = solo_at[d][(model, rows)] = solo_latency(table, rows)
+            service = solo * max(view.slowdown.get(model, 1.0), 1.0)  # (routing.service_s)
+            c = view.completion_s(high, now, service)
+            if c <= deadline_s and (met is None or (c, names[d]) < met):
+                met, met_at = (c, names[d]), d
+            if late is None or (c, d) < late:
+                late = (c, d)
+        if met is not None:
+            return met_at
+        return late[1] if late is not None else None
+
+    def _ranked(self, request: Request, now: float) -> int:
+        """The rule itself: every device's forecast, ranked by `routing.rank`."""
         forecasts = [self._forecast(d, now) for d in range(len(self.devices))]
         ask = RouteRequest(
             request.model, request.size, request.priority, max(request.deadline - now, 1e-12)
@@ -69,13 +125,31 @@ class ClusterSimulation(Simulation):
         return int(min(able, key=lambda f: (completion_s(f, ask), int(f.name))).name)
 
     def _forecast(self, d: int, now: float) -> DeviceForecast:
+        view = self._view(d)
+        return DeviceForecast(
+            name=str(d),
+            slots=view.slots,
+            solo_s=self._solo[d],
+            running_s=view.running_s(now),
+            backlog_s=view.backlog_s,
+            running_batches=len(view.ends),
+            queued=view.queued,
+            slowdown=view.slowdown,
+        )
+
+    def _view(self, d: int) -> RouteView:
+        view = self._views[d]
+        if view is None:
+            view = self._views[d] = self._make_view(d)
+        return view
+
+    def _make_view(self, d: int) -> RouteView:
         s = self.schedulers[d]
         solo = self._solo[d]
-        running = s.running()
-        left = 0.0
+        ends: list[float] = []
         slow: dict[str, list[float]] = {}
-        for r in running:
-            left += max(0.0, r.predicted_mean_end - now)
+        for r in s.running():
+            ends.append(r.predicted_mean_end)
             alone = solo[r.model].get(r.batch_size) or s._solo(r.model, r.batch_size)
             slow.setdefault(r.model, []).append((r.predicted_mean_end - r.start) / alone)
         big = s.config.max_batch
@@ -84,16 +158,18 @@ class ClusterSimulation(Simulation):
             for m, q in s.queue_lengths().items()
             if q
         }
-        return DeviceForecast(
-            name=str(d),
+        return RouteView(
             slots=s.num_slots,
-            solo_s=solo,
-            running_s=left,
+            ends=tuple(ends),
             backlog_s=backlog,
-            running_batches=len(running),
+            backlog_total=sum(backlog.values()),
             queued=s.queued(),
             slowdown={m: sum(v) / len(v) for m, v in slow.items()},  # per model, as replicas
         )
+
+    def _apply(self, loop: _Loop, dev: int, decisions: Sequence[object]) -> None:
+        self._views[dev] = None  # its scheduler saw an event: rebuilt when next read
+        super()._apply(loop, dev, decisions)
 
     # -- streaming run -------------------------------------------------------------------
     def run_stream(
@@ -106,6 +182,7 @@ class ClusterSimulation(Simulation):
         the wall seconds taken."""
         wall = time.perf_counter()
         stats = self._stats = StreamStats(keep=keep)
+        self._views = [None] * len(self.devices)
         loop = _Loop(len(self.devices))
         loop.outcomes = stats  # type: ignore[assignment]
         self._drive(loop, iter(requests), on_progress, 65536)
@@ -113,11 +190,11 @@ class ClusterSimulation(Simulation):
 
     def _finished(self, loop: _Loop, done: Finished) -> None:
         """As the base class, but into the streaming metrics (no per-batch lists)."""
-        self._stats.add_batch(done.record, done.predicted_latency)
-        reason = None if done.ok else "simulated engine failure"
+        stats, pending, record, ok = self._stats, loop.pending, done.record, done.ok
+        stats.add_batch(record, done.predicted_latency)
+        reason = None if ok else "simulated engine failure"
         for rid in done.request_ids:
-            r = loop.pending.pop(rid).request
-            loop.outcomes[rid] = RequestOutcome.ran(r, done.record, done.ok, reason)
+            stats.ran(pending.pop(rid), record, ok, reason)
 
     def busy_slot_s(self) -> float:
         return sum(d.busy_time for d in self.devices)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from predlat.scheduling.outcome import RequestOutcome
-from predlat.scheduling.request import Priority
+from predlat.scheduling.outcome import RequestOutcome, ran_status
+from predlat.scheduling.request import Priority, Request
 from predlat.traces.records import BatchRecord
 
 _RATIO = math.log(1.001)
@@ -44,19 +44,34 @@ class StreamStats:
         return self.requests
 
     def add(self, o: RequestOutcome) -> None:
-        self.requests += 1
-        self.status[o.status] += 1
-        if o.priority == Priority.HIGH:
-            self.hp_requests += 1
-            self.hp_met += o.status == "met"
-        self.first_arrival = min(self.first_arrival, o.arrival)
-        self.last_time = max(self.last_time, o.arrival if o.end is None else o.end)
-        if o.end is not None and o.status in ("met", "missed"):
-            lat = max(o.end - o.arrival, _LOW)
-            b = int(math.log(lat / _LOW) / _RATIO)
-            self.hist[b] = self.hist.get(b, 0) + 1
+        self._count(o.status, o.priority, o.arrival, o.end)
         if self.keep:
             self.outcomes.append(o)
+
+    def ran(self, request: Request, record: BatchRecord, ok: bool, reason: str | None) -> None:
+        """`add(RequestOutcome.ran(request, record, ok, reason))`, without making the
+        outcome unless it is kept (one object fewer per request)."""
+        if self.keep:
+            self.add(RequestOutcome.ran(request, record, ok, reason))
+            return
+        end = record.end
+        self._count(ran_status(request, end, ok), request.priority, request.arrival, end)
+
+    def _count(self, status: str, priority: Priority, arrival: float, end: float | None) -> None:
+        self.requests += 1
+        self.status[status] += 1
+        if priority == Priority.HIGH:
+            self.hp_requests += 1
+            self.hp_met += status == "met"
+        if arrival < self.first_arrival:
+            self.first_arrival = arrival
+        last = arrival if end is None else end
+        if last > self.last_time:
+            self.last_time = last
+        if end is not None and (status == "met" or status == "missed"):
+            lat = max(end - arrival, _LOW)
+            b = int(math.log(lat / _LOW) / _RATIO)
+            self.hist[b] = self.hist.get(b, 0) + 1
 
     def add_batch(self, record: BatchRecord, predicted: float) -> None:
         self.batches += 1

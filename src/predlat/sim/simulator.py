@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from predlat.devices.base import BatchJob, BatchResult
 from predlat.devices.simulated import InterferenceLaw, SimulatedDevice, VirtualClock
@@ -58,12 +59,6 @@ class SimResult:
 
 
 @dataclass
-class _Pending:
-    request: Request
-    dispatch: Dispatch | None = None
-
-
-@dataclass
 class _Loop:
     """Per-run state (kept off the Simulation so a Simulation object stays reusable).
 
@@ -72,11 +67,10 @@ class _Loop:
     and `armed` is its time, so re-arming at an unchanged time pushes nothing."""
 
     devices: int = 1
-    pending: dict[int, _Pending] = field(default_factory=dict)
+    pending: dict[int, Request] = field(default_factory=dict)  # queued or running, by id
     outcomes: dict[int, RequestOutcome] = field(default_factory=dict)
     records: list[BatchRecord] = field(default_factory=list)
     predicted: list[float] = field(default_factory=list)
-    dispatches: dict[tuple[int, int], Dispatch] = field(default_factory=dict)
     heap: list[tuple[float, int, int, int]] = field(default_factory=list)
     events: int = 0
     ended: list[Dispatch] | None = None  # each finished batch's dispatch, when kept
@@ -150,16 +144,24 @@ class Simulation:
         """The event loop: arrivals (in arrival order) interleaved with batch ends and
         scheduler timers, until every request has ended and every device is idle. A
         request reaches its scheduler the host's arrival hand-off after its arrival (the
-        devices' law.arrival_s, the largest where they differ; 0 by default)."""
-        heap = loop.heap
-        clock = self.clock
+        devices' law.arrival_s, the largest where they differ; 0 by default). After each
+        event, its device's next end and its scheduler's timer are armed once."""
+        heap, versions, pending = loop.heap, loop.versions, loop.pending
+        clock, schedulers = self.clock, self.schedulers
+        pop = heapq.heappop
         delay = max(d.law.arrival_s for d in self.devices)
         nxt = next(requests, None)
         if nxt is not None:
             clock.now = max(clock.now, nxt.arrival + delay)
-        n, last = 0, -math.inf
+        n, last, events = 0, -math.inf, loop.events
         while nxt is not None or heap:
-            t_next = self._peek(loop)  # drops stale entries: heap[0] is valid after it
+            t_next = math.inf  # the next valid device/timer event (stale entries dropped)
+            while heap:
+                t, kind, dev, version = heap[0]
+                if versions[kind][dev] == version:
+                    t_next = t
+                    break
+                pop(heap)
             if nxt is not None and nxt.arrival + delay <= t_next:
                 if nxt.arrival < last:
                     raise ConfigError("requests must come in arrival order")
@@ -168,30 +170,23 @@ class Simulation:
                     clock.now = last + delay
                 dev = self._route(nxt, n)
                 n += 1
-                loop.pending[nxt.request_id] = _Pending(nxt)
-                self._apply(loop, dev, self.schedulers[dev].on_arrival(nxt, clock.now))
+                pending[nxt.request_id] = nxt
+                self._apply(loop, dev, schedulers[dev].on_arrival(nxt, clock.now))
+                self._arm(loop, dev)
                 nxt = next(requests, None)
             elif heap:
-                self._fire(loop, heapq.heappop(heap))
-            loop.events += 1
-            if on_progress is not None and loop.events % every == 0:
+                self._fire(loop, pop(heap))
+            events += 1
+            if on_progress is not None and events % every == 0:
+                loop.events = events
                 on_progress(len(loop.outcomes))
+        loop.events = events
         for d in self.devices:
             d.close()
-        if loop.pending:  # a request neither ended nor queued: a scheduler bug
-            raise RuntimeError(f"{len(loop.pending)} requests never ended")
+        if pending:  # a request neither ended nor queued: a scheduler bug
+            raise RuntimeError(f"{len(pending)} requests never ended")
 
     # -- events --------------------------------------------------------------------------
-    def _peek(self, loop: _Loop) -> float:
-        """Time of the next valid device/timer event (stale heap entries dropped)."""
-        heap, versions = loop.heap, loop.versions
-        while heap:
-            t, kind, dev, version = heap[0]
-            if versions[kind][dev] == version:
-                return t
-            heapq.heappop(heap)
-        return math.inf
-
     def _fire(self, loop: _Loop, entry: tuple[float, int, int, int]) -> None:
         t, kind, dev, _ = entry
         loop.versions[kind][dev] += 1  # consumed: nothing of this kind armed now
@@ -200,53 +195,59 @@ class Simulation:
             self.clock.now = t
         if kind == _DEVICE:
             self.devices[dev].advance(t)  # callbacks feed the scheduler
-            self._arm(loop, dev)
         else:
             self._apply(loop, dev, self.schedulers[dev].on_tick(self.clock.now))
+        self._arm(loop, dev)
 
     def _route(self, request: Request, n: int) -> int:
         if len(self.devices) == 1:
             return 0
         if self.route == "round-robin":
             return n % len(self.devices)
-        return min(
-            range(len(self.schedulers)),
-            key=lambda d: (self.schedulers[d].queued() + len(self.schedulers[d].running()), d),
-        )
+        loads = [s.queued() + s.running_batches() for s in self.schedulers]
+        return loads.index(min(loads))  # the first of the least loaded
 
     def _apply(self, loop: _Loop, dev: int, decisions: Sequence[object]) -> None:
+        """Carry out device `dev`'s decisions (whoever brought the event arms it after)."""
         for d in decisions:
             if isinstance(d, Dispatch):
-                loop.dispatches[(dev, d.batch_id)] = d
-                for rid in d.request_ids:
-                    loop.pending[rid].dispatch = d
                 self.devices[dev].submit(
                     d.slot,
                     BatchJob(d.batch_id, d.model, d.batch_size),
-                    lambda result, dev=dev: self._on_done(loop, dev, result),
+                    partial(self._on_done, loop, dev, d),
                 )
             elif isinstance(d, Reject):
-                r = loop.pending.pop(d.request_id).request
+                r = loop.pending.pop(d.request_id)
                 loop.outcomes[r.request_id] = RequestOutcome.unrun(r, "rejected", d.reason, d.kind)
             elif isinstance(d, Finished):
                 self._finished(loop, d)
         self.schedulers[dev].learn()  # off the decision path, as the runtime does
-        self._arm(loop, dev)
 
     def _finished(self, loop: _Loop, done: Finished) -> None:
         rec = done.record
         loop.records.append(rec)
         loop.predicted.append(done.predicted_latency)
         for rid in done.request_ids:
-            r = loop.pending.pop(rid).request
+            r = loop.pending.pop(rid)
             reason = None if done.ok else "simulated engine failure"
             loop.outcomes[rid] = RequestOutcome.ran(r, rec, done.ok, reason)
 
-    def _on_done(self, loop: _Loop, dev: int, result: BatchResult) -> None:
-        d = loop.dispatches.pop((dev, result.batch_id))
+    def _on_done(self, loop: _Loop, dev: int, d: Dispatch, result: BatchResult) -> None:
+        """Batch `d` ended on device `dev` (called from the device's `advance`, whose
+        caller arms the device after)."""
         if loop.ended is not None:  # the order `_finished` will see them in
             loop.ended.append(d)
-        record = BatchRecord.from_result(result, d.decided_at, device=dev)
+        # (BatchRecord.from_result's, less reading phases: a simulated device has none)
+        record = BatchRecord(
+            result.batch_id,
+            result.model,
+            result.batch_size,
+            result.slot,
+            d.decided_at,
+            result.start,
+            result.end,
+            device=dev,
+        )
         decisions = self.schedulers[dev].on_complete(
             record, self.clock.now, ok=result.error is None
         )
@@ -255,13 +256,14 @@ class Simulation:
     def _arm(self, loop: _Loop, dev: int) -> None:
         """(Re)schedule device `dev`'s next batch end and its scheduler's timer; an
         unchanged time keeps its heap entry."""
+        armed = loop.armed
         t = self.devices[dev].next_event()
-        if loop.armed[_DEVICE][dev] != t:
+        if armed[_DEVICE][dev] != t:
             self._push(loop, _DEVICE, dev, t)
         t = self.schedulers[dev].next_wakeup()
         if t is not None and t < self.clock.now:
             t = self.clock.now
-        if loop.armed[_TIMER][dev] != t:
+        if armed[_TIMER][dev] != t:
             self._push(loop, _TIMER, dev, t)
 
     @staticmethod

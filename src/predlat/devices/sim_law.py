@@ -1,0 +1,78 @@
+"""The simulated device's interference law, its cost model's shape and its seeded
+noise: the parameters of the ground truth `predlat.devices.simulated` describes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from statistics import NormalDist
+
+from predlat.errors import ConfigError
+
+_MASK64 = (1 << 64) - 1
+_STANDARD_NORMAL = NormalDist()
+
+
+def seeded_normal(seed: int, key: int) -> float:
+    """A standard normal fixed by (seed, key): splitmix64 of the pair to a uniform, then
+    the inverse CDF. Cheaper than seeding a generator per batch, and stateless, so the
+    draw does not depend on the order in which batches are asked about."""
+    x = (seed * 0x9E3779B97F4A7C15 + key + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    x ^= x >> 31
+    return _STANDARD_NORMAL.inv_cdf(((x >> 11) + 0.5) / (1 << 53))
+
+
+# (solo latency in seconds, compute demand, memory demand) of a (model, batch size).
+CostFn = Callable[[str, int], tuple[float, float, float]]
+
+
+HANDOFFS = ("arrival_s", "dispatch_s", "completion_s")  # InterferenceLaw's hand-off fields
+
+
+@dataclass(frozen=True)
+class InterferenceLaw:
+    base: float = 0.05  # slowdown every co-runner adds, whatever it does
+    compute: float = 0.6  # weight of compute-compute contention
+    memory: float = 1.0  # weight of memory-memory contention
+    noise_sigma: float = 0.03  # log-normal sigma of a batch's solo work
+    failure_rate: float = 0.0
+    cores: int | None = None  # time-share this many cores (None: no such limit)
+    # slowdown that a batch of model b adds to one of model a, by (a, b): calibrated
+    pairs: Mapping[tuple[str, str], float] | None = None
+    noise_per_corunner: float = 0.0  # sigma added per batch already running at submit
+    # the host's hand-offs (s): arrival -> scheduler, decision -> start, end -> scheduler
+    arrival_s: float = 0.0
+    dispatch_s: float = 0.0
+    completion_s: float = 0.0
+
+    def validate(self) -> None:
+        for name in (
+            "base",
+            "compute",
+            "memory",
+            "noise_sigma",
+            "noise_per_corunner",
+            *HANDOFFS,
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"interference law: {name} must be non-negative")
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise ConfigError("interference law: failure_rate must be in [0, 1]")
+        if self.cores is not None and self.cores < 1:
+            raise ConfigError("interference law: cores must be at least 1")
+
+    def pair(self, a: tuple[float, float], b: tuple[float, float]) -> float:
+        """Slowdown that co-runner b adds to batch a."""
+        return self.base + self.compute * a[0] * b[0] + self.memory * a[1] * b[1]
+
+    def pair_of(
+        self, a_model: str, a: tuple[float, float], b_model: str, b: tuple[float, float]
+    ) -> float:
+        """Slowdown that a co-runner of `b_model` adds to a batch of `a_model`."""
+        if self.pairs is not None:
+            value = self.pairs.get((a_model, b_model))
+            if value is not None:
+                return value
+        return self.pair(a, b)
