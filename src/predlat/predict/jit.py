@@ -7,7 +7,8 @@ for compilation once per machine, not per run). Where numba cannot be installed,
 very same functions run as plain Python, on lists: slower, same results.
 
 Kernels allocate their outputs with `floats` / `table`, so that the pure-Python run
-works on lists (fast in the interpreter) and the compiled one on arrays.
+works on lists (fast in the interpreter) and the compiled one on arrays; the callers
+hand them arrays or lists to match (`COMPILED`).
 """
 
 from __future__ import annotations
@@ -57,12 +58,6 @@ else:
 
     def table(n: int, m: int) -> Any:
         return [[0.0] * m for _ in range(n)]
-
-
-def as_array(rows: Any) -> Any:
-    """A kernel's 2-D argument in the form it takes: a float array when compiled, the
-    rows as they are in Python."""
-    return np.asarray(rows, dtype=np.float64) if COMPILED else rows
 
 
 def as_list(values: Any) -> list[float]:
