@@ -66,18 +66,16 @@ def pooled_metrics(results: Sequence[RunResult], duration_s: float) -> dict[str,
 
 def by_model(outcomes: Sequence[RequestOutcome]) -> dict[str, dict[str, float]]:
     """Per model: its requests, deadlines met and the latency percentiles of its
-    finished requests. (In a mix, the overall p50 falls between the models' and a few
-    requests move it: a per-model figure compares like with like.)"""
-    out: dict[str, dict[str, float]] = {}
-    for model in sorted({o.model for o in outcomes}):
-        mine = [o for o in outcomes if o.model == model]
-        lat = [o.latency for o in mine if o.finished and o.latency is not None]
-        out[model] = {
-            "requests": float(len(mine)),
-            "met_frac": sum(o.status == "met" for o in mine) / len(mine),
-            "p50_ms": float(np.percentile(lat, 50) * 1e3) if lat else math.nan,
-            "p99_ms": float(np.percentile(lat, 99) * 1e3) if lat else math.nan,
-        }
+    finished requests, as `summarize` counts them. (In a mix, the overall p50 falls
+    between the models' and a few requests move it: a per-model figure compares like
+    with like.)"""
+    mine: dict[str, list[RequestOutcome]] = {}
+    for o in outcomes:
+        mine.setdefault(o.model, []).append(o)
+    out = {}
+    for model in sorted(mine):
+        summary = summarize(mine[model], 1.0)  # (no rates are read: any duration)
+        out[model] = {k: summary[k] for k in ("requests", "met_frac", "p50_ms", "p99_ms")}
     return out
 
 

@@ -39,7 +39,7 @@ from predlat.experiments.compare_runs import (
     Setup,
     live_forecast,
 )
-from predlat.profiling.cpu_meter import foreign_cpu_limit
+from predlat.profiling.cpu_meter import foreign_cpu_limit, quietest
 from predlat.profiling.profile import Profile
 from predlat.profiling.profiler import load_or_profile
 from predlat.runtime.build import BATCH_SIZES, MARGIN_S, REPEATS, policy_threads
@@ -87,11 +87,7 @@ class QuietRunner:
     runs: dict[tuple[str, float, int], int] = field(default_factory=dict)
 
     def __call__(self, spec: RunSpec) -> RunResult:
-        best, made = self.runner(spec), 1
-        while _foreign(best) > self.limit and made < self.tries:
-            result, made = self.runner(spec), made + 1
-            if _foreign(result) < _foreign(best):
-                best = result
+        best, made = quietest(lambda: self.runner(spec), _foreign, self.limit, self.tries)
         self.runs[(spec.policy.name, spec.load, spec.seed)] = made
         return best
 
@@ -304,9 +300,7 @@ def differences(
             for m in _FRACTIONS:
                 row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
                 row[f"d_{m}_pp"] = _diff_pp(r.get(m), s.get(m))
-            for m in _LATENCIES:
-                row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
-                row[f"d_{m}_pct"] = _diff_pct(r.get(m), s.get(m))
+            row.update(_latency_differences(r, s))
             row["by_model"] = _model_differences(r.get("by_model", {}), s.get("by_model", {}))
             rows.append(row)
     per_policy = {}
@@ -320,34 +314,39 @@ def differences(
             "d_capacity_pct": _diff_pct(cap_r, cap_s),
             **{f"max_abs_d_{m}_pp": _max_abs(mine, f"d_{m}_pp") for m in _FRACTIONS},
             **{f"max_abs_d_{m}_pct": _max_abs(mine, f"d_{m}_pct") for m in _LATENCIES},
-            "by_model": {
-                model: {
-                    f"max_abs_d_{m}_pct": _max_abs(
-                        [r["by_model"][model] for r in mine if model in r["by_model"]],
-                        f"d_{m}_pct",
-                    )
-                    for m in _LATENCIES
-                }
-                for model in sorted({k for r in mine for k in r["by_model"]})
-            },
+            "by_model": _model_maxima(mine),
         }
     return {"by_load": rows, "by_policy": per_policy}
+
+
+def _latency_differences(real: Mapping[str, Any], sim: Mapping[str, Any]) -> dict[str, Any]:
+    """p50 and p99, real and simulated, and their difference in percent of real."""
+    row: dict[str, Any] = {}
+    for m in _LATENCIES:
+        row[f"real_{m}"], row[f"sim_{m}"] = real.get(m), sim.get(m)
+        row[f"d_{m}_pct"] = _diff_pct(real.get(m), sim.get(m))
+    return row
 
 
 def _model_differences(
     real: Mapping[str, Mapping[str, Any]], sim: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Per model run on both: its p50 and p99, real and simulated, and their difference
-    in percent of real."""
-    out: dict[str, dict[str, Any]] = {}
-    for model in sorted(set(real) & set(sim)):
-        r, s = real[model], sim[model]
-        row: dict[str, Any] = {}
-        for m in _LATENCIES:
-            row[f"real_{m}"], row[f"sim_{m}"] = r.get(m), s.get(m)
-            row[f"d_{m}_pct"] = _diff_pct(r.get(m), s.get(m))
-        out[model] = row
-    return out
+    """Per model run on both: `_latency_differences`."""
+    return {m: _latency_differences(real[m], sim[m]) for m in sorted(set(real) & set(sim))}
+
+
+def _model_maxima(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per model: the largest absolute latency differences over `rows` (loads)."""
+    models = sorted({m for r in rows for m in r["by_model"]})
+    return {
+        model: {
+            f"max_abs_d_{m}_pct": _max_abs(
+                [r["by_model"][model] for r in rows if model in r["by_model"]], f"d_{m}_pct"
+            )
+            for m in _LATENCIES
+        }
+        for model in models
+    }
 
 
 def _diff_pp(real: float | None, sim: float | None) -> float | None:

@@ -19,7 +19,7 @@ from predlat.devices.factory import make_device
 from predlat.errors import ConfigError
 from predlat.experiments.compare_runs import concatenate
 from predlat.predict.predictors import make_predictor
-from predlat.profiling.cpu_meter import CpuMeter, foreign_cpu_limit
+from predlat.profiling.cpu_meter import CpuMeter, foreign_cpu_limit, quietest
 from predlat.profiling.profile import Profile
 from predlat.scheduling.policies import solo_prior
 from predlat.traces.collect import collect_trace
@@ -78,20 +78,14 @@ def quiet_history(
     """The warm-up history taken while other processes took at most the profiler's
     limit of the CPU, or the quietest of `tries`: (history, their CPU share meanwhile,
     histories taken)."""
-    limit = foreign_cpu_limit()
-    best: tuple[list[BatchRecord], float | None] | None = None
-    made = 0
-    while made < tries:
+
+    def take() -> tuple[list[BatchRecord], float | None]:
         meter = CpuMeter()
         history = training_trace(config, specs, profile)
-        share = meter.foreign_frac() if history else None
-        made += 1
-        if best is None or (share or 0.0) < (best[1] or 0.0):
-            best = (history, share)
-        if not history or (share or 0.0) <= limit:
-            break
-    assert best is not None
-    return best[0], best[1], made
+        return history, meter.foreign_frac() if history else None
+
+    (history, share), made = quietest(take, lambda h: h[1] or 0.0, foreign_cpu_limit(), tries)
+    return history, share, made
 
 
 def training_trace(config: CompareConfig, specs, profile: Profile) -> list[BatchRecord]:

@@ -31,15 +31,23 @@ from predlat.predict.base import MAX_SLOWDOWN, MIN_SLOWDOWN
 from predlat.predict.colocation import DeviceLoad
 from predlat.predict.features import Oversubscription, Vector
 from predlat.predict.jit import COMPILED, as_list, floats, kernel, table
-from predlat.predict.sweep import hinge_exp_integral, integrals
+from predlat.predict.sweep import (
+    B_CU,
+    B_MU,
+    B_N,
+    B_OV,
+    F_CU,
+    F_MU,
+    SOLO,
+    START,
+    A,
+    hinge_exp_integral,
+    integrals,
+)
 
 # A batch running past its forecast end is forecast to need this fraction of its elapsed
 # time more (its remaining time is unknown, but it is surely not over yet).
 OVERRUN_FRACTION = 0.05
-
-# A batch's row: start, solo latency, slowdown intercept, beta (count, compute, memory,
-# oversub), own features (compute, memory).
-START, SOLO, A, B_N, B_CU, B_MU, B_OV, F_CU, F_MU = range(9)
 
 
 class Fill(NamedTuple):

@@ -9,8 +9,9 @@ import math
 
 from predlat.predict.jit import kernel, table
 
-# Row columns used here (predlat.predict.fine_forecast's batch rows): own features.
-_F_CU, _F_MU = 7, 8
+# A batch's row (predlat.predict.fine_forecast.batch_row): start, solo latency, slowdown
+# intercept, beta (count, compute, memory, oversub), own features (compute, memory).
+START, SOLO, A, B_N, B_CU, B_MU, B_OV, F_CU, F_MU = range(9)
 
 
 @kernel
@@ -23,8 +24,8 @@ def integrals(now, rows, fill, ov_k, ov_c, knee, has_ov, ends, order):
     acc = table(n_all, 8)
     cu = mu = 0.0  # batches still running
     for i in range(n_all):
-        cu += rows[i][_F_CU]
-        mu += rows[i][_F_MU]
+        cu += rows[i][F_CU]
+        mu += rows[i][F_MU]
     n = float(n_all)
     excess = (n_all - 1) - co_count
     i_n = i_cu = i_mu = i_ov = 0.0
@@ -91,8 +92,8 @@ def integrals(now, rows, fill, ov_k, ov_c, knee, has_ov, ends, order):
         g[0], g[1], g[2], g[3] = i_n, i_cu, i_mu, i_ov
         g[4], g[5], g[6], g[7] = n + r, cu + r * phi_cu, mu + r * phi_mu, h
         n -= 1.0
-        cu -= rows[i][_F_CU]
-        mu -= rows[i][_F_MU]
+        cu -= rows[i][F_CU]
+        mu -= rows[i][F_MU]
         t_prev = end_i
     return acc
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from predlat.errors import ConfigError
+
+T = TypeVar("T")
 
 # Above this share of the CPU taken by other processes, a measurement is not a quiet
 # one: the profiler then keeps it for the run at hand but does not cache it. The
@@ -19,6 +23,20 @@ def foreign_cpu_limit() -> float:
         return float(text) if text else FOREIGN_CPU_LIMIT
     except ValueError:
         raise ConfigError(f"{FOREIGN_CPU_LIMIT_ENV} must be a number, got {text!r}") from None
+
+
+def quietest(
+    take: Callable[[], T], share: Callable[[T], float], limit: float, tries: int
+) -> tuple[T, int]:
+    """`take()` again, up to `tries` times in all, while other processes took more than
+    `limit` of the CPU during it (`share` of a result); the quietest result, and how
+    many were taken."""
+    best, made = take(), 1
+    while share(best) > limit and made < tries:
+        result, made = take(), made + 1
+        if share(result) < share(best):
+            best = result
+    return best, made
 
 
 class CpuMeter:

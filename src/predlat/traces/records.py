@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from predlat.devices.base import PHASES
@@ -69,7 +69,7 @@ class BatchRecord:
     def with_timeline(self, timeline: tuple[Overlap, ...]) -> BatchRecord:
         """This record with `timeline`: what `dataclasses.replace` gives, without its
         per-field work (a scheduler makes one for every finished batch)."""
-        out = object.__new__(BatchRecord)
+        out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         out.__dict__["timeline"] = timeline
         return out
@@ -110,6 +110,6 @@ def attach_timelines(records: Sequence[BatchRecord]) -> list[BatchRecord]:
         active.append(rec)
     for rec in ordered:
         timeline = tuple(sorted(overlaps[rec.batch_id], key=lambda o: (o.start, o.batch_id)))
-        out.append(replace(rec, timeline=timeline))
+        out.append(rec.with_timeline(timeline))
     out.sort(key=lambda r: (r.end, r.batch_id))
     return out
