@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +43,13 @@ class PredlatDeployment:
 
         return os.getpid()
 
-    def __del__(self) -> None:
+    def __del__(self) -> Awaitable[None] | None:
+        # Serve calls this on the replica's event loop, which hosts the runtime: the
+        # runtime's stop is then returned for Serve to await (a blocking stop there
+        # would wait on the loop it blocks). Called again by the collector, it finds
+        # the runtime stopped and returns None.
         replica = getattr(self, "replica", None)
-        if replica is not None:
-            replica.close()
+        return replica.close() if replica is not None else None
 
 
 @dataclass(frozen=True)

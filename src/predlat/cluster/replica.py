@@ -9,6 +9,7 @@ the router refused is answered 'rejected' with the router's reason without runni
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ from predlat.cluster.state import ReplicaState
 from predlat.runtime import Runtime, build_runtime
 from predlat.runtime.build import warm_up
 from predlat.scheduling.outcome import RequestOutcome
+
+STOP_TIMEOUT_S = 10.0  # how long a closing replica waits for its running batches
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,17 @@ class PredlatReplica:
     def routing_stats(self) -> dict:
         return self.state.publish(self.runtime.scheduler.running(), self.runtime.now())
 
-    def close(self) -> None:
-        if self.runtime.started:
-            self.runtime.stop(drain=True, timeout=10.0)
+    def close(self) -> Awaitable[None] | None:
+        """Stop the runtime, finishing its queued and running work. On the event loop
+        that hosts it (where Serve calls a replica's destructor) the stop must be awaited
+        there: the awaitable is returned (Serve awaits what `__del__` returns); anywhere
+        else it stops now and returns None."""
+        if not self.runtime.started:
+            return None
+        if self.runtime.hosted_here():
+            return self.runtime.stop_async(drain=True, timeout=STOP_TIMEOUT_S)
+        self.runtime.stop(drain=True, timeout=STOP_TIMEOUT_S)
+        return None
 
 
 __all__ = ["PredlatReplica", "ReplicaConfig"]

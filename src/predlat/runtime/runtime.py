@@ -136,6 +136,12 @@ class Runtime(DriverCore):
         """Whether `start` was called (the runtime may have been stopped since)."""
         return self._started
 
+    def hosted_here(self) -> bool:
+        """Whether the event loop running in this thread hosts the runtime (it is then
+        stopped with `await stop_async()`, not `stop`)."""
+        host = self._host
+        return host is not None and _running_loop() is host
+
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting requests; with `drain`, finish queued work, else reject it with
         reason "shutting down"; wait for running batches (at most `timeout` s), then stop.
@@ -144,7 +150,7 @@ class Runtime(DriverCore):
         loop has ended, a control thread takes over and finishes the job."""
         host = self._host
         if host is not None and host.is_running():
-            if _running_loop() is host:
+            if self.hosted_here():
                 raise RuntimeError("a runtime hosted on this event loop stops with stop_async")
             stopping = asyncio.run_coroutine_threadsafe(self.stop_async(drain, timeout), host)
             with contextlib.suppress(Exception):  # the loop ended meanwhile: see below
