@@ -3,7 +3,8 @@ router's own cost, the front door's added latency, and a replica killed under lo
 
     pip install -e ".[ray]"
     python benchmarks/bench_ray.py [--duration 4] [--heavy resnet] [--light roberta]
-        [--phases 1,2,4,5] [--router-rate 60] [--router-repeats 1] [--out results.json]
+        [--phases 1,6,2,4,5] [--router-rate 60] [--router-repeats 1] [--out results.json]
+        [--scale-models vgg,vit] [--scale-rows 4] [--scale-deadline-ms 600]
 
 Everything runs on a local Ray instance this script starts (loopback only), each replica
 one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
@@ -11,7 +12,14 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
 1. capacity: open-loop Poisson load over both models at rising rates (falling, if the
    first fails), on 1 replica then 2 (predlat router); SLO capacity = the highest rate
    meeting >= 99% of high-priority and >= 95% of all deadlines (refusals count as
-   misses), within the steps tried. Prints the 2-vs-1 ratio.
+   misses), within the steps tried and `--refine` bisection steps after them. Prints
+   the 2-vs-1 ratio, and at every rate the CPU milliseconds per request that went to
+   the replicas, to this process (client, front door, router), to Ray's own processes
+   and to anything else (Linux /proc): on a machine with as many cores as replicas, a
+   second replica helps only as far as the work outside the replicas leaves it a core.
+6. capacity as in 1, for compute-heavy requests (`--scale-models`, `--scale-rows` rows
+   each, one deadline): where the device's work outweighs the per-request cost of the
+   path through Ray, the ratio a second replica can reach on a small machine.
 2. routers: the same 2 replicas, heavy + light model with tight deadlines, at one rate,
    routed by predlat's router and by Serve's default (power of two choices); with
    --router-repeats N, N such pairs on different seeds, alternating, and their means.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import threading
@@ -40,6 +49,7 @@ import httpx
 import numpy as np
 
 from predlat.cluster.local import use_loopback
+from proc_cpu import cpu_by_group, ray_groups, snapshot
 
 use_loopback()  # before Ray is imported: a local instance on 127.0.0.1
 import ray
@@ -96,9 +106,10 @@ class Cluster:
         serve.delete(self.app)
 
 
-def inputs_for(models: list[str], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+def inputs_for(models: list[str], seed: int = 0, rows: int = 1) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return {s.name: random_inputs(protocol.model_metadata(s), rng) for s in resolve_models(models)}
+    out = {s.name: random_inputs(protocol.model_metadata(s), rng) for s in resolve_models(models)}
+    return {m: {k: np.repeat(v, rows, axis=0) for k, v in x.items()} for m, x in out.items()}
 
 
 def open_loop(
@@ -138,33 +149,57 @@ def meets_slo(s: dict[str, float]) -> bool:
     return s["hp_met"] >= 0.99 and s["met_frac"] >= 0.95
 
 
-def capacity(args, replicas: int, feeds, deadlines) -> tuple[float, list[dict]]:
-    mix = {args.heavy: 0.3, args.light: 0.7}
-    cluster = Cluster([args.heavy, args.light], replicas)
-    rows, best, rate = [], 0.0, args.start_rate
+def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, list[dict]]:
+    """The rate ladder (x `--step-factor`) up to the first failing rate, then
+    `--refine` bisection steps (geometric) between the last passing and first failing."""
+    mix = mix or {args.heavy: 0.3, args.light: 0.7}
+    cluster = Cluster(list(mix), replicas)
+    group = ray_groups(os.getpid())
+    rows: list[dict] = []
+
+    def meets(rate: float) -> bool:
+        before = snapshot()
+        outs, took = open_loop(
+            cluster.runtime, rate, args.duration, mix, deadlines, feeds, len(rows)
+        )
+        spent = cpu_by_group(before, snapshot(), group)
+        s = summarize(outs, took)
+        cpu_ms = {k: 1e3 * v / max(1, len(outs)) for k, v in sorted(spent.items())}
+        rows.append({"replicas": replicas, "rate": rate, **s, "cpu_ms_per_request": cpu_ms})
+        ok = meets_slo(s)
+        print(
+            f"  {replicas} replica(s) {rate:6.1f} req/s: hp met {s['hp_met']:.3f}, "
+            f"all met {s['met_frac']:.3f}, goodput {s['goodput_rps']:.1f}/s "
+            f"{'ok' if ok else 'FAIL'}; CPU ms/request: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items()),
+            flush=True,
+        )
+        return ok
+
+    best, failed, rate = 0.0, 0.0, args.start_rate
     try:
-        for step in range(args.steps):
-            outs, took = open_loop(
-                cluster.runtime, rate, args.duration, mix, deadlines, feeds, step
-            )
-            s = summarize(outs, took)
-            rows.append({"replicas": replicas, "rate": rate, **s})
-            ok = meets_slo(s)
-            print(
-                f"  {replicas} replica(s) {rate:6.1f} req/s: hp met {s['hp_met']:.3f}, "
-                f"all met {s['met_frac']:.3f}, goodput {s['goodput_rps']:.1f}/s "
-                f"{'ok' if ok else 'FAIL'}",
-                flush=True,
-            )
-            if ok:
+        for _ in range(args.steps):
+            if meets(rate):
                 best, rate = rate, rate * args.step_factor
-            elif best > 0:  # passed below, failed here: the capacity is found
+            elif best > 0:  # passed below, failed here: the capacity is bracketed
+                failed = rate
                 break
             else:  # failed at the first rates: search downwards
                 rate /= args.step_factor
+        for _ in range(args.refine if best > 0 and failed > 0 else 0):
+            mid = math.sqrt(best * failed)
+            best, failed = (mid, failed) if meets(mid) else (best, mid)
     finally:
         cluster.close()
     return best, rows
+
+
+def scale_out(args, label: str, feeds, deadlines, mix=None) -> dict[str, Any]:
+    one, rows1 = capacity(args, 1, feeds, deadlines, mix)
+    two, rows2 = capacity(args, 2, feeds, deadlines, mix)
+    ratio = two / one if one else float("nan")
+    print(f"  {label}: 1 replica {one:.1f} req/s, 2 replicas {two:.1f} req/s: {ratio:.2f}x")
+    return {"one": one, "two": two, "ratio": ratio, "points": rows1 + rows2}
 
 
 def routers(args, feeds, deadlines) -> dict[str, Any]:
@@ -309,10 +344,15 @@ def main() -> int:
     p.add_argument("--start-rate", type=float, default=10.0)
     p.add_argument("--step-factor", type=float, default=1.3)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--refine", type=int, default=2, help="bisection steps after the ladder")
     p.add_argument("--router-rate", type=float, default=60.0)
     p.add_argument("--router-repeats", type=int, default=1, help="router pairs (phase 2)")
     p.add_argument("--requests", type=int, default=200, help="sequential HTTP requests")
-    p.add_argument("--phases", default="1,2,4,5", help="which phases to run (3 comes with 2)")
+    p.add_argument("--scale-models", default="vgg,vit", help="phase 6's models")
+    p.add_argument("--scale-rows", type=int, default=4, help="rows per phase-6 request")
+    p.add_argument("--scale-deadline-ms", type=float, default=600.0)
+    p.add_argument("--scale-start-rate", type=float, default=4.0)
+    p.add_argument("--phases", default="1,6,2,4,5", help="which phases to run (3 comes with 2)")
     p.add_argument("--out", default=None, help="write results.json here")
     args = p.parse_args()
     if args.router_repeats < 1:
@@ -328,13 +368,21 @@ def main() -> int:
     try:
         if "1" in phases:
             print("1. SLO capacity, 1 slot per replica", flush=True)
-            one, rows1 = capacity(args, 1, feeds, deadlines)
-            two, rows2 = capacity(args, 2, feeds, deadlines)
-            ratio = two / one if one else float("nan")
+            results["capacity"] = scale_out(args, "capacity", feeds, deadlines)
+        if "6" in phases:
+            models = args.scale_models.split(",")
             print(
-                f"  capacity: 1 replica {one:.1f} req/s, 2 replicas {two:.1f} req/s: {ratio:.2f}x"
+                f"6. SLO capacity, compute-heavy requests: {', '.join(models)}, "
+                f"{args.scale_rows} rows each, deadline {args.scale_deadline_ms:.0f} ms",
+                flush=True,
             )
-            results["capacity"] = {"one": one, "two": two, "ratio": ratio, "points": rows1 + rows2}
+            heavy_feeds = inputs_for(models, rows=args.scale_rows)
+            heavy_deadlines = dict.fromkeys(models, args.scale_deadline_ms / 1e3)
+            mix = dict.fromkeys(models, 1.0)
+            rates = argparse.Namespace(**{**vars(args), "start_rate": args.scale_start_rate})
+            results["capacity_heavy"] = scale_out(
+                rates, "compute-heavy capacity", heavy_feeds, heavy_deadlines, mix
+            )
         if "2" in phases:
             print(f"2. routers at {args.router_rate} req/s, 2 replicas, skewed models", flush=True)
             DECISION_TIMES.clear()
