@@ -25,7 +25,9 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
    --router-repeats N, N such pairs on different seeds, alternating, and their means.
 3. routing decision time (the predicting router's choose_replicas), p50 / p99.
 4. added latency: sequential HTTP requests to the light model through `predlat serve`
-   (one runtime, no Ray) and through the Ray front door (1 replica): p50 / p99 of each.
+   (one runtime, no Ray) and through the Ray front door (1 replica): p50 / p99 of each;
+   and Ray Serve's own floor, a handle round trip to an echo deployment with the same
+   inputs (what any Serve-hosted model pays before predlat does anything).
 5. faults: load on 2 replicas, one replica process killed mid-run; every request must
    end exactly once, answered or refused with a reason.
 
@@ -36,6 +38,7 @@ Figures measured on a shared machine are contaminated by whatever else runs ther
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -57,7 +60,7 @@ from ray import serve
 
 from predlat.cluster.deployment import ClusterConfig, deploy
 from predlat.cluster.frontdoor import ClusterRuntime
-from predlat.cluster.messages import DECISION_TIMES
+from predlat.cluster.messages import DECISION_TIMES, Route
 from predlat.cluster.replica import ReplicaConfig
 from predlat.models import resolve_models
 from predlat.runtime import build_runtime
@@ -267,6 +270,40 @@ def http_latency(url: str, model: str, feeds, n: int) -> np.ndarray:
     return np.asarray(times[n // 10 :]) * 1e3  # drop warm-up
 
 
+@serve.deployment(
+    logging_config={"enable_access_log": False},
+    ray_actor_options={
+        "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
+    },
+)
+class Echo:
+    """Ray Serve's own floor: a replica that answers at once, set up as predlat's is."""
+
+    async def infer(self, route: Any, inputs: Any) -> int:
+        return route.rows
+
+
+def handle_round_trip_ms(feeds: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Sequential calls to an echo deployment's handle with the light model's inputs
+    and a Route, awaited on an event loop as the front door does; ms, warm-up dropped."""
+    handle = serve.run(Echo.bind(), name="echo", route_prefix=None).options(method_name="infer")
+    route = Route("echo", 1, Priority.LOW, time.time() + 60.0)
+
+    async def calls() -> list[float]:
+        times = []
+        for _ in range(n):
+            began = time.perf_counter()
+            await handle.remote(route, feeds)
+            times.append(time.perf_counter() - began)
+        return times
+
+    try:
+        times = asyncio.run(calls())
+    finally:
+        serve.delete("echo")
+    return np.asarray(times[n // 10 :]) * 1e3
+
+
 def added_latency(args, feeds) -> dict[str, float]:
     spec = resolve_models([args.light])
     runtime, _ = build_runtime([args.light], slots=1, policy="predlat", progress=False)
@@ -285,10 +322,18 @@ def added_latency(args, feeds) -> dict[str, float]:
         "ray_p99_ms": float(np.percentile(via_ray, 99)),
     }
     res["added_p50_ms"] = res["ray_p50_ms"] - res["plain_p50_ms"]
+    floor = handle_round_trip_ms(feeds[args.light], args.requests)
+    res["serve_echo_p50_ms"] = float(np.percentile(floor, 50))
+    res["serve_echo_p99_ms"] = float(np.percentile(floor, 99))
     print(
         f"  plain predlat serve p50 {res['plain_p50_ms']:.2f} ms, via Ray {res['ray_p50_ms']:.2f}"
         f" ms: added p50 {res['added_p50_ms']:.2f} ms (p99 {res['plain_p99_ms']:.2f} -> "
         f"{res['ray_p99_ms']:.2f} ms)",
+        flush=True,
+    )
+    print(
+        f"  Ray Serve's own handle round trip (an echo deployment, same inputs): p50 "
+        f"{res['serve_echo_p50_ms']:.2f} ms, p99 {res['serve_echo_p99_ms']:.2f} ms",
         flush=True,
     )
     return res
