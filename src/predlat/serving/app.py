@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from predlat.devices.priority import lower_device_priority
 from predlat.errors import PredlatError, UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.scheduling.outcome import RequestOutcome
@@ -101,7 +102,9 @@ class InferenceService:
         # Triton's pending count: requests awaiting execution (the scheduler's queues).
         metrics.triton.pending = metrics.queue_lengths or (lambda: dict(self.door.pending))
         self.catalog = Catalog(specs, config.models, config.repository, config.versions)
-        self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
+        self.decoder = OffLoopDecoder(
+            config.decode_processes, config.offload_bytes, config.compute_nice
+        )
         runtime.add_listener(metrics.observe_outcome)
         runtime.add_batch_listener(metrics.observe_batch)
 
@@ -351,6 +354,7 @@ def create_app(
         if getattr(runtime, "started", True) is False:
             hosted = cast(HostableRuntime, runtime)
             hosted.start(asyncio.get_running_loop())
+        lower_device_priority(getattr(runtime, "device", None), service.config.compute_nice)
         await asyncio.to_thread(service.decoder.start)
         service.door.loop_lag.start(asyncio.get_running_loop())
         for companion in service.companions:  # the gRPC front end, on this loop
