@@ -59,7 +59,7 @@ from predlat.serving.answers import (
     refusal_response,
 )
 from predlat.serving.backlog import BacklogForecast, OnlineQuantile
-from predlat.serving.body import content_length, read_body
+from predlat.serving.body import body_held_back, content_length, read_body
 from predlat.serving.catalog import Catalog
 from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
     DEFAULT_MAX_BODY_BYTES,
@@ -170,22 +170,22 @@ class InferenceService:
             self.metrics.server_overhead.observe(max(0.0, elapsed - runtime_s))
         return response
 
-    def refuse(self, model: str, refusal: Refusal) -> Response:
+    def refuse(self, model: str, refusal: Refusal, close: bool = False) -> Response:
         self.metrics.observe_refusal(model, refusal.reason)
-        return refusal_response(refusal)
+        return refusal_response(refusal, close)
 
     async def _infer(self, request: Request, arrived: float) -> tuple[Response, float | None]:
         spec = self._model(request)
         if not self.state.accepting:
             closing = Refusal(503, SHUTTING_DOWN, "server is shutting down")
-            return self.refuse(spec.name, closing), None
+            return self.refuse(spec.name, closing, body_held_back(request)), None
         door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
         queue_cap = self.config.settings(spec.name).max_queue_size
         decode_s = self.decoder.forecast_wait(content_length(request), reading=True)
         priority = header_priority(request.headers)
         ticket = self.door.admit(spec.name, door_deadline, queue_cap, decode_s, priority)
-        if isinstance(ticket, Refusal):
-            return self.refuse(spec.name, ticket), None
+        if isinstance(ticket, Refusal):  # the body is never read (nor sent, if held back)
+            return self.refuse(spec.name, ticket, body_held_back(request)), None
         self.metrics.inflight.inc()
         answered_s: float | None = None  # what the door learns from (see Door.leave)
         try:

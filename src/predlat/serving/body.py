@@ -16,6 +16,12 @@ def content_length(request: Request) -> int:
     return int(declared) if declared.isdigit() else 0
 
 
+def body_held_back(request: Request) -> bool:
+    """Whether the client waits for 100 Continue before sending the body (uvicorn sends
+    it when the body is first read): refused before that, the body never comes."""
+    return request.headers.get("expect", "").strip().lower() == "100-continue"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
