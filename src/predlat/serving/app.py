@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -74,6 +74,7 @@ from predlat.serving.protocol import ARRIVED_SCOPE_KEY, HEADER_LENGTH, InferRequ
 
 FRAMEWORKS = ("starlette", "fastapi")
 RESPONSE_SHARE = 0.2  # the most of a deadline reserved for the response path
+CLOSING = Refusal(503, SHUTTING_DOWN, "server is shutting down")
 
 
 class InferenceService:
@@ -176,16 +177,11 @@ class InferenceService:
 
     async def _infer(self, request: Request, arrived: float) -> tuple[Response, float | None]:
         spec = self._model(request)
-        if not self.state.accepting:
-            closing = Refusal(503, SHUTTING_DOWN, "server is shutting down")
-            return self.refuse(spec.name, closing, body_held_back(request)), None
-        door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
-        queue_cap = self.config.settings(spec.name).max_queue_size
-        decode_s = self.decoder.forecast_wait(content_length(request), reading=True)
-        priority = header_priority(request.headers)
-        ticket = self.door.admit(spec.name, door_deadline, queue_cap, decode_s, priority)
+        terms = self._door_terms(spec, request.headers)
+        ticket = self.door.admit(*terms) if self.state.accepting else CLOSING
         if isinstance(ticket, Refusal):  # the body is never read (nor sent, if held back)
-            return self.refuse(spec.name, ticket, body_held_back(request)), None
+            return self.refuse(spec.name, ticket, body_held_back(request.headers)), None
+        door_deadline = terms[1]
         self.metrics.inflight.inc()
         answered_s: float | None = None  # what the door learns from (see Door.leave)
         try:
@@ -207,6 +203,21 @@ class InferenceService:
         finally:
             self.door.leave(ticket, answered_s)
             self.metrics.inflight.dec()
+
+    def pre_body_refusal(self, spec: ModelSpec, headers: Mapping[str, str]) -> Refusal | None:
+        """What `_infer` refuses before the body, judged without letting anything in
+        (the early door: early.py)."""
+        if not self.state.accepting:
+            return CLOSING
+        return self.door.check(*self._door_terms(spec, headers))
+
+    def _door_terms(self, spec: ModelSpec, headers: Mapping[str, str]) -> tuple:
+        """The door's terms for a request, from its headers alone: (model, deadline,
+        queue cap, forecast read and decode wait, priority)."""
+        deadline = header_deadline(headers) or self.config.deadline_for(spec.name)
+        wait_s = self.decoder.forecast_wait(content_length(headers), reading=True)
+        max_queue = self.config.settings(spec.name).max_queue_size
+        return spec.name, deadline, max_queue, wait_s, header_priority(headers)
 
     async def _run(
         self, spec: ModelSpec, decoded: InferRequest, arrived: float, input_s: float
