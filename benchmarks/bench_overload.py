@@ -19,11 +19,14 @@ time, JSON and binary tensors alike, against `predlat serve` in a process of its
      byte at the server to the answer) with the server's event-loop lag;
    - nothing lost: answered + refused == sent, and the server's /metrics agree.
 --rate R skips the probe and offers R req/s (the same load to two versions compared).
+--compute-nice N and --expect-continue-kb K override the server's and the client's
+defaults (to measure what each contributes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import subprocess
 import sys
@@ -47,6 +50,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "predlat", "serve", "--models", args.model, "--port", "0",
                "--grpc-port", "-1", "--no-progress", "--default-deadline-ms",
                str(args.deadline_ms), "--slots", str(args.slots)]  # fmt: skip
+    if args.compute_nice is not None:
+        command += ["--compute-nice", str(args.compute_nice)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline() if process.stdout else ""
     match = re.search(r"http://[\d.]+:\d+", line)
@@ -70,6 +75,8 @@ def offer(url: str, args: argparse.Namespace, rate: float, seconds: float, binar
     config = LoadConfig(url=url, rate=rate, duration_s=seconds, models=(args.model,),
                         deadline_ms=args.deadline_ms, binary=binary, seed=args.seed,
                         timeout_s=max(5.0, 20 * args.deadline_ms / 1e3))  # fmt: skip
+    if args.expect_continue_kb is not None:
+        config = dataclasses.replace(config, expect_continue_bytes=args.expect_continue_kb * 1024)
     return run(config, progress=False)
 
 
@@ -139,6 +146,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="fixed rate, no probe")
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compute-nice", type=int, default=None, help="the server's")
+    parser.add_argument("--expect-continue-kb", type=int, default=None, help="the client's")
     args = parser.parse_args()
     process, url = start_server(args)
     try:

@@ -81,6 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=512,
         help="keep-alive connections at most; a request waits for a free one (default: 512)",
     )
+    parser.add_argument(
+        "--expect-continue-kb",
+        type=int,
+        default=64,
+        help="bodies of this many KiB or more wait for the server's 100 Continue, so a "
+        "server that refuses from the headers never receives them (0: never; default: 64)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json")
     add_progress_option(parser)
     parser.set_defaults(func=run)
@@ -89,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     require(0.0 <= args.hp_frac <= 1.0, f"--hp-frac must be in [0, 1], got {args.hp_frac}")
     require(args.max_connections >= 1, "--max-connections must be at least 1")
+    require(args.expect_continue_kb >= 0, "--expect-continue-kb must be >= 0")
     require(args.replay is None or args.replay.is_file(), f"--replay {args.replay}: no such file")
     require_out_folder(args.out)
 
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         binary=not args.json_tensors,
         max_connections=args.max_connections,
+        expect_continue_bytes=args.expect_continue_kb * 1024,
         replay=str(args.replay) if args.replay is not None else None,
     )
     results = run_load(config, progress=not args.no_progress)

@@ -18,6 +18,8 @@ from predlat.cli.common import (
 from predlat.errors import PredlatError, require
 
 POLICY_HELP = "serial, serial-1t, oblivious, coarse or predlat"
+# Weight 110 against the loop's 1024 (nice 0): the loop preempts a batch at once.
+DEFAULT_COMPUTE_NICE = 10
 
 
 def deadline_spec(text: str) -> tuple[float | None, dict[str, float]]:
@@ -149,6 +151,14 @@ def add_door_options(parser: argparse.ArgumentParser) -> None:
         help="worker processes decoding big JSON bodies off the event loop (0: a thread; "
         "default: 1)",
     )
+    parser.add_argument(
+        "--compute-nice",
+        type=int,
+        default=DEFAULT_COMPUTE_NICE,
+        help="raise the nice value of the compute threads (execution slots, decode "
+        "workers) by this much, so the event loop that reads requests and answers "
+        f"refusals runs as soon as it wakes (Linux; 0: off; default: {DEFAULT_COMPUTE_NICE})",
+    )
 
 
 def add_ray_options(parser: argparse.ArgumentParser) -> None:
@@ -187,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
     require(
         args.decode_processes >= 0,
         f"--decode-processes must be >= 0, got {args.decode_processes}",
+    )
+    require(
+        0 <= args.compute_nice <= 19,
+        f"--compute-nice must be between 0 and 19, got {args.compute_nice}",
     )
 
     # Imported here so `predlat --help` stays fast.
@@ -241,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             drain_timeout_s=args.graceful_timeout_s,
             door=DoorPolicy(max_inflight=args.max_inflight, default_action=args.timeout_action),
             decode_processes=args.decode_processes,
+            compute_nice=args.compute_nice,
             models={m.name: m.settings for m in repository or []},
             repository=Path(args.model_repository) if repository else None,
             versions={m.name: m.version for m in repository or []},

@@ -11,6 +11,7 @@ import threading
 import time
 
 from predlat.devices.base import BatchJob, BatchResult, DoneCallback, SlotBusyError, wait_for
+from predlat.devices.priority import lower_priority
 from predlat.errors import ConfigError
 
 _STOP = object()
@@ -73,6 +74,16 @@ class SlotDevice:
 
     def now(self) -> float:
         return time.perf_counter()
+
+    def lower_priority(self, steps: int) -> int:
+        """Raise the slot threads' nice value by `steps` (see predlat.devices.priority):
+        the threads that serve requests win the cores from batches. Returns how many
+        threads changed."""
+        return sum(
+            lower_priority(steps, w.thread.native_id)
+            for w in self._slots
+            if w.thread.native_id is not None and w.thread.is_alive()
+        )
 
     def _stop_workers(self) -> None:
         for worker in self._slots:

@@ -31,9 +31,12 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
-def refusal_response(refusal: Refusal) -> Response:
+def refusal_response(refusal: Refusal, close: bool = False) -> Response:
+    """`close`: end the connection after the answer (a refusal before a body the client
+    holds back for 100 Continue: the server cannot tell where its next request begins)."""
     doc = {"error": refusal.message, "reason": refusal.reason}
-    return json_response(doc, refusal.status, refusal.headers())
+    headers = {**refusal.headers(), "Connection": "close"} if close else refusal.headers()
+    return json_response(doc, refusal.status, headers)
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from predlat.devices.priority import lower_device_priority
 from predlat.errors import PredlatError, UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.scheduling.outcome import RequestOutcome
@@ -58,7 +59,7 @@ from predlat.serving.answers import (
     refusal_response,
 )
 from predlat.serving.backlog import BacklogForecast, OnlineQuantile
-from predlat.serving.body import content_length, read_body
+from predlat.serving.body import body_held_back, content_length, read_body
 from predlat.serving.catalog import Catalog
 from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
     DEFAULT_MAX_BODY_BYTES,
@@ -73,6 +74,7 @@ from predlat.serving.protocol import ARRIVED_SCOPE_KEY, HEADER_LENGTH, InferRequ
 
 FRAMEWORKS = ("starlette", "fastapi")
 RESPONSE_SHARE = 0.2  # the most of a deadline reserved for the response path
+CLOSING = Refusal(503, SHUTTING_DOWN, "server is shutting down")
 
 
 class InferenceService:
@@ -101,7 +103,9 @@ class InferenceService:
         # Triton's pending count: requests awaiting execution (the scheduler's queues).
         metrics.triton.pending = metrics.queue_lengths or (lambda: dict(self.door.pending))
         self.catalog = Catalog(specs, config.models, config.repository, config.versions)
-        self.decoder = OffLoopDecoder(config.decode_processes, config.offload_bytes)
+        self.decoder = OffLoopDecoder(
+            config.decode_processes, config.offload_bytes, config.compute_nice
+        )
         runtime.add_listener(metrics.observe_outcome)
         runtime.add_batch_listener(metrics.observe_batch)
 
@@ -167,22 +171,17 @@ class InferenceService:
             self.metrics.server_overhead.observe(max(0.0, elapsed - runtime_s))
         return response
 
-    def refuse(self, model: str, refusal: Refusal) -> Response:
+    def refuse(self, model: str, refusal: Refusal, close: bool = False) -> Response:
         self.metrics.observe_refusal(model, refusal.reason)
-        return refusal_response(refusal)
+        return refusal_response(refusal, close)
 
     async def _infer(self, request: Request, arrived: float) -> tuple[Response, float | None]:
         spec = self._model(request)
-        if not self.state.accepting:
-            closing = Refusal(503, SHUTTING_DOWN, "server is shutting down")
-            return self.refuse(spec.name, closing), None
-        door_deadline = header_deadline(request.headers) or self.config.deadline_for(spec.name)
-        queue_cap = self.config.settings(spec.name).max_queue_size
-        decode_s = self.decoder.forecast_wait(content_length(request), reading=True)
-        priority = header_priority(request.headers)
-        ticket = self.door.admit(spec.name, door_deadline, queue_cap, decode_s, priority)
-        if isinstance(ticket, Refusal):
-            return self.refuse(spec.name, ticket), None
+        terms = self._door_terms(spec, request.headers)
+        ticket = self.door.admit(*terms) if self.state.accepting else CLOSING
+        if isinstance(ticket, Refusal):  # the body is never read (nor sent, if held back)
+            return self.refuse(spec.name, ticket, body_held_back(request.headers)), None
+        door_deadline = terms[1]
         self.metrics.inflight.inc()
         answered_s: float | None = None  # what the door learns from (see Door.leave)
         try:
@@ -204,6 +203,21 @@ class InferenceService:
         finally:
             self.door.leave(ticket, answered_s)
             self.metrics.inflight.dec()
+
+    def pre_body_refusal(self, spec: ModelSpec, headers: Mapping[str, str]) -> Refusal | None:
+        """What `_infer` refuses before the body, judged without letting anything in
+        (the early door: early.py)."""
+        if not self.state.accepting:
+            return CLOSING
+        return self.door.check(*self._door_terms(spec, headers))
+
+    def _door_terms(self, spec: ModelSpec, headers: Mapping[str, str]) -> tuple:
+        """The door's terms for a request, from its headers alone: (model, deadline,
+        queue cap, forecast read and decode wait, priority)."""
+        deadline = header_deadline(headers) or self.config.deadline_for(spec.name)
+        wait_s = self.decoder.forecast_wait(content_length(headers), reading=True)
+        max_queue = self.config.settings(spec.name).max_queue_size
+        return spec.name, deadline, max_queue, wait_s, header_priority(headers)
 
     async def _run(
         self, spec: ModelSpec, decoded: InferRequest, arrived: float, input_s: float
@@ -351,6 +365,7 @@ def create_app(
         if getattr(runtime, "started", True) is False:
             hosted = cast(HostableRuntime, runtime)
             hosted.start(asyncio.get_running_loop())
+        lower_device_priority(getattr(runtime, "device", None), service.config.compute_nice)
         await asyncio.to_thread(service.decoder.start)
         service.door.loop_lag.start(asyncio.get_running_loop())
         for companion in service.companions:  # the gRPC front end, on this loop

@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 from starlette.requests import Request
 
 from predlat.serving.protocol import ProtocolError
 
 
-def content_length(request: Request) -> int:
+def content_length(headers: Mapping[str, str]) -> int:
     """The declared body size, 0 when not declared (chunked) or malformed."""
-    declared = request.headers.get("content-length", "")
+    declared = headers.get("content-length", "")
     return int(declared) if declared.isdigit() else 0
+
+
+def body_held_back(headers: Mapping[str, str]) -> bool:
+    """Whether the client waits for 100 Continue before sending the body (uvicorn sends
+    it when the body is first read): refused before that, the body never comes."""
+    return headers.get("expect", "").strip().lower() == "100-continue"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -65,6 +65,9 @@ class ServerConfig:
     # a body there.
     decode_processes: int = 0
     offload_bytes: int = DEFAULT_OFFLOAD_BYTES
+    # Nice steps for the compute threads (the runtime's slots, the decode workers), so
+    # the event loop runs as soon as it wakes (predlat.devices.priority); 0: unchanged.
+    compute_nice: int = 0
     # Per-model settings (a Triton model repository's config.pbtxt files).
     models: dict[str, ModelSettings] = field(default_factory=dict)
     repository: Path | None = None  # the model repository they came from

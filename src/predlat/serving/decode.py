@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from predlat.devices.priority import lower_priority
 from predlat.models.spec import ModelSpec, TensorSpec
 from predlat.serving.handoff import SegmentPool, decode_shared
 from predlat.serving.protocol import (
@@ -47,10 +48,13 @@ _EWMA_WEIGHT = 0.3  # adapts within a few bodies when the machine slows down
 class OffLoopDecoder:
     """Decodes infer requests; JSON parts over `offload_bytes` off the event loop, in
     `processes` worker processes (0: a thread, which frees the loop only between GIL
-    switches)."""
+    switches) whose nice value is raised by `nice` (the loop wins the cores)."""
 
-    def __init__(self, processes: int = 0, offload_bytes: int = DEFAULT_OFFLOAD_BYTES) -> None:
+    def __init__(
+        self, processes: int = 0, offload_bytes: int = DEFAULT_OFFLOAD_BYTES, nice: int = 0
+    ) -> None:
         self.processes = processes
+        self.nice = nice
         self.offload_bytes = offload_bytes
         self._pool: ProcessPoolExecutor | None = None
         self.pending = 0  # offloaded bodies waiting or being decoded
@@ -64,7 +68,7 @@ class OffLoopDecoder:
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe beside threads
         self._pool = ProcessPoolExecutor(
-            self.processes, mp_context=context, initializer=_ignore_interrupts
+            self.processes, mp_context=context, initializer=_init_worker, initargs=(self.nice,)
         )
         for done in [self._pool.submit(_warm) for _ in range(self.processes)]:
             done.result()
@@ -131,9 +135,10 @@ class OffLoopDecoder:
         return await asyncio.to_thread(decode_infer_request, body, header_length, spec)
 
 
-def _ignore_interrupts() -> None:
+def _init_worker(nice: int) -> None:
     """Ctrl-C reaches the whole process group: the server shuts its workers down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lower_priority(nice)
 
 
 def _warm() -> None:

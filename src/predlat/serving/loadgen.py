@@ -26,11 +26,20 @@ import orjson
 from predlat.errors import ConfigError, PredlatError
 from predlat.serving import protocol
 from predlat.serving.admission import DEADLINE_HEADER, PRIORITY_HEADER
-from predlat.serving.http_client import RawHttpClient, RawResponse, encode_request
+from predlat.serving.http_client import (
+    RawHttpClient,
+    RawResponse,
+    Request,
+    encode_expecting,
+    encode_request,
+)
 from predlat.serving.load_report import server_counts, server_delta, summarize
 from predlat.workload.arrivals import Arrival, open_loop_workload, replay_workload
 
 INPUT_VARIANTS = 8  # distinct random inputs per model, reused round-robin
+# Bodies from this size wait for the server's 100 Continue (http_client.py): a refusal
+# from the headers alone then costs neither side a body. 0: never.
+EXPECT_CONTINUE_BYTES = 64 * 1024
 _SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
@@ -49,6 +58,7 @@ class LoadConfig:
     binary: bool = True  # binary tensor data extension, else JSON tensors
     max_connections: int = 512
     replay: str | None = None  # a CSV/Parquet of (time, model[, high_priority]) to replay
+    expect_continue_bytes: int = EXPECT_CONTINUE_BYTES
 
     def validate(self) -> None:
         if not self.rate > 0:
@@ -61,6 +71,9 @@ class LoadConfig:
             raise ConfigError(f"max requests must be at least 1, got {self.max_requests}")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout must be positive, got {self.timeout_s}")
+        if self.expect_continue_bytes < 0:
+            size = self.expect_continue_bytes
+            raise ConfigError(f"expect-continue size must be >= 0, got {size}")
         if not self.url.startswith("http://"):
             raise ConfigError(f"url must start with http://, got '{self.url}'")
 
@@ -85,12 +98,12 @@ class Sample:
 
 @dataclass
 class _ModelPayloads:
-    """Pre-encoded HTTP requests: [priority][variant] -> the request's bytes."""
+    """Pre-encoded HTTP requests: [priority][variant] -> the request."""
 
-    bodies: dict[bool, list[bytes]]
+    bodies: dict[bool, list[Request]]
     next_index: int = 0
 
-    def take(self, high: bool) -> bytes:
+    def take(self, high: bool) -> Request:
         options = self.bodies[high]
         self.next_index += 1
         return options[self.next_index % len(options)]
@@ -151,7 +164,8 @@ async def _payloads(
     metadata = await _get_json(client, "GET", f"/v2/models/{model}")
     variants = [random_inputs(metadata, rng) for _ in range(INPUT_VARIANTS)]
     host = client.base_url.netloc.decode()
-    bodies: dict[bool, list[bytes]] = {}
+    bodies: dict[bool, list[Request]] = {}
+    expect_from = config.expect_continue_bytes or float("inf")
     for high in (False, True):
         params: dict[str, Any] = {"priority": 1} if high else {}
         if config.deadline_ms is not None:
@@ -166,7 +180,8 @@ async def _payloads(
             if high:
                 headers[PRIORITY_HEADER] = "1"
             path = f"/v2/models/{model}/infer"
-            bodies[high].append(encode_request("POST", path, host, body, headers))
+            encode = encode_expecting if len(body) >= expect_from else encode_request
+            bodies[high].append(encode("POST", path, host, body, headers))
     return _ModelPayloads(bodies)
 
 
@@ -175,7 +190,7 @@ async def _payloads(
 
 async def _send(
     client: RawHttpClient,
-    request: bytes,
+    request: Request,
     sample: Sample,
     t0: float,
     on_done: Callable[[Sample], None],
@@ -311,7 +326,7 @@ async def _drive(
 
 def _start(
     client: RawHttpClient,
-    request: bytes,
+    request: Request,
     sample: Sample,
     t0: float,
     on_done: Callable[[Sample], None],

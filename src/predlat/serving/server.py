@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec
 from predlat.profiling.profile import Profile
-from predlat.serving.protocol import ARRIVED_SCOPE_KEY
+from predlat.serving.early import EarlyDoor, httptools_protocol
 
 DEFAULT_GRACEFUL_TIMEOUT_S = 30
 BACKLOG = 2048
@@ -115,23 +115,14 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _http_protocol(http: str) -> str | type:
+def _http_protocol(http: str, door: EarlyDoor | None = None) -> str | type:
     """uvicorn's httptools protocol (what "auto" picks when httptools is installed), with
-    each request's first byte stamped into its scope: the deadline clock and the refusal
-    latency start there, not when the handler gets to run (the loop may be busy)."""
+    each request's first byte stamped into its scope and door refusals answered from the
+    parser's callback (early.py)."""
     if http not in ("auto", "httptools"):
         return http
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # no httptools: "auto" means h11, unstamped
-        return http
-
-    class StampedHttpToolsProtocol(HttpToolsProtocol):
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self.scope[ARRIVED_SCOPE_KEY] = time.perf_counter()  # type: ignore[literal-required]
-
-    return StampedHttpToolsProtocol
+    protocol = httptools_protocol(door)
+    return http if protocol is None else protocol  # no httptools: "auto" means h11
 
 
 def _uvicorn_config(
@@ -151,7 +142,7 @@ def _uvicorn_config(
         lifespan="on",
         timeout_graceful_shutdown=int(graceful_timeout_s),
         loop=loop,
-        http=_http_protocol(http),
+        http=_http_protocol(http, EarlyDoor(app.state.service)),
     )
 
 
