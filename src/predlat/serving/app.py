@@ -318,8 +318,7 @@ class InferenceService:
 
 
 def _routes(service: InferenceService) -> list[tuple[str, Callable, list[str]]]:
-    s = service
-    model, version = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
+    s, model, version = service, "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
     return [  # infer first: routes are matched in order, and it is the hot path
         (f"{model}/infer", s.infer, ["POST"]),
         (f"{version}/infer", s.infer, ["POST"]),
