@@ -49,7 +49,13 @@ from predlat.devices.base import (
     SlotBusyError,
     host_cores,
 )
-from predlat.devices.sim_law import HANDOFFS, CostFn, InterferenceLaw, seeded_normal
+from predlat.devices.sim_law import (
+    HANDOFFS,
+    CostFn,
+    InterferenceLaw,
+    seeded_normal,
+    seeded_uniform,
+)
 from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec
 
@@ -151,6 +157,10 @@ class SimulatedDevice:
         return self._work(self._cost(model, batch_size)[0], batch_id, corunners)
 
     def _work(self, solo: float, batch_id: int, corunners: int) -> float:
+        table = self.law.noise_table
+        if table is not None:
+            u = seeded_uniform(self._seed, batch_id)
+            return solo * math.exp(table.log_factor(u, corunners))
         sigma = self.law.noise_sigma + self.law.noise_per_corunner * corunners
         if not sigma:
             return solo

@@ -9,7 +9,9 @@ Method
   trace collection's own dispatcher, not the runtime, so the runtime's hand-offs
   (arrival -> scheduler, decision -> start, end -> scheduler: `predlat.sim.handoff`)
   are fitted from one more real run first: the runtime serving `ours` (or the first
-  policy) at load `PROBE_LOAD` on a workload seed no compared run uses.
+  policy) at load `PROBE_LOAD` on a workload seed no compared run uses. The batches
+  that run served set the device's noise (`predlat.sim.tail`): the runtime's host
+  stretches some batches far more than trace collection's, and a p99 lives there.
   One-at-a-time policies that use another thread count get the calibrated device
   with solo latencies from the profile at their thread count (times the same fitted
   solo scale).
@@ -48,7 +50,7 @@ from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
 from predlat.sim.calibrate import Calibration, calibrate, rescaled
 from predlat.sim.device_file import DeviceSpec
-from predlat.sim.handoff import HandOff, fit_handoff
+from predlat.sim.handoff import fit_handoff
 from predlat.sim.simulator import Simulation
 
 ProfileFor = Callable[[int], Profile]  # intra-op threads -> the solo profile at that count
@@ -208,9 +210,15 @@ def run_validate(
     if real_runner is None:
         real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
     note("hand-off probe", 0.0)
-    handoff = probe_handoff(config, real_runner)
+    probe = probe_run(config, real_runner)
+    handoff = fit_handoff(probe.outcomes)
     cal = calibrate(
-        setup.records, setup.profile, name="calibrated", slots=config.slots, handoff=handoff
+        setup.records,
+        setup.profile,
+        name="calibrated",
+        slots=config.slots,
+        handoff=handoff,
+        served=probe.records,
     )
     profile_for = profile_for or _profiles(config)
 
@@ -242,11 +250,10 @@ def run_validate(
     }
 
 
-def probe_handoff(config: CompareConfig, runner: Runner) -> HandOff:
-    """The runtime's hand-offs, fitted from one real run that no comparison uses."""
+def probe_run(config: CompareConfig, runner: Runner) -> RunResult:
+    """One real run that no comparison uses: the runtime's hand-offs and noise."""
     name = config.ours if config.ours in config.policies else config.policies[0]
-    spec = RunSpec(config.policy(name), PROBE_LOAD, config.seed + PROBE_SEED_OFFSET)
-    return fit_handoff(runner(spec).outcomes)
+    return runner(RunSpec(config.policy(name), PROBE_LOAD, config.seed + PROBE_SEED_OFFSET))
 
 
 def _profiles(config: CompareConfig) -> ProfileFor:
@@ -268,6 +275,7 @@ def calibration_summary(cal: Calibration) -> dict[str, Any]:
         "cores": law.cores,
         "noise_sigma": law.noise_sigma,
         "noise_per_corunner": law.noise_per_corunner,
+        "noise_table_batches": cal.served,  # served batches it was measured on (0: none)
         "rms_log_err": cal.rms_log_err,
         "solo_scale": cal.solo_scale,
         "pairs": {f"{p.model}|{p.co_runner}": p.slowdown for p in cal.pairs},

@@ -57,7 +57,8 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"({cfg['repeats']} per load), {cfg['bisect_steps']} bisection steps",
             f"- calibrated on the warm-up history: {cal['batches']} batches; cores: "
             f"{cal['cores'] or 'none'}; noise sigma {cal['noise_sigma']:.3f} + "
-            f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
+            f"{cal['noise_per_corunner']:.3f} per co-runner{_table(cal)} (device.json, "
+            "device.md); "
             f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
             f"- runtime hand-offs the simulated device adds: {_handoff(cal.get('handoff'))}",
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
@@ -252,6 +253,11 @@ def _per_model_section(diff: dict[str, Any]) -> list[str]:
         "Per load: p50 and p99 ms, real / simulated.",
         md_table(["load", "policy", "model", "p50 ms", "d", "p99 ms", "d"], p50s, "lllrrrr"),
     ]
+
+
+def _table(cal: dict[str, Any]) -> str:
+    n = cal.get("noise_table_batches") or 0
+    return f", drawn instead from a table measured on the hand-off probe's {n} batches" if n else ""
 
 
 def _handoff(h: dict[str, Any] | None) -> str:

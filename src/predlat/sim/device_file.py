@@ -5,13 +5,18 @@ Format (JSON object; `format` and `version` are required, everything else has th
 default shown):
 
     {
-      "format": "predlat-device", "version": 2,
+      "format": "predlat-device", "version": 3,
       "name": "my-gpu",                  # shown in reports
       "slots": 4,                        # default slots per device (--slots overrides)
       "cores": null,                     # int: batches time-share this many cores
                                          #   (rates / max(1, running / cores)); null: none
       "noise": {"sigma": 0.03,           # log-normal sigma of a batch's solo work alone
-                "per_corunner": 0.0},    #   + this per batch already running at its start
+                "per_corunner": 0.0,     #   + this per batch already running at its start
+                "table": {               # measured noise, replacing the log-normal's draws
+                  "probs": [0, 0.5, 0.99, 1],           # (version 3): log(work / solo)
+                  "log_factor": [[-0.2, 0, 0.4, 0.6],   #   at each prob, one row per
+                                 [-0.3, 0, 0.8, 1.1]]}}, #   batches running at the start
+                                                         #   (past the last row: the last)
       "failure_rate": 0.0,               # probability a batch fails at its end
       "default_slowdown": {"base": 0.05, "compute": 0.6, "memory": 1.0},
                                          # pairs not listed below: base + compute*c_a*c_b
@@ -27,8 +32,11 @@ default shown):
                   "completion_s": 0.0}     #   end -> scheduler (version 2)
     }
 
-Version 1 is version 2 without `handoff` (no hand-off delay); a device without one is
-written as version 1, so older readers still load it.
+Version 1 is version 2 without `handoff` (no hand-off delay), and version 2 is version 3
+without `noise.table` (log-normal noise); a device is written with the lowest version
+that holds it, so older readers still load what they can simulate. A noise table's draw
+is its row's inverse CDF (linear between the listed probabilities) at a seeded uniform:
+`predlat calibrate` measures it on the batches a serving runtime ran (`predlat.sim.tail`).
 
 The law (see `predlat.devices.simulated`): while batches R run, batch i advances its solo
 work at rate 1 / ((1 + sum_{j in R, j != i} pair(i, j)) * max(1, |R| / cores)). Solo
@@ -43,8 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from predlat.devices.sim_law import NoiseTable
 from predlat.devices.simulated import HANDOFFS, CostFn, InterferenceLaw
-from predlat.errors import PredlatError
+from predlat.errors import ConfigError, PredlatError
 from predlat.profiling.profile import (
     FEATURE_NAMES,
     BatchProfile,
@@ -55,8 +64,8 @@ from predlat.profiling.profile import (
 from predlat.scheduling.routing import solo_latency
 
 DEVICE_FORMAT = "predlat-device"
-DEVICE_FORMAT_VERSION = 2
-VERSIONS = (1, 2)  # what `parse_device` reads
+DEVICE_FORMAT_VERSION = 3
+VERSIONS = (1, 2, 3)  # what `parse_device` reads
 
 
 class DeviceFileError(PredlatError):
@@ -118,13 +127,17 @@ class DeviceSpec:
             pairs.setdefault(a, {})[b] = v
         handoff = {k: getattr(law, k) for k in HANDOFFS}
         has_handoff = any(handoff.values())
+        noise: dict[str, Any] = {"sigma": law.noise_sigma, "per_corunner": law.noise_per_corunner}
+        if law.noise_table is not None:
+            t = law.noise_table
+            noise["table"] = {"probs": list(t.probs), "log_factor": [list(r) for r in t.rows]}
         out = {
             "format": DEVICE_FORMAT,
-            "version": DEVICE_FORMAT_VERSION if has_handoff else 1,
+            "version": 3 if law.noise_table is not None else 2 if has_handoff else 1,
             "name": self.name,
             "slots": self.slots,
             "cores": law.cores,
-            "noise": {"sigma": law.noise_sigma, "per_corunner": law.noise_per_corunner},
+            "noise": noise,
             "failure_rate": law.failure_rate,
             "default_slowdown": {"base": law.base, "compute": law.compute, "memory": law.memory},
             "models": {
@@ -176,6 +189,8 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
     if data.get("version") == 1 and "handoff" in data:
         raise DeviceFileError(f"{where}: handoff: needs version 2")
     noise = _obj(data, "noise", where)
+    if data.get("version") != 3 and "table" in noise:
+        raise DeviceFileError(f"{where}: noise.table: needs version 3")
     handoff = _obj(data, "handoff", where)
     slow = _obj(data, "default_slowdown", where)
     cores = data.get("cores")
@@ -192,6 +207,7 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
         cores=cores,
         pairs=_pairs(data.get("pairs", {}), models, where),
         **{k: _num(handoff, k, 0.0, f"{where}: handoff.{k}") for k in HANDOFFS},
+        noise_table=_table(noise.get("table"), f"{where}: noise.table"),
     )
     slots = data.get("slots", 4)
     if not isinstance(slots, int) or slots < 1:
@@ -216,6 +232,27 @@ def _num(data: dict, key: str, default: float, label: str, upper: float | None =
     if upper is not None and value > upper:
         raise DeviceFileError(f"{label}: must be at most {upper}, got {value!r}")
     return float(value)
+
+
+def _table(raw: Any, label: str) -> NoiseTable | None:
+    if raw is None:
+        return None
+    probs = raw.get("probs") if isinstance(raw, dict) else None
+    rows = raw.get("log_factor") if isinstance(raw, dict) else None
+    if not _numbers(probs) or not isinstance(rows, list) or not all(map(_numbers, rows)):
+        raise DeviceFileError(f"{label}: expected {{probs: [numbers], log_factor: [[numbers]]}}")
+    table = NoiseTable.of(probs, rows)
+    try:
+        table.validate()
+    except ConfigError as exc:
+        raise DeviceFileError(f"{label}: {exc}") from None
+    return table
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
 
 
 def _models(raw: Any, where: str) -> dict[str, ModelCost]:
