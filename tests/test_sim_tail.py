@@ -1,4 +1,5 @@
-"""The measured noise table: its draws, its fit on served batches, and device.json."""
+"""Measured tables: the noise and hand-offs a simulated device draws, their fits on
+served batches and gaps (recovering known tails), and device.json old and new."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from predlat.devices.sim_law import NoiseTable, seeded_uniform
-from predlat.devices.simulated import SimulatedDevice
+from predlat.devices.base import BatchJob
+from predlat.devices.sim_law import InterferenceLaw, QuantileTable, seeded_uniform
+from predlat.devices.simulated import SimulatedDevice, VirtualClock
 from predlat.errors import ConfigError
+from predlat.scheduling.policies import get_policy
+from predlat.scheduling.request import Priority, Request
+from predlat.scheduling.scheduler import Scheduler
+from predlat.sim import SyntheticModel, synthetic_profile
 from predlat.sim.calibrate import calibrate
 from predlat.sim.device_file import DeviceFileError, load_device, parse_device, save_device
+from predlat.sim.handoff import fit_handoff
 from predlat.sim.replay import random_colocation
+from predlat.sim.simulator import Simulation, profile_cost
 from predlat.sim.tail import PROBS, fit_noise_table
 
 PAIRS = {("small", "small"): 0.15, ("large", "medium"): 0.4, ("medium", "large"): 0.25}
@@ -32,10 +40,10 @@ def _skewed_row(spread: float, stall_p: float, stall_mean: float) -> list[float]
     return list(np.quantile(body + stall, [*PROBS[:-1], 0.998]))
 
 
-TRUE_TABLE = NoiseTable.of(PROBS, [_skewed_row(0.03, 0.15, 0.3), _skewed_row(0.05, 0.25, 0.5)])
+TRUE_TABLE = QuantileTable.of(PROBS, [_skewed_row(0.03, 0.15, 0.3), _skewed_row(0.05, 0.25, 0.5)])
 
 
-def _device(table: NoiseTable | None, sigma: float = 0.05):
+def _device(table: QuantileTable | None, sigma: float = 0.05):
     spec = load_device("cpu4")
     law = replace(
         spec.law,
@@ -52,11 +60,11 @@ def _device(table: NoiseTable | None, sigma: float = 0.05):
 
 
 def test_a_table_draw_is_its_rows_inverse_cdf():
-    table = NoiseTable.of((0.0, 0.5, 1.0), [(-0.1, 0.0, 0.5), (-0.2, 0.0, 1.0)])
-    assert table.log_factor(0.25, 0) == pytest.approx(-0.05)
-    assert table.log_factor(0.75, 1) == pytest.approx(0.5)
-    assert table.log_factor(0.75, 5) == pytest.approx(0.5)  # past the last row: the last
-    assert table.log_factor(1.0, 0) == pytest.approx(0.5)
+    table = QuantileTable.of((0.0, 0.5, 1.0), [(-0.1, 0.0, 0.5), (-0.2, 0.0, 1.0)])
+    assert table.quantile(0.25, 0) == pytest.approx(-0.05)
+    assert table.quantile(0.75, 1) == pytest.approx(0.5)
+    assert table.quantile(0.75, 5) == pytest.approx(0.5)  # past the last row: the last
+    assert table.quantile(1.0, 0) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -64,8 +72,8 @@ def test_a_table_draw_is_its_rows_inverse_cdf():
     [((0.0, 1.0), ()), ((0.1, 1.0), ((0.0, 1.0),)), ((0.0, 1.0), ((1.0, 0.0),))],
 )
 def test_a_bad_table_is_refused(probs, rows):
-    with pytest.raises(ConfigError, match="noise table"):
-        NoiseTable.of(probs, rows).validate()
+    with pytest.raises(ConfigError, match="quantile table"):
+        QuantileTable.of(probs, rows).validate()
 
 
 def test_the_device_draws_a_batchs_work_from_the_table():
@@ -73,14 +81,14 @@ def test_the_device_draws_a_batchs_work_from_the_table():
     device = SimulatedDevice(spec.cost(), 2, spec.law, seed=7)
     solo = spec.cost()("small", 4)[0]
     for batch_id, k in ((0, 0), (1, 1), (2, 3)):
-        want = solo * math.exp(TRUE_TABLE.log_factor(seeded_uniform(7, batch_id), k))
+        want = solo * math.exp(TRUE_TABLE.quantile(seeded_uniform(7, batch_id), k))
         assert device.solo_work(batch_id, "small", 4, k) == pytest.approx(want)
         assert device.solo_work(batch_id, "small", 4, k) == device.solo_work(
             batch_id, "small", 4, k
         )
 
 
-def _assert_recovers(table: NoiseTable | None) -> None:
+def _assert_recovers(table: QuantileTable | None) -> None:
     assert table is not None and len(table.rows) >= 2
     for k in (0, 1):
         got, want = table.rows[k], TRUE_TABLE.rows[k]
@@ -145,3 +153,77 @@ def test_a_bad_table_in_a_device_file_names_the_field(table):
     data["noise"]["table"] = table
     with pytest.raises(DeviceFileError, match=r"noise\.table"):
         parse_device(data)
+
+
+# -- measured hand-offs ---------------------------------------------------------------------
+MS = 1e-3
+STALLS = QuantileTable.of((0.0, 0.5, 0.99, 1.0), [(0.2 * MS, 0.4 * MS, 4 * MS, 6 * MS)])
+
+
+def test_each_batch_draws_its_hand_offs_from_the_tables():
+    law = InterferenceLaw(
+        base=0.0,
+        noise_sigma=0.0,
+        dispatch_s=0.4 * MS,
+        completion_s=0.3 * MS,
+        dispatch_table=STALLS,
+        completion_table=STALLS,
+    )
+    dev = SimulatedDevice(lambda m, n: (0.010, 0.5, 0.5), 2, law, seed=3)
+    dev.load("a")
+    seen = []
+    for i in range(20):
+        dev.clock.now = float(i)
+        dev.submit(0, BatchJob(i, "a", 1), lambda r: seen.append((dev.clock.now, r)))
+        dev.advance(i + 0.5)
+    for at, r in seen:
+        dispatch = STALLS.quantile(seeded_uniform(3, r.batch_id + (1 << 40)))
+        done = STALLS.quantile(seeded_uniform(3, r.batch_id + (2 << 40)))
+        assert r.start == pytest.approx(r.batch_id + dispatch)
+        assert r.end == pytest.approx(r.start + 0.010)
+        assert at == pytest.approx(r.end + done)
+    assert len({round(r.start % 1, 9) for _, r in seen}) > 10  # drawn, not one constant
+
+
+PROFILE = synthetic_profile({"m": SyntheticModel(0.010, 0.002)}, cv=0.0)
+
+
+def _simulate(law: InterferenceLaw, arrivals: list[float]):
+    clock = VirtualClock()
+    device = SimulatedDevice(profile_cost(PROFILE), 1, law, clock=clock)
+    device.load("m")
+    policy = get_policy("oblivious")
+    scheduler = Scheduler(["m"], 1, policy.make_forecaster(PROFILE), PROFILE, policy)
+    requests = [Request(i, "m", t, t + 1.0, Priority.LOW) for i, t in enumerate(arrivals)]
+    return Simulation([device], [scheduler], clock).run(requests)
+
+
+def test_fit_handoff_measures_the_gaps_tails():
+    law = replace(
+        InterferenceLaw(base=1.0, compute=0.0, memory=0.0, noise_sigma=0.0),
+        arrival_s=0.15 * MS,
+        dispatch_s=0.4 * MS,
+        completion_s=0.3 * MS,
+        dispatch_table=STALLS,
+        completion_table=STALLS,
+    )
+    arrivals = [0.025 * (i // 2) + 0.002 * (i % 2) for i in range(400)]
+    fitted = fit_handoff(_simulate(law, arrivals).outcomes)
+    for table in (fitted.dispatch_table, fitted.completion_table):
+        assert table is not None
+        for u in (0.5, 0.9, 0.99):
+            assert table.quantile(u) == pytest.approx(STALLS.quantile(u), rel=0.25), u
+    assert fitted.dispatch_s == pytest.approx(0.4 * MS, rel=0.1)  # the median stays
+    assert fit_handoff(_simulate(law, arrivals[:20]).outcomes).dispatch_table is None
+
+
+def test_hand_off_tables_round_trip_in_device_json(tmp_path):
+    spec = _device(None)
+    spec = replace(spec, law=replace(spec.law, dispatch_s=0.4 * MS, dispatch_table=STALLS))
+    data = spec.to_json()
+    assert data["version"] == 3
+    assert data["handoff"]["dispatch_table"]["seconds"] == list(STALLS.rows[0])
+    back = load_device(save_device(spec, tmp_path / "d.json"))
+    assert back.law.dispatch_table == STALLS and back.law.completion_table is None
+    with pytest.raises(DeviceFileError, match=r"handoff\.dispatch_table: needs version 3"):
+        parse_device({**data, "version": 2})

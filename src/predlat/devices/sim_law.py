@@ -32,13 +32,14 @@ def seeded_normal(seed: int, key: int) -> float:
 
 
 @dataclass(frozen=True)
-class NoiseTable:
-    """An empirical noise law: the log of a batch's work over its solo latency, as
-    quantiles at probabilities `probs` (increasing, from 0 to 1), one row per number of
-    batches already running at its submission (rows[k]; counts past the last row use the
-    last). A draw is the row's inverse CDF, linear between quantiles, at a seeded
-    uniform: unlike a log-normal it keeps a measured tail's skew (a host's stalls lengthen
-    batches, nothing shortens them as much)."""
+class QuantileTable:
+    """A measured distribution: quantiles at probabilities `probs` (increasing, from 0 to
+    1), one row per case (rows[k]; cases past the last row use the last). A draw is the
+    row's inverse CDF, linear between quantiles, at a seeded uniform: unlike a
+    log-normal it keeps a measured tail's skew (a host's stalls lengthen batches and
+    hand-offs, nothing shortens them as much). As noise: the log of a batch's work over
+    its solo latency, one row per batch already running at its submission; as a hand-off:
+    one row of seconds."""
 
     probs: tuple[float, ...]
     rows: tuple[tuple[float, ...], ...]
@@ -46,25 +47,25 @@ class NoiseTable:
     def validate(self) -> None:
         p = self.probs
         if len(p) < 2 or p[0] != 0.0 or p[-1] != 1.0 or any(b <= a for a, b in pairwise(p)):
-            raise ConfigError("noise table: probs must increase from 0 to 1")
+            raise ConfigError("quantile table: probs must increase from 0 to 1")
         if not self.rows:
-            raise ConfigError("noise table: needs at least one row")
+            raise ConfigError("quantile table: needs at least one row")
         for k, row in enumerate(self.rows):
             if len(row) != len(p) or any(b < a for a, b in pairwise(row)):
                 raise ConfigError(
-                    f"noise table: row {k} must give one non-decreasing value per prob"
+                    f"quantile table: row {k} must give one non-decreasing value per prob"
                 )
 
-    def log_factor(self, u: float, corunners: int) -> float:
-        """The row's quantile at probability `u` (linear between the table's)."""
-        row = self.rows[min(corunners, len(self.rows) - 1)]
+    def quantile(self, u: float, case: int = 0) -> float:
+        """Row `case`'s quantile at probability `u` (linear between the table's)."""
+        row = self.rows[min(case, len(self.rows) - 1)]
         p = self.probs
         i = min(max(bisect.bisect_right(p, u) - 1, 0), len(p) - 2)
         w = (u - p[i]) / (p[i + 1] - p[i])
         return row[i] + w * (row[i + 1] - row[i])
 
     @classmethod
-    def of(cls, probs: Sequence[float], rows: Sequence[Sequence[float]]) -> NoiseTable:
+    def of(cls, probs: Sequence[float], rows: Sequence[Sequence[float]]) -> QuantileTable:
         return cls(tuple(map(float, probs)), tuple(tuple(map(float, r)) for r in rows))
 
 
@@ -90,8 +91,11 @@ class InterferenceLaw:
     arrival_s: float = 0.0
     dispatch_s: float = 0.0
     completion_s: float = 0.0
-    # measured noise (replaces the log-normal's sigmas when set): `NoiseTable`
-    noise_table: NoiseTable | None = None
+    # measured noise (replaces the log-normal's sigmas when set): `QuantileTable`
+    noise_table: QuantileTable | None = None
+    # measured hand-offs (s; replace dispatch_s and completion_s's constants when set)
+    dispatch_table: QuantileTable | None = None
+    completion_table: QuantileTable | None = None
 
     def validate(self) -> None:
         for name in (
@@ -108,8 +112,9 @@ class InterferenceLaw:
             raise ConfigError("interference law: failure_rate must be in [0, 1]")
         if self.cores is not None and self.cores < 1:
             raise ConfigError("interference law: cores must be at least 1")
-        if self.noise_table is not None:
-            self.noise_table.validate()
+        for table in (self.noise_table, self.dispatch_table, self.completion_table):
+            if table is not None:
+                table.validate()
 
     def pair(self, a: tuple[float, float], b: tuple[float, float]) -> float:
         """Slowdown that co-runner b adds to batch a."""

@@ -267,5 +267,15 @@ def _handoff(h: dict[str, Any] | None) -> str:
     return (
         f"arrival {h['arrival_ms']:.2f} ms, dispatch {h['dispatch_ms']:.2f} ms, completion "
         f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
-        f"{n['completion']} gaps of one real run on a seed of its own)"
+        f"{n['completion']} gaps of one real run on a seed of its own){_drawn(h)}"
     )
+
+
+def _drawn(h: dict[str, Any]) -> str:
+    """Which hand-offs are drawn from the probe's gaps rather than fixed at the median."""
+    drawn = [
+        f"{k} (p99 {h[f'{k}_p99_ms']:.2f} ms)"
+        for k in ("dispatch", "completion")
+        if f"{k}_p99_ms" in h
+    ]
+    return f"; each batch's {' and '.join(drawn)} drawn from those gaps" if drawn else ""

@@ -108,7 +108,7 @@ def _table_lines(cal: Calibration) -> list[str]:
         return []
 
     def at(k: int, u: float) -> str:
-        return f"{math.exp(table.log_factor(u, k)):.2f}"
+        return f"{math.exp(table.quantile(u, k)):.2f}"
 
     rows = ", ".join(
         f"{k}: {at(k, 0.5)} / {at(k, 0.99)} / {at(k, 1.0)}" for k in range(len(table.rows))

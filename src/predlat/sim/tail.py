@@ -1,4 +1,4 @@
-"""The noise of batches a serving runtime ran, measured as a table (`NoiseTable`).
+"""The noise of batches a serving runtime ran, measured as a table (`QuantileTable`).
 
 A calibration fits its law (pair slowdowns, cores) on a co-location trace, and its
 log-normal noise on the same trace's residuals. Batches served by a real runtime have a
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from predlat.devices.sim_law import NoiseTable
+from predlat.devices.sim_law import QuantileTable
 from predlat.sim.device_file import DeviceSpec
 from predlat.traces.records import BatchRecord
 
@@ -48,7 +48,7 @@ def log_residuals(records: Sequence[BatchRecord], spec: DeviceSpec) -> np.ndarra
 
 def fit_noise_table(
     records: Sequence[BatchRecord], spec: DeviceSpec, probs: Sequence[float] = PROBS
-) -> NoiseTable | None:
+) -> QuantileTable | None:
     """The quantiles of `records`' log residuals under `spec`'s law, one row per number
     of co-runners at start up to the largest with `MIN_SAMPLES` batches (a count below
     that with fewer takes the pooled quantiles); None with fewer than `MIN_RECORDS`."""
@@ -66,4 +66,4 @@ def fit_noise_table(
         np.quantile(groups[k], probs) if k in full else pooled
         for k in range(max(full, default=0) + 1)
     ]
-    return NoiseTable.of(probs, rows)
+    return QuantileTable.of(probs, rows)
