@@ -152,8 +152,10 @@ class SimRunner(DeviceRunner):
         metrics["foreign_cpu_frac"] = math.nan  # nothing else runs on a virtual clock
         metrics["utilization"] = result.busy_slot_s / (slots * max(result.duration, 1e-9))
         metrics.update(live_forecast(list(zip(result.records, result.dispatches, strict=True))))
-        lag = device_spec.law.dispatch_s * 1e3  # the simulated hand-off is a constant
-        metrics["dispatch_lag_p50_ms"] = metrics["dispatch_lag_p99_ms"] = lag
+        law, table = device_spec.law, device_spec.law.dispatch_table  # measured, or constant
+        for q in (50, 99):
+            lag = table.quantile(q / 100) if table else law.dispatch_s
+            metrics[f"dispatch_lag_p{q}_ms"] = 1e3 * lag
         metrics["submit_lag_p99_ms"] = 0.0
         metrics["mean_batch_size"] = (
             sum(r.batch_size for r in result.records) / len(result.records)
