@@ -50,7 +50,7 @@ from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
 from predlat.sim.calibrate import Calibration, calibrate, rescaled
 from predlat.sim.device_file import DeviceSpec
-from predlat.sim.handoff import fit_handoff
+from predlat.sim.handoff import HandOff, fit_handoff
 from predlat.sim.simulator import Simulation
 
 ProfileFor = Callable[[int], Profile]  # intra-op threads -> the solo profile at that count
@@ -244,7 +244,7 @@ def run_validate(
     return {
         "real": real,
         "simulated": sim,
-        "calibration": {**calibration_summary(cal), "handoff": handoff.to_json()},
+        "calibration": {**calibration_summary(cal), "handoff": _probe_json(handoff, probe)},
         "device": cal.spec.to_json(),
         "differences": differences(real, sim, getattr(real_runner, "runs", None)),
         "_calibration": cal,  # for the report's fit section; removed before writing
@@ -256,6 +256,12 @@ def probe_run(config: CompareConfig, runner: Runner) -> RunResult:
     """One real run that no comparison uses: the runtime's hand-offs and noise."""
     name = config.ours if config.ours in config.policies else config.policies[0]
     return runner(RunSpec(config.policy(name), PROBE_LOAD, config.seed + PROBE_SEED_OFFSET))
+
+
+def _probe_json(handoff: HandOff, probe: RunResult) -> dict[str, Any]:
+    """The hand-offs, and how busy the machine was while the probe measured them (its
+    tables are what the machine did then)."""
+    return {**handoff.to_json(), "foreign_cpu_frac": probe.metrics.get("foreign_cpu_frac")}
 
 
 def _profiles(config: CompareConfig) -> ProfileFor:

@@ -267,8 +267,15 @@ def _handoff(h: dict[str, Any] | None) -> str:
     return (
         f"arrival {h['arrival_ms']:.2f} ms, dispatch {h['dispatch_ms']:.2f} ms, completion "
         f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
-        f"{n['completion']} gaps of one real run on a seed of its own){_drawn(h)}"
+        f"{n['completion']} gaps of one real run on a seed of its own{_busy(h)}){_drawn(h)}"
     )
+
+
+def _busy(h: dict[str, Any]) -> str:
+    share = h.get("foreign_cpu_frac")
+    if share is None or share != share:  # absent, or NaN (unmeasured)
+        return ""
+    return f"; other processes' CPU share meanwhile: {pct(share, 0)}"
 
 
 def _drawn(h: dict[str, Any]) -> str:
