@@ -162,7 +162,7 @@ class SimRunner(DeviceRunner):
             if result.records
             else math.nan
         )
-        return RunResult(policy.name, spec.load, metrics, result.outcomes)
+        return RunResult(policy.name, spec.load, metrics, result.outcomes, result.records)
 
     def requests(self, load: float, seed: int) -> list[Request]:
         """The run's arrivals as the runtime turns them into requests."""
@@ -261,7 +261,8 @@ def probe_run(config: CompareConfig, runner: Runner) -> RunResult:
 def _probe_json(handoff: HandOff, probe: RunResult) -> dict[str, Any]:
     """The hand-offs, and how busy the machine was while the probe measured them (its
     tables are what the machine did then)."""
-    return {**handoff.to_json(), "foreign_cpu_frac": probe.metrics.get("foreign_cpu_frac")}
+    share = probe.metrics.get("foreign_cpu_frac", math.nan)
+    return {**handoff.to_json(), "foreign_cpu_frac": None if math.isnan(share) else share}
 
 
 def _profiles(config: CompareConfig) -> ProfileFor:

@@ -273,7 +273,7 @@ def _handoff(h: dict[str, Any] | None) -> str:
 
 def _busy(h: dict[str, Any]) -> str:
     share = h.get("foreign_cpu_frac")
-    if share is None or share != share:  # absent, or NaN (unmeasured)
+    if share is None:  # unmeasured
         return ""
     return f"; other processes' CPU share meanwhile: {pct(share, 0)}"
 
