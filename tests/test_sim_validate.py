@@ -132,6 +132,9 @@ def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses():
     assert results["device"]["handoff"]["dispatch_s"] == pytest.approx(0.4 * ms, abs=1e-9)
     row = results["simulated"]["loads"]["0.4"]["policies"]["oblivious"]
     assert row["dispatch_lag_p50_ms"] == pytest.approx(0.4, abs=1e-6)
+    # the probe's batches set the noise: a table measured on them (device.json version 3)
+    assert results["calibration"]["noise_table_batches"] > 0
+    assert results["device"]["version"] == 3 and "table" in results["device"]["noise"]
 
 
 def test_differences_are_simulated_minus_real():

@@ -3,8 +3,10 @@ noise: the parameters of the ground truth `predlat.devices.simulated` describes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import bisect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from statistics import NormalDist
 
 from predlat.errors import ConfigError
@@ -13,15 +15,58 @@ _MASK64 = (1 << 64) - 1
 _STANDARD_NORMAL = NormalDist()
 
 
-def seeded_normal(seed: int, key: int) -> float:
-    """A standard normal fixed by (seed, key): splitmix64 of the pair to a uniform, then
-    the inverse CDF. Cheaper than seeding a generator per batch, and stateless, so the
-    draw does not depend on the order in which batches are asked about."""
+def seeded_uniform(seed: int, key: int) -> float:
+    """A uniform in (0, 1) fixed by (seed, key): splitmix64 of the pair. Cheaper than
+    seeding a generator per batch, and stateless, so the draw does not depend on the
+    order in which batches are asked about."""
     x = (seed * 0x9E3779B97F4A7C15 + key + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     x ^= x >> 31
-    return _STANDARD_NORMAL.inv_cdf(((x >> 11) + 0.5) / (1 << 53))
+    return ((x >> 11) + 0.5) / (1 << 53)
+
+
+def seeded_normal(seed: int, key: int) -> float:
+    """A standard normal fixed by (seed, key): `seeded_uniform` through the inverse CDF."""
+    return _STANDARD_NORMAL.inv_cdf(seeded_uniform(seed, key))
+
+
+@dataclass(frozen=True)
+class QuantileTable:
+    """A measured distribution: quantiles at probabilities `probs` (increasing, from 0 to
+    1), one row per case (rows[k]; cases past the last row use the last). A draw is the
+    row's inverse CDF, linear between quantiles, at a seeded uniform: unlike a
+    log-normal it keeps a measured tail's skew (a host's stalls lengthen batches and
+    hand-offs, nothing shortens them as much). As noise: the log of a batch's work over
+    its solo latency, one row per batch already running at its submission; as a hand-off:
+    one row of seconds."""
+
+    probs: tuple[float, ...]
+    rows: tuple[tuple[float, ...], ...]
+
+    def validate(self) -> None:
+        p = self.probs
+        if len(p) < 2 or p[0] != 0.0 or p[-1] != 1.0 or any(b <= a for a, b in pairwise(p)):
+            raise ConfigError("quantile table: probs must increase from 0 to 1")
+        if not self.rows:
+            raise ConfigError("quantile table: needs at least one row")
+        for k, row in enumerate(self.rows):
+            if len(row) != len(p) or any(b < a for a, b in pairwise(row)):
+                raise ConfigError(
+                    f"quantile table: row {k} must give one non-decreasing value per prob"
+                )
+
+    def quantile(self, u: float, case: int = 0) -> float:
+        """Row `case`'s quantile at probability `u` (linear between the table's)."""
+        row = self.rows[min(case, len(self.rows) - 1)]
+        p = self.probs
+        i = min(max(bisect.bisect_right(p, u) - 1, 0), len(p) - 2)
+        w = (u - p[i]) / (p[i + 1] - p[i])
+        return row[i] + w * (row[i + 1] - row[i])
+
+    @classmethod
+    def of(cls, probs: Sequence[float], rows: Sequence[Sequence[float]]) -> QuantileTable:
+        return cls(tuple(map(float, probs)), tuple(tuple(map(float, r)) for r in rows))
 
 
 # (solo latency in seconds, compute demand, memory demand) of a (model, batch size).
@@ -46,6 +91,11 @@ class InterferenceLaw:
     arrival_s: float = 0.0
     dispatch_s: float = 0.0
     completion_s: float = 0.0
+    # measured noise (replaces the log-normal's sigmas when set): `QuantileTable`
+    noise_table: QuantileTable | None = None
+    # measured hand-offs (s; replace dispatch_s and completion_s's constants when set)
+    dispatch_table: QuantileTable | None = None
+    completion_table: QuantileTable | None = None
 
     def validate(self) -> None:
         for name in (
@@ -62,6 +112,9 @@ class InterferenceLaw:
             raise ConfigError("interference law: failure_rate must be in [0, 1]")
         if self.cores is not None and self.cores < 1:
             raise ConfigError("interference law: cores must be at least 1")
+        for table in (self.noise_table, self.dispatch_table, self.completion_table):
+            if table is not None:
+                table.validate()
 
     def pair(self, a: tuple[float, float], b: tuple[float, float]) -> float:
         """Slowdown that co-runner b adds to batch a."""

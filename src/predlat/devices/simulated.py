@@ -31,7 +31,9 @@ Ground truth (documented so experiments can reason about it; the law's parameter
   drawn beside the batches already on the device then, started or not), and its end
   reaches the driver's callback at end + `completion_s` (the slot is free, and the batch
   gone from its co-runners' lives, from its end). `arrival_s` is read by the simulation
-  driver: a request reaches the scheduler that long after its arrival.
+  driver: a request reaches the scheduler that long after its arrival. A law with
+  measured hand-offs (`dispatch_table`, `completion_table`) draws each batch's two
+  delays from them instead, fixed by the seed and the batch id as its noise is.
 """
 
 from __future__ import annotations
@@ -49,9 +51,19 @@ from predlat.devices.base import (
     SlotBusyError,
     host_cores,
 )
-from predlat.devices.sim_law import HANDOFFS, CostFn, InterferenceLaw, seeded_normal
+from predlat.devices.sim_law import (
+    HANDOFFS,
+    CostFn,
+    InterferenceLaw,
+    QuantileTable,
+    seeded_normal,
+    seeded_uniform,
+)
 from predlat.errors import ConfigError
 from predlat.models.spec import ModelSpec
+
+# Keys of a batch's hand-off draws (batch id + this), apart from its noise's (batch id).
+_DISPATCH, _DONE = 1 << 40, 2 << 40
 
 
 class VirtualClock:
@@ -136,7 +148,8 @@ class SimulatedDevice:
         work = self._work(solo, job.batch_id, len(self._jobs) + len(self._queued))
         fails = law.failure_rate > 0 and self._rng.random() < law.failure_rate
         now = self.clock.now
-        start = now + law.dispatch_s
+        table = law.dispatch_table
+        start = now + (law.dispatch_s if table is None else self._drawn(table, job, _DISPATCH))
         entry = _Job(job, on_done, start, work, demand, fails, kind=index)
         if start > now:
             self._queued[slot] = entry  # holds the slot; runs from `start` (advance)
@@ -151,10 +164,18 @@ class SimulatedDevice:
         return self._work(self._cost(model, batch_size)[0], batch_id, corunners)
 
     def _work(self, solo: float, batch_id: int, corunners: int) -> float:
+        table = self.law.noise_table
+        if table is not None:
+            u = seeded_uniform(self._seed, batch_id)
+            return solo * math.exp(table.quantile(u, corunners))
         sigma = self.law.noise_sigma + self.law.noise_per_corunner * corunners
         if not sigma:
             return solo
         return solo * math.exp(sigma * seeded_normal(self._seed, batch_id) - 0.5 * sigma * sigma)
+
+    def _drawn(self, table: QuantileTable, job: BatchJob, stream: int) -> float:
+        """A hand-off delay of `job` from a measured table (`stream`: which hand-off)."""
+        return max(0.0, table.quantile(seeded_uniform(self._seed, job.batch_id + stream)))
 
     def run_sync(self, slot: int, job: BatchJob) -> BatchResult:
         """Submit and move the virtual clock until this batch has ended (and any batch
@@ -234,8 +255,10 @@ class SimulatedDevice:
             self.busy_time += end - job.start
             ended += 1
             result = self._result(slot, job, end)
-            if self.law.completion_s > 0:
-                report = (end + self.law.completion_s, self._sent, job.on_done, result)
+            table = self.law.completion_table
+            delay = self.law.completion_s if table is None else self._drawn(table, job.job, _DONE)
+            if delay > 0:
+                report = (end + delay, self._sent, job.on_done, result)
                 heapq.heappush(self._callbacks, report)
                 self._sent += 1
             else:

@@ -35,6 +35,9 @@ class RunResult:
     load: float
     metrics: dict[str, float]
     outcomes: list[RequestOutcome] = field(repr=False, default_factory=list)
+    # the batches the run served, with their timelines (what a calibration fits the
+    # serving host's tail on: `predlat.sim.tail`)
+    records: list[BatchRecord] = field(repr=False, default_factory=list)
 
 
 Runner = Callable[[RunSpec], RunResult]
@@ -144,7 +147,7 @@ class DeviceRunner:
         metrics["submit_lag_p99_ms"] = (
             float(np.percentile(submit_lags, 99) * 1e3) if submit_lags else math.nan
         )
-        return RunResult(policy.name, spec.load, metrics, outcomes)
+        return RunResult(policy.name, spec.load, metrics, outcomes, [r for r, _ in batches])
 
 
 def _replay(runtime, arrivals: Sequence[Arrival], deadlines: Mapping[str, float]):

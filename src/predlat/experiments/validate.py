@@ -9,7 +9,9 @@ Method
   trace collection's own dispatcher, not the runtime, so the runtime's hand-offs
   (arrival -> scheduler, decision -> start, end -> scheduler: `predlat.sim.handoff`)
   are fitted from one more real run first: the runtime serving `ours` (or the first
-  policy) at load `PROBE_LOAD` on a workload seed no compared run uses.
+  policy) at load `PROBE_LOAD` on a workload seed no compared run uses. The batches
+  that run served set the device's noise (`predlat.sim.tail`): the runtime's host
+  stretches some batches far more than trace collection's, and a p99 lives there.
   One-at-a-time policies that use another thread count get the calibrated device
   with solo latencies from the profile at their thread count (times the same fitted
   solo scale).
@@ -150,15 +152,17 @@ class SimRunner(DeviceRunner):
         metrics["foreign_cpu_frac"] = math.nan  # nothing else runs on a virtual clock
         metrics["utilization"] = result.busy_slot_s / (slots * max(result.duration, 1e-9))
         metrics.update(live_forecast(list(zip(result.records, result.dispatches, strict=True))))
-        lag = device_spec.law.dispatch_s * 1e3  # the simulated hand-off is a constant
-        metrics["dispatch_lag_p50_ms"] = metrics["dispatch_lag_p99_ms"] = lag
+        law, table = device_spec.law, device_spec.law.dispatch_table  # measured, or constant
+        for q in (50, 99):
+            lag = table.quantile(q / 100) if table else law.dispatch_s
+            metrics[f"dispatch_lag_p{q}_ms"] = 1e3 * lag
         metrics["submit_lag_p99_ms"] = 0.0
         metrics["mean_batch_size"] = (
             sum(r.batch_size for r in result.records) / len(result.records)
             if result.records
             else math.nan
         )
-        return RunResult(policy.name, spec.load, metrics, result.outcomes)
+        return RunResult(policy.name, spec.load, metrics, result.outcomes, result.records)
 
     def requests(self, load: float, seed: int) -> list[Request]:
         """The run's arrivals as the runtime turns them into requests."""
@@ -208,9 +212,15 @@ def run_validate(
     if real_runner is None:
         real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
     note("hand-off probe", 0.0)
-    handoff = probe_handoff(config, real_runner)
+    probe = probe_run(config, real_runner)
+    handoff = fit_handoff(probe.outcomes)
     cal = calibrate(
-        setup.records, setup.profile, name="calibrated", slots=config.slots, handoff=handoff
+        setup.records,
+        setup.profile,
+        name="calibrated",
+        slots=config.slots,
+        handoff=handoff,
+        served=probe.records,
     )
     profile_for = profile_for or _profiles(config)
 
@@ -234,7 +244,7 @@ def run_validate(
     return {
         "real": real,
         "simulated": sim,
-        "calibration": {**calibration_summary(cal), "handoff": handoff.to_json()},
+        "calibration": {**calibration_summary(cal), "handoff": _probe_json(handoff, probe)},
         "device": cal.spec.to_json(),
         "differences": differences(real, sim, getattr(real_runner, "runs", None)),
         "_calibration": cal,  # for the report's fit section; removed before writing
@@ -242,11 +252,17 @@ def run_validate(
     }
 
 
-def probe_handoff(config: CompareConfig, runner: Runner) -> HandOff:
-    """The runtime's hand-offs, fitted from one real run that no comparison uses."""
+def probe_run(config: CompareConfig, runner: Runner) -> RunResult:
+    """One real run that no comparison uses: the runtime's hand-offs and noise."""
     name = config.ours if config.ours in config.policies else config.policies[0]
-    spec = RunSpec(config.policy(name), PROBE_LOAD, config.seed + PROBE_SEED_OFFSET)
-    return fit_handoff(runner(spec).outcomes)
+    return runner(RunSpec(config.policy(name), PROBE_LOAD, config.seed + PROBE_SEED_OFFSET))
+
+
+def _probe_json(handoff: HandOff, probe: RunResult) -> dict[str, Any]:
+    """The hand-offs, and how busy the machine was while the probe measured them (its
+    tables are what the machine did then)."""
+    share = probe.metrics.get("foreign_cpu_frac", math.nan)
+    return {**handoff.to_json(), "foreign_cpu_frac": None if math.isnan(share) else share}
 
 
 def _profiles(config: CompareConfig) -> ProfileFor:
@@ -268,6 +284,7 @@ def calibration_summary(cal: Calibration) -> dict[str, Any]:
         "cores": law.cores,
         "noise_sigma": law.noise_sigma,
         "noise_per_corunner": law.noise_per_corunner,
+        "noise_table_batches": cal.served,  # served batches it was measured on (0: none)
         "rms_log_err": cal.rms_log_err,
         "solo_scale": cal.solo_scale,
         "pairs": {f"{p.model}|{p.co_runner}": p.slowdown for p in cal.pairs},

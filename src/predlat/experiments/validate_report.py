@@ -57,7 +57,8 @@ def render(results: dict[str, Any], plot: str) -> str:
             f"({cfg['repeats']} per load), {cfg['bisect_steps']} bisection steps",
             f"- calibrated on the warm-up history: {cal['batches']} batches; cores: "
             f"{cal['cores'] or 'none'}; noise sigma {cal['noise_sigma']:.3f} + "
-            f"{cal['noise_per_corunner']:.3f} per co-runner (device.json, device.md); "
+            f"{cal['noise_per_corunner']:.3f} per co-runner{_table(cal)} (device.json, "
+            "device.md); "
             f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
             f"- runtime hand-offs the simulated device adds: {_handoff(cal.get('handoff'))}",
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
@@ -254,6 +255,11 @@ def _per_model_section(diff: dict[str, Any]) -> list[str]:
     ]
 
 
+def _table(cal: dict[str, Any]) -> str:
+    n = cal.get("noise_table_batches") or 0
+    return f", drawn instead from a table measured on the hand-off probe's {n} batches" if n else ""
+
+
 def _handoff(h: dict[str, Any] | None) -> str:
     if not h:
         return "none"
@@ -261,5 +267,22 @@ def _handoff(h: dict[str, Any] | None) -> str:
     return (
         f"arrival {h['arrival_ms']:.2f} ms, dispatch {h['dispatch_ms']:.2f} ms, completion "
         f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
-        f"{n['completion']} gaps of one real run on a seed of its own)"
+        f"{n['completion']} gaps of one real run on a seed of its own{_busy(h)}){_drawn(h)}"
     )
+
+
+def _busy(h: dict[str, Any]) -> str:
+    share = h.get("foreign_cpu_frac")
+    if share is None:  # unmeasured
+        return ""
+    return f"; other processes' CPU share meanwhile: {pct(share, 0)}"
+
+
+def _drawn(h: dict[str, Any]) -> str:
+    """Which hand-offs are drawn from the probe's gaps rather than fixed at the median."""
+    drawn = [
+        f"{k} (p99 {h[f'{k}_p99_ms']:.2f} ms)"
+        for k in ("dispatch", "completion")
+        if f"{k}_p99_ms" in h
+    ]
+    return f"; each batch's {' and '.join(drawn)} drawn from those gaps" if drawn else ""

@@ -18,7 +18,9 @@ the device's solo latencies are the profile's times that scale.
 
 A trace records batches, not the host that served them: the hand-offs of a serving
 runtime (`predlat.sim.handoff`) are fitted from a runtime's run and given here; without
-them the device has none.
+them the device has none. The batches that run served (`served`), if given, also set the
+noise: their residuals under the fitted law, as a table of quantiles (`predlat.sim.tail`),
+which keeps the runtime's heavier, skewed tail that a log-normal fitted on the trace lacks.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -38,6 +40,7 @@ from predlat.errors import ConfigError
 from predlat.profiling.profile import Profile
 from predlat.sim.device_file import DeviceSpec, ModelCost
 from predlat.sim.handoff import HandOff
+from predlat.sim.tail import fit_noise_table
 from predlat.traces.records import BatchRecord
 
 _EPS = 1e-12
@@ -72,6 +75,7 @@ class Calibration:
     sigma_by_corunners: dict[int, float]
     records: int
     solo_scale: dict[str, float]  # trace solo speed / profile's, per model (fitted)
+    served: int = 0  # served batches the noise table was measured on (0: no table)
 
 
 def calibrate(
@@ -80,9 +84,12 @@ def calibrate(
     name: str = "calibrated",
     slots: int | None = None,
     handoff: HandOff | None = None,
+    served: Sequence[BatchRecord] = (),
 ) -> Calibration:
     """Fit the law to `records` (finished batches with timelines, one device each);
-    `handoff`: the serving host's hand-offs, fitted apart (`fit_handoff`)."""
+    `handoff`: the serving host's hand-offs, fitted apart (`fit_handoff`); `served`: the
+    batches of that runtime's run, whose residuals become the noise (`fit_noise_table`;
+    too few, or none: the log-normal fitted on `records`)."""
     recs = [r for r in records if r.latency > 0 and r.model in profile.models]
     if not recs:
         raise ConfigError("no batches of profiled models with positive latency to calibrate on")
@@ -122,8 +129,18 @@ def calibrate(
     )
     costs = {m: _model_cost(profile, m, scale.get(m, 1.0)) for m in sorted(profile.models)}
     spec = DeviceSpec(name, costs, law, slots or max(2, most))
+    table = fit_noise_table(served, spec) if served else None
+    if table is not None:
+        spec = replace(spec, law=replace(law, noise_table=table))
     return Calibration(
-        spec, _pair_report(recs, index, p, resid), rms, tried, by_k, len(recs), scale
+        spec,
+        _pair_report(recs, index, p, resid),
+        rms,
+        tried,
+        by_k,
+        len(recs),
+        scale,
+        len(served) if table is not None else 0,
     )
 
 

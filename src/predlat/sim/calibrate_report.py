@@ -4,6 +4,7 @@ against real)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def render(cal: Calibration, rows: Sequence[dict]) -> str:
         "at start; measured spread by co-runners at start: "
         + ", ".join(f"{k}: {v:.4f}" for k, v in cal.sigma_by_corunners.items()),
         "",
+        *_table_lines(cal),
         "Solo scale (the traces' solo speed over the profile's, fitted per model): "
         + ", ".join(f"{m} {v:.3f}" for m, v in cal.solo_scale.items()),
         "",
@@ -96,3 +98,24 @@ def render(cal: Calibration, rows: Sequence[dict]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _table_lines(cal: Calibration) -> list[str]:
+    """The measured noise table, if any: its median, p99 and largest work factor per
+    co-runner count (it replaces the log-normal's draws)."""
+    table = cal.spec.law.noise_table
+    if table is None:
+        return []
+
+    def at(k: int, u: float) -> str:
+        return f"{math.exp(table.quantile(u, k)):.2f}"
+
+    rows = ", ".join(
+        f"{k}: {at(k, 0.5)} / {at(k, 0.99)} / {at(k, 1.0)}" for k in range(len(table.rows))
+    )
+    return [
+        f"Noise drawn from a table measured on {cal.served} batches a runtime served (the "
+        f"log-normal above is not drawn): work / solo at p50 / p99 / max by co-runners at "
+        f"start: {rows}",
+        "",
+    ]

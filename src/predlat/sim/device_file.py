@@ -5,13 +5,18 @@ Format (JSON object; `format` and `version` are required, everything else has th
 default shown):
 
     {
-      "format": "predlat-device", "version": 2,
+      "format": "predlat-device", "version": 3,
       "name": "my-gpu",                  # shown in reports
       "slots": 4,                        # default slots per device (--slots overrides)
       "cores": null,                     # int: batches time-share this many cores
                                          #   (rates / max(1, running / cores)); null: none
       "noise": {"sigma": 0.03,           # log-normal sigma of a batch's solo work alone
-                "per_corunner": 0.0},    #   + this per batch already running at its start
+                "per_corunner": 0.0,     #   + this per batch already running at its start
+                "table": {               # measured noise, replacing the log-normal's draws
+                  "probs": [0, 0.5, 0.99, 1],           # (version 3): log(work / solo)
+                  "log_factor": [[-0.2, 0, 0.4, 0.6],   #   at each prob, one row per
+                                 [-0.3, 0, 0.8, 1.1]]}}, #   batches running at the start
+                                                         #   (past the last row: the last)
       "failure_rate": 0.0,               # probability a batch fails at its end
       "default_slowdown": {"base": 0.05, "compute": 0.6, "memory": 1.0},
                                          # pairs not listed below: base + compute*c_a*c_b
@@ -24,11 +29,18 @@ default shown):
                                            #   "resnet" batch (a fraction: 0.35 = +35 %)
       "handoff": {"arrival_s": 0.0,        # the serving host's hand-offs (s): arrival ->
                   "dispatch_s": 0.0,       #   scheduler, decision -> batch start, batch
-                  "completion_s": 0.0}     #   end -> scheduler (version 2)
-    }
+                  "completion_s": 0.0,     #   end -> scheduler (version 2)
+                  "dispatch_table": {      # measured (version 3): each batch's delay drawn
+                    "probs": [0, 0.5, 0.99, 1],              # from these quantiles
+                    "seconds": [0.0001, 0.0004, 0.004, 0.006]}} # instead of dispatch_s;
+    }                                      #   "completion_table" likewise
 
-Version 1 is version 2 without `handoff` (no hand-off delay); a device without one is
-written as version 1, so older readers still load it.
+Version 1 is version 2 without `handoff` (no hand-off delay), and version 2 is version 3
+without measured tables (`noise.table`, `handoff.dispatch_table`, `completion_table`);
+a device is written with the lowest version that holds it, so older readers still load
+what they can simulate. A table's draw is its row's inverse CDF (linear between the
+listed probabilities) at a uniform seeded by the batch: `predlat validate` measures them
+on the batches a serving runtime ran (`predlat.sim.tail`, `predlat.sim.handoff`).
 
 The law (see `predlat.devices.simulated`): while batches R run, batch i advances its solo
 work at rate 1 / ((1 + sum_{j in R, j != i} pair(i, j)) * max(1, |R| / cores)). Solo
@@ -43,8 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from predlat.devices.sim_law import QuantileTable
 from predlat.devices.simulated import HANDOFFS, CostFn, InterferenceLaw
-from predlat.errors import PredlatError
+from predlat.errors import ConfigError, PredlatError
 from predlat.profiling.profile import (
     FEATURE_NAMES,
     BatchProfile,
@@ -55,8 +68,8 @@ from predlat.profiling.profile import (
 from predlat.scheduling.routing import solo_latency
 
 DEVICE_FORMAT = "predlat-device"
-DEVICE_FORMAT_VERSION = 2
-VERSIONS = (1, 2)  # what `parse_device` reads
+DEVICE_FORMAT_VERSION = 3
+VERSIONS = (1, 2, 3)  # what `parse_device` reads
 
 
 class DeviceFileError(PredlatError):
@@ -116,15 +129,22 @@ class DeviceSpec:
         pairs: dict[str, dict[str, float]] = {}
         for (a, b), v in sorted((law.pairs or {}).items()):
             pairs.setdefault(a, {})[b] = v
-        handoff = {k: getattr(law, k) for k in HANDOFFS}
+        handoff: dict[str, Any] = {k: getattr(law, k) for k in HANDOFFS}
         has_handoff = any(handoff.values())
+        noise: dict[str, Any] = {"sigma": law.noise_sigma, "per_corunner": law.noise_per_corunner}
+        if law.noise_table is not None:
+            noise["table"] = _table_json(law.noise_table, "log_factor")
+        for key in _HANDOFF_TABLES:
+            if getattr(law, key) is not None:
+                handoff[key] = _table_json(getattr(law, key), "seconds")
+        measured = len(handoff) > len(HANDOFFS) or law.noise_table is not None
         out = {
             "format": DEVICE_FORMAT,
-            "version": DEVICE_FORMAT_VERSION if has_handoff else 1,
+            "version": 3 if measured else 2 if has_handoff else 1,
             "name": self.name,
             "slots": self.slots,
             "cores": law.cores,
-            "noise": {"sigma": law.noise_sigma, "per_corunner": law.noise_per_corunner},
+            "noise": noise,
             "failure_rate": law.failure_rate,
             "default_slowdown": {"base": law.base, "compute": law.compute, "memory": law.memory},
             "models": {
@@ -137,9 +157,19 @@ class DeviceSpec:
             },
             "pairs": pairs,
         }
-        if has_handoff:
+        if has_handoff or measured:
             out["handoff"] = handoff
         return out
+
+
+_HANDOFF_TABLES = ("dispatch_table", "completion_table")  # measured hand-offs (version 3)
+
+
+def _table_json(table: QuantileTable, values: str) -> dict[str, Any]:
+    """A table as device.json holds it: `values` a list of rows, or of seconds for a
+    one-row hand-off table."""
+    rows = [list(r) for r in table.rows]
+    return {"probs": list(table.probs), values: rows if values == "log_factor" else rows[0]}
 
 
 def save_device(spec: DeviceSpec, path: str | Path) -> Path:
@@ -177,6 +207,11 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
         raise DeviceFileError(f"{where}: handoff: needs version 2")
     noise = _obj(data, "noise", where)
     handoff = _obj(data, "handoff", where)
+    tables = [("noise.table", "table" in noise)]
+    tables += [(f"handoff.{k}", k in handoff) for k in _HANDOFF_TABLES]
+    for name, there in tables:
+        if there and data.get("version") != 3:
+            raise DeviceFileError(f"{where}: {name}: needs version 3")
     slow = _obj(data, "default_slowdown", where)
     cores = data.get("cores")
     if cores is not None and (not isinstance(cores, int) or cores < 1):
@@ -192,6 +227,8 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
         cores=cores,
         pairs=_pairs(data.get("pairs", {}), models, where),
         **{k: _num(handoff, k, 0.0, f"{where}: handoff.{k}") for k in HANDOFFS},
+        noise_table=_table(noise.get("table"), f"{where}: noise.table", "log_factor"),
+        **{k: _table(handoff.get(k), f"{where}: handoff.{k}", "seconds") for k in _HANDOFF_TABLES},
     )
     slots = data.get("slots", 4)
     if not isinstance(slots, int) or slots < 1:
@@ -216,6 +253,30 @@ def _num(data: dict, key: str, default: float, label: str, upper: float | None =
     if upper is not None and value > upper:
         raise DeviceFileError(f"{label}: must be at most {upper}, got {value!r}")
     return float(value)
+
+
+def _table(raw: Any, label: str, values: str) -> QuantileTable | None:
+    """`_table_json`'s inverse: noise rows (`log_factor`) or one row of `seconds`."""
+    if raw is None:
+        return None
+    probs = raw.get("probs") if isinstance(raw, dict) else None
+    rows = raw.get(values) if isinstance(raw, dict) else None
+    rows = [rows] if values == "seconds" and _numbers(rows) else rows
+    if not _numbers(probs) or not isinstance(rows, list) or not all(map(_numbers, rows)):
+        shape = "[[numbers]]" if values == "log_factor" else "[numbers]"
+        raise DeviceFileError(f"{label}: expected {{probs: [numbers], {values}: {shape}}}")
+    table = QuantileTable.of(probs, rows)
+    try:
+        table.validate()
+    except ConfigError as exc:
+        raise DeviceFileError(f"{label}: {exc}") from None
+    return table
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
 
 
 def _models(raw: Any, where: str) -> dict[str, ModelCost]:

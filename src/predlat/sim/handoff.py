@@ -17,6 +17,9 @@ start and end (`RequestOutcome`), so each hand-off is the median of one kind of 
   arrival set the decision off).
 
 Medians, not means: a busy machine's occasional stall is not the host's systematic cost.
+The stalls are drawn apart: with enough gaps (`MIN_TABLE`), the dispatch and completion
+gaps' quantiles become tables (`QuantileTable`) the simulated device draws each batch's
+delays from, so the host's tail reaches the simulated latencies too.
 """
 
 from __future__ import annotations
@@ -27,11 +30,16 @@ from dataclasses import dataclass, replace
 from statistics import median
 from typing import Any
 
+import numpy as np
+
+from predlat.devices.sim_law import QuantileTable
 from predlat.devices.simulated import HANDOFFS
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.sim.device_file import DeviceSpec
+from predlat.sim.tail import PROBS
 
 MIN_SAMPLES = 5  # fewer gaps of a kind than this: that hand-off is taken as zero
+MIN_TABLE = 30  # fewer gaps of a kind than this: no table (its median is drawn)
 
 
 @dataclass(frozen=True)
@@ -40,16 +48,24 @@ class HandOff:
     dispatch_s: float = 0.0
     completion_s: float = 0.0
     samples: tuple[int, int, int] = (0, 0, 0)  # gaps each was fitted on (same order)
+    dispatch_table: QuantileTable | None = None  # the gaps' quantiles (s), when enough
+    completion_table: QuantileTable | None = None
 
-    def delays(self) -> dict[str, float]:
+    def delays(self) -> dict[str, Any]:
         """As `InterferenceLaw`'s fields."""
-        return {k: getattr(self, k) for k in HANDOFFS}
+        return {
+            **{k: getattr(self, k) for k in HANDOFFS},
+            "dispatch_table": self.dispatch_table,
+            "completion_table": self.completion_table,
+        }
 
     def to_json(self) -> dict[str, Any]:
         names = ("arrival", "dispatch", "completion")
+        tables = {"dispatch": self.dispatch_table, "completion": self.completion_table}
         return {
             **{f"{n}_ms": 1e3 * getattr(self, f"{n}_s") for n in names},
             "samples": dict(zip(names, self.samples, strict=True)),
+            **{f"{n}_p99_ms": 1e3 * t.quantile(0.99) for n, t in tables.items() if t},
         }
 
 
@@ -74,7 +90,14 @@ def fit_handoff(outcomes: Sequence[RequestOutcome]) -> HandOff:
         elif i < 0 or ends[i] < b.last_arrival:
             arrival.append(b.dispatch - b.last_arrival)
     samples = (len(arrival), len(dispatch), len(completion))
-    return HandOff(_median(arrival), _median(dispatch), _median(completion), samples)
+    return HandOff(
+        _median(arrival),
+        _median(dispatch),
+        _median(completion),
+        samples,
+        _table(dispatch),
+        _table(completion),
+    )
 
 
 def with_handoff(spec: DeviceSpec, handoff: HandOff) -> DeviceSpec:
@@ -97,3 +120,9 @@ def _batches(outcomes: Sequence[RequestOutcome]) -> list[_Batch]:
 
 def _median(gaps: list[float]) -> float:
     return max(0.0, median(gaps)) if len(gaps) >= MIN_SAMPLES else 0.0
+
+
+def _table(gaps: list[float]) -> QuantileTable | None:
+    if len(gaps) < MIN_TABLE:
+        return None
+    return QuantileTable.of(PROBS, [np.maximum(0.0, np.quantile(gaps, PROBS))])
