@@ -79,6 +79,10 @@ def test_calibrated_device_matches_the_real_one_on_the_same_workload(tmp_path):
     results = _validate(_known())
     by_policy = results["differences"]["by_policy"]
     assert set(by_policy) == {"serial", "oblivious", "predlat"}
+    # by default the noise stays the fitted log-normal and the hand-offs their medians
+    assert results["calibration"]["noise_table_batches"] == 0
+    assert "table" not in results["device"]["noise"]
+    assert "dispatch_table" not in results["device"].get("handoff", {})
     for p, d in by_policy.items():
         assert d["max_abs_d_p99_ms_pct"] <= 20.0, p
         if p != "serial":  # one slot far past its capacity: misses swing with the noise
@@ -121,7 +125,11 @@ def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses():
         return real(spec)
 
     results = run_validate(
-        CONFIG, setup=setup, real_runner=runner, profile_for=lambda threads: setup.profile
+        CONFIG,
+        setup=setup,
+        real_runner=runner,
+        profile_for=lambda threads: setup.profile,
+        measured_tail=True,
     )
     probe, *compared = specs
     assert probe.seed not in {s.seed for s in compared}
@@ -132,7 +140,7 @@ def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses():
     assert results["device"]["handoff"]["dispatch_s"] == pytest.approx(0.4 * ms, abs=1e-9)
     row = results["simulated"]["loads"]["0.4"]["policies"]["oblivious"]
     assert row["dispatch_lag_p50_ms"] == pytest.approx(0.4, abs=1e-6)
-    # the probe's batches set the noise: a table measured on them (device.json version 3)
+    # asked to, the probe's batches set the noise: a table measured on them (version 3)
     assert results["calibration"]["noise_table_batches"] > 0
     assert results["device"]["version"] == 3 and "table" in results["device"]["noise"]
 

@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bisect-steps", type=int, default=None)
     parser.add_argument("--hp-frac", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--measured-tail",
+        action="store_true",
+        help="draw the simulated noise and hand-offs from tables measured on the probe run"
+        " (device.json version 3) instead of a log-normal and medians",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/validate"), help="output folder")
     add_progress_option(parser)
     parser.set_defaults(func=run)
@@ -95,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         **{k: v for k, v in given.items() if v is not None},
     )
-    results = run_validate(config, None if args.no_progress else _note())
+    results = run_validate(
+        config, None if args.no_progress else _note(), measured_tail=args.measured_tail
+    )
     paths = write_validate_outputs(results, args.out)
     for p, d in results["differences"]["by_policy"].items():
         print(

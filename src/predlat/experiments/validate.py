@@ -9,9 +9,8 @@ Method
   trace collection's own dispatcher, not the runtime, so the runtime's hand-offs
   (arrival -> scheduler, decision -> start, end -> scheduler: `predlat.sim.handoff`)
   are fitted from one more real run first: the runtime serving `ours` (or the first
-  policy) at load `PROBE_LOAD` on a workload seed no compared run uses. The batches
-  that run served set the device's noise (`predlat.sim.tail`): the runtime's host
-  stretches some batches far more than trace collection's, and a p99 lives there.
+  policy) at load `PROBE_LOAD` on a workload seed no compared run uses. With
+  `--measured-tail`, that run's batches and gaps set the noise and hand-off tables.
   One-at-a-time policies that use another thread count get the calibrated device
   with solo latencies from the profile at their thread count (times the same fitted
   solo scale).
@@ -196,11 +195,13 @@ def run_validate(
     setup: Setup | None = None,
     real_runner: Runner | None = None,
     profile_for: ProfileFor | None = None,
+    measured_tail: bool = False,
 ) -> dict[str, Any]:
     """The comparison on the real device and on the device calibrated from its warm-up
     history; returns the results.json content (both runs in compare's schema, the
-    calibration and the differences). `setup`, `real_runner` and `profile_for` replace
-    the real device (tests)."""
+    calibration and the differences). `measured_tail`: noise and hand-offs drawn from the
+    probe's measured tables (off by default: see README). `setup`, `real_runner` and
+    `profile_for` replace the real device (tests)."""
     config.validate()
     config = config.resolved()
     note = progress or (lambda what, frac: None)
@@ -214,13 +215,15 @@ def run_validate(
     note("hand-off probe", 0.0)
     probe = probe_run(config, real_runner)
     handoff = fit_handoff(probe.outcomes)
+    if not measured_tail:
+        handoff = replace(handoff, dispatch_table=None, completion_table=None)
     cal = calibrate(
         setup.records,
         setup.profile,
         name="calibrated",
         slots=config.slots,
         handoff=handoff,
-        served=probe.records,
+        served=probe.records if measured_tail else (),
     )
     profile_for = profile_for or _profiles(config)
 
