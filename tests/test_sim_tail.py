@@ -23,7 +23,7 @@ from predlat.sim.device_file import DeviceFileError, load_device, parse_device, 
 from predlat.sim.handoff import fit_handoff
 from predlat.sim.replay import random_colocation
 from predlat.sim.simulator import Simulation, profile_cost
-from predlat.sim.tail import PROBS, fit_noise_table
+from predlat.sim.tail import PROBS, fit_noise_table, with_served_noise
 
 PAIRS = {("small", "small"): 0.15, ("large", "medium"): 0.4, ("medium", "large"): 0.25}
 
@@ -111,12 +111,12 @@ def test_calibration_measures_the_noise_on_served_batches_not_the_trace():
     trace = random_colocation(_device(None), 2, 2000, seed=1, gap_s=0.02)
     served = random_colocation(_device(TRUE_TABLE), 2, 4000, seed=5, gap_s=0.1)
     spec = _device(None)
-    cal = calibrate(trace, spec.profile(cv=0.0), served=served)
+    cal = with_served_noise(calibrate(trace, spec.profile(cv=0.0)), served)
     assert cal.served == len(served)
     assert cal.spec.law.pairs[("large", "medium")] == pytest.approx(0.4, abs=0.05)
     _assert_recovers(cal.spec.law.noise_table)
     assert calibrate(trace, spec.profile(cv=0.0)).spec.law.noise_table is None
-    few = calibrate(trace, spec.profile(cv=0.0), served=served[:10])
+    few = with_served_noise(calibrate(trace, spec.profile(cv=0.0)), served[:10])
     assert few.spec.law.noise_table is None and few.served == 0
 
 

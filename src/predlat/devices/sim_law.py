@@ -31,6 +31,10 @@ def seeded_normal(seed: int, key: int) -> float:
     return _STANDARD_NORMAL.inv_cdf(seeded_uniform(seed, key))
 
 
+# Probabilities measured tables are taken at: dense in the tails, where p99s live.
+PROBS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
+
+
 @dataclass(frozen=True)
 class QuantileTable:
     """A measured distribution: quantiles at probabilities `probs` (increasing, from 0 to

@@ -51,6 +51,7 @@ from predlat.sim.calibrate import Calibration, calibrate, rescaled
 from predlat.sim.device_file import DeviceSpec
 from predlat.sim.handoff import HandOff, fit_handoff
 from predlat.sim.simulator import Simulation
+from predlat.sim.tail import with_served_noise
 
 ProfileFor = Callable[[int], Profile]  # intra-op threads -> the solo profile at that count
 DeviceFor = Callable[[int], tuple[DeviceSpec, Profile]]  # ... -> device and profile
@@ -218,13 +219,10 @@ def run_validate(
     if not measured_tail:
         handoff = replace(handoff, dispatch_table=None, completion_table=None)
     cal = calibrate(
-        setup.records,
-        setup.profile,
-        name="calibrated",
-        slots=config.slots,
-        handoff=handoff,
-        served=probe.records if measured_tail else (),
+        setup.records, setup.profile, name="calibrated", slots=config.slots, handoff=handoff
     )
+    if measured_tail:
+        cal = with_served_noise(cal, probe.records)
     profile_for = profile_for or _profiles(config)
 
     def other_threads(threads: int) -> tuple[DeviceSpec, Profile]:

@@ -18,9 +18,8 @@ the device's solo latencies are the profile's times that scale.
 
 A trace records batches, not the host that served them: the hand-offs of a serving
 runtime (`predlat.sim.handoff`) are fitted from a runtime's run and given here; without
-them the device has none. The batches that run served (`served`), if given, also set the
-noise: their residuals under the fitted law, as a table of quantiles (`predlat.sim.tail`),
-which keeps the runtime's heavier, skewed tail that a log-normal fitted on the trace lacks.
+them the device has none. A noise measured on the batches that run served replaces the
+log-normal afterwards, if asked (`predlat.sim.tail.with_served_noise`).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -40,7 +39,6 @@ from predlat.errors import ConfigError
 from predlat.profiling.profile import Profile
 from predlat.sim.device_file import DeviceSpec, ModelCost
 from predlat.sim.handoff import HandOff
-from predlat.sim.tail import fit_noise_table
 from predlat.traces.records import BatchRecord
 
 _EPS = 1e-12
@@ -84,12 +82,9 @@ def calibrate(
     name: str = "calibrated",
     slots: int | None = None,
     handoff: HandOff | None = None,
-    served: Sequence[BatchRecord] = (),
 ) -> Calibration:
     """Fit the law to `records` (finished batches with timelines, one device each);
-    `handoff`: the serving host's hand-offs, fitted apart (`fit_handoff`); `served`: the
-    batches of that runtime's run, whose residuals become the noise (`fit_noise_table`;
-    too few, or none: the log-normal fitted on `records`)."""
+    `handoff`: the serving host's hand-offs, fitted apart (`fit_handoff`)."""
     recs = [r for r in records if r.latency > 0 and r.model in profile.models]
     if not recs:
         raise ConfigError("no batches of profiled models with positive latency to calibrate on")
@@ -98,7 +93,7 @@ def calibrate(
     if missing:
         raise ConfigError(f"the profile lacks co-running models: {', '.join(missing)}")
     index: dict[tuple[str, str], int] = {}
-    segs = _segments(recs, index)
+    segs = segments(recs, index)
     solo = np.array([profile.solo_latency(r.model, r.batch_size) for r in recs])
     own = sorted({r.model for r in recs})
     model_of = np.array([own.index(r.model) for r in recs])
@@ -112,7 +107,7 @@ def calibrate(
             best = (rms, cores, p, g)
     assert best is not None
     rms, cores, p, g = best
-    resid = _residuals(segs, solo, len(recs), p, cores) - g[model_of]
+    resid = residuals(segs, solo, len(recs), p, cores) - g[model_of]
     sigma0, per, by_k = _noise(recs, resid)
     # g is the mean log of work / solo per model: log scale - sigma^2 / 2 (mean-one noise)
     scale = {m: float(np.exp(g[i] + np.var(resid[model_of == i]) / 2)) for i, m in enumerate(own)}
@@ -129,22 +124,12 @@ def calibrate(
     )
     costs = {m: _model_cost(profile, m, scale.get(m, 1.0)) for m in sorted(profile.models)}
     spec = DeviceSpec(name, costs, law, slots or max(2, most))
-    table = fit_noise_table(served, spec) if served else None
-    if table is not None:
-        spec = replace(spec, law=replace(law, noise_table=table))
     return Calibration(
-        spec,
-        _pair_report(recs, index, p, resid),
-        rms,
-        tried,
-        by_k,
-        len(recs),
-        scale,
-        len(served) if table is not None else 0,
+        spec, _pair_report(recs, index, p, resid), rms, tried, by_k, len(recs), scale
     )
 
 
-def _segments(recs: Sequence[BatchRecord], index: dict[tuple[str, str], int]) -> _Segments:
+def segments(recs: Sequence[BatchRecord], index: dict[tuple[str, str], int]) -> _Segments:
     rec_i, dts, running, rows, cols, vals = [], [], [], [], [], []
     for i, r in enumerate(recs):
         cuts = sorted(
@@ -186,7 +171,7 @@ def _work(segs: _Segments, n: int, p: np.ndarray, cores: int | None):
     return np.bincount(segs.record, per_seg, minlength=n), per_seg, denom
 
 
-def _residuals(segs, solo, n, p, cores) -> np.ndarray:
+def residuals(segs, solo, n, p, cores) -> np.ndarray:
     work, _, _ = _work(segs, n, p, cores)
     return np.log(np.maximum(work, _EPS)) - np.log(solo)
 
@@ -201,7 +186,7 @@ def _fit(segs, solo, model_of, nm, k, cores) -> tuple[np.ndarray, np.ndarray, fl
     dg = -sparse.csr_matrix((np.ones(n), (np.arange(n), model_of)), shape=(n, nm))
 
     def fun(x: np.ndarray) -> np.ndarray:
-        return _residuals(segs, solo, n, x[:k], cores) - x[k:][model_of]
+        return residuals(segs, solo, n, x[:k], cores) - x[k:][model_of]
 
     def jac(x: np.ndarray):
         work, per_seg, denom = _work(segs, n, x[:k], cores)

@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from predlat.devices.sim_law import QuantileTable
+from predlat.devices.sim_law import PROBS, QuantileTable
 from predlat.devices.simulated import HANDOFFS
 from predlat.scheduling.outcome import RequestOutcome
 from predlat.sim.device_file import DeviceSpec
-from predlat.sim.tail import PROBS
 
 MIN_SAMPLES = 5  # fewer gaps of a kind than this: that hand-off is taken as zero
 MIN_TABLE = 30  # fewer gaps of a kind than this: no table (its median is drawn)

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from predlat.devices.sim_law import QuantileTable
+from predlat.devices.sim_law import PROBS, QuantileTable
+from predlat.sim.calibrate import Calibration, residuals, segments
 from predlat.sim.device_file import DeviceSpec
 from predlat.traces.records import BatchRecord
 
-# Probabilities the table's quantiles are taken at: dense in the tails, where p99s live.
-PROBS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 MIN_SAMPLES = 30  # batches per co-runner count for a row of its own (fewer: pooled)
 MIN_RECORDS = 60  # fewer served batches than this: no table (the log-normal stays)
 
@@ -33,17 +33,15 @@ def log_residuals(records: Sequence[BatchRecord], spec: DeviceSpec) -> np.ndarra
     """Per record (positive latency, models of `spec`): log(work the law of `spec` says it
     did over its real life / its solo latency on `spec`), its noise draw had the law
     made it."""
-    from predlat.sim.calibrate import _residuals, _segments  # calibrate imports this module
-
     index: dict[tuple[str, str], int] = {}
-    segs = _segments(records, index)
+    segs = segments(records, index)
     law, models = spec.law, spec.models
     p = np.zeros(max(1, len(index)))
     for (a, b), i in index.items():
         ca, cb = models[a], models[b]
         p[i] = law.pair_of(a, (ca.compute, ca.memory), b, (cb.compute, cb.memory))
     solo = np.array([models[r.model].latency(r.batch_size) for r in records])
-    return _residuals(segs, solo, len(records), p, law.cores)
+    return residuals(segs, solo, len(records), p, law.cores)
 
 
 def fit_noise_table(
@@ -67,3 +65,13 @@ def fit_noise_table(
         for k in range(max(full, default=0) + 1)
     ]
     return QuantileTable.of(probs, rows)
+
+
+def with_served_noise(cal: Calibration, served: Sequence[BatchRecord]) -> Calibration:
+    """`cal` with its noise measured on the batches a runtime `served` (`fit_noise_table`
+    under its fitted law); as it is when they are too few."""
+    table = fit_noise_table(served, cal.spec)
+    if table is None:
+        return cal
+    law = replace(cal.spec.law, noise_table=table)
+    return replace(cal, spec=replace(cal.spec, law=law), served=len(served))
