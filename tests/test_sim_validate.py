@@ -99,6 +99,7 @@ def test_calibrated_device_matches_the_real_one_on_the_same_workload(tmp_path):
         if p != "serial":
             assert all(m["max_abs_d_p50_ms_pct"] <= 15.0 for m in d["by_model"].values()), p
     assert "other processes' CPU share meanwhile: n/a" in text  # no meter on a virtual clock
+    assert "its hand-offs are constants (medians)" in text
     assert paths["plot"].stat().st_size > 0 and paths["device"].is_file()
     assert (tmp_path / "v" / "real" / "report.md").is_file()
 
@@ -109,7 +110,7 @@ def test_a_device_that_is_not_the_calibrated_one_shows_up():
     assert worst["max_abs_d_p99_ms_pct"] > 20.0
 
 
-def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses():
+def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses(tmp_path):
     ms = 1e-3
     plain = _known()
     truth = replace(
@@ -143,6 +144,8 @@ def test_hand_offs_are_fitted_on_a_probe_run_that_no_comparison_uses():
     # asked to, the probe's batches set the noise: a table measured on them (version 3)
     assert results["calibration"]["noise_table_batches"] > 0
     assert results["device"]["version"] == 3 and "table" in results["device"]["noise"]
+    text = write_validate_outputs(results, tmp_path / "v")["report"].read_text()
+    assert "hand-offs are drawn from the probe's gaps" in text  # says what this run did
 
 
 def test_differences_are_simulated_minus_real():

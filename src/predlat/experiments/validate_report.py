@@ -147,7 +147,7 @@ def render(results: dict[str, Any], plot: str) -> str:
         "Differences are simulated minus real: fractions in percentage points, latencies "
         "and capacity in percent of real. Each real run starts from warmed slots (every "
         "model and batch size run once per slot). The simulator models no other "
-        "processes on the machine, and its hand-offs are constants (medians): a real "
+        f"processes on the machine, and {_handoff_kind(results)}: a real "
         "run during which other processes took more than the profiler's limit of the CPU "
         "is repeated (up to 3 runs, the quietest kept), and the per-load table shows, per "
         "real run, other processes' share of the CPU meanwhile (and the runs made) and "
@@ -155,6 +155,13 @@ def render(results: dict[str, Any], plot: str) -> str:
         "[real](real/report.md), [simulated](simulated/report.md).",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _handoff_kind(results: dict[str, Any]) -> str:
+    """How this run's simulated device set its hand-offs (the report states what ran)."""
+    if "dispatch_table" in results.get("device", {}).get("handoff", {}):
+        return "its dispatch and completion hand-offs are drawn from the probe's gaps"
+    return "its hand-offs are constants (medians)"
 
 
 def _warmup_foreign(real: dict[str, Any]) -> str:
