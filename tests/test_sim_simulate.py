@@ -133,3 +133,42 @@ def test_simulate_bisects_slo_capacity_as_compare_defines_it():
     assert "oracle" in res["ratios"]["slo_capacity"]
     # the bisection's runs count in the speed figures too
     assert res["simulated_requests"] == 600 * 4 * len(config.policies)
+
+
+def _without_timing(value):
+    """`value` (results, nested) without wall times and the rates made from them."""
+    timing = ("wall_s", "simulated_requests_per_wall_s", "simulated_requests_per_command_s")
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if k not in (*timing, "jobs")}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+def test_simulate_results_do_not_depend_on_worker_processes():
+    from dataclasses import replace
+
+    from predlat.experiments.simulate import SimulateConfig, run_simulate
+
+    config = SimulateConfig(
+        requests=500,
+        policies=("coarse", "oracle"),
+        loads=(0.5, 3.0),
+        bisect_steps=1,
+        keep_requests=True,
+    )
+    one = run_simulate(config)
+    two = run_simulate(replace(config, jobs=2))
+    assert two["jobs"] == 2 and two["simulated_requests"] == 500 * 3 * 2
+    kept = two["_outcomes"]
+    assert sorted(kept) == ["0.5/coarse", "0.5/oracle", "1.75/coarse", "1.75/oracle",
+                            "3/coarse", "3/oracle"]  # fmt: skip
+    assert kept == one["_outcomes"]  # every request's outcome, not only the figures
+    same = {"default": str, "sort_keys": True}
+    assert json.dumps(_without_timing(one), **same) == json.dumps(_without_timing(two), **same)
+
+
+def test_simulate_refuses_no_jobs(tmp_path, capsys):
+    argv = ["simulate", "--requests", "10", "--jobs", "0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "jobs must be at least 1, got 0" in capsys.readouterr().err

@@ -68,11 +68,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write every request's outcome to DIR/requests.csv",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes for the runs (default: every core this process may use; "
+        "1: no workers). The results are the same whatever the number",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from predlat.experiments.parallel import usable_cores
     from predlat.experiments.simulate import SimulateConfig, run_simulate
     from predlat.experiments.simulate_report import write_simulate_outputs
     from predlat.scheduling.policies import parse_quantile
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         hp_frac=args.hp_frac,
         seed=args.seed,
         keep_requests=args.keep_requests,
+        jobs=usable_cores() if args.jobs is None else args.jobs,
     )
 
     def note(what: str, frac: float) -> None:
@@ -104,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"simulated {results['simulated_requests']} requests at "
         f"{results['simulated_requests_per_wall_s']:,.0f} per wall second "
-        f"(wall {results['wall_s']:.1f} s)"
+        f"of one process (wall {results['wall_s']:.1f} s, {results['jobs']} job(s))"
     )
     print(f"wrote {paths['report']}")
     return 0

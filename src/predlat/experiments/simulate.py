@@ -9,6 +9,11 @@ results.json schema (`build_results`), plus wall time, `simulated_requests_per_w
 per run and overall. Each policy's SLO capacity is compare's (>= 99% of high-priority and
 >= 95% of all deadlines met): the sweep brackets it, then `bisect_steps` runs per policy
 narrow the bracket; `ratios` gives ours over every other policy, the oracle included.
+
+The runs need no device, so with `jobs` > 1 they run in worker processes
+(`predlat.experiments.parallel`): the sweep's runs all at once, then each policy's
+bisection as one chain. Every run is seeded by the config alone, so the results are the
+same whatever `jobs` is; only the wall times differ.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from predlat.errors import ConfigError
 from predlat.experiments.capacity import Bisection, Slo
 from predlat.experiments.compare_results import capacity_section, loads_section, ratios
 from predlat.experiments.compare_runs import RunResult
+from predlat.experiments.parallel import Workers, check_jobs
 from predlat.scheduling.scheduler import SchedulerConfig
 from predlat.sim.arrivals import csv_requests, synthetic_requests
 from predlat.sim.cluster import CLUSTER_ROUTES, SIM_POLICIES, build_cluster
@@ -53,6 +59,7 @@ class SimulateConfig:
     slo: Slo = field(default_factory=Slo)
     bisect_steps: int = 4  # per policy, after the sweep (cheap here: no device time)
     ours: str = "predlat"
+    jobs: int = 1  # worker processes for the runs (1: all in this process)
 
     def validate(self) -> None:
         bad = [p for p in self.policies if p not in SIM_POLICIES]
@@ -70,6 +77,7 @@ class SimulateConfig:
             raise ConfigError(f"bisect steps must be >= 0, got {self.bisect_steps}")
         if self.slots is not None and self.slots < 1:
             raise ConfigError("slots must be at least 1")
+        check_jobs(self.jobs)
 
     @property
     def is_csv(self) -> bool:
@@ -100,23 +108,23 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
         span = max(reqs[-1].arrival, 1e-9) if len(reqs) > 1 else 1.0
         loads = (len(reqs) / span / capacity,)
     runner = _Runner(config, specs, models, deadlines, capacity)
-    runs: dict[float, dict[str, list[RunResult]]] = {}
-    total, done = len(loads) * len(config.policies), 0
-    for load in loads:
-        runs[load] = {}
-        for policy in config.policies:
-            note(f"load {load:g} {policy}", done / (total + _bisections(config)))
-            runs[load][policy] = [runner(load, policy)]
-            done += 1
-    searches = {}
-    for policy in config.policies:  # a replayed trace has one load: nothing to bisect
-        met = {x: config.slo.met(runs[x][policy][0].metrics) for x in loads}
-        search = Bisection.from_sweep(met, 0 if config.is_csv else config.bisect_steps)
-        while (load := search.next_load()) is not None:
-            note(f"capacity of {policy}: load {load:.3g}", done / (total + _bisections(config)))
-            search.record(load, config.slo.met(runner(load, policy).metrics))
-            done += 1
-        searches[policy] = [search]
+    tally = _Tally(note, len(loads) * len(config.policies) + _bisections(config))
+    sweep = [(load, policy) for load in loads for policy in config.policies]
+    with Workers(config.jobs) as workers:
+        found: dict[tuple[float, str], RunResult] = {}
+        for i, done in workers.run([(runner, task) for task in sweep]):
+            found[sweep[i]] = done.result
+            tally.add([done], "load {:g} {}".format(*sweep[i]))
+        runs = {x: {p: [found[x, p]] for p in config.policies} for x in loads}
+        chains = [  # a replayed trace has one load: nothing to bisect
+            (_search, (runner, policy, {x: runs[x][policy][0].metrics for x in loads}))
+            for policy in config.policies
+        ]
+        searched: dict[str, Bisection] = {}
+        for i, (search, done_runs) in workers.run(chains):
+            searched[config.policies[i]] = search
+            tally.add(done_runs, f"capacity of {config.policies[i]}")
+    searches = {p: [searched[p]] for p in config.policies}
     note("done", 1.0)
     loads_out = loads_section(runs, {x: [list(config.policies)] for x in runs}, capacity, 0.0)
     for load, by_policy in runs.items():
@@ -125,6 +133,7 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
             entry["wall_s"] = result.metrics["wall_s"]
             entry["simulated_requests_per_wall_s"] = result.metrics["simulated_requests_per_wall_s"]
     slo_cap = capacity_section(searches, capacity)
+    wall = time.perf_counter() - started
     return {
         "config": {
             "models": list(models),
@@ -137,7 +146,7 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
         "capacity_rps": capacity,
         "slo": {"hp_met": config.slo.hp, "met_frac": config.slo.all},
         "deadlines_ms": {m: deadlines[m] * 1e3 for m in models},
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall,
         "loads": loads_out,
         "slo_capacity": slo_cap,
         "ratios": ratios(slo_cap, loads_out, config.ours),
@@ -146,9 +155,13 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
             "models": models,
             "devices_described": [x.name for x in specs],
         },
-        "simulated_requests": runner.simulated,
-        "simulated_requests_per_wall_s": runner.simulated / max(runner.wall, 1e-9),
-        "_outcomes": runner.kept,  # removed before writing; the CLI writes them when asked
+        "simulated_requests": tally.simulated,
+        # per second of one process's wall time, over every run (as with one job); and
+        # over the whole command's, which several jobs shorten
+        "simulated_requests_per_wall_s": tally.simulated / max(tally.wall, 1e-9),
+        "jobs": config.jobs,
+        "simulated_requests_per_command_s": tally.simulated / max(wall, 1e-9),
+        "_outcomes": tally.kept,  # removed before writing; the CLI writes them when asked
     }
 
 
@@ -156,17 +169,21 @@ def _bisections(config: SimulateConfig) -> int:
     return 0 if config.is_csv else config.bisect_steps * len(config.policies)
 
 
+@dataclass
+class _Done:
+    result: RunResult
+    requests: int
+    wall: float
+
+
 class _Runner:
-    """One (load, policy) run on a fresh cluster; counts simulated requests and wall time
-    over every run, sweep and bisection alike."""
+    """One (load, policy) run on a fresh cluster. Picklable: worker processes run it."""
 
     def __init__(self, config: SimulateConfig, specs, models, deadlines, capacity) -> None:
         self.config, self.specs, self.models = config, specs, models
         self.deadlines, self.capacity = deadlines, capacity
-        self.simulated, self.wall = 0, 0.0
-        self.kept: dict[str, list] = {}
 
-    def __call__(self, load: float, policy: str) -> RunResult:
+    def __call__(self, load: float, policy: str) -> _Done:
         c = self.config
         sim = build_cluster(
             self.specs,
@@ -184,11 +201,39 @@ class _Runner:
         metrics["live_forecast_err"] = metrics.pop("pred_mean_rel_err", float("nan"))
         metrics["wall_s"] = wall
         metrics["simulated_requests_per_wall_s"] = stats.requests / max(wall, 1e-9)
-        if c.keep_requests:
-            self.kept[f"{load:g}/{policy}"] = stats.outcomes
-        self.simulated += stats.requests
-        self.wall += wall
-        return RunResult(policy, load, metrics, stats.outcomes)
+        return _Done(RunResult(policy, load, metrics, stats.outcomes), stats.requests, wall)
+
+
+def _search(runner: _Runner, policy: str, sweep: dict[float, dict]) -> tuple[Bisection, list]:
+    """One policy's SLO-capacity bisection after the sweep (its runs depend on each
+    other, so they run in turn); with every run it made."""
+    slo = runner.config.slo
+    steps = 0 if runner.config.is_csv else runner.config.bisect_steps
+    search = Bisection.from_sweep({x: slo.met(m) for x, m in sweep.items()}, steps)
+    done: list[_Done] = []
+    while (load := search.next_load()) is not None:
+        done.append(runner(load, policy))
+        search.record(load, slo.met(done[-1].result.metrics))
+    return search, done
+
+
+class _Tally:
+    """Simulated requests and wall time over every run, sweep and bisection alike; the
+    kept outcomes; progress as runs come back."""
+
+    def __init__(self, note: ProgressFn, total: int) -> None:
+        self.note, self.total = note, max(1, total)
+        self.simulated, self.wall, self.finished = 0, 0.0, 0
+        self.kept: dict[str, list] = {}
+
+    def add(self, runs: Sequence[_Done], what: str) -> None:
+        for run in runs:
+            self.simulated += run.requests
+            self.wall += run.wall
+            if run.result.outcomes:
+                self.kept[f"{run.result.load:g}/{run.result.policy}"] = run.result.outcomes
+        self.finished += len(runs)
+        self.note(what, self.finished / self.total)
 
 
 def _requests(config, load, capacity, models, deadlines) -> Iterator:
