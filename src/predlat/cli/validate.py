@@ -64,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="draw the simulated noise and hand-offs from tables measured on the probe run"
         " (device.json version 3) instead of a log-normal and medians",
     )
+    parser.add_argument(
+        "--host-cpu",
+        action="store_true",
+        help="the simulated batches lose the runtime's own CPU per batch, measured on the"
+        " probe run, while they fill the cores (device.json version 4)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/validate"), help="output folder")
     add_progress_option(parser)
     parser.set_defaults(func=run)
@@ -102,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         **{k: v for k, v in given.items() if v is not None},
     )
     results = run_validate(
-        config, None if args.no_progress else _note(), measured_tail=args.measured_tail
+        config,
+        None if args.no_progress else _note(),
+        measured_tail=args.measured_tail,
+        host_cpu=args.host_cpu,
     )
     paths = write_validate_outputs(results, args.out)
     for p, d in results["differences"]["by_policy"].items():

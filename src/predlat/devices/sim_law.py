@@ -100,6 +100,10 @@ class InterferenceLaw:
     # measured hand-offs (s; replace dispatch_s and completion_s's constants when set)
     dispatch_table: QuantileTable | None = None
     completion_table: QuantileTable | None = None
+    # The host's own CPU per batch (s): a CPU runtime's scheduling, hand-offs and threads.
+    # While the running batches hold all `host_cores` cores, it is taken from them.
+    host_cpu_s: float = 0.0
+    host_cores: int | None = None
 
     def validate(self) -> None:
         for name in (
@@ -108,6 +112,7 @@ class InterferenceLaw:
             "memory",
             "noise_sigma",
             "noise_per_corunner",
+            "host_cpu_s",
             *HANDOFFS,
         ):
             if getattr(self, name) < 0:
@@ -116,6 +121,8 @@ class InterferenceLaw:
             raise ConfigError("interference law: failure_rate must be in [0, 1]")
         if self.cores is not None and self.cores < 1:
             raise ConfigError("interference law: cores must be at least 1")
+        if self.host_cores is not None and self.host_cores < 1:
+            raise ConfigError("interference law: host_cores must be at least 1")
         for table in (self.noise_table, self.dispatch_table, self.completion_table):
             if table is not None:
                 table.validate()

@@ -34,6 +34,10 @@ Ground truth (documented so experiments can reason about it; the law's parameter
   driver: a request reaches the scheduler that long after its arrival. A law with
   measured hand-offs (`dispatch_table`, `completion_table`) draws each batch's two
   delays from them instead, fixed by the seed and the batch id as its noise is.
+- The host's own CPU (a CPU runtime's; zero by default): each batch start that leaves
+  the running batches holding all `host_cores` cores takes `host_cpu_s` of CPU from
+  them, host_cpu_s / host_cores seconds of each one's time at its current rate (the
+  host runs on a free core otherwise).
 """
 
 from __future__ import annotations
@@ -155,8 +159,22 @@ class SimulatedDevice:
             self._queued[slot] = entry  # holds the slot; runs from `start` (advance)
             return
         self._progress(now)
-        self._jobs[slot] = entry
+        self._started(slot, entry)
+
+    def _started(self, slot: int, entry: _Job) -> None:
+        """`entry` starts running (the others' progress is up to date). With host CPU
+        in the law, a start that fills the host's cores costs every running batch its
+        share of that CPU: host_cpu_s over the cores, at its current rate."""
+        jobs = self._jobs
+        jobs[slot] = entry
         self._stale = True
+        host_s, cores = self.law.host_cpu_s, self.law.host_cores
+        if host_s > 0 and cores is not None and len(jobs) >= cores:
+            self._rerate()
+            lost = host_s / cores
+            for j in jobs.values():
+                j.work += j.rate * lost
+            self._stale = True
 
     def solo_work(self, batch_id: int, model: str, batch_size: int, corunners: int) -> float:
         """Solo seconds of work of batch `batch_id` if submitted while `corunners` batches
@@ -283,8 +301,7 @@ class SimulatedDevice:
             self.clock.now = t
         if start <= t_report:
             self._progress(start)
-            self._jobs[slot] = self._queued.pop(slot)
-            self._stale = True
+            self._started(slot, self._queued.pop(slot))
         else:
             _, _, on_done, result = heapq.heappop(self._callbacks)
             on_done(result)

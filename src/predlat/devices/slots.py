@@ -24,6 +24,10 @@ class SlotWorker:
     def __init__(self, index: int, name: str) -> None:
         self.index = index
         self.busy = False
+        # CPU seconds this thread spent running batches (only it writes it): what the
+        # host's own work (scheduling, hand-offs, the client) is told apart from. With
+        # intra-op threads, ONNX Runtime's pool threads are not counted.
+        self.cpu_s = 0.0
         # SimpleQueue (C, no Condition): the cheapest hand-over that wakes a waiting thread
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -45,7 +49,9 @@ class SlotWorker:
             if item is _STOP:
                 return
             job, on_done = item
+            began = time.thread_time()
             result = self.run(job)
+            self.cpu_s += time.thread_time() - began
             self.busy = False
             on_done(result)
 
@@ -74,6 +80,10 @@ class SlotDevice:
 
     def now(self) -> float:
         return time.perf_counter()
+
+    def compute_cpu_s(self) -> float:
+        """CPU seconds the slot threads spent running batches so far (see SlotWorker)."""
+        return sum(w.cpu_s for w in self._slots)
 
     def lower_priority(self, steps: int) -> int:
         """Raise the slot threads' nice value by `steps` (see predlat.devices.priority):

@@ -32,6 +32,8 @@ METRIC_KEYS = (
     "hp_requests",
     "submit_lag_p99_ms",
     "foreign_cpu_frac",
+    "host_cpu_cores",
+    "host_cpu_ms_per_batch",
 )
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from predlat.predict.base import BasePredictor
+from predlat.profiling.cpu_meter import HostCpuMeter
 from predlat.profiling.profile import Profile
-from predlat.runtime.build import build_runtime, warm_up
+from predlat.runtime.build import build_runtime, policy_threads, warm_up
 from predlat.scheduling.outcome import RequestOutcome, summarize
 from predlat.scheduling.policies import Policy
 from predlat.scheduling.request import Dispatch, Priority
@@ -127,9 +128,11 @@ class DeviceRunner:
         runtime.start()
         try:
             meter = CpuMeter()
+            host_meter = HostCpuMeter(runtime.device, exact=_one_thread(policy, c))
             futures, submit_lags = _replay(runtime, arrivals, setup.deadlines)
             outcomes = [f.result(timeout=c.duration_s + 120.0) for f in futures]
             foreign = meter.foreign_frac()
+            host = host_meter.read()
             stats = runtime.stats()
         finally:
             runtime.stop(drain=False)
@@ -137,6 +140,7 @@ class DeviceRunner:
         # Other processes' share of the machine's CPU meanwhile: interference that no
         # policy or predictor can see, so readers can judge a run on a shared machine.
         metrics["foreign_cpu_frac"] = math.nan if foreign is None else foreign
+        metrics.update(host_cpu_metrics(host, len(batches)))
         metrics["utilization"] = stats.busy_slot_s / (runtime.device.num_slots * _span(outcomes))
         metrics.update(live_forecast(batches))
         metrics["dispatch_lag_p50_ms"] = stats.dispatch_lag_p50_ms
@@ -148,6 +152,22 @@ class DeviceRunner:
             float(np.percentile(submit_lags, 99) * 1e3) if submit_lags else math.nan
         )
         return RunResult(policy.name, spec.load, metrics, outcomes, [r for r, _ in batches])
+
+
+def _one_thread(policy: Policy, config) -> bool:
+    return policy_threads(policy, config.device, config.threads) == 1
+
+
+def host_cpu_metrics(host: tuple[float, float] | None, batches: int) -> dict[str, float]:
+    """The serving host's own CPU over a run (`HostCpuMeter.read`): in cores, and in
+    milliseconds per batch served (NaN where it could not be told apart)."""
+    if host is None:
+        return {"host_cpu_cores": math.nan, "host_cpu_ms_per_batch": math.nan}
+    cpu, wall = host
+    return {
+        "host_cpu_cores": cpu / wall if wall > 0 else math.nan,
+        "host_cpu_ms_per_batch": 1e3 * cpu / batches if batches else math.nan,
+    }
 
 
 def _replay(runtime, arrivals: Sequence[Arrival], deadlines: Mapping[str, float]):

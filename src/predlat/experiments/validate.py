@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from predlat.devices.base import host_cores
+from predlat.devices.simulated import SimulatedDevice, VirtualClock
 from predlat.errors import ConfigError
 from predlat.experiments.compare import CompareConfig, prepare, quick_config, run_compare
 from predlat.experiments.compare_runs import (
@@ -49,7 +51,7 @@ from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.scheduler import Scheduler, SchedulerConfig
 from predlat.sim.calibrate import Calibration, calibrate, rescaled
 from predlat.sim.device_file import DeviceSpec
-from predlat.sim.handoff import HandOff, fit_handoff
+from predlat.sim.handoff import HandOff, fit_handoff, with_host_cpu
 from predlat.sim.simulator import Simulation
 from predlat.sim.tail import with_served_noise
 
@@ -180,8 +182,6 @@ class SimRunner(DeviceRunner):
 
 
 def _simulation(spec: DeviceSpec, slots: int, scheduler: Scheduler, seed: int) -> Simulation:
-    from predlat.devices.simulated import SimulatedDevice, VirtualClock
-
     clock = VirtualClock()
     device = SimulatedDevice(spec.cost(), slots, spec.law, seed=seed, clock=clock, name=spec.name)
     for m in scheduler.models:
@@ -197,11 +197,13 @@ def run_validate(
     real_runner: Runner | None = None,
     profile_for: ProfileFor | None = None,
     measured_tail: bool = False,
+    host_cpu: bool = False,
 ) -> dict[str, Any]:
     """The comparison on the real device and on the device calibrated from its warm-up
     history; returns the results.json content (both runs in compare's schema, the
-    calibration and the differences). `measured_tail`: noise and hand-offs drawn from the
-    probe's measured tables (off by default: see README). `setup`, `real_runner` and
+    calibration and the differences). Off by default (see README): `measured_tail`,
+    noise and hand-offs drawn from the probe's tables; `host_cpu`, the runtime's own CPU
+    per batch on the probe taken from the simulated batches. `setup`, `real_runner` and
     `profile_for` replace the real device (tests)."""
     config.validate()
     config = config.resolved()
@@ -223,6 +225,9 @@ def run_validate(
     )
     if measured_tail:
         cal = with_served_noise(cal, probe.records)
+    if host_cpu:
+        host = probe.metrics.get("host_cpu_ms_per_batch")
+        cal = replace(cal, spec=with_host_cpu(cal.spec, host, min(config.slots, host_cores())))
     profile_for = profile_for or _profiles(config)
 
     def other_threads(threads: int) -> tuple[DeviceSpec, Profile]:
@@ -260,10 +265,10 @@ def probe_run(config: CompareConfig, runner: Runner) -> RunResult:
 
 
 def _probe_json(handoff: HandOff, probe: RunResult) -> dict[str, Any]:
-    """The hand-offs, and how busy the machine was while the probe measured them (its
-    tables are what the machine did then)."""
-    share = probe.metrics.get("foreign_cpu_frac", math.nan)
-    return {**handoff.to_json(), "foreign_cpu_frac": None if math.isnan(share) else share}
+    """The hand-offs, the host's CPU, and other processes' CPU share meanwhile."""
+    keys = ("foreign_cpu_frac", "host_cpu_cores", "host_cpu_ms_per_batch")
+    got = {k: probe.metrics.get(k, math.nan) for k in keys}
+    return {**handoff.to_json(), **{k: None if math.isnan(v) else v for k, v in got.items()}}
 
 
 def _profiles(config: CompareConfig) -> ProfileFor:
@@ -368,9 +373,7 @@ def _model_maxima(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | Non
 
 
 def _diff_pp(real: float | None, sim: float | None) -> float | None:
-    if real is None or sim is None:
-        return None
-    return 100.0 * (sim - real)
+    return None if real is None or sim is None else 100.0 * (sim - real)
 
 
 def _diff_pct(real: float | None, sim: float | None) -> float | None:

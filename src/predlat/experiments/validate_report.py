@@ -61,6 +61,7 @@ def render(results: dict[str, Any], plot: str) -> str:
             "device.md); "
             f"other processes' CPU share meanwhile: {_warmup_foreign(real)}",
             f"- runtime hand-offs the simulated device adds: {_handoff(cal.get('handoff'))}",
+            _host_cpu(cal.get("handoff") or {}, results.get("device", {})),
             f"- wall time: real {real['wall_s']:.0f} s, simulated "
             f"{results['simulated']['wall_s']:.1f} s",
         ]
@@ -275,6 +276,24 @@ def _handoff(h: dict[str, Any] | None) -> str:
         f"arrival {h['arrival_ms']:.2f} ms, dispatch {h['dispatch_ms']:.2f} ms, completion "
         f"{h['completion_ms']:.2f} ms (medians over {n['arrival']}, {n['dispatch']} and "
         f"{n['completion']} gaps of one real run on a seed of its own{_busy(h)}){_drawn(h)}"
+    )
+
+
+def _host_cpu(h: dict[str, Any], device: dict[str, Any]) -> str:
+    """The runtime's own CPU on the probe, and whether the simulated batches lose it."""
+    ms = h.get("host_cpu_ms_per_batch")
+    if ms is None:
+        return "- the runtime's own CPU: not measured (intra-op threads, or no probe)"
+    used = (device.get("handoff") or {}).get("host_cpu_s")
+    return (
+        f"- the runtime's own CPU on that run: {ms:.2f} ms per batch "
+        f"({h.get('host_cpu_cores') or 0:.3f} cores); "
+        + (
+            f"the simulated batches lose it while they hold all {device['handoff']['host_cores']}"
+            " cores (--host-cpu)"
+            if used
+            else "the simulated device does not take it from its batches"
+        )
     )
 
 

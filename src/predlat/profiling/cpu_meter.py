@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -81,3 +82,30 @@ class CpuMeter:
             return None
         busy, total, own = (e - s for e, s in zip(end, start, strict=True))
         return min(1.0, max(0.0, (busy - own) / total)) if total > 0 else None
+
+
+class HostCpuMeter:
+    """CPU this process spent outside the device's batches between construction and
+    `read`: the serving host's own work (scheduling, hand-offs, threads, an in-process
+    client). On a CPU whose cores the batches fill, it is taken from them, which a
+    simulated device calibrated on batches alone does not see. Needs a device that
+    counts its batches' CPU (`compute_cpu_s`); with intra-op threads > 1, ONNX
+    Runtime's pool threads would count as host, so the caller passes `exact=False` and
+    gets None."""
+
+    def __init__(self, device: object, exact: bool = True) -> None:
+        self._compute = getattr(device, "compute_cpu_s", None) if exact else None
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        if self._compute is None:
+            return None
+        return time.perf_counter(), time.process_time(), self._compute()
+
+    def read(self) -> tuple[float, float] | None:
+        """(host CPU seconds, wall seconds) since construction, or None."""
+        end = self._read()
+        if end is None or self._start is None:
+            return None
+        wall, process, compute = (e - s for e, s in zip(end, self._start, strict=True))
+        return max(0.0, process - compute), wall

@@ -38,7 +38,9 @@ default shown):
 Version 1 is version 2 without `handoff` (no hand-off delay), and version 2 is version 3
 without measured tables (`noise.table`, `handoff.dispatch_table`, `completion_table`);
 a device is written with the lowest version that holds it, so older readers still load
-what they can simulate. A table's draw is its row's inverse CDF (linear between the
+what they can simulate. Version 4 adds `handoff.host_cpu_s` and `host_cores`: the
+host's own CPU per batch, taken from the batches while they hold all those cores. A
+table's draw is its row's inverse CDF (linear between the
 listed probabilities) at a uniform seeded by the batch: `predlat validate` measures them
 on the batches a serving runtime ran (`predlat.sim.tail`, `predlat.sim.handoff`).
 
@@ -68,8 +70,8 @@ from predlat.profiling.profile import (
 from predlat.scheduling.routing import solo_latency
 
 DEVICE_FORMAT = "predlat-device"
-DEVICE_FORMAT_VERSION = 3
-VERSIONS = (1, 2, 3)  # what `parse_device` reads
+DEVICE_FORMAT_VERSION = 4
+VERSIONS = (1, 2, 3, 4)  # what `parse_device` reads
 
 
 class DeviceFileError(PredlatError):
@@ -138,9 +140,12 @@ class DeviceSpec:
             if getattr(law, key) is not None:
                 handoff[key] = _table_json(getattr(law, key), "seconds")
         measured = len(handoff) > len(HANDOFFS) or law.noise_table is not None
+        host = law.host_cpu_s > 0
+        if host:
+            handoff.update(host_cpu_s=law.host_cpu_s, host_cores=law.host_cores)
         out = {
             "format": DEVICE_FORMAT,
-            "version": 3 if measured else 2 if has_handoff else 1,
+            "version": 4 if host else 3 if measured else 2 if has_handoff else 1,
             "name": self.name,
             "slots": self.slots,
             "cores": law.cores,
@@ -157,12 +162,13 @@ class DeviceSpec:
             },
             "pairs": pairs,
         }
-        if has_handoff or measured:
+        if has_handoff or measured or host:
             out["handoff"] = handoff
         return out
 
 
 _HANDOFF_TABLES = ("dispatch_table", "completion_table")  # measured hand-offs (version 3)
+_HOST = ("host_cpu_s", "host_cores")  # the host's own CPU (version 4)
 
 
 def _table_json(table: QuantileTable, values: str) -> dict[str, Any]:
@@ -209,13 +215,13 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
     handoff = _obj(data, "handoff", where)
     tables = [("noise.table", "table" in noise)]
     tables += [(f"handoff.{k}", k in handoff) for k in _HANDOFF_TABLES]
+    tables += [(f"handoff.{k}", k in handoff) for k in _HOST]
     for name, there in tables:
-        if there and data.get("version") != 3:
-            raise DeviceFileError(f"{where}: {name}: needs version 3")
+        need = 4 if name.split(".")[-1] in _HOST else 3
+        if there and data.get("version", 0) < need:
+            raise DeviceFileError(f"{where}: {name}: needs version {need}")
     slow = _obj(data, "default_slowdown", where)
-    cores = data.get("cores")
-    if cores is not None and (not isinstance(cores, int) or cores < 1):
-        raise DeviceFileError(f"{where}: cores: expected null or an integer >= 1")
+    cores = _cores(data.get("cores"), f"{where}: cores")
     models = _models(data.get("models"), where)
     law = InterferenceLaw(
         base=_num(slow, "base", 0.05, f"{where}: default_slowdown.base"),
@@ -229,6 +235,8 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
         **{k: _num(handoff, k, 0.0, f"{where}: handoff.{k}") for k in HANDOFFS},
         noise_table=_table(noise.get("table"), f"{where}: noise.table", "log_factor"),
         **{k: _table(handoff.get(k), f"{where}: handoff.{k}", "seconds") for k in _HANDOFF_TABLES},
+        host_cpu_s=_num(handoff, "host_cpu_s", 0.0, f"{where}: handoff.host_cpu_s"),
+        host_cores=_cores(handoff.get("host_cores"), f"{where}: handoff.host_cores"),
     )
     slots = data.get("slots", 4)
     if not isinstance(slots, int) or slots < 1:
@@ -237,6 +245,12 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
     if not isinstance(name, str) or not name:
         raise DeviceFileError(f"{where}: name: expected a non-empty string")
     return DeviceSpec(name, models, law, slots)
+
+
+def _cores(value: Any, label: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DeviceFileError(f"{label}: expected null or an integer >= 1")
+    return value
 
 
 def _obj(data: dict, key: str, where: str) -> dict:

@@ -104,6 +104,16 @@ def with_handoff(spec: DeviceSpec, handoff: HandOff) -> DeviceSpec:
     return replace(spec, law=replace(spec.law, **handoff.delays()))
 
 
+def with_host_cpu(spec: DeviceSpec, ms_per_batch: float | None, cores: int) -> DeviceSpec:
+    """`spec` with the host's own CPU per batch (a runtime run's `host_cpu_ms_per_batch`)
+    taken from its batches while they hold all `cores` cores; unchanged where the run
+    could not measure it (None or NaN)."""
+    if ms_per_batch is None or not ms_per_batch > 0:
+        return spec
+    law = replace(spec.law, host_cpu_s=ms_per_batch / 1e3, host_cores=cores)
+    return replace(spec, law=law)
+
+
 def _batches(outcomes: Sequence[RequestOutcome]) -> list[_Batch]:
     out: dict[int, _Batch] = {}
     for o in outcomes:
