@@ -73,6 +73,7 @@ class Catalog:
         if self.repository is not None:
             try:
                 model = load_model(self.repository / name)
+                model.check(self.specs[name])
             except ConfigError as exc:
                 raise ProtocolError(f"cannot load model '{name}': {exc}", 400) from None
             if model.path.resolve() != self.specs[name].path.resolve():
