@@ -210,3 +210,16 @@ def test_a_bad_config_at_runtime_load_is_a_400_and_the_model_keeps_serving(tmp_p
             assert answer.status_code == 400 and "small/config.pbtxt" in answer.json()["error"]
             assert httpx.post(infer, json=body(1), timeout=10).status_code == 200
     runtime.stop()
+
+
+def test_load_overrides_are_refused_not_ignored(tmp_path):
+    server, runtime = serve(make_repository(tmp_path))
+    with server:
+        client = triton.InferenceServerClient(server.address)
+        with pytest.raises(triton.InferenceServerException, match=r"load parameters \(config\)"):
+            client.load_model("small", config='{"max_batch_size": 1}')
+        url = server.url + "/v2/repository/models/small/load"
+        assert httpx.post(url, content=b"garbage", timeout=10).status_code == 400
+        client.load_model("small")  # no overrides: loads
+        assert client.is_model_ready("small")
+    runtime.stop()

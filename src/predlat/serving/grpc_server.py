@@ -185,7 +185,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryIndexResponse(models=[entry(**e) for e in index])
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self._or_abort(context, self.service.catalog.load, request.model_name)
+        load, params = self.service.catalog.load, dict(request.parameters)
+        await self._or_abort(context, load, request.model_name, params)
         return service_pb2.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
