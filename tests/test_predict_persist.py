@@ -4,6 +4,7 @@ clear error against another profile."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,42 @@ def test_named_tuples_in_predictor_state_keep_their_class(tmp_path: Path) -> Non
     (overlap,) = loaded.recent
     assert type(overlap) is Overlap and overlap == fitted.recent[0]
     assert overlap.duration == 1.0
+
+
+def _edited(tmp_path: Path, edit) -> Path:
+    fitted = make_predictor("fine-rls", PROFILE).fit(law_records(PROFILE, LAW, 100, seed=3))
+    path = save_predictor(fitted, PROFILE, tmp_path / "p.json")
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _first_nd(node):
+    """The first numpy array entry in a saved state."""
+    if isinstance(node, dict):
+        if node.get("t") == "nd":
+            return node
+        node = list(node.values())
+    for child in node if isinstance(node, list) else []:
+        found = _first_nd(child)
+        if found is not None:
+            return found
+    return None
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda d: d.update(format_version="4"), "format_version '4' is not an integer"),
+        (lambda d: d.pop("state"), "needs 'profile' and 'state'"),
+        (lambda d: d.update(profile=[]), "needs 'profile' and 'state'"),
+        (lambda d: d["state"].pop("cls"), "corrupt predictor state"),
+        (lambda d: d["state"].update(v=[1]), "corrupt predictor state"),
+        (lambda d: _first_nd(d["state"]).update(dtype="nosuch"), "corrupt predictor state"),
+        (lambda d: _first_nd(d["state"]).update(shape=[999, 7]), "corrupt predictor state"),
+    ],
+)
+def test_an_edited_predictor_file_is_a_clear_error(tmp_path: Path, edit, named) -> None:
+    with pytest.raises(PredictorFileError, match=named):
+        load_predictor(_edited(tmp_path, edit), PROFILE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -418,3 +419,51 @@ def test_cli_out_must_be_a_folder(tmp_path: Path, cache: Path, capsys):
     target.write_text("x")
     assert main(["profile", "--models", "tiny", "--out", str(target)]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_solo_latency_never_extrapolates_to_zero():
+    # Noise made the largest batch faster than the one before: a straight line through
+    # them reaches zero at 100 rows, and a scheduler divides by the solo latency.
+    profile = _hand_profile()
+    profile.models["m"][8] = BatchProfile(LatencyStats(0.020, 0.022, 0.01, 5), {})
+    assert profile.solo_latency("m", 100) == pytest.approx(0.020)
+    assert profile.solo_latency("m", 6) == pytest.approx(0.035)  # interpolation unchanged
+
+
+def test_features_of_a_single_batch_size_profile():
+    profile = _hand_profile()
+    profile.models["m"] = {1: profile.models["m"][1]}
+    assert profile.features("m", 4) == profile.models["m"][1].features
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("models",), [], "models: expected an object"),
+        (("models", "m"), [1], "models.m: expected an object"),
+        (("models", "m"), {}, "models.m: expected an object"),
+        (("models", "m", "1", "latency_ms", "median"), -1, "models.m.1.latency_ms.median"),
+        (("models", "m", "1", "latency_ms", "median"), 0, "models.m.1.latency_ms.median"),
+        (("models", "m", "1", "latency_ms", "cv"), "x", "models.m.1.latency_ms.cv"),
+        (("models", "m", "1", "features"), "x", "models.m.1: expected an object"),
+        (("models", "m", "1", "features", "flops"), None, "models.m.1.features.flops"),
+        (("machine",), [], "expected an object with 'machine'"),
+    ],
+)
+def test_profile_load_names_the_bad_field(tmp_path: Path, path, value, named):
+    data = _hand_profile().to_json()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    (tmp_path / "profile.json").write_text(json.dumps(data))
+    with pytest.raises(PredlatError, match=re.escape(named)):
+        Profile.load(tmp_path / "profile.json")
+
+
+def test_profile_load_refuses_a_batch_size_below_one(tmp_path: Path):
+    data = _hand_profile().to_json()
+    data["models"]["m"]["0"] = data["models"]["m"]["1"]
+    (tmp_path / "profile.json").write_text(json.dumps(data))
+    with pytest.raises(PredlatError, match=r"models\.m\.0: batch size"):
+        Profile.load(tmp_path / "profile.json")

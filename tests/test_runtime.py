@@ -236,3 +236,23 @@ def test_warm_up_runs_every_model_and_size_once_per_slot() -> None:
     runs = Counter((j.model, j.batch_size) for j in device.jobs)
     assert runs == {(m, n): 2 for m in ("a", "b") for n in (1, 2, 3)}
     assert all(j.batch_id < 0 and j.inputs is None for j in device.jobs)
+
+
+def test_a_failing_round_still_answers_the_batches_that_finished() -> None:
+    runtime, device = gated_runtime()
+    sched = runtime.scheduler
+    healthy = sched.on_tick
+    try:
+        device.gate.clear()
+        future = runtime.submit("a", x(1), deadline_s=10.0)
+        time.sleep(0.05)  # dispatched, held by the gate
+
+        def broken(now: float) -> list:
+            raise RuntimeError("planning failed")
+
+        sched.on_tick = broken  # type: ignore[method-assign]
+        device.gate.set()  # the batch finishes in a round whose planning fails
+        assert future.result(timeout=5).status == "met"
+    finally:
+        sched.on_tick = healthy  # type: ignore[method-assign]
+        runtime.stop()

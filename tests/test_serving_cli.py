@@ -95,6 +95,9 @@ def test_serve_door_grpc_and_repository_user_errors(capsys, tmp_path):
     assert "--max-inflight" in capsys.readouterr().err
     assert main(["serve", "--decode-processes", "-2"]) == 2
     assert "--decode-processes" in capsys.readouterr().err
+    for port in ("70000", "-2"):
+        assert main(["serve", "--models", "tiny", "--grpc-port", port]) == 2
+        assert "--grpc-port must be in 0..65535 or -1" in capsys.readouterr().err
     repo = tmp_path / "repo"
     assert main(["serve", "--models", "tiny", "--model-repository", str(repo)]) == 2
     assert "not both" in capsys.readouterr().err

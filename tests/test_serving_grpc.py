@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -83,6 +84,36 @@ def test_errors_are_grpc_status_codes(served):
     with pytest.raises(InferenceServerException) as info:
         infer(client, np.zeros((1, 16), np.float32))
     assert info.value.status() == "StatusCode.UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("param", "kind", "value", "named"),
+    [
+        ("priority", "string_param", "high", "'priority' must be a non-negative integer"),
+        ("priority", "int64_param", -1, "'priority' must be a non-negative integer"),
+        ("timeout", "int64_param", -5, "'timeout' must be a non-negative integer"),
+        ("timeout", "double_param", 1.5, "'timeout' must be a non-negative integer"),
+        ("timeout_action", "string_param", "LATER", "'timeout_action' must be"),
+    ],
+)
+def test_bad_parameters_are_invalid_argument(served, param, kind, value, named):
+    server, runtime = served
+    stub = grpcclient.service_pb2_grpc.GRPCInferenceServiceStub(
+        grpc.insecure_channel(server.address)
+    )
+    request = grpcclient.service_pb2.ModelInferRequest(model_name="tiny")
+    item = request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    item.contents.fp32_contents.extend([0.0] * 16)
+    setattr(request.parameters[param], kind, value)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in info.value.details()
+    request.ClearField("parameters")
+    request.outputs.add(name="nope")
+    with pytest.raises(grpc.RpcError, match="has no output 'nope'"):
+        stub.ModelInfer(request, timeout=10)
+    assert not runtime.submitted
 
 
 def test_attached_to_the_http_server_shares_its_loop_and_lifetime(spec):

@@ -168,3 +168,58 @@ def test_repository_index_load_unload_keep_other_models_serving(tmp_path):
         with pytest.raises(triton.InferenceServerException, match="restart"):
             client.load_model("absent")
     runtime.stop()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('max_batch_size: 4 input [{name: "z" data_type: TYPE_FP32 dims: [16]}]',
+         "input 'z' is not in the model (inputs: x)"),
+        ('max_batch_size: 4 input [{name: "x" data_type: TYPE_INT64 dims: [16]}]',
+         "input 'x': data_type TYPE_INT64, the model's is TYPE_FP32"),
+        ('max_batch_size: 4 input [{name: "x" data_type: TYPE_FP32 dims: [3]}]',
+         "input 'x': dims [3] do not match the model's [16]"),
+        ('max_batch_size: 0 input [{name: "x" data_type: TYPE_FP32 dims: [16]}]',
+         "input 'x': dims [16] do not match the model's [-1, 16]"),
+        ('max_batch_size: 4 output [{name: "nope" data_type: TYPE_FP32 dims: [4]}]',
+         "output 'nope' is not in the model"),
+    ],
+)  # fmt: skip
+def test_a_config_that_does_not_match_its_model_is_refused(tmp_path, config, message):
+    small, _ = scan_repository(make_repository(tmp_path, config))
+    with pytest.raises(ConfigError, match=r"small/config\.pbtxt") as info:
+        small.spec()
+    assert message in str(info.value)
+
+
+def test_a_matching_config_signature_is_accepted(tmp_path):
+    config = 'max_batch_size: 4 input [{name: "x" data_type: TYPE_FP32 dims: [-1]}]'
+    small, _ = scan_repository(make_repository(tmp_path, config))
+    assert small.spec().inputs[0].shape == (None, 16)
+
+
+def test_a_bad_config_at_runtime_load_is_a_400_and_the_model_keeps_serving(tmp_path):
+    root = make_repository(tmp_path, "max_batch_size: 4")
+    server, runtime = serve(root)
+    with server:
+        load = server.url + "/v2/repository/models/small/load"
+        infer = server.url + "/v2/models/small/infer"
+        for text in (b"\xff\xfe not text", b'input [{name: "z" data_type: TYPE_FP32}]'):
+            (root / "small" / "config.pbtxt").write_bytes(text)
+            answer = httpx.post(load, timeout=10)
+            assert answer.status_code == 400 and "small/config.pbtxt" in answer.json()["error"]
+            assert httpx.post(infer, json=body(1), timeout=10).status_code == 200
+    runtime.stop()
+
+
+def test_load_overrides_are_refused_not_ignored(tmp_path):
+    server, runtime = serve(make_repository(tmp_path))
+    with server:
+        client = triton.InferenceServerClient(server.address)
+        with pytest.raises(triton.InferenceServerException, match=r"load parameters \(config\)"):
+            client.load_model("small", config='{"max_batch_size": 1}')
+        url = server.url + "/v2/repository/models/small/load"
+        assert httpx.post(url, content=b"garbage", timeout=10).status_code == 400
+        client.load_model("small")  # no overrides: loads
+        assert client.is_model_ready("small")
+    runtime.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -89,6 +90,10 @@ def test_device_json_roundtrip(tmp_path):
         (lambda d: d["pairs"]["small"].update(small="a"), "pairs.small.small"),
         (lambda d: d.update(models={}), "models"),
         (lambda d: d.update(slots=0), "slots"),
+        (lambda d: d["models"]["small"]["solo_s"].update({"1": math.nan}), "models.small.solo_s.1"),
+        (lambda d: d["noise"].update(sigma=math.inf), "noise.sigma"),
+        (lambda d: d["pairs"]["small"].update(small=math.nan), "pairs.small.small"),
+        (lambda d: d.update(failure_rate=math.nan), "failure_rate"),
     ],
 )
 def test_device_json_errors_name_the_field(edit, field):
@@ -114,3 +119,13 @@ def test_calibrate_cli(tmp_path, capsys):
     assert "Pair slowdowns" in text and "sim p99 ms" in text
     assert json.loads(out.read_text())["cores"] == 2
     assert load_device(out).law.pairs[("small", "small")] == pytest.approx(0.15, abs=0.05)
+
+
+def test_calibrate_cli_refuses_a_folder_as_out_before_fitting(tmp_path, capsys):
+    spec = _known()
+    write_trace(tmp_path / "t.parquet", random_colocation(spec, 3, 50, seed=2), {"concurrency": 3})
+    spec.profile(cv=0.0).save(tmp_path / "profile.json")
+    (tmp_path / "out").mkdir()
+    argv = ["calibrate", "--traces", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "is a folder" in capsys.readouterr().err

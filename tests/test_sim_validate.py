@@ -196,3 +196,6 @@ def test_validate_rejects_bad_flags_before_running_anything(tmp_path, capsys):
     assert "unknown policy 'fastest'" in capsys.readouterr().err
     assert main(["validate", "--train-duration", "0", "--out", str(tmp_path)]) == 2
     assert "--train-duration" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["validate", "--out", str(tmp_path / "file")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

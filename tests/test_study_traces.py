@@ -15,6 +15,7 @@ from predlat.experiments.study_data import (
     FLOORS_FILE,
     load_study_dir,
     pack_traces,
+    read_floors,
     write_floors,
 )
 from predlat.experiments.study_sim import write_simulated_study
@@ -200,3 +201,9 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path: Path, capsys) -> None:
     assert len(errors) == 4 and all(e.startswith("predlat study: error:") for e in errors)
     assert "bogus" in errors[1] and "no-such-model" in errors[2] and "--quick" in errors[3]
     assert not (tmp_path / "o").exists()
+
+
+def test_floors_file_of_the_wrong_shape_says_what_it_expects(tmp_path):
+    (tmp_path / "floors.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="expected an object with noise_floor"):
+        read_floors(tmp_path / "floors.json")

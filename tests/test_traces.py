@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,42 @@ def test_bad_file_is_a_one_line_error_naming_it(tmp_path: Path, kind: str) -> No
         read_trace(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "named"),
+    [
+        ("model", None, "row 1: 'model' is None"),
+        ("end", None, "row 1: 'end' is None"),
+        ("start", float("nan"), "row 1: 'start' is nan"),
+        ("end", float("inf"), "row 1: 'end' is inf"),
+        ("batch_size", None, "row 1: 'batch_size' is None"),
+    ],
+)
+def test_a_trace_with_missing_or_non_finite_values_names_row_and_column(
+    tmp_path: Path, column: str, value: object, named: str
+) -> None:
+    path = write_trace(tmp_path / "t.parquet", _synthetic_records(), {"concurrency": 2})
+    table = pq.read_table(path)
+    values = table.column(column).to_pylist()
+    values[1] = value
+    field = table.schema.field(column)
+    table = table.set_column(
+        table.schema.get_field_index(column), field, pa.array(values, field.type)
+    )
+    pq.write_table(table, path)
+    with pytest.raises(PredlatError, match=named):
+        read_trace(path)
+
+
+def test_a_trace_with_a_non_integer_format_version(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "t.parquet", _synthetic_records(), {"concurrency": 2})
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"predlat"])
+    meta["format_version"] = "1"
+    pq.write_table(table.replace_schema_metadata({b"predlat": json.dumps(meta)}), path)
+    with pytest.raises(PredlatError, match="format_version '1' is not an integer"):
+        read_trace(path)
 
 
 # -- collection ----------------------------------------------------------------------

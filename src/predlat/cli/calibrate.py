@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from predlat.sim.calibrate_report import calibrate_files, render
     from predlat.sim.device_file import save_device
 
+    if args.out.is_dir():  # checked before the fit, not when writing after it
+        raise ConfigError(f"--out {args.out} is a folder; give a device.json file name")
     folder = args.traces[0].parent
     profile_path = args.profile or next(
         (p for p in (folder / "profile.json", folder.parent / "profile.json") if p.is_file()),

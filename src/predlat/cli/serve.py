@@ -184,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
     require(args.slots is None or args.slots >= 1, f"--slots must be at least 1, got {args.slots}")
     require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
+    require(  # (the OS would take 70000 as 4464)
+        -1 <= args.grpc_port <= 65535,
+        f"--grpc-port must be in 0..65535 or -1, got {args.grpc_port}",
+    )
     require(args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}")
     require(
         args.predictor is None or args.predictor.is_file(),

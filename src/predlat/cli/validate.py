@@ -8,7 +8,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from predlat.cli.common import add_device_options, add_progress_option, name_list
+from predlat.cli.common import (
+    add_device_options,
+    add_progress_option,
+    name_list,
+    require_out_folder,
+)
 from predlat.cli.compare import float_list
 from predlat.errors import require
 
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "--train-duration must be positive (the calibration needs the warm-up history)",
     )
     require(args.seed >= 0, f"--seed must be non-negative, got {args.seed}")
+    require_out_folder(args.out)  # now, not after minutes on the device
     from predlat.experiments.compare import CompareConfig
     from predlat.experiments.validate import quick_validate_config, run_validate
     from predlat.experiments.validate_report import write_validate_outputs

@@ -167,6 +167,8 @@ def read_floors(path: Path) -> tuple[FloorSummary | None, FloorSummary | None]:
         return None, None
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected an object with noise_floor and colocation_floor")
         noise, colocation = data.get("noise_floor"), data.get("colocation_floor")
         return (
             None if noise is None else FloorSummary.from_json(noise, "per_model"),

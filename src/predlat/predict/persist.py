@@ -85,6 +85,9 @@ def load_predictor(path: str | Path, profile: Profile) -> BasePredictor:
         raise PredictorFileError(f"{path} is not a predictor file (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise PredictorFileError(f"{path} is not a predlat predictor file")
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise PredictorFileError(f"{path}: format_version {version!r} is not an integer")
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise PredictorFileError(
             f"{path} has predictor format {doc['format_version']}; this predlat reads up "
@@ -95,8 +98,15 @@ def load_predictor(path: str | Path, profile: Profile) -> BasePredictor:
             f"{path} has predictor format {doc.get('format_version')}, from an older predlat "
             f"whose predictor state this one cannot read: fit it again (predlat fit)"
         )
+    if not isinstance(doc.get("profile", {}), dict) or "state" not in doc:
+        raise PredictorFileError(f"{path}: a predictor file needs 'profile' and 'state'")
     _check_profile(path, doc.get("profile", {}), profile_identity(profile))
-    predictor = _Decoder(profile).decode(doc["state"])
+    try:
+        predictor = _Decoder(profile).decode(doc["state"])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        # An edited or truncated state: say so, not where the decoder tripped.
+        detail = f"{type(exc).__name__}: {exc}"
+        raise PredictorFileError(f"{path}: corrupt predictor state ({detail})") from None
     if not isinstance(predictor, BasePredictor):
         raise PredictorFileError(f"{path} does not hold a predictor")
     return predictor

@@ -6,10 +6,12 @@ Times are kept in seconds in memory; `profile.json` stores milliseconds for peop
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +79,10 @@ class Profile:
         values = [entries[s].latency.median for s in sizes]
         if len(sizes) == 1:
             return values[0] * batch_size / sizes[0]
-        return float(_interp_extrap(batch_size, sizes, values))
+        value = float(_interp_extrap(batch_size, sizes, values))
+        # Noise can make the measured latency fall with batch size, and extrapolating
+        # that reaches zero; a batch never costs nothing (schedulers divide by it).
+        return value if value > 0 else values[0 if batch_size < sizes[0] else -1]
 
     def features(self, model: str, batch_size: int) -> dict[str, float]:
         """Resource features; interpolated like `solo_latency` for unmeasured sizes."""
@@ -85,6 +90,8 @@ class Profile:
         if batch_size in entries:
             return entries[batch_size].features
         sizes = sorted(entries)
+        if len(sizes) == 1:  # nothing to interpolate: utilisations stay as measured
+            return entries[sizes[0]].features
         return {
             name: float(
                 _interp_extrap(batch_size, sizes, [entries[s].features[name] for s in sizes])
@@ -150,9 +157,56 @@ class Profile:
     @classmethod
     def load(cls, path: Path) -> Profile:
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
             raise PredlatError(f"cannot read profile {path}: {exc}") from None
+        problem = profile_json_problem(data)
+        if problem is not None:
+            raise PredlatError(f"profile {path}: {problem}")
+        try:
+            return cls.from_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PredlatError(f"cannot read profile {path}: {exc}") from None
+
+
+def profile_json_problem(data: Any) -> str | None:
+    """What is wrong with a profile.json's content, naming the field; None if nothing."""
+    if not isinstance(data, dict) or not isinstance(data.get("machine"), dict):
+        return "expected an object with 'machine' and 'models' objects"
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return "models: expected an object of {model: {batch size: entry}}"
+    for name, entries in models.items():
+        if not isinstance(entries, dict) or not entries:
+            return f"models.{name}: expected an object with at least one batch size"
+        for n, entry in entries.items():
+            problem = _entry_problem(n, entry)
+            if problem is not None:
+                return f"models.{name}.{problem}"
+    return None
+
+
+def _entry_problem(size: str, entry: Any) -> str | None:
+    if not size.isdigit() or int(size) < 1:
+        return f"{size}: batch size must be an integer >= 1"
+    latency = entry.get("latency_ms") if isinstance(entry, dict) else None
+    features = entry.get("features") if isinstance(entry, dict) else None
+    if not isinstance(latency, dict) or not isinstance(features, dict):
+        return f"{size}: expected an object with 'latency_ms' and 'features' objects"
+    for key, positive in (("median", True), ("p99", False), ("cv", False)):
+        value = latency.get(key)
+        ok = _is_number(value) and math.isfinite(value) and (value > 0 or not positive)
+        if not ok or value < 0:
+            which = "positive" if positive else "non-negative"
+            return f"{size}.latency_ms.{key}: expected a {which} finite number, got {value!r}"
+    for key in FEATURE_NAMES:
+        if not _is_number(features.get(key)):
+            return f"{size}.features.{key}: expected a number, got {features.get(key)!r}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _interp_extrap(x: float, xs: list[int], ys: list[float]) -> float:

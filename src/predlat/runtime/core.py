@@ -153,19 +153,24 @@ class DriverCore:
         """Feed events to the scheduler and carry out its decisions."""
         sched = self.scheduler
         decisions: list = []
-        for kind, payload in events:
+        try:
+            for kind, payload in events:
+                now = self.device.now()
+                if kind == ARRIVAL:
+                    decisions += sched.on_arrival(payload, now, dispatch=False)
+                elif kind == DONE:
+                    decisions += self._completed(payload, now)
+                elif kind == STOP:
+                    self._draining = True
+                    if not payload:
+                        decisions += sched.reject_all()
             now = self.device.now()
-            if kind == ARRIVAL:
-                decisions += sched.on_arrival(payload, now, dispatch=False)
-            elif kind == DONE:
-                decisions += self._completed(payload, now)
-            elif kind == STOP:
-                self._draining = True
-                if not payload:
-                    decisions += sched.reject_all()
-        now = self.device.now()
-        decisions += sched.on_tick(now)
-        self._execute(decisions)
+            decisions += sched.on_tick(now)
+        finally:
+            # A round that fails still carries out what was decided before the failure
+            # (answers of finished batches above all): dropped, their requests would
+            # never be answered.
+            self._execute(decisions)
 
     def _completed(self, result: BatchResult, now: float) -> list:
         record = self._ledger.finish(result)

@@ -60,7 +60,7 @@ from predlat.serving.answers import (
 )
 from predlat.serving.backlog import BacklogForecast, OnlineQuantile
 from predlat.serving.body import body_held_back, content_length, read_body
-from predlat.serving.catalog import Catalog
+from predlat.serving.catalog import Catalog, load_parameters
 from predlat.serving.config import (  # noqa: F401  (ServerConfig: the public name)
     DEFAULT_MAX_BODY_BYTES,
     HostableRuntime,
@@ -138,7 +138,8 @@ class InferenceService:
         return json_response(self.catalog.index(self.state.ready))
 
     async def repository_load(self, request: Request) -> Response:
-        self.catalog.load(request.path_params["model"])
+        body = await request.body()
+        self.catalog.load(request.path_params["model"], load_parameters(body))
         return json_response({})
 
     async def repository_unload(self, request: Request) -> Response:

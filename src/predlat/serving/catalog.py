@@ -9,8 +9,9 @@ requests again. Requests for other models are never touched.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 from predlat.errors import ConfigError
@@ -63,7 +64,13 @@ class Catalog:
             out.append(entry)
         return out
 
-    def load(self, name: str) -> None:
+    def load(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        if parameters:  # Triton's overrides ("config", "file:..."): never silently dropped
+            raise ProtocolError(
+                f"load parameters ({', '.join(sorted(parameters))}) are not supported: edit "
+                "the model's config.pbtxt in the repository, then load it",
+                400,
+            )
         if name not in self.specs:
             raise ProtocolError(
                 f"model '{name}' was not in the repository when the server started; "
@@ -73,6 +80,7 @@ class Catalog:
         if self.repository is not None:
             try:
                 model = load_model(self.repository / name)
+                model.check(self.specs[name])
             except ConfigError as exc:
                 raise ProtocolError(f"cannot load model '{name}': {exc}", 400) from None
             if model.path.resolve() != self.specs[name].path.resolve():
@@ -88,3 +96,17 @@ class Catalog:
         self.get(name)
         with self._lock:
             self.unloaded.add(name)
+
+
+def load_parameters(body: bytes) -> dict[str, object]:
+    """The `parameters` of an HTTP repository load body (empty: none), or a 400."""
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ProtocolError("malformed JSON in the load request body", 400) from None
+    params = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        raise ProtocolError("a load request body must be a JSON object of 'parameters'", 400)
+    return params

@@ -30,7 +30,13 @@ from predlat.serving.answers import (
     rejection_status,
 )
 from predlat.serving.app import InferenceService
-from predlat.serving.decode import _check_shape_and_type, _check_signature
+from predlat.serving.decode import (
+    _check_shape_and_type,
+    _check_signature,
+    _deadline,
+    _priority_level,
+    _timeout_action,
+)
 from predlat.serving.protocol import InferRequest, ProtocolError
 
 DEFAULT_GRPC_PORT = 8001
@@ -50,6 +56,14 @@ def _param(params: Any, key: str) -> Any:
     if key not in params:
         return None
     return getattr(params[key], params[key].WhichOneof("parameter_choice"))
+
+
+def door_parameters(request: Any) -> tuple[float | None, int]:
+    """Triton's `timeout` (s; None: the model's) and `priority` level, checked as HTTP
+    checks them: a bad value is INVALID_ARGUMENT, not an internal error or a refusal."""
+    params = {k: _param(request.parameters, k) for k in ("timeout", "priority")}
+    params = {k: v for k, v in params.items() if v is not None}
+    return _deadline(params), _priority_level(params)
 
 
 def decode_grpc_request(request: Any, spec: ModelSpec) -> InferRequest:
@@ -82,9 +96,13 @@ def decode_grpc_request(request: Any, spec: ModelSpec) -> InferRequest:
             if array.size != int(np.prod(shape)):
                 raise ProtocolError(f"input '{item.name}': contents do not match its shape")
         inputs[item.name] = array.astype(tensor.dtype, copy=False).reshape(shape)
-    params = request.parameters
-    timeout = _param(params, "timeout")
-    action = _param(params, "timeout_action")
+    known = {t.name for t in spec.outputs}
+    for wanted in request.outputs:
+        if wanted.name not in known:
+            names = ", ".join(sorted(known))
+            raise ProtocolError(f"model '{spec.name}' has no output '{wanted.name}' ({names})")
+    deadline_s, level = door_parameters(request)
+    action = _timeout_action({"timeout_action": _param(request.parameters, "timeout_action")})
     return InferRequest(
         model=spec.name,
         request_id=request.id or None,
@@ -92,9 +110,9 @@ def decode_grpc_request(request: Any, spec: ModelSpec) -> InferRequest:
         rows=_check_signature(inputs, spec),
         outputs=None,
         binary_output=True,
-        priority_level=int(_param(params, "priority") or 0),
-        deadline_s=timeout / 1e6 if timeout else None,
-        timeout_action=action if action in ("REJECT", "DELAY") else None,
+        priority_level=level,
+        deadline_s=deadline_s,
+        timeout_action=action,
     )
 
 
@@ -167,7 +185,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryIndexResponse(models=[entry(**e) for e in index])
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self._or_abort(context, self.service.catalog.load, request.model_name)
+        load, params = self.service.catalog.load, dict(request.parameters)
+        await self._or_abort(context, load, request.model_name, params)
         return service_pb2.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
@@ -178,12 +197,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         arrived = time.perf_counter()
         service = self.service
         spec = await self._or_abort(context, self._spec, request.model_name, request.model_version)
-        timeout = _param(request.parameters, "timeout")
-        door_deadline = service.config.request_deadline(
-            spec.name, timeout / 1e6 if timeout else None
-        )
+        timeout_s, level = await self._or_abort(context, door_parameters, request)
+        door_deadline = service.config.request_deadline(spec.name, timeout_s)
         queue_cap = service.config.settings(spec.name).max_queue_size
-        level = int(_param(request.parameters, "priority") or 0)
         priority = priority_from_level(level) if level else None
         ticket = service.door.admit(spec.name, door_deadline, queue_cap, 0.0, priority)
         if not isinstance(ticket, Refusal) and not service.state.accepting:

@@ -13,14 +13,15 @@ other than ONNX Runtime); other fields set are warned about by name and ignored.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from predlat.errors import ConfigError
-from predlat.models.spec import ModelSpec, load_model_spec
+from predlat.models.spec import ModelSpec, TensorSpec, load_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,51 @@ class RepositoryModel:
     version: str
     path: Path  # the model.onnx of the version served
     settings: ModelSettings
+    config: Any = field(default=None, compare=False, repr=False)  # its parsed config.pbtxt
 
     def spec(self) -> ModelSpec:
-        """Its signature, named after its directory (every file is model.onnx)."""
-        return load_model_spec(self.path, name=self.name)
+        """Its signature, named after its directory (every file is model.onnx), checked
+        against the inputs and outputs its config declares."""
+        spec = load_model_spec(self.path, name=self.name)
+        self.check(spec)
+        return spec
+
+    def check(self, spec: ModelSpec) -> None:
+        """Refuses a config whose declared inputs or outputs the model does not have (as
+        Triton does): served, every request would be refused for it."""
+        if self.config is None:
+            return
+        where = self.path.parent.parent / CONFIG_NAME
+        batched = self.config.max_batch_size > 0
+        for kind, declared, actual in (
+            ("input", self.config.input, spec.inputs),
+            ("output", self.config.output, spec.outputs),
+        ):
+            by_name = {t.name: t for t in actual}
+            for entry in declared:
+                tensor = by_name.get(entry.name)
+                if tensor is None:
+                    names = ", ".join(by_name)
+                    raise ConfigError(
+                        f"{where}: {kind} '{entry.name}' is not in the model ({kind}s: {names})"
+                    )
+                _check_tensor(entry, tensor, batched, f"{where}: {kind} '{entry.name}'")
+
+
+def _check_tensor(entry: Any, tensor: TensorSpec, batched: bool, label: str) -> None:
+    datatype = f"TYPE_{tensor.v2_datatype}"
+    if entry.data_type and model_config_pb2.DataType.Name(entry.data_type) != datatype:
+        declared = model_config_pb2.DataType.Name(entry.data_type)
+        raise ConfigError(f"{label}: data_type {declared}, the model's is {datatype}")
+    # Triton's dims leave out the batch axis when the model batches (max_batch_size > 0).
+    shape = [-1 if d is None else d for d in tensor.shape]
+    model_dims = shape[1:] if batched else shape
+    dims = list(entry.dims)
+    fits = len(dims) == len(model_dims) and all(
+        a == b or -1 in (a, b) for a, b in zip(dims, model_dims, strict=True)
+    )
+    if dims and not fits:
+        raise ConfigError(f"{label}: dims {dims} do not match the model's {model_dims}")
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -68,6 +110,8 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
@@ -140,7 +184,7 @@ def load_model(directory: Path) -> RepositoryModel:
         raise ConfigError(f"{directory}: no <version>/{MODEL_FILE}")
     version, path = found[-1]
     settings = settings_from_config(config, config_path)
-    return RepositoryModel(directory.name, str(version), path, settings)
+    return RepositoryModel(directory.name, str(version), path, settings, config)
 
 
 def scan_repository(root: Path) -> list[RepositoryModel]:

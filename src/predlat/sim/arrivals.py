@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -92,10 +93,16 @@ def csv_requests(
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             if "HashFunction" in header:
-                return _azure(reader, header, models, deadline_s, limit, seed)
-            return _plain(reader, header, path, set(models), deadline_s, limit)
+                requests = _azure(reader, header, path, models, deadline_s, limit, seed)
+            else:
+                requests = _plain(reader, header, path, set(models), deadline_s, limit)
     except OSError as exc:
         raise ConfigError(f"cannot read arrivals {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"arrivals {path}: not a text CSV ({exc})") from None
+    if not requests:
+        raise ConfigError(f"arrivals {path}: no requests in the file")
+    return requests
 
 
 def _plain(reader, header, path, models, deadline_s, limit) -> list[Request]:
@@ -103,11 +110,12 @@ def _plain(reader, header, path, models, deadline_s, limit) -> list[Request]:
         raise ConfigError(f"arrivals {path}: needs columns 'timestamp' and 'model'")
     rows = []
     for line, row in enumerate(reader, start=2):
-        try:
-            t = float(row["timestamp"])
-        except ValueError:
-            raise ConfigError(f"arrivals {path}:{line}: timestamp '{row['timestamp']}'") from None
+        t = _finite(row["timestamp"])
+        if t is None:  # NaN or inf would never be reached: the run would not end
+            raise ConfigError(f"arrivals {path}:{line}: timestamp '{row['timestamp']}'")
         model = row["model"]
+        if model is None:
+            raise ConfigError(f"arrivals {path}:{line}: the row has no model")
         if model not in models:
             raise ConfigError(f"arrivals {path}:{line}: model '{model}' is not on the devices")
         pr = (row.get("priority") or "low").strip().lower()
@@ -115,10 +123,10 @@ def _plain(reader, header, path, models, deadline_s, limit) -> list[Request]:
             raise ConfigError(f"arrivals {path}:{line}: priority '{pr}' (high, low, 0, 1)")
         high = pr in ("high", "0")
         dl = row.get("deadline_ms")
-        try:
-            d = float(dl) / 1e3 if dl not in (None, "") else deadline_s(model)
-        except ValueError:
-            raise ConfigError(f"arrivals {path}:{line}: deadline_ms '{dl}'") from None
+        ms = None if dl in (None, "") else _finite(dl)
+        if dl not in (None, "") and (ms is None or ms <= 0):
+            raise ConfigError(f"arrivals {path}:{line}: deadline_ms '{dl}' (a positive number)")
+        d = deadline_s(model) if ms is None else ms / 1e3
         rows.append((t, model, high, d))
     rows.sort(key=lambda r: r[0])
     rows = rows[:limit] if limit else rows
@@ -129,7 +137,15 @@ def _plain(reader, header, path, models, deadline_s, limit) -> list[Request]:
     ]
 
 
-def _azure(reader, header, models, deadline_s, limit, seed) -> list[Request]:
+def _finite(text: str | None) -> float | None:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _azure(reader, header, path, models, deadline_s, limit, seed) -> list[Request]:
     minutes = [c for c in header if c.isdigit()]
     rng = np.random.default_rng(seed)
     models = sorted(models)
@@ -137,7 +153,13 @@ def _azure(reader, header, models, deadline_s, limit, seed) -> list[Request]:
     for i, row in enumerate(reader):
         model = models[i % len(models)]
         for c in minutes:
-            n = int(row[c] or 0)
+            text = (row[c] or "0").strip()
+            if not text.isdigit():
+                raise ConfigError(
+                    f"arrivals {path}:{i + 2}: minute {c} has '{text}' invocations "
+                    "(a non-negative integer)"
+                )
+            n = int(text)
             if n:
                 start = (int(c) - 1) * 60.0
                 times.extend((float(t), model) for t in start + rng.uniform(0, 60.0, n))

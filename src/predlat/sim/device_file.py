@@ -53,6 +53,7 @@ largest). Every error names the offending field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,8 @@ def _obj(data: dict, key: str, where: str) -> dict:
 
 def _num(data: dict, key: str, default: float, label: str, upper: float | None = None) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    # JSON readers accept NaN and Infinity: the simulator would hang or fail on them.
+    if not _numbers([value]) or not math.isfinite(value) or value < 0:
         raise DeviceFileError(f"{label}: expected a non-negative number, got {value!r}")
     if upper is not None and value > upper:
         raise DeviceFileError(f"{label}: must be at most {upper}, got {value!r}")
@@ -289,7 +291,7 @@ def _table(raw: Any, label: str, values: str) -> QuantileTable | None:
 
 def _numbers(value: Any) -> bool:
     return isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
     )
 
 

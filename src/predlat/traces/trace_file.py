@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from predlat import __version__
@@ -183,7 +184,24 @@ def read_trace(path: str | Path) -> Trace:
         table = table.select(schema.names).cast(schema.remove_metadata())
     except (pa.ArrowException, ValueError) as exc:
         raise TraceFileError(f"trace {path} has columns of the wrong type: {exc}") from None
+    _check_values(path, table)
     return Trace(records=table_to_records(table), metadata=metadata)
+
+
+_REQUIRED = ("batch_id", "model", "batch_size", "slot", "device", "dispatch", "start", "end")
+
+
+def _check_values(path: Path, table: pa.Table) -> None:
+    """Every batch has its fields and finite times: an edited or foreign file fails
+    here, by column and row, not deep inside a fit."""
+    for name in _REQUIRED:
+        column = table.column(name)
+        bad = pc.is_null(column)
+        if pa.types.is_floating(column.type):
+            bad = pc.or_(bad, pc.fill_null(pc.invert(pc.is_finite(column)), True))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise TraceFileError(f"trace {path}: row {row}: '{name}' is {column[row].as_py()!r}")
 
 
 def read_trace_metadata(path: str | Path) -> dict[str, Any]:
@@ -208,6 +226,8 @@ def _metadata(path: Path, schema: pa.Schema) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != TRACE_FORMAT:
         raise TraceFileError(f"{path} is a Parquet file but not a predlat trace")
     version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise TraceFileError(f"{path}: format_version {version!r} is not an integer")
     if version > TRACE_FORMAT_VERSION:
         raise TraceFileError(
             f"{path} is a trace of format version {version}; this predlat reads "

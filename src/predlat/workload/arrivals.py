@@ -6,6 +6,7 @@ can be compared on identical traffic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,18 +98,40 @@ def replay_workload(path: Path) -> list[Arrival]:
             import csv
 
             with path.open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            table = {k: [r[k] for r in rows] for k in (rows[0].keys() if rows else [])}
-    except (OSError, ValueError) as exc:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+            header = [k for k in reader.fieldnames or [] if k is not None]
+            table = {k: [r.get(k) for r in rows] for k in header}
+    except (OSError, ValueError, csv.Error) as exc:
         raise ConfigError(f"cannot read workload {path}: {exc}") from None
     if "time" not in table and "timestamp" in table:
         table["time"] = table["timestamp"]
     if "time" not in table or "model" not in table:
         raise ConfigError(f"workload {path} needs columns 'time' and 'model'")
+    if not table["time"]:
+        raise ConfigError(f"workload {path} holds no arrivals")
     high = table.get("high_priority", [False] * len(table["time"]))
     arrivals = [
-        Arrival(float(t), str(m), str(h).lower() in ("1", "true"))
-        for t, m, h in zip(table["time"], table["model"], high, strict=True)
+        _arrival(path, i, t, m, h)
+        for i, (t, m, h) in enumerate(zip(table["time"], table["model"], high, strict=True))
     ]
     arrivals.sort(key=lambda a: (a.time, a.model))
     return arrivals
+
+
+def _arrival(path: Path, i: int, time: object, model: object, high: object) -> Arrival:
+    """Data row `i` (from 0) as an Arrival, or a ConfigError naming the row and field: a
+    NaN or infinite time would keep the load generator waiting forever."""
+    where = f"workload {path}, row {i + 1}"
+    try:
+        t = float(time)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        t = math.nan
+    if not math.isfinite(t):
+        raise ConfigError(f"{where}: time {time!r} is not a finite number of seconds")
+    if model in (None, ""):
+        raise ConfigError(f"{where}: no model")
+    flag = str(high).strip().lower()
+    if flag not in ("0", "1", "true", "false", "", "none"):  # none: a missing value
+        raise ConfigError(f"{where}: high_priority {high!r} (0, 1, true or false)")
+    return Arrival(t, str(model), flag in ("1", "true"))
