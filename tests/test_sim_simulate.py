@@ -172,3 +172,10 @@ def test_simulate_refuses_no_jobs(tmp_path, capsys):
     argv = ["simulate", "--requests", "10", "--jobs", "0", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_simulate_refuses_an_out_that_is_a_file_before_running(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("")
+    assert main(["simulate", "--requests", "10", "--out", str(out)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err

@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from predlat.cli.common import add_quantile_option, name_list, positive_float
+from predlat.cli.common import (
+    add_quantile_option,
+    name_list,
+    positive_float,
+    require_out_folder,
+)
 from predlat.cli.compare import float_list
 
 
@@ -80,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_out_folder(args.out)  # before the runs, not after them
     from predlat.experiments.parallel import usable_cores
     from predlat.experiments.simulate import SimulateConfig, run_simulate
     from predlat.experiments.simulate_report import write_simulate_outputs
