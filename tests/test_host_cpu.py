@@ -81,17 +81,24 @@ def _ends(law: InterferenceLaw) -> dict[int, float]:
 def test_simulated_host_cpu_is_taken_from_batches_only_when_they_fill_the_cores() -> None:
     quiet = InterferenceLaw(base=0.0, compute=0.0, memory=0.0, noise_sigma=0.0)
     assert _ends(quiet) == pytest.approx({1: 0.1, 2: 0.15})
-    # 10 ms of host CPU per start: the second start fills both cores, so each batch
-    # loses 10 / 2 ms of its time; the first start found a free core and cost nothing.
+    # 10 ms of host CPU per batch, half at its start and half at its end: the second
+    # start fills both cores, so each batch loses 5 / 2 ms of its time; the first start
+    # and both ends found a free core and cost nothing.
     host = InterferenceLaw(
         base=0.0, compute=0.0, memory=0.0, noise_sigma=0.0, host_cpu_s=0.01, host_cores=2
     )
-    assert _ends(host) == pytest.approx({1: 0.105, 2: 0.155})
+    assert _ends(host) == pytest.approx({1: 0.1025, 2: 0.1525})
     # On three cores nothing fills them: no batch pays.
     spare = InterferenceLaw(
         base=0.0, compute=0.0, memory=0.0, noise_sigma=0.0, host_cpu_s=0.01, host_cores=3
     )
     assert _ends(spare) == pytest.approx({1: 0.1, 2: 0.15})
+    # With one core every start and end finds it held: each half is paid, by whoever
+    # runs then (the first end costs the second batch its 5 ms too).
+    one = InterferenceLaw(
+        base=0.0, compute=0.0, memory=0.0, noise_sigma=0.0, host_cpu_s=0.01, host_cores=1
+    )
+    assert _ends(one) == pytest.approx({1: 0.11, 2: 0.16})
     with pytest.raises(ConfigError, match="host_cores"):
         InterferenceLaw(host_cores=0).validate()
     with pytest.raises(ConfigError, match="host_cpu_s"):

@@ -34,10 +34,11 @@ Ground truth (documented so experiments can reason about it; the law's parameter
   driver: a request reaches the scheduler that long after its arrival. A law with
   measured hand-offs (`dispatch_table`, `completion_table`) draws each batch's two
   delays from them instead, fixed by the seed and the batch id as its noise is.
-- The host's own CPU (a CPU runtime's; zero by default): each batch start that leaves
-  the running batches holding all `host_cores` cores takes `host_cpu_s` of CPU from
-  them, host_cpu_s / host_cores seconds of each one's time at its current rate (the
-  host runs on a free core otherwise).
+- The host's own CPU (a CPU runtime's; zero by default): `host_cpu_s` per batch, half
+  at its start and half at its end (deciding it, and handling its result). Each half
+  is taken from the running batches if they then hold all `host_cores` cores,
+  host_cpu_s / 2 / host_cores seconds of each one's time at its current rate; it
+  runs on a free core otherwise (an end frees one, unless more batches than cores run).
 """
 
 from __future__ import annotations
@@ -159,19 +160,17 @@ class SimulatedDevice:
             self._queued[slot] = entry  # holds the slot; runs from `start` (advance)
             return
         self._progress(now)
-        self._started(slot, entry)
+        self._jobs[slot] = entry
+        self._host_work()
 
-    def _started(self, slot: int, entry: _Job) -> None:
-        """`entry` starts running (the others' progress is up to date). With host CPU
-        in the law, a start that fills the host's cores costs every running batch its
-        share of that CPU: host_cpu_s over the cores, at its current rate."""
-        jobs = self._jobs
-        jobs[slot] = entry
+    def _host_work(self) -> None:
+        """A batch started or ended (the others' progress is up to date): the host's
+        half of its CPU, taken from the running batches if they hold all its cores."""
         self._stale = True
-        host_s, cores = self.law.host_cpu_s, self.law.host_cores
+        host_s, cores, jobs = self.law.host_cpu_s, self.law.host_cores, self._jobs
         if host_s > 0 and cores is not None and len(jobs) >= cores:
             self._rerate()
-            lost = host_s / cores
+            lost = 0.5 * host_s / cores
             for j in jobs.values():
                 j.work += j.rate * lost
             self._stale = True
@@ -269,7 +268,7 @@ class SimulatedDevice:
                 self.clock.now = end
             self._progress(end)
             job = self._jobs.pop(slot)
-            self._stale = True
+            self._host_work()
             self.busy_time += end - job.start
             ended += 1
             result = self._result(slot, job, end)
@@ -301,7 +300,8 @@ class SimulatedDevice:
             self.clock.now = t
         if start <= t_report:
             self._progress(start)
-            self._started(slot, self._queued.pop(slot))
+            self._jobs[slot] = self._queued.pop(slot)
+            self._host_work()
         else:
             _, _, on_done, result = heapq.heappop(self._callbacks)
             on_done(result)
