@@ -215,8 +215,7 @@ def parse_device(data: Any, where: str = "device.json") -> DeviceSpec:
     noise = _obj(data, "noise", where)
     handoff = _obj(data, "handoff", where)
     tables = [("noise.table", "table" in noise)]
-    tables += [(f"handoff.{k}", k in handoff) for k in _HANDOFF_TABLES]
-    tables += [(f"handoff.{k}", k in handoff) for k in _HOST]
+    tables += [(f"handoff.{k}", k in handoff) for k in (*_HANDOFF_TABLES, *_HOST)]
     for name, there in tables:
         need = 4 if name.split(".")[-1] in _HOST else 3
         if there and data.get("version", 0) < need:
@@ -263,8 +262,7 @@ def _obj(data: dict, key: str, where: str) -> dict:
 
 def _num(data: dict, key: str, default: float, label: str, upper: float | None = None) -> float:
     value = data.get(key, default)
-    # JSON readers accept NaN and Infinity: the simulator would hang or fail on them.
-    if not _numbers([value]) or not math.isfinite(value) or value < 0:
+    if not _numbers([value]) or value < 0:  # (NaN and Infinity too: see _numbers)
         raise DeviceFileError(f"{label}: expected a non-negative number, got {value!r}")
     if upper is not None and value > upper:
         raise DeviceFileError(f"{label}: must be at most {upper}, got {value!r}")
@@ -290,6 +288,7 @@ def _table(raw: Any, label: str, values: str) -> QuantileTable | None:
 
 
 def _numbers(value: Any) -> bool:
+    """Finite numbers only: JSON readers accept NaN and Infinity, which hang the simulator."""
     return isinstance(value, list) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
     )
