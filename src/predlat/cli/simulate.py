@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_out_folder(args.out)  # before the runs, not after them
-    from predlat.experiments.parallel import usable_cores
+    from predlat.devices.base import usable_cores
     from predlat.experiments.simulate import SimulateConfig, run_simulate
     from predlat.experiments.simulate_report import write_simulate_outputs
     from predlat.scheduling.policies import parse_quantile

@@ -137,5 +137,13 @@ def host_cores() -> int:
     return os.cpu_count() or 1
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset / cgroup CPU pinning
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class SlotBusyError(RuntimeError):
     """A batch was submitted to a slot that is still running another one."""

@@ -11,7 +11,6 @@ spawned: the tasks run here, in order.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -19,14 +18,6 @@ from typing import Any
 from predlat.errors import ConfigError
 
 Task = tuple[Callable[..., Any], tuple[Any, ...]]
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def check_jobs(jobs: int) -> None:
@@ -74,4 +65,4 @@ class Workers:
                 future.cancel()
 
 
-__all__ = ["Task", "Workers", "check_jobs", "usable_cores"]
+__all__ = ["Task", "Workers", "check_jobs"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from predlat.devices.base import BatchJob, Device
+from predlat.devices.base import BatchJob, Device, usable_cores
 from predlat.devices.factory import DEFAULT_DEVICE, describe_device, make_device
 from predlat.errors import ConfigError
 from predlat.models.registry import resolve_models
@@ -105,13 +104,6 @@ def policy_threads(policy: Policy, device: str, threads: int) -> int:
     if not policy.one_at_a_time or describe_device(device).accelerator:
         return threads
     return usable_cores() if policy.serial_threads == ALL_CORES else policy.serial_threads
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # honours taskset / cgroup CPU pinning
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def warm_up(device: Device, models: Sequence[str], max_batch: int) -> None:
