@@ -112,9 +112,9 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
     sweep = [(load, policy) for load in loads for policy in config.policies]
     with Workers(config.jobs) as workers:
         found: dict[tuple[float, str], RunResult] = {}
-        for i, done in workers.run([(runner, task) for task in sweep]):
-            found[sweep[i]] = done.result
-            tally.add([done], "load {:g} {}".format(*sweep[i]))
+        for i, result in workers.run([(runner, task) for task in sweep]):
+            found[sweep[i]] = result
+            tally.add([result], "load {:g} {}".format(*sweep[i]))
         runs = {x: {p: [found[x, p]] for p in config.policies} for x in loads}
         chains = [  # a replayed trace has one load: nothing to bisect
             (_search, (runner, policy, {x: runs[x][policy][0].metrics for x in loads}))
@@ -169,13 +169,6 @@ def _bisections(config: SimulateConfig) -> int:
     return 0 if config.is_csv else config.bisect_steps * len(config.policies)
 
 
-@dataclass
-class _Done:
-    result: RunResult
-    requests: int
-    wall: float
-
-
 class _Runner:
     """One (load, policy) run on a fresh cluster. Picklable: worker processes run it."""
 
@@ -183,7 +176,7 @@ class _Runner:
         self.config, self.specs, self.models = config, specs, models
         self.deadlines, self.capacity = deadlines, capacity
 
-    def __call__(self, load: float, policy: str) -> _Done:
+    def __call__(self, load: float, policy: str) -> RunResult:
         c = self.config
         sim = build_cluster(
             self.specs,
@@ -201,7 +194,7 @@ class _Runner:
         metrics["live_forecast_err"] = metrics.pop("pred_mean_rel_err", float("nan"))
         metrics["wall_s"] = wall
         metrics["simulated_requests_per_wall_s"] = stats.requests / max(wall, 1e-9)
-        return _Done(RunResult(policy, load, metrics, stats.outcomes), stats.requests, wall)
+        return RunResult(policy, load, metrics, stats.outcomes)
 
 
 def _search(runner: _Runner, policy: str, sweep: dict[float, dict]) -> tuple[Bisection, list]:
@@ -210,10 +203,10 @@ def _search(runner: _Runner, policy: str, sweep: dict[float, dict]) -> tuple[Bis
     slo = runner.config.slo
     steps = 0 if runner.config.is_csv else runner.config.bisect_steps
     search = Bisection.from_sweep({x: slo.met(m) for x, m in sweep.items()}, steps)
-    done: list[_Done] = []
+    done: list[RunResult] = []
     while (load := search.next_load()) is not None:
         done.append(runner(load, policy))
-        search.record(load, slo.met(done[-1].result.metrics))
+        search.record(load, slo.met(done[-1].metrics))
     return search, done
 
 
@@ -226,12 +219,12 @@ class _Tally:
         self.simulated, self.wall, self.finished = 0, 0.0, 0
         self.kept: dict[str, list] = {}
 
-    def add(self, runs: Sequence[_Done], what: str) -> None:
+    def add(self, runs: Sequence[RunResult], what: str) -> None:
         for run in runs:
-            self.simulated += run.requests
-            self.wall += run.wall
-            if run.result.outcomes:
-                self.kept[f"{run.result.load:g}/{run.result.policy}"] = run.result.outcomes
+            self.simulated += int(run.metrics["requests"])
+            self.wall += run.metrics["wall_s"]
+            if run.outcomes:
+                self.kept[f"{run.load:g}/{run.policy}"] = run.outcomes
         self.finished += len(runs)
         self.note(what, self.finished / self.total)
 
