@@ -215,6 +215,9 @@ def test_fit_handoff_measures_the_gaps_tails():
             assert table.quantile(u) == pytest.approx(STALLS.quantile(u), rel=0.25), u
     assert fitted.dispatch_s == pytest.approx(0.4 * MS, rel=0.1)  # the median stays
     assert fit_handoff(_simulate(law, arrivals[:20]).outcomes).dispatch_table is None
+    untabled = fit_handoff(_simulate(law, arrivals).outcomes, tables=False)
+    assert untabled.dispatch_table is None and untabled.completion_table is None
+    assert untabled.dispatch_s == fitted.dispatch_s  # the medians are the same
 
 
 def test_hand_off_tables_round_trip_in_device_json(tmp_path):

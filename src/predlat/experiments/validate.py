@@ -217,9 +217,7 @@ def run_validate(
         real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
     note("hand-off probe", 0.0)
     probe = probe_run(config, real_runner)
-    handoff = fit_handoff(probe.outcomes)
-    if not measured_tail:
-        handoff = replace(handoff, dispatch_table=None, completion_table=None)
+    handoff = fit_handoff(probe.outcomes, tables=measured_tail)
     cal = calibrate(
         setup.records, setup.profile, name="calibrated", slots=config.slots, handoff=handoff
     )

@@ -76,8 +76,9 @@ class _Batch:
     last_arrival: float
 
 
-def fit_handoff(outcomes: Sequence[RequestOutcome]) -> HandOff:
-    """The hand-offs of the runtime run whose requests ended as `outcomes`."""
+def fit_handoff(outcomes: Sequence[RequestOutcome], tables: bool = True) -> HandOff:
+    """The hand-offs of the runtime run whose requests ended as `outcomes`; with
+    `tables` False, medians only (no gap tables, whatever the gaps)."""
     batches = _batches(outcomes)
     ends = sorted(b.end for b in batches)
     dispatch = [b.start - b.dispatch for b in batches]
@@ -94,8 +95,8 @@ def fit_handoff(outcomes: Sequence[RequestOutcome]) -> HandOff:
         _median(dispatch),
         _median(completion),
         samples,
-        _table(dispatch),
-        _table(completion),
+        _table(dispatch) if tables else None,
+        _table(completion) if tables else None,
     )
 
 
