@@ -283,7 +283,7 @@ def _host_cpu(h: dict[str, Any], device: dict[str, Any]) -> str:
     """The runtime's own CPU on the probe, and whether the simulated batches lose it."""
     ms = h.get("host_cpu_ms_per_batch")
     if ms is None:
-        return "- the runtime's own CPU: not measured (intra-op threads, or no probe)"
+        return "- the runtime's own CPU: not measured on the probe run"
     used = (device.get("handoff") or {}).get("host_cpu_s")
     return (
         f"- the runtime's own CPU on that run: {ms:.2f} ms per batch "
