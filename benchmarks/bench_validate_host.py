@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import replace
 
 from predlat.devices.base import host_cores
@@ -28,12 +27,12 @@ from predlat.experiments.validate import (
     SimRunner,
     _profiles,
     differences,
-    probe_run,
     quick_validate_config,
+    run_validate,
 )
 from predlat.profiling.cpu_meter import foreign_cpu_limit
-from predlat.sim.calibrate import calibrate, rescaled
-from predlat.sim.handoff import fit_handoff, with_host_cpu
+from predlat.sim.calibrate import rescaled
+from predlat.sim.handoff import with_host_cpu
 
 SCALES = {"none": 0.0, "half": 0.5, "probe": 1.0, "double": 2.0}
 
@@ -50,22 +49,24 @@ def main() -> int:
     config = config.resolved()
     setup = prepare(config, show_profiling=True)
     real_runner = QuietRunner(DeviceRunner(config, setup), foreign_cpu_limit())
-    probe = probe_run(config, real_runner)
-    ms = probe.metrics.get("host_cpu_ms_per_batch", math.nan)
+    # validate itself (its default: no host CPU), then the other variants' simulated
+    # side on its calibration and against its real runs
+    base = run_validate(config, setup=setup, real_runner=real_runner)
+    real, cal, probe = base["real"], base["_calibration"], base["calibration"]["handoff"]
+    ms = probe["host_cpu_ms_per_batch"]
+    if ms is None:
+        raise SystemExit("the probe could not tell the host's CPU apart (intra-op threads?)")
     print(
-        f"probe: host CPU {ms:.3f} ms per batch, {probe.metrics['host_cpu_cores']:.3f}"
-        f" cores; other processes {probe.metrics['foreign_cpu_frac']:.1%}",
+        f"probe: host CPU {ms:.3f} ms per batch, {probe['host_cpu_cores']:.3f} cores;"
+        f" other processes {probe['foreign_cpu_frac']:.1%}",
         flush=True,
     )
-    handoff = replace(fit_handoff(probe.outcomes), dispatch_table=None, completion_table=None)
-    cal = calibrate(
-        setup.records, setup.profile, name="calibrated", slots=config.slots, handoff=handoff
-    )
-    real = run_compare(config, None, setup=setup, runner=real_runner)
     profile_for = _profiles(config)
     cores = min(config.slots, host_cores())
-    found = {}
+    found = {"none": base["differences"]}
     for name, scale in SCALES.items():
+        if not scale:
+            continue
         spec = with_host_cpu(cal.spec, ms * scale, cores)
 
         def other(threads: int, spec=spec):
