@@ -5,7 +5,14 @@ measured rate: the output says which). Prints a table and one JSON line.
 
     python benchmarks/bench_simulate.py [--devices 64] [--requests 50000]
         [--route round-robin] [--memory 2000,8000,32000] [--full] [--profile]
-        [--no-predictor]
+        [--no-predictor] [--jobs J]
+
+--jobs J (J > 1, round-robin) also runs the same simulation split into J shards of its
+devices in J worker processes (`predlat.sim.shard`: the merged result is the unsharded
+one, exactly), timed whole from the command's side (starting the workers, building the
+devices and every shard reading the request stream included), and prints its rate over
+the one-process rate of the same invocation. The 10M figure then uses the sharded rate
+(and --full runs it sharded).
 
 --no-predictor gives every scheduler a stand-in forecaster that costs next to nothing
 (`FixedSlowdownForecaster`: solo latency x a fixed slowdown per co-runner) in place of
@@ -32,22 +39,18 @@ import resource
 import time
 from collections import Counter
 
+from predlat.experiments.parallel import Workers
 from predlat.scheduling.forecasting import FixedSlowdownForecaster
 from predlat.sim.arrivals import synthetic_requests
 from predlat.sim.cluster import build_cluster
 from predlat.sim.device_file import load_device
+from predlat.sim.shard import ShardRun, blocks, merge, run_block
 from predlat.traces.collect import device_capacity
 
 
-def run(
-    devices: int, requests: int, route: str, policy: str, load: float, stand_in: bool = False
-) -> tuple[int, float]:
+def workload(devices: int, requests: int, load: float):
+    """The `gpu` preset and the seeded request stream at `load` x the cluster's capacity."""
     spec = load_device("gpu")
-    sim = build_cluster([spec], devices, policy, route=route, train_batches=100)
-    if stand_in:  # the rest's ceiling: forecasts cost next to nothing
-        for s in sim.schedulers:  # (solo latencies cached, as the scheduler's own are)
-            solo = functools.cache(s.profile.solo_latency)
-            s.forecaster = FixedSlowdownForecaster(solo, 0.3, 1.2)
     models = sorted(spec.models)
     cap = devices * device_capacity(spec.profile(), models, spec.slots)
     reqs = synthetic_requests(
@@ -56,8 +59,45 @@ def run(
         lambda m: 10 * spec.models[m].latency(1),
         hp_frac=0.3,
     )
+    return spec, reqs
+
+
+def run(
+    devices: int, requests: int, route: str, policy: str, load: float, stand_in: bool = False
+) -> tuple[int, float]:
+    spec, reqs = workload(devices, requests, load)
+    sim = build_cluster([spec], devices, policy, route=route, train_batches=100)
+    if stand_in:  # the rest's ceiling: forecasts cost next to nothing
+        for s in sim.schedulers:  # (solo latencies cached, as the scheduler's own are)
+            solo = functools.cache(s.profile.solo_latency)
+            s.forecaster = FixedSlowdownForecaster(solo, 0.3, 1.2)
     stats, wall = sim.run_stream(reqs)
     return stats.requests, wall
+
+
+def shard(
+    devices: int, requests: int, route: str, policy: str, load: float, block: range
+) -> ShardRun:
+    """`run`'s simulation, only the devices of `block` (run in a worker process)."""
+    spec, reqs = workload(devices, requests, load)
+
+    def build(b: range):
+        return build_cluster([spec], devices, policy, route=route, train_batches=100, only=b)
+
+    return run_block(build, reqs, devices, block)
+
+
+def run_sharded(
+    devices: int, requests: int, route: str, policy: str, load: float, jobs: int
+) -> tuple[int, float, list[float]]:
+    """Requests simulated, the command-side wall time, and each shard's own."""
+    t0 = time.perf_counter()
+    with Workers(jobs) as workers:
+        args = (devices, requests, route, policy, load)
+        tasks = [(shard, (*args, b)) for b in blocks(devices, jobs)]
+        parts = [p for _, p in workers.run(tasks)]
+    wall = time.perf_counter() - t0
+    return merge(parts).stats.requests, wall, [p.wall_s for p in parts]
 
 
 # Parts of the code, by path: the first that matches a function's file names its part.
@@ -120,7 +160,10 @@ def main() -> None:
     ap.add_argument(
         "--no-predictor", action="store_true", help="a stand-in forecaster: the rest's ceiling"
     )
+    ap.add_argument("--jobs", type=int, default=1, help="also run it in J shards (round-robin)")
     a = ap.parse_args()
+    if a.jobs > 1 and (a.route != "round-robin" or a.no_predictor):
+        ap.error("--jobs needs --route round-robin, without --no-predictor")
     profile = cProfile.Profile() if a.profile else None
     if profile is not None:
         profile.enable()
@@ -138,6 +181,17 @@ def main() -> None:
         f"{a.devices} devices, {policy}, route {a.route}, load {a.load:g}: "
         f"{n} requests in {wall:.1f} s = {rate:,.0f} simulated requests / wall s"
     )
+    sharded: dict = {}
+    if a.jobs > 1:
+        n_j, wall_j, walls = run_sharded(a.devices, a.requests, a.route, a.policy, a.load, a.jobs)
+        sharded = {"jobs": a.jobs, "requests": n_j, "wall_s": wall_j, "shard_wall_s": walls}
+        sharded["simulated_requests_per_wall_s"] = n_j / wall_j
+        print(
+            f"the same in {a.jobs} shards: {n_j} requests in {wall_j:.1f} s = "
+            f"{n_j / wall_j:,.0f} / wall s ({n_j / wall_j / rate:.2f}x one process; shards' "
+            f"own walls {', '.join(f'{w:.1f}' for w in walls)} s)"
+        )
+        rate = n_j / wall_j
     mem = memory(a.memory_devices, [int(x) for x in a.memory.split(",") if x], a.route, a.policy)
     for row in mem:
         print(
@@ -146,7 +200,10 @@ def main() -> None:
         )
     if a.full:
         t0 = time.perf_counter()
-        run(a.devices, 10_000_000, a.route, a.policy, a.load)
+        if a.jobs > 1:
+            run_sharded(a.devices, 10_000_000, a.route, a.policy, a.load, a.jobs)
+        else:
+            run(a.devices, 10_000_000, a.route, a.policy, a.load)
         ten_m, how = time.perf_counter() - t0, "measured"
     else:
         ten_m, how = 10_000_000 / rate, "extrapolated"
@@ -160,7 +217,8 @@ def main() -> None:
                 "route": a.route,
                 "requests": n,
                 "wall_s": wall,
-                "simulated_requests_per_wall_s": rate,
+                "simulated_requests_per_wall_s": n / wall,
+                "sharded": sharded,
                 "memory": mem,
                 "ten_million_wall_s": ten_m,
                 "ten_million": how,

@@ -145,12 +145,18 @@ def _without_timing(value):
     return value
 
 
-def test_simulate_results_do_not_depend_on_worker_processes():
+@pytest.mark.parametrize(
+    "route, devices",
+    [("predlat", 1), ("round-robin", 3)],  # round-robin: each run split in two shards too
+)
+def test_simulate_results_do_not_depend_on_worker_processes(route, devices):
     from dataclasses import replace
 
     from predlat.experiments.simulate import SimulateConfig, run_simulate
 
     config = SimulateConfig(
+        route=route,
+        devices=devices,
         requests=500,
         policies=("coarse", "oracle"),
         loads=(0.5, 3.0),

@@ -11,8 +11,10 @@ per run and overall. Each policy's SLO capacity is compare's (>= 99% of high-pri
 narrow the bracket; `ratios` gives ours over every other policy, the oracle included.
 
 The runs need no device, so with `jobs` > 1 they run in worker processes
-(`predlat.experiments.parallel`): the sweep's runs all at once, then each policy's
-bisection as one chain. Every run is seeded by the config alone, so the results are the
+(`predlat.experiments.parallel`): the sweep's runs all at once, then the policies'
+bisections step by step, each step's runs at once. Under round-robin each run is also
+split into `jobs` shards of its devices (`predlat.sim.shard`, exact), so one large run
+uses every core too. Every run is seeded by the config alone, so the results are the
 same whatever `jobs` is; only the wall times differ.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from predlat.scheduling.scheduler import SchedulerConfig
 from predlat.sim.arrivals import csv_requests, synthetic_requests
 from predlat.sim.cluster import CLUSTER_ROUTES, SIM_POLICIES, build_cluster
 from predlat.sim.device_file import DeviceSpec, load_device
+from predlat.sim.shard import SHARDABLE_ROUTES, ShardRun, blocks, merge, run_block
 from predlat.traces.collect import device_capacity
 
 
@@ -107,23 +111,17 @@ def run_simulate(config: SimulateConfig, progress: ProgressFn | None = None) -> 
         reqs = csv_requests(Path(config.arrivals), models, deadlines.get, config.requests)
         span = max(reqs[-1].arrival, 1e-9) if len(reqs) > 1 else 1.0
         loads = (len(reqs) / span / capacity,)
-    runner = _Runner(config, specs, models, deadlines, capacity)
+    shards = config.jobs if config.route in SHARDABLE_ROUTES else 1
+    runner = _Runner(config, specs, models, deadlines, capacity, blocks(config.devices, shards))
     tally = _Tally(note, len(loads) * len(config.policies) + _bisections(config))
     sweep = [(load, policy) for load in loads for policy in config.policies]
     with Workers(config.jobs) as workers:
         found: dict[tuple[float, str], RunResult] = {}
-        for i, result in workers.run([(runner, task) for task in sweep]):
+        for i, result in runner.run_all(workers, sweep):
             found[sweep[i]] = result
             tally.add([result], "load {:g} {}".format(*sweep[i]))
         runs = {x: {p: [found[x, p]] for p in config.policies} for x in loads}
-        chains = [  # a replayed trace has one load: nothing to bisect
-            (_search, (runner, policy, {x: runs[x][policy][0].metrics for x in loads}))
-            for policy in config.policies
-        ]
-        searched: dict[str, Bisection] = {}
-        for i, (search, done_runs) in workers.run(chains):
-            searched[config.policies[i]] = search
-            tally.add(done_runs, f"capacity of {config.policies[i]}")
+        searched = _search(workers, runner, runs, tally)
     searches = {p: [searched[p]] for p in config.policies}
     note("done", 1.0)
     loads_out = loads_section(runs, {x: [list(config.policies)] for x in runs}, capacity, 0.0)
@@ -170,15 +168,18 @@ def _bisections(config: SimulateConfig) -> int:
 
 
 class _Runner:
-    """One (load, policy) run on a fresh cluster. Picklable: worker processes run it."""
+    """Each (load, policy) run on a fresh cluster, in shards of its devices (one: the
+    whole cluster). Picklable: worker processes run its parts."""
 
-    def __init__(self, config: SimulateConfig, specs, models, deadlines, capacity) -> None:
+    def __init__(self, config, specs, models, deadlines, capacity, shards: list[range]):
         self.config, self.specs, self.models = config, specs, models
-        self.deadlines, self.capacity = deadlines, capacity
+        self.deadlines, self.capacity, self.shards = deadlines, capacity, shards
 
-    def __call__(self, load: float, policy: str) -> RunResult:
+    def part(self, load: float, policy: str, block: range) -> ShardRun:
+        """One shard of one run; its wall time counts building its devices."""
         c = self.config
-        sim = build_cluster(
+        build = partial(
+            build_cluster,
             self.specs,
             c.devices,
             policy,
@@ -189,25 +190,50 @@ class _Runner:
             config=SchedulerConfig(c.max_batch, c.max_queue, high_reserve=c.high_reserve),
         )
         requests = _requests(c, load, self.capacity, self.models, self.deadlines)
-        stats, wall = sim.run_stream(requests, keep=c.keep_requests)
-        metrics = stats.summary(sim.busy_slot_s(), sim.slots())
+        return run_block(lambda b: build(only=b), requests, c.devices, block, c.keep_requests)
+
+    def run_all(
+        self, workers: Workers, asks: Sequence[tuple[float, str]]
+    ) -> Iterator[tuple[int, RunResult]]:
+        """(index, result) of each (load, policy) run asked, as its last shard ends."""
+        k = len(self.shards)
+        tasks = [(self.part, (*ask, block)) for ask in asks for block in self.shards]
+        parts: dict[int, list[ShardRun]] = {}
+        for i, part in workers.run(tasks):
+            got = parts.setdefault(i // k, [])
+            got.append(part)
+            if len(got) == k:
+                yield i // k, self._result(*asks[i // k], parts.pop(i // k))
+
+    @staticmethod
+    def _result(load: float, policy: str, parts: list[ShardRun]) -> RunResult:
+        run = merge(parts)
+        metrics = run.summary()
         metrics["live_forecast_err"] = metrics.pop("pred_mean_rel_err", float("nan"))
-        metrics["wall_s"] = wall
-        metrics["simulated_requests_per_wall_s"] = stats.requests / max(wall, 1e-9)
-        return RunResult(policy, load, metrics, stats.outcomes)
+        metrics["wall_s"] = run.wall_s  # its shards' summed: one process's worth
+        metrics["simulated_requests_per_wall_s"] = run.stats.requests / max(run.wall_s, 1e-9)
+        kept = sorted(run.stats.outcomes, key=lambda o: o.request_id)  # however sharded
+        return RunResult(policy, load, metrics, kept)
 
 
-def _search(runner: _Runner, policy: str, sweep: dict[float, dict]) -> tuple[Bisection, list]:
-    """One policy's SLO-capacity bisection after the sweep (its runs depend on each
-    other, so they run in turn); with every run it made."""
+def _search(workers: Workers, runner: _Runner, runs, tally: _Tally) -> dict[str, Bisection]:
+    """Each policy's SLO-capacity bisection after the sweep, all policies' next runs at
+    once (one policy's runs depend on each other, so they come in steps)."""
     slo = runner.config.slo
-    steps = 0 if runner.config.is_csv else runner.config.bisect_steps
-    search = Bisection.from_sweep({x: slo.met(m) for x, m in sweep.items()}, steps)
-    done: list[RunResult] = []
-    while (load := search.next_load()) is not None:
-        done.append(runner(load, policy))
-        search.record(load, slo.met(done[-1].metrics))
-    return search, done
+    steps = 0 if runner.config.is_csv else runner.config.bisect_steps  # a trace: one load
+    searches = {
+        p: Bisection.from_sweep({x: slo.met(r[p][0].metrics) for x, r in runs.items()}, steps)
+        for p in runner.config.policies
+    }
+    while True:
+        asks = [(s.next_load(), p) for p, s in searches.items()]
+        asks = [(x, p) for x, p in asks if x is not None]
+        if not asks:
+            return searches
+        for i, result in runner.run_all(workers, asks):
+            load, policy = asks[i]
+            searches[policy].record(load, slo.met(result.metrics))
+            tally.add([result], f"capacity of {policy}")
 
 
 class _Tally:

@@ -214,11 +214,13 @@ def build_cluster(
     quantile: float | None = 0.95,
     config: SchedulerConfig | None = None,
     train_batches: int = 300,
+    only: range | None = None,
 ) -> ClusterSimulation:
     """`devices` simulated devices cycling over `specs`, one scheduler each under `policy`
     (one of SIM_POLICIES, or a Policy of one's own, e.g. with a registered predictor);
     predictors that need data start from a short random co-location trace of their own
-    device type (as `predlat compare` trains on one)."""
+    device type (as `predlat compare` trains on one). `only`, a block of device indices,
+    builds just those devices, as the whole cluster has them (a shard: `sim.shard`)."""
     if devices < 1:
         raise ConfigError(f"devices must be at least 1, got {devices}")
     if not specs:
@@ -229,10 +231,13 @@ def build_cluster(
         raise ConfigError(f"unknown policy '{policy}' (choose {', '.join(SIM_POLICIES)})")
     else:
         chosen = ORACLE if policy == "oracle" else get_policy(policy).with_quantile(quantile)
+    block = range(devices) if only is None else only
+    if block.step != 1 or not 0 <= block.start < block.stop <= devices:
+        raise ConfigError(f"a shard must be a block of the {devices} devices, got {block}")
     clock = VirtualClock()
     cache: dict[int, tuple] = {}
     sims, scheds = [], []
-    for d in range(devices):
+    for d in block:
         spec = specs[d % len(specs)]
         k = slots or spec.slots
         if id(spec) not in cache:
@@ -252,7 +257,10 @@ def build_cluster(
             fc = chosen.make_forecaster(profile, quantile, training)
         sims.append(device)
         scheds.append(Scheduler(sorted(spec.models), k, fc, profile, chosen, config))
-    return ClusterSimulation(sims, scheds, clock, route)
+    sim = ClusterSimulation(sims, scheds, clock, route)
+    sim.first_device = block.start
+    sim.arrival_s = max(specs[d % len(specs)].law.arrival_s for d in range(devices))
+    return sim
 
 
 __all__ = ["CLUSTER_ROUTES", "SIM_POLICIES", "ClusterSimulation", "Priority", "build_cluster"]

@@ -30,7 +30,9 @@ class StreamStats:
     last_time: float = -math.inf
     batches: int = 0
     rows: int = 0
-    err_sum: float = 0.0
+    # forecast error summed per device, added up in device order by `summary`: the
+    # same figure, to the last bit, whether the devices ran in one process or in shards
+    err_sum: dict[int, float] = field(default_factory=dict)
     err_n: int = 0
     hist: dict[int, int] = field(default_factory=dict)
     outcomes: list[RequestOutcome] = field(default_factory=list)
@@ -77,10 +79,32 @@ class StreamStats:
         self.batches += 1
         self.rows += record.batch_size
         if record.latency > 0:
-            self.err_sum += abs(predicted - record.latency) / record.latency
+            err = abs(predicted - record.latency) / record.latency
+            self.err_sum[record.device] = self.err_sum.get(record.device, 0.0) + err
             self.err_n += 1
         if self.keep:
             self.records.append(record)
+
+    def merge(self, other: StreamStats) -> None:
+        """Fold in the stats of other devices of the same run (a shard of its cluster:
+        `predlat.sim.shard`). Kept outcomes and records are appended, not interleaved."""
+        if self.err_sum.keys() & other.err_sum.keys():
+            raise ValueError("merged stats must come from disjoint devices")
+        self.requests += other.requests
+        for k, v in other.status.items():
+            self.status[k] += v
+        self.hp_met += other.hp_met
+        self.hp_requests += other.hp_requests
+        self.first_arrival = min(self.first_arrival, other.first_arrival)
+        self.last_time = max(self.last_time, other.last_time)
+        self.batches += other.batches
+        self.rows += other.rows
+        self.err_sum.update(other.err_sum)
+        self.err_n += other.err_n
+        for b, c in other.hist.items():
+            self.hist[b] = self.hist.get(b, 0) + c
+        self.outcomes.extend(other.outcomes)
+        self.records.extend(other.records)
 
     def percentile(self, q: float) -> float:
         """Latency (s) at percentile q (0..100) of finished requests; NaN if none."""
@@ -94,6 +118,9 @@ class StreamStats:
             if seen > rank:
                 return _LOW * math.exp((b + 0.5) * _RATIO)
         return math.nan
+
+    def _err_sum(self) -> float:
+        return sum(self.err_sum[d] for d in sorted(self.err_sum))
 
     def summary(self, busy_slot_s: float, slots: int) -> dict[str, float]:
         """The compare command's per-run metrics (METRIC_KEYS). Lags are not measured
@@ -115,7 +142,7 @@ class StreamStats:
             "p99_ms": self.percentile(99) * 1e3,
             "rejected_frac": self.status["rejected"] / n if n else math.nan,
             "utilization": busy_slot_s / (slots * span) if slots else math.nan,
-            "pred_mean_rel_err": self.err_sum / self.err_n if self.err_n else math.nan,
+            "pred_mean_rel_err": self._err_sum() / self.err_n if self.err_n else math.nan,
             "dispatch_lag_p50_ms": 0.0,
             "dispatch_lag_p99_ms": 0.0,
             "mean_batch_size": self.rows / self.batches if self.batches else math.nan,

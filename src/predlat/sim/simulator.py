@@ -87,6 +87,11 @@ _DEVICE, _TIMER = 0, 1
 
 class Simulation:
     routes: tuple[str, ...] = ROUTES  # the front dispatcher's rules this class knows
+    # A shard of a larger cluster (`predlat.sim.shard`) sets these two as the whole
+    # cluster has them: the index its first device has there (its records carry it),
+    # and the host's arrival hand-off (None: the largest of its own devices' laws').
+    first_device: int = 0
+    arrival_s: float | None = None
 
     def __init__(
         self,
@@ -149,7 +154,9 @@ class Simulation:
         heap, versions, pending = loop.heap, loop.versions, loop.pending
         clock, schedulers = self.clock, self.schedulers
         pop = heapq.heappop
-        delay = max(d.law.arrival_s for d in self.devices)
+        delay = self.arrival_s
+        if delay is None:
+            delay = max(d.law.arrival_s for d in self.devices)
         nxt = next(requests, None)
         if nxt is not None:
             clock.now = max(clock.now, nxt.arrival + delay)
@@ -246,7 +253,7 @@ class Simulation:
             d.decided_at,
             result.start,
             result.end,
-            device=dev,
+            device=dev + self.first_device,
         )
         decisions = self.schedulers[dev].on_complete(
             record, self.clock.now, ok=result.error is None
