@@ -12,8 +12,12 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
 1. capacity: open-loop Poisson load over both models at rising rates (falling, if the
    first fails), on 1 replica then 2 (predlat router); SLO capacity = the highest rate
    meeting >= 99% of high-priority and >= 95% of all deadlines (refusals count as
-   misses), within the steps tried and `--refine` bisection steps after them. Prints
-   the 2-vs-1 ratio, and at every rate the CPU milliseconds per request that went to
+   misses), within the steps tried and `--refine` bisection steps after them. A rate
+   that fails is run once more (another seed) and judged on both runs' requests
+   together: one short run holds a few dozen high-priority requests, so a single
+   late one fails it. A capacity the ladder never saw fail is only a lower bound: it
+   prints as ">=", and no ratio is given from it. Prints the 2-vs-1 ratio, and at
+   every rate the CPU milliseconds per request that went to
    the replicas, to this process (client, front door, router), to Ray's own processes
    and to anything else (Linux /proc): on a machine with as many cores as replicas, a
    second replica helps only as far as the work outside the replicas leaves it a core.
@@ -152,7 +156,7 @@ def meets_slo(s: dict[str, float]) -> bool:
     return s["hp_met"] >= 0.99 and s["met_frac"] >= 0.95
 
 
-def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, list[dict]]:
+def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, bool, list]:
     """The rate ladder (x `--step-factor`) up to the first failing rate, then
     `--refine` bisection steps (geometric) between the last passing and first failing."""
     mix = mix or {args.heavy: 0.3, args.light: 0.7}
@@ -160,12 +164,13 @@ def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, li
     group = ray_groups(os.getpid())
     rows: list[dict] = []
 
-    def meets(rate: float) -> bool:
+    def meets(rate: float, pooled: tuple[list, float] = ([], 0.0)) -> bool:
         before = snapshot()
         outs, took = open_loop(
             cluster.runtime, rate, args.duration, mix, deadlines, feeds, len(rows)
         )
         spent = cpu_by_group(before, snapshot(), group)
+        outs, took = pooled[0] + outs, pooled[1] + took
         s = summarize(outs, took)
         cpu_ms = {k: 1e3 * v / max(1, len(outs)) for k, v in sorted(spent.items())}
         rows.append({"replicas": replicas, "rate": rate, **s, "cpu_ms_per_request": cpu_ms})
@@ -173,10 +178,12 @@ def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, li
         print(
             f"  {replicas} replica(s) {rate:6.1f} req/s: hp met {s['hp_met']:.3f}, "
             f"all met {s['met_frac']:.3f}, goodput {s['goodput_rps']:.1f}/s "
-            f"{'ok' if ok else 'FAIL'}; CPU ms/request: "
+            f"{'ok' if ok else 'FAIL'}{' (both runs)' if pooled[0] else ''}; CPU ms/request: "
             + ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items()),
             flush=True,
         )
+        if not ok and not pooled[0]:  # confirmed on twice the requests, or not
+            return meets(rate, (outs, took))
         return ok
 
     best, failed, rate = 0.0, 0.0, args.start_rate
@@ -194,15 +201,26 @@ def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, li
             best, failed = (mid, failed) if meets(mid) else (best, mid)
     finally:
         cluster.close()
-    return best, rows
+    return best, failed > 0, rows
 
 
 def scale_out(args, label: str, feeds, deadlines, mix=None) -> dict[str, Any]:
-    one, rows1 = capacity(args, 1, feeds, deadlines, mix)
-    two, rows2 = capacity(args, 2, feeds, deadlines, mix)
-    ratio = two / one if one else float("nan")
-    print(f"  {label}: 1 replica {one:.1f} req/s, 2 replicas {two:.1f} req/s: {ratio:.2f}x")
-    return {"one": one, "two": two, "ratio": ratio, "points": rows1 + rows2}
+    one, one_found, rows1 = capacity(args, 1, feeds, deadlines, mix)
+    two, two_found, rows2 = capacity(args, 2, feeds, deadlines, mix)
+    found = one_found and two_found
+    ratio = two / one if one and found else float("nan")
+    print(
+        f"  {label}: 1 replica {'' if one_found else '>= '}{one:.1f} req/s, 2 replicas "
+        f"{'' if two_found else '>= '}{two:.1f} req/s: "
+        + (f"{ratio:.2f}x" if found else "no ratio (a capacity above the rates tried)")
+    )
+    return {
+        "one": one,
+        "two": two,
+        "ratio": ratio,
+        "bracketed": {"one": one_found, "two": two_found},
+        "points": rows1 + rows2,
+    }
 
 
 def routers(args, feeds, deadlines) -> dict[str, Any]:
@@ -388,7 +406,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=4.0, help="seconds per load point")
     p.add_argument("--start-rate", type=float, default=10.0)
     p.add_argument("--step-factor", type=float, default=1.3)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=12)
     p.add_argument("--refine", type=int, default=2, help="bisection steps after the ladder")
     p.add_argument("--router-rate", type=float, default=60.0)
     p.add_argument("--router-repeats", type=int, default=1, help="router pairs (phase 2)")
