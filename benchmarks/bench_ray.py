@@ -170,9 +170,9 @@ def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, bo
             cluster.runtime, rate, args.duration, mix, deadlines, feeds, len(rows)
         )
         spent = cpu_by_group(before, snapshot(), group)
+        cpu_ms = {k: 1e3 * v / max(1, len(outs)) for k, v in sorted(spent.items())}  # this run's
         outs, took = pooled[0] + outs, pooled[1] + took
         s = summarize(outs, took)
-        cpu_ms = {k: 1e3 * v / max(1, len(outs)) for k, v in sorted(spent.items())}
         rows.append({"replicas": replicas, "rate": rate, **s, "cpu_ms_per_request": cpu_ms})
         ok = meets_slo(s)
         print(
