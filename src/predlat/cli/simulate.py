@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="worker processes for the runs (default: every core this process may use; "
-        "1: no workers). The results are the same whatever the number",
+        "1: no workers); under --route round-robin each run is also split into that many "
+        "shards of its devices. The results are the same whatever the number",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.set_defaults(func=run)
