@@ -164,25 +164,26 @@ def capacity(args, replicas: int, feeds, deadlines, mix=None) -> tuple[float, bo
     group = ray_groups(os.getpid())
     rows: list[dict] = []
 
-    def meets(rate: float, pooled: tuple[list, float] = ([], 0.0)) -> bool:
+    def meets(rate: float, pooled: tuple[list, float] | None = None) -> bool:
         before = snapshot()
         outs, took = open_loop(
             cluster.runtime, rate, args.duration, mix, deadlines, feeds, len(rows)
         )
         spent = cpu_by_group(before, snapshot(), group)
         cpu_ms = {k: 1e3 * v / max(1, len(outs)) for k, v in sorted(spent.items())}  # this run's
-        outs, took = pooled[0] + outs, pooled[1] + took
+        if pooled is not None:
+            outs, took = pooled[0] + outs, pooled[1] + took
         s = summarize(outs, took)
         rows.append({"replicas": replicas, "rate": rate, **s, "cpu_ms_per_request": cpu_ms})
         ok = meets_slo(s)
         print(
             f"  {replicas} replica(s) {rate:6.1f} req/s: hp met {s['hp_met']:.3f}, "
             f"all met {s['met_frac']:.3f}, goodput {s['goodput_rps']:.1f}/s "
-            f"{'ok' if ok else 'FAIL'}{' (both runs)' if pooled[0] else ''}; CPU ms/request: "
+            f"{'ok' if ok else 'FAIL'}{'' if pooled is None else ' (both runs)'}; CPU ms/request: "
             + ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items()),
             flush=True,
         )
-        if not ok and not pooled[0]:  # confirmed on twice the requests, or not
+        if not ok and pooled is None:  # confirmed on twice the requests, or not
             return meets(rate, (outs, took))
         return ok
 

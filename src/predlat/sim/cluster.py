@@ -259,7 +259,7 @@ def build_cluster(
         scheds.append(Scheduler(sorted(spec.models), k, fc, profile, chosen, config))
     sim = ClusterSimulation(sims, scheds, clock, route)
     sim.first_device = block.start
-    sim.arrival_s = max(specs[d % len(specs)].law.arrival_s for d in range(devices))
+    sim.arrival_s = max(s.law.arrival_s for s in specs[:devices])  # the types in use
     return sim
 
 
