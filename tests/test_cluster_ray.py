@@ -23,6 +23,7 @@ from predlat.cluster.deployment import ClusterConfig, deploy  # noqa: E402
 from predlat.cluster.frontdoor import ClusterRuntime  # noqa: E402
 from predlat.cluster.messages import DECISION_TIMES  # noqa: E402
 from predlat.cluster.replica import ReplicaConfig  # noqa: E402
+from predlat.errors import ConfigError  # noqa: E402
 from predlat.models import resolve_models  # noqa: E402
 from predlat.scheduling.request import Priority  # noqa: E402
 from predlat.serving.app import ServerConfig, create_app  # noqa: E402
@@ -77,6 +78,23 @@ def test_http_front_door_answers_through_the_router(cluster) -> None:
             assert doc["parameters"]["predlat_status"] in ("met", "missed")
             assert doc["parameters"]["predlat_priority"] == "high"
     assert DECISION_TIMES, "the predicting router made no decision"
+
+
+@pytest.mark.parametrize("transport", ["ray", "grpc"])
+def test_both_transports_carry_requests_and_answers(cluster, transport) -> None:
+    handle, _ = cluster
+    door = ClusterRuntime(handle, {s.name: s for s in resolve_models(["tiny"])}, transport)
+    try:
+        outcome = door.submit("tiny", _x(2), deadline_s=DEADLINE_S).result(timeout=30)
+    finally:
+        door.close()
+    assert outcome.status in ("met", "missed"), outcome
+    assert outcome.outputs is not None and outcome.outputs["y"].shape[0] == 2
+
+
+def test_unknown_transport_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"unknown transport 'http'.*grpc, ray"):
+        ClusterRuntime(None, {}, "http")  # type: ignore[arg-type]
 
 
 def test_replicas_publish_routing_stats(cluster) -> None:

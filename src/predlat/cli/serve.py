@@ -176,6 +176,13 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--replicas", type=int, default=1, help="replicas, one runtime each (default: 1)"
     )
+    group.add_argument(
+        "--ray-transport",
+        choices=("grpc", "ray"),
+        default="grpc",
+        help="how requests reach the replicas: Serve's gRPC transport, or Ray actor calls"
+        " (default: grpc, the faster)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

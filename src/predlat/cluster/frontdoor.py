@@ -2,7 +2,10 @@
 same Open Inference Protocol v2 app (predlat.serving.app) serves one device or many.
 
 Each request becomes one handle call carrying its Route, awaited on the caller's event
-loop when it has one (the HTTP app's: no thread hop), else on the front door's own. A
+loop when it has one (the HTTP app's: no thread hop), else on the front door's own.
+Calls go straight to the replica over Serve's own gRPC transport (`transport="grpc"`,
+what Serve's throughput-optimized mode uses) rather than as Ray actor tasks ("ray"): on
+a 2-core machine that halves a handle round trip (echo, p50: 2.4 -> 1.2 ms). A
 replica that dies mid-request raises here; the request is then retried on another
 replica (the router refuses it if the deadline no longer allows). Every future resolves
 exactly once.
@@ -23,7 +26,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from predlat.cluster.messages import Route
-from predlat.errors import UnknownModelError
+from predlat.errors import ConfigError, UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.runtime.tensors import request_rows
 from predlat.scheduling.outcome import RequestOutcome
@@ -31,6 +34,7 @@ from predlat.scheduling.request import Priority
 
 REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
 MAX_ATTEMPTS = 5
+TRANSPORTS = ("grpc", "ray")  # handle -> replica: Serve's gRPC, or Ray actor tasks
 
 
 @dataclass
@@ -43,8 +47,15 @@ class FrontDoorCounts:
 class ClusterRuntime:
     """What predlat.serving.app needs of a runtime (submit, listeners), backed by Serve."""
 
-    def __init__(self, handle: DeploymentHandle, specs: Mapping[str, ModelSpec]) -> None:
-        self._handle = handle.options(method_name="infer")
+    def __init__(
+        self, handle: DeploymentHandle, specs: Mapping[str, ModelSpec], transport: str = "grpc"
+    ) -> None:
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"unknown transport '{transport}' (choose {', '.join(TRANSPORTS)})")
+        # (_by_reference=False: results come back by value over gRPC, not as objects in
+        # Ray's object store; Serve's public option name keeps the underscore.)
+        by_reference = transport == "ray"
+        self._handle = handle.options(method_name="infer", _by_reference=by_reference)
         self.specs = dict(specs)
         self.counts = FrontDoorCounts()
         self._listeners: list[Callable[[RequestOutcome], None]] = []

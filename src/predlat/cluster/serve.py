@@ -79,7 +79,7 @@ def run_ray(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    runtime = ClusterRuntime(handle, {s.name: s for s in specs})
+    runtime = ClusterRuntime(handle, {s.name: s for s in specs}, args.ray_transport)
     app = create_app(runtime, specs, config)
     host, port = sock.getsockname()[:2]
     where = args.address or "a local Ray instance"
