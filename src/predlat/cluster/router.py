@@ -31,6 +31,8 @@ from predlat.cluster.messages import Route
 from predlat.cluster.state import device_forecast
 from predlat.scheduling.routing import DeviceForecast, place
 
+FINISHED_KEPT = 4096  # answered request ids remembered (see PredlatRouter._finished)
+
 
 def find_route(pending: PendingRequest) -> Route | None:
     route = pending.kwargs.get("route") if pending.kwargs else None
@@ -43,6 +45,11 @@ class PredlatRouter(RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
         self._inflight: dict[ReplicaID, InFlight] = {}
         self._where: dict[str, ReplicaID] = {}  # request id -> the replica it went to
+        # Requests whose answers came back, newest last (bounded). Serve may report a
+        # request routed after its answer is in (a fast answer over its gRPC transport,
+        # seen live): it must not re-enter the ledger then, where nothing would ever
+        # take it out and the replica would look busier with every such request.
+        self._finished: dict[str, None] = {}
         self.refused = 0
 
     async def choose_replicas(
@@ -86,7 +93,9 @@ class PredlatRouter(RequestRouter):
             return [candidates]
         ranked = [by_name[c.name] for c in decision.ranked]
         # Counted at once on the first choice (Serve confirms it once the replica
-        # accepts, in on_request_routed), so that decisions in between see it.
+        # accepts, in on_request_routed), so that decisions in between see it. (A
+        # request Serve routes again after a replica turned it away is live again.)
+        self._finished.pop(pending.metadata.internal_request_id, None)
         self._sent(pending, route, ranked[0].replica_id, now)
         return [[r] for r in ranked] + ([unknown] if unknown else [])
 
@@ -117,10 +126,14 @@ class PredlatRouter(RequestRouter):
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any
     ) -> None:
         route = find_route(pending_request)
-        if route is not None and route.refusal is None:
+        finished = pending_request.metadata.internal_request_id in self._finished
+        if route is not None and route.refusal is None and not finished:
             self._sent(pending_request, route, replica_id, time.time())
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self._finished[internal_request_id] = None
+        if len(self._finished) > FINISHED_KEPT:
+            del self._finished[next(iter(self._finished))]
         where = self._where.pop(internal_request_id, None)
         ledger = self._inflight.get(where or replica_id)
         if ledger is not None:
