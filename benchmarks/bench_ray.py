@@ -28,7 +28,7 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
    routed by predlat's router and by Serve's default (power of two choices); with
    --router-repeats N, N such pairs on different seeds, alternating, and their means.
 3. routing decision time (the predicting router's choose_replicas), p50 / p99.
-4. added latency: sequential HTTP requests to the light model through `predlat serve`
+4. added latency (run first): sequential HTTP requests to the light model through `predlat serve`
    (one runtime, no Ray) and through the Ray front door (1 replica) over each transport
    to the replica (Serve's gRPC, the default; Ray actor calls), all up at once and asked
    in turn: p50 / p99 of each; and Ray Serve's own floor over each transport, a handle
@@ -453,6 +453,12 @@ def main() -> int:
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
     phases = set(args.phases.split(","))
     try:
+        # Latency first, in a process no load phase has touched: every deployment leaves
+        # its router's thread and update client behind in this process, and in a full
+        # run they slowed even the in-process plain `predlat serve` (p50 3.6 -> 6.1 ms).
+        if "4" in phases:
+            print("4. added latency of the Ray front door (sequential HTTP)", flush=True)
+            results["added_latency"] = added_latency(args, feeds)
         if "1" in phases:
             print("1. SLO capacity, 1 slot per replica", flush=True)
             results["capacity"] = scale_out(args, "capacity", feeds, deadlines)
@@ -484,9 +490,6 @@ def main() -> int:
                 f"3. routing decision: p50 {results['decision_ms']['p50']:.3f} ms, "
                 f"p99 {results['decision_ms']['p99']:.3f} ms over {len(times)} decisions"
             )
-        if "4" in phases:
-            print("4. added latency of the Ray front door (sequential HTTP)", flush=True)
-            results["added_latency"] = added_latency(args, feeds)
         if "5" in phases:
             print("5. a replica killed under load", flush=True)
             results["faults"] = faults(args, feeds, deadlines)
