@@ -15,6 +15,10 @@ decoding, encoding and the hand-offs only); and, from the server's own histogram
 which no client cost inflates. Figures are per round, then the median of the rounds.
 Client and server share the machine's cores, so the client's own cost is in the
 client-side figures (the same for both transports only as far as the clients are alike).
+
+Each round also offers the same gRPC load to a bare echo server in a process of its own
+(grpc.aio, the same service definitions, answering at once): the floor that Python gRPC
+itself sets on this machine, client and server, before predlat does anything.
 """
 
 from __future__ import annotations
@@ -49,6 +53,38 @@ def start_server(server_cmd: str) -> tuple[subprocess.Popen, str, str]:
         process.kill()
         raise SystemExit("server did not start both front ends")
     return process, http.group(0), address.group(1)
+
+
+class EchoServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Answers ModelInfer at once with its input (the floor: no runtime, no checks)."""
+
+    async def ModelInfer(self, request, context):
+        answer = service_pb2.ModelInferResponse(model_name=request.model_name)
+        answer.raw_output_contents.extend(request.raw_input_contents)
+        for key in ("predlat_compute_ms", "predlat_latency_ms"):
+            answer.parameters[key].double_param = 0.0
+        return answer
+
+
+async def serve_echo() -> None:
+    """Child mode (--echo-child): the echo server on a free port, printed first."""
+    server = grpc.aio.server()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"gRPC on 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+def start_echo() -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, __file__, "--echo-child"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    address = re.search(r"gRPC on ([\d.]+:\d+)", process.stdout.readline())
+    if address is None:
+        process.kill()
+        raise SystemExit("the echo server did not start")
+    return process, address.group(1)
 
 
 def request() -> service_pb2.ModelInferRequest:
@@ -109,8 +145,9 @@ def server_side(url: str, before: tuple[list[float], list[float]]) -> np.ndarray
 
 
 def print_round(name: str, answered: int | None, figures: np.ndarray) -> None:
+    """One row: the first len(figures) of FIGURES (the echo has end to end only)."""
     cells = "; ".join(
-        f"{f} p50 {p50:.3f} p99 {p99:.3f}" for f, (p50, p99) in zip(FIGURES, figures, strict=True)
+        f"{f} p50 {p50:.3f} p99 {p99:.3f}" for f, (p50, p99) in zip(FIGURES, figures, strict=False)
     )
     count = "" if answered is None else f"{answered:5d} answered: "
     print(f"  {name:<5} {count}{cells}", flush=True)
@@ -122,9 +159,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server-cmd", default=f"{sys.executable} -m predlat")
+    parser.add_argument("--echo-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo_child:
+        asyncio.run(serve_echo())
+        return
     process, url, address = start_server(args.server_cmd)
-    results: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": []}
+    echo, echo_address = start_echo()
+    results: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": [], "echo": []}
     try:
         time.sleep(1.0)
         asyncio.run(http_open_loop(url, 100, 1.0, seed=99))  # warm-up
@@ -136,13 +178,19 @@ def main() -> None:
                 figures = np.vstack([figures, server_side(url, before)])
                 print_round(name, answered, figures)
                 results[name].append(figures)
+            answered, figures = grpc_round(echo_address, args, i)
+            print_round("echo", answered, figures[:1])
+            results["echo"].append(figures[:1])
     finally:
         process.terminate()
+        echo.terminate()
         process.wait(30)
+        echo.wait(30)
     print(f"median of {args.rounds} rounds (ms):")
     for name, rounds in results.items():
         print_round(name, None, np.median(np.stack(rounds), axis=0))
     print("  targets: overhead p50 < 1 ms, p99 < 5 ms (both transports)")
+    print("  echo: a bare grpc.aio echo server, same client and load (Python gRPC's floor)")
 
 
 if __name__ == "__main__":
