@@ -43,9 +43,10 @@ Figures measured on a shared machine are contaminated by whatever else runs ther
 # ruff: noqa: E402  (Ray must be imported after use_loopback() below)
 from __future__ import annotations
 
+from predlat.cluster.local import use_loopback
+
+use_loopback()  # before Ray is imported (predlat.cluster and ray_common import it)
 import argparse
-import asyncio
-import contextlib
 import json
 import math
 import os
@@ -55,71 +56,17 @@ import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import numpy as np
 
-from predlat.cluster.local import use_loopback
-from proc_cpu import cpu_by_group, ray_groups, snapshot
-
-use_loopback()  # before Ray is imported: a local instance on 127.0.0.1
-import ray
-from ray import serve
-
-from predlat.cluster.deployment import ClusterConfig, deploy
-from predlat.cluster.frontdoor import TRANSPORTS, ClusterRuntime
-from predlat.cluster.messages import DECISION_TIMES, Route
-from predlat.cluster.replica import ReplicaConfig
-from predlat.models import resolve_models
-from predlat.runtime import build_runtime
+from predlat.cluster.frontdoor import ClusterRuntime
+from predlat.cluster.messages import DECISION_TIMES
 from predlat.scheduling.outcome import RequestOutcome, summarize
 from predlat.scheduling.request import Priority
-from predlat.serving import protocol
-from predlat.serving.app import ServerConfig, create_app
-from predlat.serving.loadgen import random_inputs
-from predlat.serving.server import BackgroundServer
+from proc_cpu import cpu_by_group, ray_groups, snapshot
+from ray_common import Cluster, inputs_for, ray, serve
+from ray_latency import added_latency
 
 HP_FRACTION = 0.3
-
-
-class Cluster:
-    """A deployment on the local Ray instance and its front door. Each gets an app name
-    of its own: a process keeps the router it first built for an app."""
-
-    made = 0
-
-    def __init__(self, models: list[str], replicas: int, router: str = "predlat") -> None:
-        self.specs = {s.name: s for s in resolve_models(models)}
-        replica = ReplicaConfig(tuple(models), slots=1, threads=1)
-        Cluster.made += 1
-        self.app = f"predlat-{Cluster.made}"
-        config = ClusterConfig(replicas=replicas, router=router, app_name=self.app)
-        self.handle = deploy(replica, config)
-        self.runtime = ClusterRuntime(self.handle, self.specs)
-        self.warm_up(replicas)
-
-    def warm_up(self, replicas: int) -> None:
-        """A few requests per model and replica (first calls pay for connections and
-        lazy starts), then time for every replica to publish fresh routing stats."""
-        feeds = inputs_for(list(self.specs))
-        for _ in range(3):
-            sent = [
-                self.runtime.submit(model, x, deadline_s=5.0)
-                for _ in range(replicas)
-                for model, x in feeds.items()
-            ]
-            for future in sent:
-                future.result(timeout=60)
-        time.sleep(0.5)
-
-    def close(self) -> None:
-        self.runtime.close()
-        serve.delete(self.app)
-
-
-def inputs_for(models: list[str], seed: int = 0, rows: int = 1) -> dict[str, dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = {s.name: random_inputs(protocol.model_metadata(s), rng) for s in resolve_models(models)}
-    return {m: {k: np.repeat(v, rows, axis=0) for k, v in x.items()} for m, x in out.items()}
 
 
 def open_loop(
@@ -275,110 +222,6 @@ def _reason_kind(reason: str | None) -> str:
     if "passed" in text:
         return "late on arrival"
     return "replica"
-
-
-def http_latency(urls: dict[str, str], model: str, feeds, n: int) -> dict[str, np.ndarray]:
-    """Sequential requests (binary tensors, as tritonclient sends them), taking the
-    servers in turn, so that each sees the machine as the others do; ms per server,
-    warm-up dropped."""
-    body, headers = protocol.encode_infer_request(feeds[model], parameters={"deadline_ms": 1000})
-    times: dict[str, list[float]] = {name: [] for name in urls}
-    with httpx.Client() as client:
-        for _ in range(n):
-            for name, url in urls.items():
-                began = time.perf_counter()
-                r = client.post(
-                    f"{url}/v2/models/{model}/infer", content=body, headers=headers, timeout=30
-                )
-                times[name].append(time.perf_counter() - began)
-                r.raise_for_status()
-    return {name: np.asarray(t[n // 10 :]) * 1e3 for name, t in times.items()}
-
-
-@serve.deployment(
-    logging_config={"enable_access_log": False},
-    ray_actor_options={
-        "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
-    },
-)
-class Echo:
-    """Ray Serve's own floor: a replica that answers at once, set up as predlat's is."""
-
-    async def infer(self, route: Any, inputs: Any) -> int:
-        return route.rows
-
-
-def handle_round_trip_ms(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """Sequential calls to an echo deployment's handle with the light model's inputs
-    and a Route, awaited on an event loop as the front door does, over each transport
-    in turn; ms per transport, warm-up dropped."""
-    handle = serve.run(Echo.bind(), name="echo", route_prefix=None)
-    handles = {t: handle.options(method_name="infer", _by_reference=t == "ray") for t in TRANSPORTS}
-    route = Route("echo", 1, Priority.LOW, time.time() + 60.0)
-
-    async def calls() -> dict[str, list[float]]:
-        times: dict[str, list[float]] = {t: [] for t in handles}
-        for _ in range(n):
-            for t, h in handles.items():
-                began = time.perf_counter()
-                await h.remote(route, feeds)
-                times[t].append(time.perf_counter() - began)
-        return times
-
-    try:
-        times = asyncio.run(calls())
-    finally:
-        serve.delete("echo")
-    return {t: np.asarray(v[n // 10 :]) * 1e3 for t, v in times.items()}
-
-
-def added_latency(args, feeds) -> dict[str, float]:
-    """The light model through plain `predlat serve` and through the Ray front door over
-    each transport (1 replica), all up at once and asked in turn; and Serve's floor."""
-    spec = resolve_models([args.light])
-    runtime, _ = build_runtime([args.light], slots=1, policy="predlat", progress=False)
-    cluster = Cluster([args.light], 1)
-    doors = {t: ClusterRuntime(cluster.handle, cluster.specs, t) for t in TRANSPORTS}
-    try:
-        with contextlib.ExitStack() as stack:
-            apps = {"plain": runtime, **{f"ray-{t}": doors[t] for t in TRANSPORTS}}
-            urls = {
-                name: stack.enter_context(
-                    BackgroundServer(create_app(rt, spec, ServerConfig()))
-                ).url
-                for name, rt in apps.items()
-            }
-            times = http_latency(urls, args.light, feeds, args.requests)
-    finally:
-        for door in doors.values():
-            door.close()
-        cluster.close()
-    floor = handle_round_trip_ms(feeds[args.light], args.requests)
-    res: dict[str, float] = {}
-    for name, t in times.items():
-        res[f"{name}_p50_ms"], res[f"{name}_p99_ms"] = (
-            float(v) for v in np.percentile(t, [50, 99])
-        )
-    for t in TRANSPORTS:
-        res[f"added_{t}_p50_ms"] = res[f"ray-{t}_p50_ms"] - res["plain_p50_ms"]
-        res[f"serve_echo_{t}_p50_ms"], res[f"serve_echo_{t}_p99_ms"] = (
-            float(v) for v in np.percentile(floor[t], [50, 99])
-        )
-    res["added_p50_ms"] = res["added_grpc_p50_ms"]  # the default transport's
-    print(
-        f"  plain predlat serve p50 {res['plain_p50_ms']:.2f} ms, p99 {res['plain_p99_ms']:.2f} ms"
-    )
-    for t in TRANSPORTS:
-        print(
-            f"  via Ray ({t}{', the default' if t == 'grpc' else ''}): p50"
-            f" {res[f'ray-{t}_p50_ms']:.2f} ms, p99 {res[f'ray-{t}_p99_ms']:.2f} ms: added p50"
-            f" {res[f'added_{t}_p50_ms']:.2f} ms; Serve's own handle round trip (an echo"
-            f" deployment, same inputs) p50 {res[f'serve_echo_{t}_p50_ms']:.2f} ms, p99"
-            f" {res[f'serve_echo_{t}_p99_ms']:.2f} ms",
-            flush=True,
-        )
-    print("  target: added p50 < 3 ms (default transport)", flush=True)
-    return res
 
 
 def faults(args, feeds, deadlines) -> dict[str, Any]:
