@@ -1,11 +1,12 @@
 """Server overhead over gRPC on the tiny model, open loop, against HTTP on the same server.
 
     PYTHONPATH=src python3 benchmarks/bench_grpc.py [--rate 200] [--duration 5] [--rounds 3]
-        [--server-cmd "python -m predlat"]
+        [--server-cmd "python -m predlat"] [--client future|aio]
 
 `predlat serve --models tiny` runs in a process of its own, with both front ends. Each
-round offers --rate req/s on a Poisson schedule for --duration s over gRPC (a grpc.aio
-client sending ModelInfer with raw tensor contents, as tritonclient.grpc does), then the
+round offers --rate req/s on a Poisson schedule for --duration s over gRPC (ModelInfer
+with raw tensor contents, as tritonclient.grpc sends it, through the sync stub's futures
+as its async_infer does; `--client aio`: a grpc.aio client instead), then the
 same over HTTP (bench_server's lean keep-alive client, binary tensors): interleaved, so
 both see the same machine. Per answer: end-to-end latency minus the batch's device time
 (`predlat_compute_ms`, the overhead the issue's targets are about: p50 < 1 ms, p99 < 5 ms)
@@ -127,8 +128,46 @@ async def grpc_open_loop(address: str, rate: float, duration: float, seed: int) 
         return np.asarray(out) * 1e3
 
 
+def grpc_open_loop_futures(address: str, rate: float, duration: float, seed: int) -> np.ndarray:
+    """As grpc_open_loop, with the sync stub's futures (what tritonclient.grpc's
+    async_infer does): calls are sent from this thread, answers timed in gRPC's
+    callback thread."""
+    out: list[tuple[float, ...]] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        req = request()
+        stub.ModelInfer(req)  # warm the channel
+        rng = np.random.default_rng(seed)
+        times = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * duration)))
+
+        def done(call: grpc.Future, began: float) -> None:
+            total = time.perf_counter() - began
+            if call.exception() is not None:
+                return
+            params = call.result().parameters
+            compute = params["predlat_compute_ms"].double_param / 1e3
+            runtime = params["predlat_latency_ms"].double_param / 1e3
+            out.append((total, total - compute, total - runtime))
+
+        calls, t0 = [], time.perf_counter()
+        for due in times:
+            delay = t0 + due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            began = time.perf_counter()
+            call = stub.ModelInfer.future(req)
+            call.add_done_callback(lambda c, b=began: done(c, b))
+            calls.append(call)
+        for call in calls:
+            call.exception()  # (waits; failures are left out of the figures)
+    return np.asarray(out) * 1e3
+
+
 def grpc_round(address: str, args: argparse.Namespace, seed: int) -> tuple[int, np.ndarray]:
-    rows = asyncio.run(grpc_open_loop(address, args.rate, args.duration, seed))
+    if args.client == "future":
+        rows = grpc_open_loop_futures(address, args.rate, args.duration, seed)
+    else:
+        rows = asyncio.run(grpc_open_loop(address, args.rate, args.duration, seed))
     return len(rows), np.percentile(rows, [50, 99], axis=0).T  # (figure, p50/p99)
 
 
@@ -159,6 +198,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server-cmd", default=f"{sys.executable} -m predlat")
+    parser.add_argument(
+        "--client",
+        choices=("future", "aio"),
+        default="future",
+        help="gRPC client: the sync stub's futures (as tritonclient.grpc) or grpc.aio",
+    )
     parser.add_argument("--echo-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_child:
