@@ -96,6 +96,14 @@ def request() -> service_pb2.ModelInferRequest:
     return req
 
 
+def answer_row(answer: service_pb2.ModelInferResponse, total: float) -> tuple[float, ...]:
+    """(end to end, minus compute, minus runtime) in s, from an answer's parameters."""
+    params = answer.parameters
+    compute = params["predlat_compute_ms"].double_param / 1e3
+    runtime = params["predlat_latency_ms"].double_param / 1e3
+    return total, total - compute, total - runtime
+
+
 async def grpc_open_loop(address: str, rate: float, duration: float, seed: int) -> np.ndarray:
     """Rows of (end to end, minus compute, minus runtime) in ms, one per answer."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -112,11 +120,7 @@ async def grpc_open_loop(address: str, rate: float, duration: float, seed: int) 
                 answer = await stub.ModelInfer(req)
             except grpc.aio.AioRpcError:
                 return
-            total = time.perf_counter() - began
-            params = answer.parameters
-            compute = params["predlat_compute_ms"].double_param / 1e3
-            runtime = params["predlat_latency_ms"].double_param / 1e3
-            out.append((total, total - compute, total - runtime))
+            out.append(answer_row(answer, time.perf_counter() - began))
 
         tasks, t0 = [], time.perf_counter()
         for due in times:
@@ -142,12 +146,8 @@ def grpc_open_loop_futures(address: str, rate: float, duration: float, seed: int
 
         def done(call: grpc.Future, began: float) -> None:
             total = time.perf_counter() - began
-            if call.exception() is not None:
-                return
-            params = call.result().parameters
-            compute = params["predlat_compute_ms"].double_param / 1e3
-            runtime = params["predlat_latency_ms"].double_param / 1e3
-            out.append((total, total - compute, total - runtime))
+            if call.exception() is None:
+                out.append(answer_row(call.result(), total))
 
         calls, t0 = [], time.perf_counter()
         for due in times:
