@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from predlat.cluster.frontdoor import TRANSPORTS, ClusterRuntime
-from predlat.cluster.messages import Route
+from predlat.cluster.frontdoor import ClusterRuntime
+from predlat.cluster.messages import TRANSPORTS, Route
 from predlat.models import resolve_models
 from predlat.runtime import build_runtime
 from predlat.scheduling.request import Priority

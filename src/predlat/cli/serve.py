@@ -15,6 +15,7 @@ from predlat.cli.common import (
     chosen_models,
     positive_float,
 )
+from predlat.cluster.messages import TRANSPORTS
 from predlat.errors import PredlatError, require
 
 POLICY_HELP = "serial, serial-1t, oblivious, coarse or predlat"
@@ -178,7 +179,7 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--ray-transport",
-        choices=("grpc", "ray"),
+        choices=TRANSPORTS,
         default="grpc",
         help="how requests reach the replicas: Serve's gRPC transport, or Ray actor calls"
         " (default: grpc, the faster)",

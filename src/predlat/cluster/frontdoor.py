@@ -25,7 +25,7 @@ import numpy as np
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from predlat.cluster.messages import Route
+from predlat.cluster.messages import TRANSPORTS, Route
 from predlat.errors import ConfigError, UnknownModelError
 from predlat.models.spec import ModelSpec
 from predlat.runtime.tensors import request_rows
@@ -34,7 +34,6 @@ from predlat.scheduling.request import Priority
 
 REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
 MAX_ATTEMPTS = 5
-TRANSPORTS = ("grpc", "ray")  # handle -> replica: Serve's gRPC, or Ray actor tasks
 
 
 @dataclass

@@ -10,6 +10,10 @@ from predlat.scheduling.outcome import RequestOutcome
 from predlat.scheduling.request import Priority, Request
 from predlat.scheduling.routing import RouteRequest
 
+# How the front door's handle calls reach a replica: Serve's gRPC transport, or Ray actor
+# tasks (here, not in frontdoor.py, so that the CLI can offer them without importing Ray).
+TRANSPORTS = ("grpc", "ray")
+
 # Seconds each routing decision took, newest last (read by benchmarks and tests in the
 # process that owns the handle, where the router runs).
 DECISION_TIMES: collections.deque[float] = collections.deque(maxlen=100_000)
