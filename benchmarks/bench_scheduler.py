@@ -18,6 +18,8 @@ alive at start frozen, a higher young-generation threshold), and the number of i
 during the run is printed: a pass lands on whichever event allocates past the threshold,
 so it shows in the tails. On a machine shared with other work, `--clock cpu` times by
 this thread's CPU time, which time slices given to other processes do not inflate.
+A machine probe (a fixed piece of interpreter work, timed before and after the run) shows
+whether a run fell in a slow window of a shared machine, which inflates every event alike.
 
 Without --profile the six models get zoo-like synthetic costs, so the benchmark needs
 no measurement of the machine.
@@ -145,6 +147,21 @@ def print_row(name: str, us: np.ndarray, note: str = "", forecasts: list[int] = 
     )
 
 
+def machine_probe_ms(repeats: int = 21) -> float:
+    """Median milliseconds of a fixed piece of interpreter work (sorting, dict and float
+    arithmetic, as a decision does): the same on every run of every commit, so a slow
+    window of a shared machine shows here as well as in the event times."""
+    rng = random.Random(0)
+    keys = [(rng.random(), i) for i in range(2000)]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        table = {k: v * 1.5 for v, k in sorted(keys)}
+        sum(math.exp(-v) for v in table.values())
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return float(np.median(times))
+
+
 def gc_report(passes: tuple[int, ...], young: int) -> str:
     return (
         f"garbage collector: {sum(passes)} passes during the run"
@@ -236,16 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     # As the runtime does at start: what is alive now (profile, predictor, the workload)
     # leaves the collector's reach, so its passes scan only what scheduling allocates,
     # and they come as rarely as the runtime lets them.
+    probe_before = machine_probe_ms()
     gc_applied = GcPolicy(young=args.gc_young or None).apply()
     result = sim.run(requests)
     gc_passes = gc_applied.passes()
     gc_applied.close()
+    probe_after = machine_probe_ms()
 
     inner, samples = timed.inner, timed.samples
     every = [v for kind, vs in samples.items() if kind != "learning" for v in vs]
     print(
         f"bench_scheduler: policy {args.policy}, {len(models)} models, {args.slots} slots, "
         f"queue held near {args.queued}; {args.clock} clock"
+    )
+    print(
+        f"machine probe (fixed interpreter work; higher: a slower window): "
+        f"{probe_before:.3f} ms before, {probe_after:.3f} ms after"
     )
     print(
         f"forecaster: {type(inner.forecaster).__module__}.{type(inner.forecaster).__name__}"
