@@ -87,7 +87,12 @@ def series_plot(
     if vline is not None:
         ax.axvline(vline, color="black", linestyle="--", linewidth=1.0)
         if vline_label:
-            ax.text(vline, ax.get_ylim()[1] * 0.95, f" {vline_label}", va="top", fontsize=8)
+            # y in axes units: in data units, read before the final ylim, an outlier
+            # could put the label far outside the axes and collapse the layout.
+            ax.text(
+                vline, 0.95, f" {vline_label}", va="top", fontsize=8,
+                transform=ax.get_xaxis_transform(),
+            )  # fmt: skip
     if upper > 0:
         ax.set_ylim(0, upper * 1.1)
     ax.set_xlabel(xlabel)
