@@ -62,11 +62,16 @@ def workload(devices: int, requests: int, load: float):
     return spec, reqs
 
 
+def cluster(spec, devices: int, route: str, policy: str, only: range | None = None):
+    """The benchmark's cluster of `spec` devices (or the block `only` of it)."""
+    return build_cluster([spec], devices, policy, route=route, train_batches=100, only=only)
+
+
 def run(
     devices: int, requests: int, route: str, policy: str, load: float, stand_in: bool = False
 ) -> tuple[int, float]:
     spec, reqs = workload(devices, requests, load)
-    sim = build_cluster([spec], devices, policy, route=route, train_batches=100)
+    sim = cluster(spec, devices, route, policy)
     if stand_in:  # the rest's ceiling: forecasts cost next to nothing
         for s in sim.schedulers:  # (solo latencies cached, as the scheduler's own are)
             solo = functools.cache(s.profile.solo_latency)
@@ -80,11 +85,7 @@ def shard(
 ) -> ShardRun:
     """`run`'s simulation, only the devices of `block` (run in a worker process)."""
     spec, reqs = workload(devices, requests, load)
-
-    def build(b: range):
-        return build_cluster([spec], devices, policy, route=route, train_batches=100, only=b)
-
-    return run_block(build, reqs, devices, block)
+    return run_block(lambda b: cluster(spec, devices, route, policy, b), reqs, devices, block)
 
 
 def run_sharded(

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from predlat.cluster.frontdoor import ClusterRuntime
+from predlat.cluster.frontdoor import ClusterRuntime, infer_handle
 from predlat.cluster.messages import TRANSPORTS, Route
 from predlat.models import resolve_models
 from predlat.runtime import build_runtime
@@ -58,7 +58,7 @@ def handle_round_trip_ms(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.n
     and a Route, awaited on an event loop as the front door does, over each transport
     in turn; ms per transport, warm-up dropped."""
     handle = serve.run(Echo.bind(), name="echo", route_prefix=None)
-    handles = {t: handle.options(method_name="infer", _by_reference=t == "ray") for t in TRANSPORTS}
+    handles = {t: infer_handle(handle, t) for t in TRANSPORTS}
     route = Route("echo", 1, Priority.LOW, time.time() + 60.0)
 
     async def calls() -> dict[str, list[float]]:

@@ -43,18 +43,22 @@ class FrontDoorCounts:
     retried: int = 0  # handle calls repeated after a replica was lost
 
 
+def infer_handle(handle: DeploymentHandle, transport: str = "grpc") -> DeploymentHandle:
+    """`handle` calling the replicas' `infer` over `transport` (one of TRANSPORTS)."""
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"unknown transport '{transport}' (choose {', '.join(TRANSPORTS)})")
+    # (_by_reference=False: results come back by value over gRPC, not as objects in
+    # Ray's object store; Serve's public option name keeps the underscore.)
+    return handle.options(method_name="infer", _by_reference=transport == "ray")
+
+
 class ClusterRuntime:
     """What predlat.serving.app needs of a runtime (submit, listeners), backed by Serve."""
 
     def __init__(
         self, handle: DeploymentHandle, specs: Mapping[str, ModelSpec], transport: str = "grpc"
     ) -> None:
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"unknown transport '{transport}' (choose {', '.join(TRANSPORTS)})")
-        # (_by_reference=False: results come back by value over gRPC, not as objects in
-        # Ray's object store; Serve's public option name keeps the underscore.)
-        by_reference = transport == "ray"
-        self._handle = handle.options(method_name="infer", _by_reference=by_reference)
+        self._handle = infer_handle(handle, transport)
         self.specs = dict(specs)
         self.counts = FrontDoorCounts()
         self._listeners: list[Callable[[RequestOutcome], None]] = []
@@ -144,4 +148,4 @@ class ClusterRuntime:
         self._thread.join(timeout=5)
 
 
-__all__ = ["ClusterRuntime", "FrontDoorCounts"]
+__all__ = ["ClusterRuntime", "FrontDoorCounts", "infer_handle"]
