@@ -11,7 +11,10 @@ same over HTTP (bench_server's lean keep-alive client, binary tensors): interlea
 both see the same machine. Per answer: end-to-end latency minus the batch's device time
 (`predlat_compute_ms`, the overhead the issue's targets are about: p50 < 1 ms, p99 < 5 ms)
 and minus the runtime's arrival-to-end time (`predlat_latency_ms`: the front end,
-decoding, encoding and the hand-offs only); and, from the server's own histogram
+decoding, encoding and the hand-offs only); the answer's Server-Timing (HTTP header,
+gRPC trailing metadata: the server's own clock from the request's arrival to its answer
+being ready) minus device time, the overhead as the server sees it, without the client's
+costs or the transport's below the handler; and, from the server's own histogram
 (`predlat_server_overhead_seconds`, bucketed), the handler time outside the runtime,
 which no client cost inflates. Figures are per round, then the median of the rounds.
 Client and server share the machine's cores, so the client's own cost is in the
@@ -31,6 +34,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -39,7 +43,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from bench_server import OVERHEAD_METRIC, histogram, histogram_growth
 from bench_server import open_loop as http_open_loop
 
-FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime", "server side")
+FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime",
+           "in the server (minus compute)", "server side")  # fmt: skip
 
 
 def start_server(server_cmd: str) -> tuple[subprocess.Popen, str, str]:
@@ -96,12 +101,18 @@ def request() -> service_pb2.ModelInferRequest:
     return req
 
 
-def answer_row(answer: service_pb2.ModelInferResponse, total: float) -> tuple[float, ...]:
-    """(end to end, minus compute, minus runtime) in s, from an answer's parameters."""
+def answer_row(
+    answer: service_pb2.ModelInferResponse, total: float, trailing: Any
+) -> tuple[float, ...]:
+    """(end to end, minus compute, minus runtime, in the server minus compute) in s, from
+    an answer's parameters and its trailing metadata's Server-Timing (NaN: none)."""
     params = answer.parameters
     compute = params["predlat_compute_ms"].double_param / 1e3
     runtime = params["predlat_latency_ms"].double_param / 1e3
-    return total, total - compute, total - runtime
+    timing = dict(trailing or ()).get("server-timing", "")
+    found = re.fullmatch(r"server;dur=([\d.]+)", timing)
+    server = float(found.group(1)) / 1e3 if found else float("nan")
+    return total, total - compute, total - runtime, server - compute
 
 
 async def grpc_open_loop(address: str, rate: float, duration: float, seed: int) -> np.ndarray:
@@ -117,10 +128,12 @@ async def grpc_open_loop(address: str, rate: float, duration: float, seed: int) 
         async def one() -> None:
             began = time.perf_counter()
             try:
-                answer = await stub.ModelInfer(req)
+                call = stub.ModelInfer(req)
+                answer = await call
             except grpc.aio.AioRpcError:
                 return
-            out.append(answer_row(answer, time.perf_counter() - began))
+            total = time.perf_counter() - began
+            out.append(answer_row(answer, total, await call.trailing_metadata()))
 
         tasks, t0 = [], time.perf_counter()
         for due in times:
@@ -147,7 +160,7 @@ def grpc_open_loop_futures(address: str, rate: float, duration: float, seed: int
         def done(call: grpc.Future, began: float) -> None:
             total = time.perf_counter() - began
             if call.exception() is None:
-                out.append(answer_row(call.result(), total))
+                out.append(answer_row(call.result(), total, call.trailing_metadata()))
 
         calls, t0 = [], time.perf_counter()
         for due in times:
@@ -173,7 +186,8 @@ def grpc_round(address: str, args: argparse.Namespace, seed: int) -> tuple[int, 
 
 def http_round(url: str, args: argparse.Namespace, seed: int) -> tuple[int, np.ndarray]:
     r = asyncio.run(http_open_loop(url, args.rate, args.duration, seed))
-    keys = ("latency_ms", "overhead_vs_device_ms", "overhead_http_only_ms")
+    keys = ("latency_ms", "overhead_vs_device_ms", "overhead_http_only_ms",
+            "in_server_minus_device_ms")  # fmt: skip
     return r["status_codes"].get("200", 0), np.array([[r[k]["p50"], r[k]["p99"]] for k in keys])
 
 

@@ -16,6 +16,8 @@ The server runs in a process of its own (as `predlat serve` does). Phases, per f
      a slot and back (dispatch, wake-ups), not only HTTP;
    - the runtime's arrival-to-end time (`predlat_latency_ms`): HTTP, decoding, encoding
      and the hand-off back to the event loop only;
+   the answer's Server-Timing (first byte to answer ready, the server's clock) minus the
+   device time: the overhead as the server sees it, without the client's own costs;
    and the server's own histogram of the latter (`predlat_server_overhead_seconds`).
 2. the same open loop with `predlat load`'s generator: what that tool reports,
    client costs included.
@@ -47,6 +49,7 @@ from predlat.serving.loadgen import LoadConfig, run_load
 from predlat.workload.arrivals import open_loop_workload
 
 OVERHEAD_METRIC = "predlat_server_overhead_seconds"
+SERVER_MS = "server_ms"  # (bench-side key) the answer's Server-Timing, in ms
 INFER_PATH = "/v2/models/tiny/infer"
 
 
@@ -115,7 +118,10 @@ class Connection:
             return status, {}
         header = re.search(rb"(?i)\r\ninference-header-content-length: *(\d+)", head)
         doc = json.loads(body[: int(header.group(1))] if header else body)
-        return status, doc.get("parameters", {})
+        params = doc.get("parameters", {})
+        timing = re.search(rb"(?i)\r\nserver-timing: *server;dur=([\d.]+)", head)
+        params[SERVER_MS] = float(timing.group(1)) if timing else float("nan")
+        return status, params
 
     def close(self) -> None:
         self.writer.close()
@@ -135,7 +141,7 @@ async def open_loop(url: str, rate: float, duration: float, seed: int) -> dict[s
     request = prepared_request()
     arrivals = open_loop_workload({"tiny": rate}, duration, seed)
     idle: list[Connection] = []
-    rows: list[tuple[float, float, float, float]] = []
+    rows: list[tuple[float, float, float, float, float]] = []
     codes: dict[int, int] = {}
     lags: list[float] = []
 
@@ -161,6 +167,7 @@ async def open_loop(url: str, rate: float, duration: float, seed: int) -> dict[s
                     params["predlat_compute_ms"],
                     params["predlat_latency_ms"],
                     params["predlat_queue_ms"],
+                    params[SERVER_MS],
                 )
             )
 
@@ -184,6 +191,7 @@ async def open_loop(url: str, rate: float, duration: float, seed: int) -> dict[s
         "latency_ms": _pct(a[:, 0]),
         "overhead_vs_device_ms": _pct(a[:, 0] - a[:, 1]),
         "overhead_http_only_ms": _pct(a[:, 0] - a[:, 2]),
+        "in_server_minus_device_ms": _pct(a[:, 4] - a[:, 1]),
         "runtime_queue_ms": _pct(a[:, 3]),
         "device_ms": _pct(a[:, 1]),
         "send_lag_ms": _pct(np.asarray(lags)),
@@ -348,6 +356,10 @@ def report(r: dict[str, Any]) -> None:
         "   (e2e - runtime arrival-to-end)"
     )
     print(f"    of which scheduler queue    {pair(lean['runtime_queue_ms'])}")
+    print(
+        f"  in the server - device time   {pair(lean['in_server_minus_device_ms'])}"
+        "   (Server-Timing: first byte to answer ready)"
+    )
     print(f"  device time                   {pair(lean['device_ms'])}")
     print(
         f"  in the handler (server hist.) p50 {lean['in_handler_ms']['p50']} ms  "

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 
 from predlat.models.spec import ModelSpec  # noqa: E402
 from predlat.scheduling.request import Priority  # noqa: E402
@@ -69,6 +70,16 @@ def test_infer_round_trip_with_priority_and_timeout(served, spec):
     assert runtime.submitted[-1] == ("tiny", pytest.approx(0.2), Priority.HIGH)
     infer(client, x)
     assert runtime.submitted[-1] == ("tiny", pytest.approx(0.5), Priority.LOW)
+    # The server's own time, as gRPC trailing metadata: at least the runtime's.
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+    request = service_pb2.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="x", datatype="FP32", shape=[3, 16])
+    request.raw_input_contents.append(x.tobytes())
+    answer, call = stub.ModelInfer.with_call(request)
+    timing = dict(call.trailing_metadata())["server-timing"]
+    assert timing.startswith("server;dur=")
+    latency_ms = answer.parameters["predlat_latency_ms"].double_param
+    assert float(timing.removeprefix("server;dur=")) >= latency_ms - 0.001
 
 
 def test_errors_are_grpc_status_codes(served):

@@ -138,9 +138,18 @@ def test_wrong_method_is_405_json(client: httpx.Client):
 # -- inference ---------------------------------------------------------------------------
 
 
+def server_ms(response: httpx.Response) -> float:
+    """The answer's Server-Timing (ms), which must be well formed."""
+    name, dur = response.headers["server-timing"].split(";")
+    assert name == "server" and dur.startswith("dur=")
+    return float(dur.removeprefix("dur="))
+
+
 def test_plain_json_infer_like_curl(client, spec, runtime):
     x = rows(3, seed=1)
+    began = time.perf_counter()
     response = client.post("/v2/models/tiny/infer", json={**json_body(x), "id": "abc"})
+    client_ms = (time.perf_counter() - began) * 1e3
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     doc = response.json()
@@ -156,6 +165,8 @@ def test_plain_json_infer_like_curl(client, spec, runtime):
     assert params["predlat_priority"] == "low"
     assert params["predlat_latency_ms"] >= params["predlat_compute_ms"] >= 0
     assert runtime.submitted[-1] == ("tiny", DEFAULT_DEADLINE_S, Priority.LOW)
+    # The server's time holds the runtime's (same arrival) and is held by the client's.
+    assert params["predlat_latency_ms"] - 0.001 <= server_ms(response) <= client_ms
 
 
 @pytest.mark.parametrize(
@@ -247,6 +258,7 @@ def test_bad_requests_are_400_and_do_not_hurt_others(client, body, message):
     response = infer_raw(client, body)
     assert response.status_code == 400
     assert message in response.json()["error"]
+    assert server_ms(response) >= 0  # errors are timed too
     assert client.post("/v2/models/tiny/infer", json=json_body(rows(1))).status_code == 200
 
 

@@ -25,6 +25,10 @@ from predlat.serving.protocol import (
 )
 
 JSON_TYPE = "application/json"
+# The W3C Server-Timing header (gRPC: the same in trailing metadata): the time the
+# request spent in this server, so a client can tell the server's share of a latency
+# from its own and the network's (browsers' dev tools and load tools read it).
+SERVER_TIMING = "Server-Timing"
 
 
 def error_response(status: int, message: str) -> Response:
@@ -82,6 +86,17 @@ async def await_outcome(future: Future) -> Any:
 
     future.add_done_callback(on_done)
     return await waiter
+
+
+def server_timing(server_s: float) -> str:
+    """The Server-Timing value for `server_s` seconds from the request's arrival at the
+    server to its answer being ready (the metric named `server`, in ms as the header has
+    it)."""
+    return f"server;dur={server_s * 1e3:.3f}"
+
+
+def stamp_server_timing(response: Response, server_s: float) -> None:
+    response.headers[SERVER_TIMING] = server_timing(server_s)
 
 
 def _ms(seconds: float) -> float:

@@ -1,12 +1,11 @@
 """The HTTP front end: Open Inference Protocol v2 endpoints on top of a Runtime.
 
-Every infer request from every client goes through the one Runtime, so requests are
-batched across clients, co-located with other models' batches, and answered on time or
-refused at once. The event loop never blocks. A runtime not started yet is started by the
-app on its own event loop (the runtime's controller then runs as loop callbacks): a
-request's future resolves on the loop thread and its handler resumes with no thread hop.
-A runtime the caller started on a control thread resolves futures there, and wakes the
-handler through `call_soon_threadsafe`.
+Every infer request from every client goes through the one Runtime: batched across
+clients, co-located with other models' batches, answered on time or refused at once. The
+event loop never blocks. A runtime not started yet is started on the app's event loop (its
+controller runs as loop callbacks, so a handler resumes with no thread hop); one started
+on a control thread wakes handlers through `call_soon_threadsafe`. Each answer carries a
+Server-Timing header: the time from the request's first byte to its answer being ready.
 
 Priorities: Triton's `priority` parameter (1 = highest, larger = lower, 0 = the model's
 default) maps onto predlat's two levels as 1 -> HIGH, anything else (0, 2, 3, ...) -> LOW.
@@ -57,6 +56,7 @@ from predlat.serving.answers import (
     json_response,
     priority_from_level,
     refusal_response,
+    stamp_server_timing,
 )
 from predlat.serving.backlog import BacklogForecast, OnlineQuantile
 from predlat.serving.body import body_held_back, content_length, read_body
@@ -167,6 +167,7 @@ class InferenceService:
             message = f"internal error: {type(exc).__name__}: {exc}"
             response, runtime_s = error_response(500, message), None
         elapsed = time.perf_counter() - arrived
+        stamp_server_timing(response, elapsed)
         self.metrics.observe_http("infer", response.status_code, elapsed)
         if runtime_s is not None:
             self.metrics.server_overhead.observe(max(0.0, elapsed - runtime_s))
@@ -384,13 +385,8 @@ def create_app(
     if framework == "fastapi":
         from fastapi import FastAPI  # only when asked: FastAPI adds per-request cost
 
-        app = FastAPI(
-            lifespan=lifespan,
-            openapi_url=None,
-            docs_url=None,
-            redoc_url=None,
-            exception_handlers=handlers,
-        )
+        no_docs = {"openapi_url": None, "docs_url": None, "redoc_url": None}
+        app = FastAPI(lifespan=lifespan, exception_handlers=handlers, **no_docs)
         for path, endpoint, methods in _routes(service):
             app.add_api_route(path, endpoint, methods=methods, include_in_schema=False)
     else:

@@ -10,6 +10,7 @@ InferenceService (door, deadline clock, late-work policy, metrics) as HTTP.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,9 +26,11 @@ from predlat.scheduling.outcome import RequestOutcome
 from predlat.serving import protocol
 from predlat.serving.admission import Refusal, answered_after
 from predlat.serving.answers import (
+    SERVER_TIMING,
     outcome_parameters,
     priority_from_level,
     rejection_status,
+    server_timing,
 )
 from predlat.serving.app import InferenceService
 from predlat.serving.decode import (
@@ -82,7 +85,7 @@ def decode_grpc_request(request: Any, spec: ModelSpec) -> InferRequest:
         if raw:
             if i >= len(raw):
                 raise ProtocolError(f"input '{item.name}' has no raw_input_contents")
-            expected = int(np.prod(shape)) * tensor.dtype.itemsize
+            expected = math.prod(shape) * tensor.dtype.itemsize
             if len(raw[i]) != expected:
                 raise ProtocolError(
                     f"input '{item.name}': {len(raw[i])} bytes, shape {list(shape)} of "
@@ -93,7 +96,7 @@ def decode_grpc_request(request: Any, spec: ModelSpec) -> InferRequest:
             field = _CONTENTS.get(f"{tensor.dtype.kind}{tensor.dtype.itemsize}")
             values = getattr(item.contents, field) if field else []
             array = np.asarray(values, dtype=tensor.dtype)
-            if array.size != int(np.prod(shape)):
+            if array.size != math.prod(shape):
                 raise ProtocolError(f"input '{item.name}': contents do not match its shape")
         inputs[item.name] = array.astype(tensor.dtype, copy=False).reshape(shape)
     known = {t.name for t in spec.outputs}
@@ -234,6 +237,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         # The server-side times HTTP answers report too, and the handler time not spent
         # in the runtime (HTTP observes that in InferenceService.infer).
         done = service.observe_answer(spec.name, arrived, decoded_at - arrived, encoding, result)
+        context.set_trailing_metadata(((SERVER_TIMING.lower(), server_timing(done - arrived)),))
         if result.end is not None:
             runtime_s = result.end - result.arrival
             service.metrics.server_overhead.observe(max(0.0, done - arrived - runtime_s))
