@@ -41,7 +41,9 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from bench_server import OVERHEAD_METRIC, histogram, histogram_growth
+from bench_server import closed_loop as http_closed_loop
 from bench_server import open_loop as http_open_loop
+from machine_probe import idle_penalty_us
 
 FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime",
            "in the server (minus compute)", "server side")  # fmt: skip
@@ -176,6 +178,33 @@ def grpc_open_loop_futures(address: str, rate: float, duration: float, seed: int
     return np.asarray(out) * 1e3
 
 
+def grpc_back_to_back(address: str, seconds: float) -> np.ndarray:
+    """Rows as grpc_open_loop's, one call at a time with none waiting in between: the same
+    path with no idle gap before each request (see machine_probe.idle_penalty_us)."""
+    out: list[tuple[float, ...]] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        req = request()
+        stub.ModelInfer(req)  # warm the channel
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            began = time.perf_counter()
+            answer, call = stub.ModelInfer.with_call(req)
+            total = time.perf_counter() - began
+            out.append(answer_row(answer, total, call.trailing_metadata()))
+    return np.asarray(out) * 1e3
+
+
+def back_to_back(url: str, address: str, seconds: float) -> dict[str, np.ndarray]:
+    """(overhead minus compute, in the server minus compute) p50/p99 per transport."""
+    rows = grpc_back_to_back(address, seconds)
+    grpc_figures = np.percentile(rows[:, [1, 3]], [50, 99], axis=0).T
+    r = asyncio.run(http_closed_loop(url, 1, seconds))
+    keys = ("overhead_vs_device_ms", "in_server_minus_device_ms")
+    http_figures = np.array([[r[k]["p50"], r[k]["p99"]] for k in keys])
+    return {"gRPC": grpc_figures, "HTTP": http_figures}
+
+
 def grpc_round(address: str, args: argparse.Namespace, seed: int) -> tuple[int, np.ndarray]:
     if args.client == "future":
         rows = grpc_open_loop_futures(address, args.rate, args.duration, seed)
@@ -211,6 +240,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--back-to-back-s", type=float, default=2.0, help="seconds per back-to-back phase"
+    )
     parser.add_argument("--server-cmd", default=f"{sys.executable} -m predlat")
     parser.add_argument(
         "--client",
@@ -226,6 +258,8 @@ def main() -> None:
     process, url, address = start_server(args.server_cmd)
     echo, echo_address = start_echo()
     results: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": [], "echo": []}
+    closed: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": []}
+    print_idle_penalty("before")
     try:
         time.sleep(1.0)
         asyncio.run(http_open_loop(url, 100, 1.0, seed=99))  # warm-up
@@ -240,6 +274,8 @@ def main() -> None:
             answered, figures = grpc_round(echo_address, args, i)
             print_round("echo", answered, figures[:1])
             results["echo"].append(figures[:1])
+            for name, figures in back_to_back(url, address, args.back_to_back_s).items():
+                closed[name].append(figures)
     finally:
         process.terminate()
         echo.terminate()
@@ -250,6 +286,20 @@ def main() -> None:
         print_round(name, None, np.median(np.stack(rounds), axis=0))
     print("  targets: overhead p50 < 1 ms, p99 < 5 ms (both transports)")
     print("  echo: a bare grpc.aio echo server, same client and load (Python gRPC's floor)")
+    print(f"back to back, one call at a time ({args.back_to_back_s:g} s per round), median of "
+          f"{args.rounds} rounds (ms):")  # fmt: skip
+    for name, rounds in closed.items():
+        (o50, o99), (s50, s99) = np.median(np.stack(rounds), axis=0)
+        print(f"  {name:<5} overhead (minus compute) p50 {o50:.3f} p99 {o99:.3f}; "
+              f"in the server (minus compute) p50 {s50:.3f} p99 {s99:.3f}")  # fmt: skip
+    print_idle_penalty("after")
+
+
+def print_idle_penalty(when: str) -> None:
+    warm, after_idle = idle_penalty_us()
+    print(f"machine, {when}: a fixed piece of interpreter work takes {warm:.1f} us back to "
+          f"back, {after_idle:.1f} us after 5 ms asleep ({after_idle / warm:.2f}x)",
+          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from machine_probe import machine_probe_ms
 from predlat.profiling.profile import Profile
 from predlat.runtime.gc_policy import DEFAULT_YOUNG, GcPolicy
 from predlat.scheduling import (
@@ -145,21 +146,6 @@ def print_row(name: str, us: np.ndarray, note: str = "", forecasts: list[int] = 
         f"{us.max():>10.1f}{np.percentile(f, 99):>10.0f}{f.max():>8}"
         + (f"   ({note})" if note else "")
     )
-
-
-def machine_probe_ms(repeats: int = 21) -> float:
-    """Median milliseconds of a fixed piece of interpreter work (sorting, dict and float
-    arithmetic, as a decision does): the same on every run of every commit, so a slow
-    window of a shared machine shows here as well as in the event times."""
-    rng = random.Random(0)
-    keys = [(rng.random(), i) for i in range(2000)]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        table = {k: v * 1.5 for v, k in sorted(keys)}
-        sum(math.exp(-v) for v in table.values())
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    return float(np.median(times))
 
 
 def gc_report(passes: tuple[int, ...], young: int) -> str:

@@ -202,6 +202,7 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, A
     request = prepared_request()
     latencies: list[float] = []
     overheads: list[float] = []
+    in_server: list[float] = []
     codes: dict[int, int] = {}
     stop = time.perf_counter() + seconds
 
@@ -215,6 +216,7 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, A
             if status == 200:
                 latencies.append(e2e)
                 overheads.append(e2e - params["predlat_compute_ms"])
+                in_server.append(params[SERVER_MS] - params["predlat_compute_ms"])
         conn.close()
 
     started = time.perf_counter()
@@ -225,6 +227,7 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, A
         "ok_per_s": round(len(latencies) / wall, 1),
         "latency_ms": _pct(np.asarray(latencies)),
         "overhead_vs_device_ms": _pct(np.asarray(overheads)),
+        "in_server_minus_device_ms": _pct(np.asarray(in_server)),
         "codes": {str(k): v for k, v in sorted(codes.items())},
     }
 
