@@ -20,9 +20,10 @@ which no client cost inflates. Figures are per round, then the median of the rou
 Client and server share the machine's cores, so the client's own cost is in the
 client-side figures (the same for both transports only as far as the clients are alike).
 
-Each round also offers the same gRPC load to a bare echo server in a process of its own
-(grpc.aio, the same service definitions, answering at once): the floor that Python gRPC
-itself sets on this machine, client and server, before predlat does anything.
+Each round also offers the same loads to bare echo servers in processes of their own
+(echo_servers.py: grpc.aio with the same service definitions; Starlette on uvicorn, as
+predlat serves; both answering at once): the floor each transport sets on this machine,
+client and server, before predlat does anything.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from bench_server import OVERHEAD_METRIC, histogram, histogram_growth
 from bench_server import closed_loop as http_closed_loop
 from bench_server import open_loop as http_open_loop
+from echo_servers import start_echo
 from machine_probe import idle_penalty_us
 
 FIGURES = ("end to end", "overhead (minus compute)", "outside the runtime",
@@ -61,38 +63,6 @@ def start_server(server_cmd: str) -> tuple[subprocess.Popen, str, str]:
         process.kill()
         raise SystemExit("server did not start both front ends")
     return process, http.group(0), address.group(1)
-
-
-class EchoServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Answers ModelInfer at once with its input (the floor: no runtime, no checks)."""
-
-    async def ModelInfer(self, request, context):
-        answer = service_pb2.ModelInferResponse(model_name=request.model_name)
-        answer.raw_output_contents.extend(request.raw_input_contents)
-        for key in ("predlat_compute_ms", "predlat_latency_ms"):
-            answer.parameters[key].double_param = 0.0
-        return answer
-
-
-async def serve_echo() -> None:
-    """Child mode (--echo-child): the echo server on a free port, printed first."""
-    server = grpc.aio.server()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"gRPC on 127.0.0.1:{port}", flush=True)
-    await server.wait_for_termination()
-
-
-def start_echo() -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, __file__, "--echo-child"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    address = re.search(r"gRPC on ([\d.]+:\d+)", process.stdout.readline())
-    if address is None:
-        process.kill()
-        raise SystemExit("the echo server did not start")
-    return process, address.group(1)
 
 
 def request() -> service_pb2.ModelInferRequest:
@@ -232,7 +202,7 @@ def print_round(name: str, answered: int | None, figures: np.ndarray) -> None:
         f"{f} p50 {p50:.3f} p99 {p99:.3f}" for f, (p50, p99) in zip(FIGURES, figures, strict=False)
     )
     count = "" if answered is None else f"{answered:5d} answered: "
-    print(f"  {name:<5} {count}{cells}", flush=True)
+    print(f"  {name:<9} {count}{cells}", flush=True)
 
 
 def main() -> None:
@@ -250,14 +220,11 @@ def main() -> None:
         default="future",
         help="gRPC client: the sync stub's futures (as tritonclient.grpc) or grpc.aio",
     )
-    parser.add_argument("--echo-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.echo_child:
-        asyncio.run(serve_echo())
-        return
     process, url, address = start_server(args.server_cmd)
-    echo, echo_address = start_echo()
-    results: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": [], "echo": []}
+    echo, echo_address = start_echo("grpc")
+    http_echo, http_echo_url = start_echo("http")
+    results: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": [], "echo": [], "HTTP echo": []}
     closed: dict[str, list[np.ndarray]] = {"gRPC": [], "HTTP": []}
     print_idle_penalty("before")
     try:
@@ -271,21 +238,24 @@ def main() -> None:
                 figures = np.vstack([figures, server_side(url, before)])
                 print_round(name, answered, figures)
                 results[name].append(figures)
-            answered, figures = grpc_round(echo_address, args, i)
-            print_round("echo", answered, figures[:1])
-            results["echo"].append(figures[:1])
+            for name, phase, at in (("echo", grpc_round, echo_address),
+                                    ("HTTP echo", http_round, http_echo_url)):  # fmt: skip
+                answered, figures = phase(at, args, i)
+                print_round(name, answered, figures[:1])
+                results[name].append(figures[:1])
             for name, figures in back_to_back(url, address, args.back_to_back_s).items():
                 closed[name].append(figures)
     finally:
         process.terminate()
-        echo.terminate()
-        process.wait(30)
-        echo.wait(30)
+        for child in (echo, http_echo):
+            child.terminate()
+        for child in (process, echo, http_echo):
+            child.wait(30)
     print(f"median of {args.rounds} rounds (ms):")
     for name, rounds in results.items():
         print_round(name, None, np.median(np.stack(rounds), axis=0))
     print("  targets: overhead p50 < 1 ms, p99 < 5 ms (both transports)")
-    print("  echo: a bare grpc.aio echo server, same client and load (Python gRPC's floor)")
+    print("  echo, HTTP echo: bare servers answering at once, same clients and load (the floors)")
     print(f"back to back, one call at a time ({args.back_to_back_s:g} s per round), median of "
           f"{args.rounds} rounds (ms):")  # fmt: skip
     for name, rounds in closed.items():
