@@ -61,6 +61,7 @@ def test_refusal_is_answered_without_the_app_and_counted_once(refusing):
         assert answer.json()["reason"] == "deadline_below_forecast"
         assert answer.headers["retry-after"] == "1"
         assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["server-timing"].startswith("server;dur=")  # timed here too
         refusals = samples(client, "predlat_refusals_total")
         responses = samples(client, "predlat_http_responses_total")
         refusal_times = samples(client, "predlat_refusal_latency_seconds_count")

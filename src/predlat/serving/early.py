@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
+from predlat.serving.answers import stamp_server_timing
 from predlat.serving.body import body_held_back
 from predlat.serving.protocol import ARRIVED_SCOPE_KEY, ProtocolError
 
@@ -51,7 +52,9 @@ class EarlyDoor:
         if refusal is None:
             return None
         response = service.refuse(spec.name, refusal, body_held_back(headers))
-        service.metrics.observe_http("infer", response.status_code, time.perf_counter() - arrived)
+        elapsed = time.perf_counter() - arrived
+        stamp_server_timing(response, elapsed)
+        service.metrics.observe_http("infer", response.status_code, elapsed)
         return response
 
 
