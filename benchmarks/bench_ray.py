@@ -26,7 +26,10 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
    path through Ray, the ratio a second replica can reach on a small machine.
 2. routers: the same 2 replicas, heavy + light model with tight deadlines, at one rate,
    routed by predlat's router and by Serve's default (power of two choices); with
-   --router-repeats N, N such pairs on different seeds, alternating, and their means.
+   --router-repeats N, N such pairs on different seeds, alternating, and their means;
+   and each replica's live forecast error (the mean relative error of its last 256
+   batch forecasts, as it publishes it), for comparison with the simulated devices'
+   (`bench_sim_routes.py`), where the routing rule wins.
 3. routing decision time (the predicting router's choose_replicas), p50 / p99.
 4. added latency (run first): sequential HTTP requests to the light model through `predlat serve`
    (one runtime, no Ray) and through the Ray front door (1 replica) over each transport
@@ -174,6 +177,18 @@ def scale_out(args, label: str, feeds, deadlines, mix=None) -> dict[str, Any]:
     }
 
 
+def replica_forecast_errors(cluster: Cluster, replicas: int, asks: int = 60) -> list[float | None]:
+    """Each replica's published mean relative error of its recent batch forecasts, asked
+    through the handle until every replica has answered (at most `asks` times)."""
+    seen: dict[str, float | None] = {}
+    for _ in range(asks):
+        stats = cluster.handle.record_routing_stats.remote().result(timeout_s=10)
+        seen[stats["name"]] = stats.get("forecast_error")
+        if len(seen) == replicas:
+            break
+    return [seen[name] for name in sorted(seen)]
+
+
 def routers(args, feeds, deadlines) -> dict[str, Any]:
     """Both routers on the same seeded workload, alternating, `--router-repeats` times
     (a shared machine's noise swamps one pair); the summaries of each run and the means."""
@@ -192,14 +207,18 @@ def routers(args, feeds, deadlines) -> dict[str, Any]:
                     feeds,
                     7 + rep,
                 )
+                errors = replica_forecast_errors(cluster, 2)
             finally:
                 cluster.close()
             s = summarize(outs, took)
+            s["replica_forecast_error"] = errors
             runs[router].append(s)
             why = Counter(_reason_kind(o.reason) for o in outs if o.status == "rejected")
+            shown = ", ".join("-" if e is None else f"{e:.3f}" for e in errors)
             print(
                 f"  {router:8s} router: hp met {s['hp_met']:.3f}, all met {s['met_frac']:.3f}, "
-                f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f} {dict(why)}",
+                f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f} {dict(why)}; "
+                f"replicas' forecast error {shown}",
                 flush=True,
             )
     keys = ("hp_met", "met_frac", "goodput_rps", "rejected_frac")

@@ -98,14 +98,17 @@ def main() -> int:
         )
     base = capacity["least-loaded"]
     print(f"  predlat / least-loaded: {capacity['predlat'] / base:.2f}x" if base else "")
-    print(f"  {'load':>5s} {'route':13s} {'hp met':>7s} {'all met':>8s} {'goodput/s':>10s}")
+    print(
+        f"  {'load':>5s} {'route':13s} {'hp met':>7s} {'all met':>8s} {'goodput/s':>10s}"
+        f" {'forecast err':>13s}"
+    )
+    keys = ("hp_met", "met_frac", "goodput_rps", "live_forecast_err")
     for load in loads:
         for route in CLUSTER_ROUTES:
             runs = [results[route, s]["loads"][f"{load:g}"]["policies"][args.policy] for s in seeds]
-            hp, met, good = (
-                statistics.mean(r[k] for r in runs) for k in ("hp_met", "met_frac", "goodput_rps")
-            )
-            print(f"  {load:5.2f} {route:13s} {hp:7.3f} {met:8.3f} {good:10.1f}")
+            hp, met, good, err = (statistics.mean(r[k] for r in runs) for k in keys)
+            print(f"  {load:5.2f} {route:13s} {hp:7.3f} {met:8.3f} {good:10.1f} {err:13.3f}")
+    print("  forecast err: the devices' schedulers' mean relative error of batch forecasts")
     return 0
 
 

@@ -80,3 +80,14 @@ def test_stale_stats_age_the_running_batches() -> None:
     assert fresh.running_s == pytest.approx(0.010)
     assert later.running_s == pytest.approx(0.006, abs=1e-6)
     assert gone.running_s == 0.0
+
+
+def test_published_forecast_error_is_the_mean_of_recent_batches() -> None:
+    s = state()
+    assert s.publish([], now=0.0)["forecast_error"] is None  # no batch yet
+    for i, forecast in enumerate((0.004, 0.005, 0.002)):  # actual 0.004 each
+        s.on_batch(BatchRecord(i, "a", 1, 0, 0.0, 0.0, 0.004), forecast_s=forecast)
+    assert s.publish([], now=0.0)["forecast_error"] == pytest.approx(0.25)  # 0, 0.25, 0.5
+    for i in range(300):  # the window keeps only recent batches: exact forecasts now
+        s.on_batch(BatchRecord(3 + i, "a", 1, 0, 0.0, 0.0, 0.004), forecast_s=0.004)
+    assert s.publish([], now=0.0)["forecast_error"] == pytest.approx(0.0)

@@ -5,12 +5,17 @@ The replica counts its own outstanding requests (submitted, not yet answered) pe
 and priority; the scheduler's running batches say which of them run now and when they
 are forecast to end. What is not running is queued: its work is forecast as full
 batches at the profile's solo latency, stretched by the slowdown the model's recent
-batches showed.
+batches showed. It also publishes how wrong its own forecasts of recent batches were
+(their mean relative error, as the live forecast error is reported everywhere in
+predlat), so a router or an operator can tell when a replica's
+forecasts stop holding, e.g. on a machine whose cores it shares.
 """
 
 from __future__ import annotations
 
+import collections
 import math
+import statistics
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +31,7 @@ from predlat.traces.records import BatchRecord
 # EWMA weight of the newest batch's observed log-slowdown: a geometric mean, so the
 # estimate follows the typical batch rather than the odd stalled one.
 SLOWDOWN_WEIGHT = 0.1
+ERROR_WINDOW = 256  # recent batches whose forecast error is published
 
 
 @dataclass
@@ -41,6 +47,10 @@ class ReplicaState:
     log_slowdown: dict[str, float] = field(default_factory=dict)  # per model
     batches: int = 0
     seq: int = 0  # bumped at every publication, so a router knows its state is fresh
+    # |forecast - actual| / actual of recent batches (the forecast made at dispatch)
+    errors: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=ERROR_WINDOW)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -66,10 +76,13 @@ class ReplicaState:
         solo = solo_latency(table, record.batch_size)
         observed = (record.end - record.start) / solo if solo > 0 else 1.0
         sample = math.log(max(observed, 1.0))
+        actual = record.end - record.start
         with self._lock:
             last = self.log_slowdown.get(record.model, sample)
             self.log_slowdown[record.model] = last + SLOWDOWN_WEIGHT * (sample - last)
             self.batches += 1
+            if actual > 0 and forecast_s > 0:
+                self.errors.append(abs(forecast_s - actual) / actual)
 
     def publish(self, running: Sequence[RunningInfo], now: float) -> dict[str, Any]:
         """The routing stats dict (JSON-able) for Serve's `record_routing_stats`."""
@@ -77,6 +90,7 @@ class ReplicaState:
             queued = dict(self.outstanding)
             slowdown = {m: math.exp(v) for m, v in self.log_slowdown.items()}
             batches = self.batches
+            error = statistics.fmean(self.errors) if self.errors else None
             self.seq += 1
             seq = self.seq
         running_s = 0.0
@@ -110,6 +124,7 @@ class ReplicaState:
             "high_queued": high_queued,
             "slowdown": slowdown,
             "predictor_version": batches,
+            "forecast_error": error,
         }
 
     def _work(self, model: str, rows: int) -> float:
