@@ -16,7 +16,7 @@ and >= 95% of all deadlines met, bisected), and at each load deadlines met and g
 
     python benchmarks/bench_sim_routes.py [--device results/cpu-2core/validate/device.json]
         [--models vgg,roberta] [--devices 2] [--slots 1] [--loads 0.6,0.8,1.0,1.2]
-        [--seeds 0,1] [--requests 8000] [--policy predlat]
+        [--seeds 0,1] [--requests 8000] [--policy predlat] [--noise-sigma S]
 """
 
 from __future__ import annotations
@@ -33,9 +33,14 @@ from predlat.sim.cluster import CLUSTER_ROUTES
 DEFAULT_DEVICE = Path(__file__).resolve().parent.parent / "results/cpu-2core/validate/device.json"
 
 
-def two_model_device(source: Path, models: list[str], out: Path) -> Path:
-    """`source` (a device.json) with only `models`, their pairs among themselves kept."""
+def two_model_device(
+    source: Path, models: list[str], out: Path, noise_sigma: float | None = None
+) -> Path:
+    """`source` (a device.json) with only `models`, their pairs among themselves kept;
+    given `noise_sigma`, its batch-to-batch noise (lognormal sigma) set to that."""
     spec = json.loads(source.read_text())
+    if noise_sigma is not None:
+        spec["noise"]["sigma"] = noise_sigma
     missing = [m for m in models if m not in spec["models"]]
     if missing:
         raise SystemExit(f"{source} has no model {', '.join(missing)}")
@@ -58,11 +63,20 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--requests", type=int, default=8000)
     p.add_argument("--policy", default="predlat")
+    p.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=None,
+        help="the devices' batch-to-batch noise (lognormal sigma; default: the device's). "
+        "Larger noise, larger forecast errors: does the rule still win with forecasts as "
+        "wrong as the live replicas' (bench_ray.py, phase 2)?",
+    )
     args = p.parse_args()
     loads = tuple(float(x) for x in args.loads.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        device = two_model_device(args.device, args.models.split(","), Path(tmp) / "device.json")
+        out = Path(tmp) / "device.json"
+        device = two_model_device(args.device, args.models.split(","), out, args.noise_sigma)
         results = {
             (route, seed): run_simulate(
                 SimulateConfig(
@@ -82,10 +96,11 @@ def main() -> int:
         }
     first = next(iter(results.values()))
     deadlines = ", ".join(f"{m} {d:.1f} ms" for m, d in first["deadlines_ms"].items())
+    noise = "" if args.noise_sigma is None else f", noise sigma {args.noise_sigma:g}"
     print(
         f"{args.devices} simulated devices x {args.slots} slot ({args.device.name}: "
-        f"{args.models}), policy {args.policy}, seeds {args.seeds}, {args.requests} requests "
-        f"per run; deadlines {deadlines}; capacity {first['capacity_rps']:.1f} req/s"
+        f"{args.models}{noise}), policy {args.policy}, seeds {args.seeds}, {args.requests} "
+        f"requests per run; deadlines {deadlines}; capacity {first['capacity_rps']:.1f} req/s"
     )
     capacity = {}
     for route in CLUSTER_ROUTES:
