@@ -177,16 +177,18 @@ def scale_out(args, label: str, feeds, deadlines, mix=None) -> dict[str, Any]:
     }
 
 
-def replica_forecast_errors(cluster: Cluster, replicas: int, asks: int = 60) -> list[float | None]:
+def replica_forecast_errors(cluster: Cluster) -> list[float | None]:
     """Each replica's published mean relative error of its recent batch forecasts, asked
-    through the handle until every replica has answered (at most `asks` times)."""
-    seen: dict[str, float | None] = {}
-    for _ in range(asks):
-        stats = cluster.handle.record_routing_stats.remote().result(timeout_s=10)
-        seen[stats["name"]] = stats.get("forecast_error")
-        if len(seen) == replicas:
-            break
-    return [seen[name] for name in sorted(seen)]
+    of every replica actor of the cluster's app (through the handle, a router would pick
+    one replica, often the same one). The actors are found by Serve's naming of them
+    (SERVE_REPLICA::<app>#...), and asked with the method Serve's own routers poll."""
+    errors = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith(f"SERVE_REPLICA::{cluster.app}#"):
+            replica = ray.get_actor(actor["name"], namespace=actor["namespace"])
+            stats = ray.get(replica.record_routing_stats.remote(), timeout=10)
+            errors.append(stats.get("forecast_error"))
+    return errors
 
 
 def routers(args, feeds, deadlines) -> dict[str, Any]:
@@ -207,7 +209,7 @@ def routers(args, feeds, deadlines) -> dict[str, Any]:
                     feeds,
                     7 + rep,
                 )
-                errors = replica_forecast_errors(cluster, 2)
+                errors = replica_forecast_errors(cluster)
             finally:
                 cluster.close()
             s = summarize(outs, took)
