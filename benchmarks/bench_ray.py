@@ -28,8 +28,9 @@ one predlat runtime with 1 slot of 1 intra-op thread (a CPU slice). Phases:
    routed by predlat's router and by Serve's default (power of two choices); with
    --router-repeats N, N such pairs on different seeds, alternating, and their means;
    and each replica's live forecast error (the mean relative error of its last 256
-   batch forecasts, as it publishes it), for comparison with the simulated devices'
-   (`bench_sim_routes.py`), where the routing rule wins.
+   batch forecasts, as it publishes it, and their median ratio of actual to forecast
+   latency), for comparison with the simulated devices' (`bench_sim_routes.py`), where
+   the routing rule wins.
 3. routing decision time (the predicting router's choose_replicas), p50 / p99.
 4. added latency (run first): sequential HTTP requests to the light model through `predlat serve`
    (one runtime, no Ray) and through the Ray front door (1 replica) over each transport
@@ -177,8 +178,9 @@ def scale_out(args, label: str, feeds, deadlines, mix=None) -> dict[str, Any]:
     }
 
 
-def replica_forecast_errors(cluster: Cluster) -> list[float | None]:
-    """Each replica's published mean relative error of its recent batch forecasts, asked
+def replica_forecast_errors(cluster: Cluster) -> list[tuple[float | None, float | None]]:
+    """Each replica's published mean relative error of its recent batch forecasts and
+    their median ratio of actual to forecast latency (above 1: they run late), asked
     of every replica actor of the cluster's app (through the handle, a router would pick
     one replica, often the same one). The actors are found by Serve's naming of them
     (SERVE_REPLICA::<app>#...), and asked with the method Serve's own routers poll."""
@@ -187,7 +189,7 @@ def replica_forecast_errors(cluster: Cluster) -> list[float | None]:
         if actor["name"].startswith(f"SERVE_REPLICA::{cluster.app}#"):
             replica = ray.get_actor(actor["name"], namespace=actor["namespace"])
             stats = ray.get(replica.record_routing_stats.remote(), timeout=10)
-            errors.append(stats.get("forecast_error"))
+            errors.append((stats.get("forecast_error"), stats.get("forecast_ratio")))
     return errors
 
 
@@ -216,7 +218,10 @@ def routers(args, feeds, deadlines) -> dict[str, Any]:
             s["replica_forecast_error"] = errors
             runs[router].append(s)
             why = Counter(_reason_kind(o.reason) for o in outs if o.status == "rejected")
-            shown = ", ".join("-" if e is None else f"{e:.3f}" for e in errors)
+            shown = ", ".join(
+                "-" if e is None or r is None else f"{e:.3f} (actual/forecast {r:.2f})"
+                for e, r in errors
+            )
             print(
                 f"  {router:8s} router: hp met {s['hp_met']:.3f}, all met {s['met_frac']:.3f}, "
                 f"goodput {s['goodput_rps']:.1f}/s, refused {s['rejected_frac']:.3f} {dict(why)}; "

@@ -85,9 +85,12 @@ def test_stale_stats_age_the_running_batches() -> None:
 def test_published_forecast_error_is_the_mean_of_recent_batches() -> None:
     s = state()
     assert s.publish([], now=0.0)["forecast_error"] is None  # no batch yet
+    assert s.publish([], now=0.0)["forecast_ratio"] is None
     for i, forecast in enumerate((0.004, 0.005, 0.002)):  # actual 0.004 each
         s.on_batch(BatchRecord(i, "a", 1, 0, 0.0, 0.0, 0.004), forecast_s=forecast)
-    assert s.publish([], now=0.0)["forecast_error"] == pytest.approx(0.25)  # 0, 0.25, 0.5
+    stats = s.publish([], now=0.0)
+    assert stats["forecast_error"] == pytest.approx(0.25)  # 0, 0.25, 0.5
+    assert stats["forecast_ratio"] == pytest.approx(1.0)  # 1, 0.8, 2: the median
     for i in range(300):  # the window keeps only recent batches: exact forecasts now
         s.on_batch(BatchRecord(3 + i, "a", 1, 0, 0.0, 0.0, 0.004), forecast_s=0.004)
     assert s.publish([], now=0.0)["forecast_error"] == pytest.approx(0.0)

@@ -7,7 +7,8 @@ are forecast to end. What is not running is queued: its work is forecast as full
 batches at the profile's solo latency, stretched by the slowdown the model's recent
 batches showed. It also publishes how wrong its own forecasts of recent batches were
 (their mean relative error, as the live forecast error is reported everywhere in
-predlat), so a router or an operator can tell when a replica's
+predlat, and the median ratio of actual to forecast: above 1, they run late), so a router
+or an operator can tell when a replica's
 forecasts stop holding, e.g. on a machine whose cores it shares.
 """
 
@@ -47,8 +48,8 @@ class ReplicaState:
     log_slowdown: dict[str, float] = field(default_factory=dict)  # per model
     batches: int = 0
     seq: int = 0  # bumped at every publication, so a router knows its state is fresh
-    # |forecast - actual| / actual of recent batches (the forecast made at dispatch)
-    errors: collections.deque[float] = field(
+    # actual / forecast latency of recent batches (the forecast made at dispatch)
+    ratios: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=ERROR_WINDOW)
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -82,7 +83,7 @@ class ReplicaState:
             self.log_slowdown[record.model] = last + SLOWDOWN_WEIGHT * (sample - last)
             self.batches += 1
             if actual > 0 and forecast_s > 0:
-                self.errors.append(abs(forecast_s - actual) / actual)
+                self.ratios.append(actual / forecast_s)
 
     def publish(self, running: Sequence[RunningInfo], now: float) -> dict[str, Any]:
         """The routing stats dict (JSON-able) for Serve's `record_routing_stats`."""
@@ -90,7 +91,7 @@ class ReplicaState:
             queued = dict(self.outstanding)
             slowdown = {m: math.exp(v) for m, v in self.log_slowdown.items()}
             batches = self.batches
-            error = statistics.fmean(self.errors) if self.errors else None
+            ratios = list(self.ratios)
             self.seq += 1
             seq = self.seq
         running_s = 0.0
@@ -124,7 +125,9 @@ class ReplicaState:
             "high_queued": high_queued,
             "slowdown": slowdown,
             "predictor_version": batches,
-            "forecast_error": error,
+            # |forecast - actual| / actual = |1 - 1 / ratio|
+            "forecast_error": statistics.fmean(abs(1 - 1 / r) for r in ratios) if ratios else None,
+            "forecast_ratio": statistics.median(ratios) if ratios else None,
         }
 
     def _work(self, model: str, rows: int) -> float:
