@@ -94,3 +94,11 @@ def test_published_forecast_error_is_the_mean_of_recent_batches() -> None:
     for i in range(300):  # the window keeps only recent batches: exact forecasts now
         s.on_batch(BatchRecord(3 + i, "a", 1, 0, 0.0, 0.0, 0.004), forecast_s=0.004)
     assert s.publish([], now=0.0)["forecast_error"] == pytest.approx(0.0)
+
+
+def test_forecast_error_counts_from_the_decision_as_the_forecast_does() -> None:
+    s = state()  # the slot started 1 ms after the decision (a hand-off that waited)
+    s.on_batch(BatchRecord(0, "a", 1, 0, 0.0, 0.001, 0.004), forecast_s=0.004)
+    stats = s.publish([], now=0.0)
+    assert stats["forecast_error"] == pytest.approx(0.0)
+    assert stats["forecast_ratio"] == pytest.approx(1.0)

@@ -77,7 +77,9 @@ class ReplicaState:
         solo = solo_latency(table, record.batch_size)
         observed = (record.end - record.start) / solo if solo > 0 else 1.0
         sample = math.log(max(observed, 1.0))
-        actual = record.end - record.start
+        # From the decision to the batch's end, as the forecast is made (the hand-off to
+        # the slot included: on a shared core, the slot thread may wait for one).
+        actual = record.end - record.dispatch
         with self._lock:
             last = self.log_slowdown.get(record.model, sample)
             self.log_slowdown[record.model] = last + SLOWDOWN_WEIGHT * (sample - last)
