@@ -8,8 +8,8 @@ batches at the profile's solo latency, stretched by the slowdown the model's rec
 batches showed. It also publishes how wrong its own forecasts of recent batches were
 (their mean relative error, as the live forecast error is reported everywhere in
 predlat, and the median ratio of actual to forecast: above 1, they run late), so a router
-or an operator can tell when a replica's
-forecasts stop holding, e.g. on a machine whose cores it shares.
+or an operator can tell when a replica's forecasts stop holding, e.g. on a machine whose
+cores it shares.
 """
 
 from __future__ import annotations
